@@ -1,0 +1,187 @@
+"""Typed API errors and the one renderer that turns every error into OpenAI's envelope.
+
+`{"error": {"message", "type", "param", "code"}}` (reference §8.1). Statuses follow
+reference §8.3: anything a retry cannot fix is 4xx (never 408/409/429/5xx), and
+non-transient 5xx carry `x-should-retry: false` so the official SDK does not
+re-submit (and re-bill) the request.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+NO_KEY_MESSAGE = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank "
+    "username) if you're accessing the API from your browser and are prompted for a username and "
+    "password. You can obtain an API key from your platform operator."
+)
+MALFORMED_JSON_MESSAGE = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
+    "HTTP library correctly. The API expects a JSON payload, but what was sent was not valid JSON.)"
+)
+
+
+class APIError(Exception):
+    """Base for domain errors; subclasses set the class attributes."""
+
+    status_code = 400
+    type = "invalid_request_error"
+    code: str | None = None
+    param: str | None = None
+    should_retry: bool | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if param is not None:
+            self.param = param
+        if code is not None:
+            self.code = code
+        if type is not None:
+            self.type = type
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+class InvalidRequest(APIError):
+    status_code = 400
+
+
+class MissingAPIKey(APIError):
+    status_code = 401
+    code = None
+
+
+class InvalidAPIKey(APIError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(APIError):
+    status_code = 403
+
+
+class NotFound(APIError):
+    status_code = 404
+
+
+class InsufficientCredits(APIError):
+    status_code = 402
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class RateLimited(APIError):
+    status_code = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(APIError):
+    """The model failed: 502 like the seeds' 'upstream error'; retrying will not help."""
+
+    status_code = 502
+    type = "server_error"
+    code = "generation_failed"
+    should_retry = False
+
+
+class ServiceUnavailable(APIError):
+    status_code = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def _first_validation_error(detail: Any, prefix: str | None = None) -> tuple[str | None, str]:
+    """Flatten DRF's nested ValidationError detail to (param, message)."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            param = None if key == "non_field_errors" else (f"{prefix}.{key}" if prefix else str(key))
+            return _first_validation_error(value, param if param else prefix)
+    if isinstance(detail, list) and detail:
+        return _first_validation_error(detail[0], prefix)
+    return prefix, str(detail)
+
+
+def _to_api_error(exc: Exception) -> APIError | None:
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, drf.NotAuthenticated):
+        return MissingAPIKey(NO_KEY_MESSAGE)
+    if isinstance(exc, drf.AuthenticationFailed):
+        return InvalidAPIKey(str(exc.detail))
+    if isinstance(exc, drf.ParseError):
+        return InvalidRequest(MALFORMED_JSON_MESSAGE)
+    if isinstance(exc, drf.UnsupportedMediaType):
+        return APIError(str(exc.detail), status_code=415, code="unsupported_media_type")
+    if isinstance(exc, drf.MethodNotAllowed):
+        return APIError(str(exc.detail), status_code=405, code="method_not_allowed")
+    if isinstance(exc, (drf.NotFound, Http404)):
+        return NotFound("The requested resource was not found.", code="not_found")
+    if isinstance(exc, (drf.PermissionDenied, PermissionDenied)):
+        return PermissionDeniedError("You do not have permission to perform this action.", code="permission_denied")
+    if isinstance(exc, drf.Throttled):
+        wait = int(exc.wait or 1)
+        return RateLimited(str(exc.detail), headers={"Retry-After": str(max(1, wait))})
+    if isinstance(exc, drf.ValidationError):
+        param, message = _first_validation_error(exc.detail)
+        code = "missing_required_parameter" if message == "This field is required." else "invalid_value"
+        if code == "missing_required_parameter":
+            message = f"Missing required parameter: '{param}'."
+        return InvalidRequest(message, param=param, code=code)
+    if isinstance(exc, drf.APIException):
+        return APIError(str(exc.detail), status_code=exc.status_code, code=exc.default_code)
+    return None
+
+
+def error_headers(error: APIError) -> dict[str, str]:
+    headers = dict(error.headers)
+    if error.should_retry is not None:
+        headers["x-should-retry"] = "true" if error.should_retry else "false"
+    return headers
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: every error on the API leaves in the envelope."""
+    error = _to_api_error(exc)
+    if error is None:
+        logger.exception("Unhandled error in %s", context.get("view").__class__.__name__)
+        error = APIError("The server had an error while processing your request.", status_code=500,
+                         type="server_error", code="internal_error")
+    response = Response(error.body(), status=error.status_code, headers=error_headers(error))
+    if error.status_code == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
+def json_error_response(error: APIError) -> JsonResponse:
+    """For plain Django views and handlers outside DRF."""
+    response = JsonResponse(error.body(), status=error.status_code)
+    for key, value in error_headers(error).items():
+        response[key] = value
+    return response

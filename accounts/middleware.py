@@ -1,0 +1,18 @@
+"""Request ids on every response (the SDK reads x-request-id into exc.request_id)."""
+from __future__ import annotations
+
+import uuid
+from typing import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+
+class RequestIdMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request.request_id = "req_" + uuid.uuid4().hex
+        response = self.get_response(request)
+        response["x-request-id"] = request.request_id
+        return response

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from rest_framework_api_key.models import AbstractAPIKey
+
+
+class Tenant(models.Model):
+    """A customer of the platform: owns keys, a credit balance, jobs and usage."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SUSPENDED = "suspended"
+
+    class Moderation(models.TextChoices):
+        STRICT = "strict"
+        STANDARD = "standard"
+        LOW = "low"
+
+    name = models.CharField(max_length=100, unique=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # The most permissive moderation level this tenant may ask for.
+    moderation_level = models.CharField(max_length=16, choices=Moderation.choices, default=Moderation.STANDARD)
+    # Requests per minute for the whole tenant; null = the installation default.
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    # Jobs queued or running at once; null = the installation default.
+    max_concurrent_jobs = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        ADMIN = "admin"
+        MEMBER = "member"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="membership_unique")]
+
+
+class APIKey(AbstractAPIKey):
+    """A tenant's key: prefix kept for display, the rest stored as a hash, shown once."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    # Model ids this key may use; empty = all enabled models.
+    allowed_models = models.JSONField(default=list, blank=True)
+    rpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    # Credits this key may spend per calendar month (UTC); null = no limit.
+    monthly_credit_limit = models.PositiveBigIntegerField(null=True, blank=True)
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"

@@ -1,0 +1,121 @@
+"""Money. Every amount is an integer number of credits (1 credit = the unit the
+operator sells; docs/configuration.md suggests 1 credit = US$0.001). No floats."""
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import F, Q
+
+from accounts.models import APIKey, Tenant
+
+
+class CreditAccount(models.Model):
+    """A tenant's balance: a cache of its ledger, updated in the same transaction."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, primary_key=True, related_name="credit_account")
+    balance = models.BigIntegerField(default=0)  # credits owned = sum(ledger.amount)
+    held = models.BigIntegerField(default=0)  # credits reserved by open holds = sum(ledger.held_delta)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(held__gte=0), name="account_held_non_negative"),
+            # The database itself refuses overspending: holds never exceed the balance.
+            models.CheckConstraint(condition=Q(balance__gte=F("held")), name="account_held_covered"),
+        ]
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+class LedgerEntry(models.Model):
+    """Append-only: one row per grant, hold, capture, release, refund or adjustment."""
+
+    class Kind(models.TextChoices):
+        GRANT = "grant"
+        ADJUSTMENT = "adjustment"
+        HOLD = "hold"
+        CAPTURE = "capture"
+        RELEASE = "release"
+        REFUND = "refund"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="ledger")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount = models.BigIntegerField()  # credits added to (+) or taken from (-) the balance
+    held_delta = models.BigIntegerField(default=0)  # credits added to (+) or freed from (-) holds
+    balance_after = models.BigIntegerField()  # credits, after this row
+    held_after = models.BigIntegerField()  # credits, after this row
+    job = models.ForeignKey("images.Job", null=True, blank=True, on_delete=models.PROTECT, related_name="ledger")
+    actor = models.CharField(max_length=150, blank=True, default="")  # operator username or "system"
+    note = models.TextField(blank=True, default="")
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "ledger entries"
+
+
+class Hold(models.Model):
+    """Credits reserved for one job; captured on success, released on failure. One per job."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        CAPTURED = "captured"
+        RELEASED = "released"
+
+    job = models.OneToOneField("images.Job", on_delete=models.PROTECT, related_name="hold")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="holds")
+    api_key = models.ForeignKey(APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="holds")
+    amount = models.BigIntegerField()  # credits reserved
+    captured = models.BigIntegerField(default=0)  # credits finally charged
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+
+class Price(models.Model):
+    """Credits per image for a model, job kind, size and quality ('' matches any)."""
+
+    model = models.ForeignKey("images.ImageModel", on_delete=models.CASCADE, related_name="prices")
+    kind = models.CharField(max_length=16, default="", blank=True)  # generate|edit|variation|'' = any
+    size = models.CharField(max_length=16, default="", blank=True)  # e.g. 1024x1024, '' = any
+    quality = models.CharField(max_length=16, default="", blank=True)  # resolved quality, '' = any
+    credits_per_image = models.PositiveBigIntegerField()  # credits
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model", "kind", "size", "quality"], name="price_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} {self.kind or '*'} {self.size or '*'} {self.quality or '*'}: {self.credits_per_image}"
+
+
+class UsageRecord(models.Model):
+    """One row per request, whatever its outcome; feeds /v1/usage and the dashboards."""
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        REFUSED = "refused"  # 402 and other refusals before a job existed
+        BLOCKED = "blocked"  # moderation
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage")
+    api_key = models.ForeignKey(APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage")
+    job = models.OneToOneField("images.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage")
+    model = models.CharField(max_length=100)
+    endpoint = models.CharField(max_length=100)
+    n = models.PositiveIntegerField(default=1)
+    images = models.PositiveIntegerField(default=0)  # images delivered
+    size = models.CharField(max_length=16, blank=True, default="")
+    pixels = models.PositiveBigIntegerField(default=0)  # delivered images x width x height
+    quality = models.CharField(max_length=16, blank=True, default="")
+    steps = models.PositiveIntegerField(default=0)
+    credits_charged = models.BigIntegerField(default=0)  # credits
+    queue_wait_ms = models.PositiveIntegerField(null=True, blank=True)
+    gpu_ms = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING, db_index=True)
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)

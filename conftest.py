@@ -1,0 +1,15 @@
+"""Root conftest: put platform/ on sys.path by appending (it must never shadow the
+stdlib `platform` module), exactly as manage.py and the WSGI/ASGI entry points do,
+then load the settings so pytest-django sets Django up."""
+import os
+import sys
+from pathlib import Path
+
+_platform_dir = str(Path(__file__).resolve().parent / "platform")
+if _platform_dir not in sys.path:
+    sys.path.append(_platform_dir)
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
+
+from django.conf import settings  # noqa: E402
+
+settings.DATABASES  # noqa: B018  (loads settings; pytest-django then calls django.setup())

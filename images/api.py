@@ -1,0 +1,170 @@
+"""HTTP adapters for the Images API: parse, call one service, render."""
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from django.conf import settings
+from django.http import FileResponse, HttpRequest
+from django.core.files.storage import default_storage
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.errors import APIError, InvalidRequest, NotFound, PermissionDeniedError, UpstreamError
+from accounts.models import APIKey
+from billing.models import CreditAccount
+from images import selectors, services
+from images.files import image_read, image_token_read, image_url
+from images.models import ImageModel, Job
+from images.profiles import PROFILES, output_tokens
+from images.validation import GPT_ONLY, GenerationRequestSerializer, generation_params_resolve
+
+DEFAULT_MODEL = "dall-e-2"
+DEFAULT_GPT_MODEL = "gpt-image-1"
+
+
+class JobWaitTimeout(APIError):
+    status_code = 504
+    type = "server_error"
+    code = "job_wait_timeout"
+    should_retry = False  # a retry would submit (and charge) a second job
+
+
+def model_for_request(*, data: dict[str, Any], api_key: APIKey | None, default: str = DEFAULT_MODEL) -> ImageModel:
+    """The requested model, or the default ('dall-e-2' unless a GPT-image parameter is used)."""
+    public_id = data.get("model")
+    if not public_id:
+        gpt_used = any(data.get(name) not in (None, False) for name in GPT_ONLY)
+        public_id = DEFAULT_GPT_MODEL if gpt_used and default == DEFAULT_MODEL else default
+    model = selectors.image_model_get(public_id=public_id)
+    if model is None:
+        raise InvalidRequest(f"The model '{public_id}' does not exist or you do not have access to it.",
+                             param="model", code="model_not_found")
+    if api_key is not None and api_key.allowed_models and public_id not in api_key.allowed_models:
+        raise PermissionDeniedError(f"This API key may not use the model '{public_id}'.", param="model",
+                                    code="model_not_allowed")
+    return model
+
+
+def usage_body(job: Job) -> dict[str, Any]:
+    """GPT-image `usage`: input = the prompt's tokens as the model's tokenizer counted
+    them; output = OpenAI's per-image token table for the size and quality, times n."""
+    text_tokens = job.prompt_tokens or 0
+    out = output_tokens(job.size, job.params["quality"]) * job.images.count()
+    return {"input_tokens": text_tokens, "output_tokens": out, "total_tokens": text_tokens + out,
+            "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0}}
+
+
+def images_response_body(*, job: Job, base_url: str) -> dict[str, Any]:
+    """ImagesResponse (reference §6): DALL·E profiles get created+data only; GPT-image
+    ones also the resolved size/quality/background/output_format and usage."""
+    params = job.params
+    profile = PROFILES[params["profile"]]
+    data = []
+    for image in job.images.all():
+        item: dict[str, Any] = {}
+        if params["response_format"] == "url":
+            item["url"] = image_url(image, base_url=base_url)
+        else:
+            item["b64_json"] = base64.b64encode(image_read(image)).decode("ascii")
+        if profile.style:
+            item["revised_prompt"] = job.prompt
+        data.append(item)
+    body: dict[str, Any] = {"created": int(job.created_at.timestamp()), "data": data}
+    if profile.gpt:
+        body.update(background=params["background"], output_format=params["output_format"],
+                    size=params["size"], quality=params["quality"], usage=usage_body(job))
+    return body
+
+
+def credit_headers(job: Job) -> dict[str, str]:
+    charged = job.hold.captured if hasattr(job, "hold") else 0
+    account = CreditAccount.objects.filter(tenant_id=job.tenant_id).first()
+    remaining = account.available if account else 0
+    return {"x-credits-charged": str(charged), "x-credits-remaining": str(remaining)}
+
+
+def job_result_response(*, job: Job, request: Request) -> Response:
+    """The response for a finished (or still running) job of a synchronous request."""
+    if job.status == Job.Status.SUCCEEDED:
+        body = images_response_body(job=job, base_url=request.build_absolute_uri("/"))
+        return Response(body, headers=credit_headers(job))
+    if job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
+        if job.error_code == "service_unavailable":
+            raise services.ServiceUnavailable(job.error_message, headers={"Retry-After": "5"})
+        raise UpstreamError(f"{job.error_message} (job {job.pk}; nothing was charged)", code=job.error_code or None)
+    raise JobWaitTimeout(
+        f"The image is still being generated (job {job.pk}, status {job.status}) after "
+        f"{int(settings.JOB_WAIT_SECONDS)} s; it will be charged when it completes.")
+
+
+class ImageGenerationView(APIView):
+    """POST /v1/images/generations"""
+
+    endpoint = "/v1/images/generations"
+
+    def post(self, request: Request) -> Response:
+        serializer = GenerationRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        model = model_for_request(data=data, api_key=request.auth)
+        params = generation_params_resolve(data=data, model=model)
+        job = services.generation_submit(tenant=request.auth.tenant, api_key=request.auth, model=model,
+                                         params=params, endpoint=self.endpoint)
+        job = services.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS)
+        return job_result_response(job=job, request=request)
+
+
+def model_object(model: ImageModel) -> dict[str, Any]:
+    return {"id": model.public_id, "object": "model", "created": int(model.created_at.timestamp()),
+            "owned_by": model.owned_by}
+
+
+class ModelListView(APIView):
+    """GET /v1/models"""
+
+    def get(self, request: Request) -> Response:
+        return Response({"object": "list", "data": [model_object(m) for m in selectors.image_model_list()]})
+
+
+class ModelDetailView(APIView):
+    """GET /v1/models/{id}"""
+
+    def get(self, request: Request, model_id: str) -> Response:
+        model = selectors.image_model_get(public_id=model_id)
+        if model is None:
+            raise NotFound(f"The model '{model_id}' does not exist or you do not have access to it.",
+                           param="model", code="model_not_found")
+        return Response(model_object(model))
+
+
+class ImageFileView(APIView):
+    """GET /v1/files/{token}: a signed link, readable without the API key (like the
+    vendors' CDN links). Tampered, expired or foreign tokens are a plain 404."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    def get(self, request: Request, token: str) -> FileResponse:
+        found = image_token_read(token)
+        image = selectors.image_get(tenant_id=found[1], image_id=found[0]) if found else None
+        if image is None or not default_storage.exists(image.file):
+            raise NotFound("The requested image was not found or its link has expired.", code="not_found")
+        response = FileResponse(default_storage.open(image.file, "rb"), content_type=image.content_type)
+        response["Cache-Control"] = "private, max-age=3600"
+        return response
+
+
+class UnknownRouteView(APIView):
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any):
+        self.args, self.kwargs = args, kwargs
+        self.request = self.initialize_request(request, *args, **kwargs)
+        self.headers = self.default_response_headers
+        exc = NotFound(f"Unknown request URL: {request.method} {request.path}.", code="unknown_url")
+        response = self.handle_exception(exc)
+        self.response = self.finalize_response(self.request, response, *args, **kwargs)
+        return self.response

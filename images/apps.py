@@ -1,0 +1,16 @@
+from django.apps import AppConfig
+
+
+class ImagesConfig(AppConfig):
+    name = "images"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Declare every configured GPU queue on this process's broker, so the
+        # web tier can enqueue to them and workers can consume them.
+        import dramatiq
+        from django.conf import settings
+
+        broker = dramatiq.get_broker()
+        for queue in settings.GPU_QUEUES:
+            broker.declare_queue(queue)

@@ -1,0 +1,18 @@
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from images.seed import registry_seed
+
+
+class Command(BaseCommand):
+    help = "Idempotent setup after migrate: build the demo model if missing, seed models and prices."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--no-model", action="store_true", help="skip the demo model (web-only hosts)")
+
+    def handle(self, *args, no_model: bool, **options):
+        if not no_model:
+            call_command("build_demo_model")
+        created = registry_seed()
+        if created:
+            self.stdout.write(f"Seeded {created} model(s) with default prices.")

@@ -1,0 +1,59 @@
+"""Dramatiq middleware run by every worker (separate or embedded): at boot it starts
+the deadline sweeper and warms the enabled models' pipelines in the background."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import dramatiq
+
+logger = logging.getLogger(__name__)
+
+
+class WorkerLifecycle(dramatiq.Middleware):
+    def __init__(self, sweep_interval: float = 30.0) -> None:
+        self.sweep_interval = sweep_interval
+        self._stop = threading.Event()
+
+    def after_worker_boot(self, broker, worker) -> None:
+        self._stop.clear()
+        threading.Thread(target=self._sweep_loop, name="deadline-sweeper", daemon=True).start()
+        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+
+    def before_worker_shutdown(self, broker, worker) -> None:
+        self._stop.set()
+
+    def _sweep_loop(self) -> None:
+        from django.db import close_old_connections
+
+        from images.services import jobs_sweep
+
+        while not self._stop.wait(self.sweep_interval):
+            try:
+                released = jobs_sweep()
+                if released:
+                    logger.warning("deadline sweep failed %d job(s) and released their holds", released)
+            except Exception:
+                logger.exception("deadline sweep failed")
+            finally:
+                close_old_connections()
+
+    def _warm_up(self) -> None:
+        from django.conf import settings
+        from django.db import connection
+
+        if not settings.WARM_UP_MODELS:
+            return
+        try:
+            from images import pipelines
+            from images.models import ImageModel
+            from images.worker import pipeline_source
+
+            sources = {pipeline_source(m) for m in ImageModel.objects.filter(enabled=True, queue__in=settings.GPU_QUEUES)}
+            for source in list(sources)[: settings.PIPELINE_CACHE_SIZE]:
+                pipelines.warm_up(source)
+                logger.info("warmed up %s", source.source)
+        except Exception:
+            logger.exception("warm-up failed; models will load on first use")
+        finally:
+            connection.close()

@@ -1,0 +1,473 @@
+"""The GPU/torch layer: loading diffusers pipelines and running generation batches.
+
+This module and `images.demo_model` are the only ones that import torch and diffusers;
+nothing here imports Django, so the web tier never pays for torch and this layer can be
+tested on its own.
+
+Concurrency model: one process-wide lock (`_RUN_LOCK`) serialises every pipeline call
+(diffusers pipelines keep per-call state on the pipeline and scheduler objects, and one
+device is best used by one call at a time); a second lock guards the pipeline cache.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+# No telemetry pings from the hub clients. HF_HUB_OFFLINE is deliberately NOT forced:
+# `local_files_only=True` (the default of PipelineSource) already keeps from_pretrained
+# off the network, and forcing offline mode process-wide would silently break an
+# operator's `local_files_only=False`.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DISABLE_TELEMETRY", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "GenerationResult",
+    "GenerationTask",
+    "PipelineError",
+    "PipelineSource",
+    "decode_latents_preview",
+    "device_info",
+    "get_pipeline",
+    "run_batch",
+    "select_device",
+    "warm_up",
+]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
+_TRUE = {"1", "true", "yes", "on"}
+_MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts unsigned 64-bit seeds
+
+
+@dataclass(frozen=True)
+class PipelineSource:
+    source: str  # local directory or hub id
+    dtype: str = "auto"  # "auto" | "float16" | "bfloat16" | "float32"; auto = fp16 on CUDA/MPS, fp32 on CPU
+    local_files_only: bool = True  # the operator may set False to allow hub downloads
+
+
+@dataclass
+class GenerationTask:
+    source: PipelineSource
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seeds: list[int]  # one seed per image
+    # Called (steps_done, steps_total) after each denoising step. Exceptions it raises
+    # are logged and swallowed. It runs while the pipeline lock is held: keep it quick
+    # and never call run_batch/warm_up from it (that would deadlock).
+    on_step: Callable[[int, int], None] | None = None
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]  # len == len(task.seeds), RGB, exactly width x height
+    seconds: float  # wall time of the pipeline call(s) attributable to this task
+
+
+class PipelineError(Exception):
+    """A load or generation failure; the message is short and meant for humans."""
+
+
+# ---------------------------------------------------------------------------
+# Device and dtype
+# ---------------------------------------------------------------------------
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+def select_device() -> tuple[str, torch.dtype]:
+    """CUDA (fp16) > MPS (fp16) > CPU (fp32); env PLATFORM_DEVICE (cpu/cuda[:N]/mps) overrides."""
+    wanted = os.environ.get("PLATFORM_DEVICE", "").strip().lower()
+    if wanted in ("", "auto"):
+        if torch.cuda.is_available():
+            return "cuda", torch.float16
+        if _mps_available():
+            return "mps", torch.float16
+        return "cpu", torch.float32
+    kind = wanted.split(":", 1)[0]
+    if kind == "cpu":
+        return "cpu", torch.float32
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise PipelineError("PLATFORM_DEVICE asks for CUDA but no CUDA device is available")
+        return wanted, torch.float16
+    if kind == "mps":
+        if not _mps_available():
+            raise PipelineError("PLATFORM_DEVICE asks for MPS but MPS is not available")
+        return "mps", torch.float16
+    raise PipelineError(f"PLATFORM_DEVICE must be cpu, cuda or mps, not {wanted!r}")
+
+
+def _resolve_dtype(name: str, default: torch.dtype) -> torch.dtype:
+    if name == "auto":
+        return default
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise PipelineError(f"unknown dtype {name!r} (expected auto, float16, bfloat16 or float32)") from None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def device_info() -> dict:
+    import diffusers
+
+    device, dtype = select_device()
+    cuda_name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
+    return {
+        "device": device,
+        "dtype": _dtype_name(dtype),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "cuda_name": cuda_name,
+    }
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """A one-line description of an exception, with no traceback."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise PipelineError(f"{name} must be an integer, not {raw!r}") from None
+    if value < 1:
+        raise PipelineError(f"{name} must be at least 1")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Loading and the pipeline cache
+# ---------------------------------------------------------------------------
+
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_RUN_LOCK = threading.Lock()
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or os.path.isabs(source) or os.path.isdir(source)
+
+
+def _load(source: PipelineSource, device: str, dtype: torch.dtype) -> Any:
+    import diffusers.utils.logging
+    import transformers.utils.logging
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+
+    # Loading bars are noise in worker logs (this module is the only diffusers user).
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+    location = os.path.expanduser(source.source) if source.source.startswith("~") else source.source
+    if _looks_like_path(source.source) and not os.path.isdir(location):
+        raise PipelineError(f"model folder not found: {source.source}")
+    started = time.perf_counter()
+    try:
+        config = DiffusionPipeline.load_config(location, local_files_only=source.local_files_only)
+        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": source.local_files_only}
+        if "safety_checker" in config:  # SD 1.x/2.x; other pipelines would warn about the kwargs
+            kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe = AutoPipelineForText2Image.from_pretrained(location, **kwargs)
+        pipe.to(device)
+    except Exception as exc:
+        raise PipelineError(f"could not load model {source.source!r}: {_short(exc)}") from exc
+
+    pipe.set_progress_bar_config(disable=True)
+    # diffusers already uses torch's scaled_dot_product_attention (AttnProcessor2_0)
+    # by default on torch >= 2, so nothing to enable for SDPA.
+    if device.startswith("cuda") and getattr(pipe, "unet", None) is not None:
+        pipe.unet.to(memory_format=torch.channels_last)
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and os.environ.get("PIPELINE_VAE_TILING", "").strip().lower() in _TRUE:
+        vae.enable_tiling()  # lower peak memory for large images; changes pixels slightly
+    logger.info(
+        "loaded %s (%s) on %s as %s in %.1fs",
+        source.source, type(pipe).__name__, device, _dtype_name(dtype), time.perf_counter() - started,
+    )
+    return pipe
+
+
+def get_pipeline(source: PipelineSource) -> Any:
+    """Load (or fetch from the per-process LRU cache) the text-to-image pipeline for source.
+
+    The cache holds at most PIPELINE_CACHE_SIZE pipelines (env, default 2). Loading
+    happens under the cache lock, so concurrent callers wait rather than load twice.
+    """
+    device, default_dtype = select_device()
+    dtype = _resolve_dtype(source.dtype, default_dtype)
+    key = (source.source, source.local_files_only, device, dtype)
+    with _CACHE_LOCK:
+        pipe = _CACHE.get(key)
+        if pipe is not None:
+            _CACHE.move_to_end(key)
+            return pipe
+        # Make room first, so the old weights can be freed before the new ones arrive.
+        size = _env_int("PIPELINE_CACHE_SIZE", 2)
+        evicted = False
+        while len(_CACHE) >= size:
+            old_key, _ = _CACHE.popitem(last=False)
+            logger.info("evicted pipeline %s from the cache", old_key[0])
+            evicted = True
+        if evicted:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        pipe = _load(source, device, dtype)
+        _CACHE[key] = pipe
+        return pipe
+
+
+def _clear_cache() -> None:
+    """Drop every cached pipeline (for tests and operators)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+    gc.collect()
+
+
+# ---------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------
+
+def _validate(task: GenerationTask, index: int) -> None:
+    def fail(message: str) -> PipelineError:
+        return PipelineError(f"task {index}: {message}")
+
+    if not isinstance(task.source, PipelineSource):
+        raise fail("source must be a PipelineSource")
+    if not isinstance(task.prompt, str):
+        raise fail("prompt must be a string")
+    if task.negative_prompt is not None and not isinstance(task.negative_prompt, str):
+        raise fail("negative_prompt must be a string or None")
+    for name in ("width", "height"):
+        value = getattr(task, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 8:
+            raise fail(f"{name} must be a positive multiple of 8 (got {value!r})")
+    if isinstance(task.steps, bool) or not isinstance(task.steps, int) or task.steps < 1:
+        raise fail(f"steps must be an integer >= 1 (got {task.steps!r})")
+    if isinstance(task.guidance, bool) or not isinstance(task.guidance, (int, float)) or not math.isfinite(task.guidance):
+        raise fail(f"guidance must be a finite number (got {task.guidance!r})")
+    if not task.seeds:
+        raise fail("seeds must not be empty")
+    for seed in task.seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
+            raise fail(f"seeds must be integers in [0, 2**64) (got {seed!r})")
+
+
+def _default_max_batch() -> int:
+    device, _ = select_device()
+    if device.startswith("cuda"):
+        return 8
+    if device == "mps":
+        return 4
+    return 1  # measured on a 2-core CPU: batching is slower than one image per call
+
+
+def _resolve_max_batch(max_batch: int | None) -> int:
+    if max_batch is None:
+        return _env_int("PIPELINE_MAX_BATCH", 0) or _default_max_batch()
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise PipelineError(f"max_batch must be an integer >= 1 (got {max_batch!r})")
+    return max_batch
+
+
+def _generator_device(pipe: Any) -> str:
+    # Generators live on the pipeline's device for CUDA (fast, and how CUDA users seed);
+    # CPU generators elsewhere (MPS generators are less reproducible; diffusers moves
+    # CPU-made noise over). Note: a seed gives different images on CUDA and on CPU.
+    device = pipe.device
+    return str(device) if device.type == "cuda" else "cpu"
+
+
+_Item = tuple[int, int]  # (task index, image index within the task)
+
+
+def _run_chunk(
+    pipe: Any,
+    tasks: list[GenerationTask],
+    chunk: list[_Item],
+    progress: dict[int, tuple[int, int]],  # task -> (chunks already done, chunks in all)
+    failed: set[int],  # tasks whose on_step already raised (logged once per run_batch)
+) -> tuple[list[Image.Image], float]:
+    first = tasks[chunk[0][0]]
+    prompts = [tasks[t].prompt for t, _ in chunk]
+    negatives = [tasks[t].negative_prompt for t, _ in chunk]
+    gen_device = _generator_device(pipe)
+    generators = [torch.Generator(device=gen_device).manual_seed(tasks[t].seeds[j]) for t, j in chunk]
+    task_ids = list(dict.fromkeys(t for t, _ in chunk))
+
+    def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        per_chunk = getattr(pipeline, "num_timesteps", None) or first.steps
+        for t in task_ids:
+            callback = tasks[t].on_step
+            if callback is None:
+                continue
+            done_chunks, all_chunks = progress[t]
+            try:
+                callback(done_chunks * per_chunk + step + 1, all_chunks * per_chunk)
+            except Exception:
+                if t not in failed:  # log once per task, not once per step
+                    failed.add(t)
+                    logger.exception("on_step callback of task %d raised; generation continues", t)
+        return callback_kwargs
+
+    started = time.perf_counter()
+    try:
+        output = pipe(
+            prompt=prompts,
+            # None and "" are the same unconditional prompt for diffusers; only pass a
+            # list when some task has a negative prompt.
+            negative_prompt=None if all(n is None for n in negatives) else [n or "" for n in negatives],
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.steps,
+            guidance_scale=float(first.guidance),
+            num_images_per_prompt=1,
+            generator=generators,
+            output_type="pil",
+            callback_on_step_end=on_step_end,
+        )
+    except torch.cuda.OutOfMemoryError as exc:
+        gc.collect()
+        torch.cuda.empty_cache()
+        raise PipelineError(
+            f"out of GPU memory generating {len(chunk)} image(s) at {first.width}x{first.height}"
+        ) from exc
+    except Exception as exc:
+        raise PipelineError(f"generation failed: {_short(exc)}") from exc
+    elapsed = time.perf_counter() - started
+
+    images = [image if image.mode == "RGB" else image.convert("RGB") for image in output.images]
+    if len(images) != len(chunk) or any(im.size != (first.width, first.height) for im in images):
+        raise PipelineError("generation failed: the pipeline returned unexpected images")
+    return images, elapsed
+
+
+def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None) -> list[GenerationResult]:
+    """Run tasks, batching images of compatible tasks; one result per task, in order.
+
+    Tasks sharing (source, width, height, steps, guidance) are run together, at most
+    `max_batch` images per pipeline call (None: env PIPELINE_MAX_BATCH, else 1 on CPU,
+    4 on MPS, 8 on CUDA). Each image has its own seeded generator, so an image depends
+    only on its seed and parameters, not on what it was batched with (up to float noise).
+    All tasks are validated before anything runs; any failure raises PipelineError and
+    no partial results are returned.
+    """
+    if not tasks:
+        return []
+    for index, task in enumerate(tasks):
+        _validate(task, index)
+    limit = _resolve_max_batch(max_batch)
+
+    groups: dict[tuple, list[int]] = {}
+    for index, task in enumerate(tasks):
+        key = (task.source, task.width, task.height, task.steps, float(task.guidance))
+        groups.setdefault(key, []).append(index)
+
+    images: list[list[Image.Image]] = [[] for _ in tasks]
+    seconds = [0.0] * len(tasks)
+    failed: set[int] = set()
+    with _RUN_LOCK:
+        for indices in groups.values():
+            pipe = get_pipeline(tasks[indices[0]].source)
+            items: list[_Item] = [(t, j) for t in indices for j in range(len(tasks[t].seeds))]
+            chunks = [items[k : k + limit] for k in range(0, len(items), limit)]
+            # A task split over several calls reports progress over all of them.
+            progress = {t: (0, sum(any(i[0] == t for i in c) for c in chunks)) for t in indices}
+            for chunk in chunks:
+                chunk_images, elapsed = _run_chunk(pipe, tasks, chunk, progress, failed)
+                for (t, _), image in zip(chunk, chunk_images):
+                    images[t].append(image)
+                    seconds[t] += elapsed / len(chunk)  # shared call time, split per image
+                for t in dict.fromkeys(t for t, _ in chunk):
+                    done, total = progress[t]
+                    progress[t] = (done + 1, total)
+    return [GenerationResult(images=imgs, seconds=secs) for imgs, secs in zip(images, seconds)]
+
+
+def warm_up(source: PipelineSource) -> None:
+    """Load the pipeline and run one tiny generation (1 step, 64x64, with CFG)."""
+    started = time.perf_counter()
+    run_batch(
+        [GenerationTask(source=source, prompt="warm up", negative_prompt=None, width=64, height=64,
+                        steps=1, guidance=2.0, seeds=[0])],
+        max_batch=1,
+    )
+    logger.info("warmed up %s in %.1fs", source.source, time.perf_counter() - started)
+
+
+def decode_latents_preview(pipe: Any, latents: torch.Tensor, *, max_size: int = 256) -> list[Image.Image]:
+    """Decode intermediate latents (e.g. callback_kwargs["latents"]) into small RGB previews.
+
+    Latents are shrunk first so that the preview's longest side is about `max_size`
+    pixels: the VAE decode is the expensive part, and it scales with the area. Meant to
+    be called from inside a step callback (i.e. under the pipeline lock).
+    """
+    try:
+        vae = pipe.vae
+        with torch.no_grad():
+            lat = latents.detach()
+            height, width = lat.shape[-2:]
+            longest = max(1, max_size // pipe.vae_scale_factor)
+            if max(height, width) > longest:
+                scale = longest / max(height, width)
+                size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                lat = F.interpolate(lat.float(), size=size, mode="area")
+            lat = lat.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+            shift = getattr(vae.config, "shift_factor", None)
+            if shift:
+                lat = lat + shift
+            decoded = vae.decode(lat, return_dict=False)[0]
+            decoded = torch.nan_to_num(decoded.float())
+        previews = pipe.image_processor.postprocess(decoded, output_type="pil")
+    except Exception as exc:
+        raise PipelineError(f"preview decode failed: {_short(exc)}") from exc
+    return [image if image.mode == "RGB" else image.convert("RGB") for image in previews]
+
+
+def count_tokens(source: PipelineSource, text: str) -> int | None:
+    """How many tokens the pipeline's (first) tokenizer makes of `text`, without
+    truncation; None when the pipeline has no tokenizer. Used for `usage`."""
+    pipe = get_pipeline(source)
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is None:
+        return None
+    try:
+        return len(tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"])
+    except Exception:  # a tokenizer quirk must never fail a finished generation
+        logger.warning("could not count tokens for %s", source.source, exc_info=True)
+        return None

@@ -1,0 +1,55 @@
+"""The model registry and price list that `make setup` seeds (admin-editable after)."""
+from __future__ import annotations
+
+from django.db import transaction
+
+from billing.models import Price
+from images.models import ImageModel
+
+DEMO_SOURCE = "demo-sd-tiny"  # folder under MODEL_DIR built by `manage.py build_demo_model`
+
+# Demo model: steps per quality value (more steps = slower = pricier in a real model).
+DEMO_STEPS = {"standard": 4, "hd": 6, "low": 2, "medium": 3, "high": 4, "default": 4}
+
+# public id -> (profile, owner)
+SEEDED_MODELS = {
+    "dall-e-2": ("dall-e-2", "platform"),
+    "dall-e-3": ("dall-e-3", "platform"),
+    "gpt-image-1": ("gpt-image", "platform"),
+    "gpt-image-1-mini": ("gpt-image", "platform"),
+    "gpt-image-1.5": ("gpt-image", "platform"),
+    "imagen-3": ("dall-e-3", "platform"),
+    "alphaedge-vision-3-1-2505": ("dall-e-2", "platform"),
+}
+
+# Credits per image (1 credit ~ US$0.001, docs/configuration.md), close to the
+# list prices of the services these ids imitate. (size, quality) -> credits.
+PRICES = {
+    "dall-e-2": {("256x256", ""): 16, ("512x512", ""): 18, ("1024x1024", ""): 20},
+    "dall-e-3": {("1024x1024", "standard"): 40, ("1024x1024", "hd"): 80, ("1792x1024", "standard"): 80,
+                 ("1792x1024", "hd"): 120, ("1024x1792", "standard"): 80, ("1024x1792", "hd"): 120},
+    "gpt-image": {("1024x1024", "low"): 11, ("1024x1024", "medium"): 42, ("1024x1024", "high"): 167,
+                  ("1024x1536", "low"): 16, ("1024x1536", "medium"): 63, ("1024x1536", "high"): 250,
+                  ("1536x1024", "low"): 16, ("1536x1024", "medium"): 63, ("1536x1024", "high"): 250},
+}
+MINI_FACTOR = {"gpt-image-1-mini": 0.25}
+
+
+@transaction.atomic
+def registry_seed() -> int:
+    """Create missing seeded models and their prices; never overwrites operator edits.
+    Returns how many models were created."""
+    created = 0
+    for public_id, (profile, owner) in SEEDED_MODELS.items():
+        model, was_created = ImageModel.objects.get_or_create(
+            public_id=public_id,
+            defaults={"profile": profile, "source": DEMO_SOURCE, "steps_by_quality": DEMO_STEPS,
+                      "guidance": 5.0, "owned_by": owner, "queue": "gpu"})
+        if not was_created:
+            continue
+        created += 1
+        factor = MINI_FACTOR.get(public_id, 1)
+        for (size, quality), credits in PRICES[profile].items():
+            Price.objects.create(model=model, size=size, quality=quality,
+                                 credits_per_image=max(1, int(credits * factor)))
+    return created

@@ -1,0 +1,67 @@
+"""Dramatiq broker configuration and the embedded (in-process) worker.
+
+BROKER_URL unset: a StubBroker lives inside the web process and an in-process
+dramatiq.Worker consumes it, so one `make run` is a whole platform.
+redis://... or amqp://...: the web tier only enqueues; `make worker` consumes.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+MIDDLEWARE = [
+    "dramatiq.middleware.AgeLimit",
+    "dramatiq.middleware.TimeLimit",
+    "dramatiq.middleware.Callbacks",
+    "dramatiq.middleware.Retries",
+    "dramatiq.middleware.ShutdownNotifications",
+    "django_dramatiq.middleware.DbConnectionsMiddleware",
+    "images.middleware.WorkerLifecycle",
+]
+
+
+def broker_settings(broker_url: str) -> dict[str, Any]:
+    """The DRAMATIQ_BROKER setting for a broker URL ('' = embedded)."""
+    if not broker_url:
+        return {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {}, "MIDDLEWARE": MIDDLEWARE}
+    if broker_url.startswith(("redis://", "rediss://", "unix://")):
+        # heartbeat_timeout: how long after a worker dies its unacked messages are
+        # requeued to a live worker (ms). See docs/operations.md.
+        return {
+            "BROKER": "dramatiq.brokers.redis.RedisBroker",
+            "OPTIONS": {"url": broker_url, "heartbeat_timeout": 30_000},
+            "MIDDLEWARE": MIDDLEWARE,
+        }
+    if broker_url.startswith(("amqp://", "amqps://")):
+        return {"BROKER": "dramatiq.brokers.rabbitmq.RabbitmqBroker", "OPTIONS": {"url": broker_url}, "MIDDLEWARE": MIDDLEWARE}
+    raise ValueError(f"BROKER_URL must be redis://, rediss:// or amqp://, not {broker_url.split(':', 1)[0]}://")
+
+
+_embedded_lock = threading.Lock()
+_embedded_worker = None
+
+
+def start_embedded_worker(threads: int = 2):
+    """Start the in-process worker once per process (embedded mode only)."""
+    global _embedded_worker
+    import dramatiq
+    from dramatiq.brokers.stub import StubBroker
+
+    with _embedded_lock:
+        broker = dramatiq.get_broker()
+        if not isinstance(broker, StubBroker):
+            return None
+        if _embedded_worker is None:
+            # worker_timeout: how often idle threads poll the in-memory queue (ms);
+            # small, so a job starts within a few ms of being sent.
+            _embedded_worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+            _embedded_worker.start()
+        return _embedded_worker
+
+
+def stop_embedded_worker() -> None:
+    global _embedded_worker
+    with _embedded_lock:
+        if _embedded_worker is not None:
+            _embedded_worker.stop()
+            _embedded_worker = None

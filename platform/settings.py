@@ -1,0 +1,183 @@
+"""Settings, read from the environment with django-environ.
+
+Two ways to run, one code path:
+- embedded (nothing set): SQLite in var/, an in-process Dramatiq broker and worker,
+  local-memory cache, local file storage, the demo model;
+- production (DATABASE_URL, BROKER_URL, CACHE_URL set): PostgreSQL, Redis or RabbitMQ,
+  separate `make worker` processes, shared storage.
+Every variable is documented in docs/configuration.md.
+"""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+import broker_setup
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+EMBEDDED = not env.str("DATABASE_URL", default="")
+
+# Embedded installs default to DEBUG; anything with a real database does not.
+DEBUG = env.bool("DEBUG", default=EMBEDDED)
+
+
+def _development_secret() -> str:
+    """A random key kept in var/ so sessions survive restarts of a dev install."""
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    SECRET_KEY = _development_secret()
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+PORT = env.int("PORT", default=8000)
+# Absolute base for signed image links; defaults to the address the request came in on.
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="").rstrip("/")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_api_key",
+    "django_dramatiq",
+    "accounts",
+    "billing",
+    "images",
+]
+
+MIDDLEWARE = [
+    "accounts.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "urls"
+WSGI_APPLICATION = "wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers run while the in-process worker writes; IMMEDIATE takes the
+    # write lock at BEGIN so two writers queue instead of failing to upgrade a lock.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    if DATABASES["default"]["NAME"] != ":memory:":
+        Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5))
+
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.path("STATIC_ROOT", default=VAR_DIR / "static")
+MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
+MEDIA_URL = "media/"
+# Where built or downloaded model folders live (the demo model is built here).
+MODEL_DIR = env.path("MODEL_DIR", default=VAR_DIR / "models")
+
+# 64 MB: the largest multipart edit (several gpt-image inputs) must fit.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=64 * 1024 * 1024)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.APIKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "EXCEPTION_HANDLER": "accounts.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# ---- Dramatiq -------------------------------------------------------------------
+BROKER_URL = env.str("BROKER_URL", default="")
+# Queues this installation knows; each model row names one of them.
+GPU_QUEUES = env.list("GPU_QUEUES", default=["gpu"])
+DRAMATIQ_BROKER = broker_setup.broker_settings(BROKER_URL)
+DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
+# Threads of the in-process worker (embedded) that pick up jobs.
+EMBEDDED_WORKER_THREADS = env.int("EMBEDDED_WORKER_THREADS", default=2)
+
+# ---- Generation -------------------------------------------------------------------
+# How long a synchronous request waits for its job before answering with the job id.
+JOB_WAIT_SECONDS = env.float("JOB_WAIT_SECONDS", default=300.0)
+# A job not finished this long after it was queued is failed and its hold released.
+JOB_DEADLINE_SECONDS = env.int("JOB_DEADLINE_SECONDS", default=900)
+# Dramatiq time limit for one generation message (ms).
+JOB_TIME_LIMIT_MS = env.int("JOB_TIME_LIMIT_MS", default=600_000)
+JOB_MAX_RETRIES = env.int("JOB_MAX_RETRIES", default=3)
+# Signed image links live this long (seconds); OpenAI's last one hour.
+IMAGE_URL_TTL_SECONDS = env.int("IMAGE_URL_TTL_SECONDS", default=3600)
+# Allow hub downloads for models whose source is a hub id (off: air-gapped hosts).
+MODEL_ALLOW_DOWNLOADS = env.bool("MODEL_ALLOW_DOWNLOADS", default=False)
+
+# Load the enabled models' pipelines when a worker starts (not on the first request).
+WARM_UP_MODELS = env.bool("WARM_UP_MODELS", default=True)
+# Pipelines kept loaded per worker process (least recently used evicted).
+PIPELINE_CACHE_SIZE = env.int("PIPELINE_CACHE_SIZE", default=2)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.server": {"level": "WARNING"}},
+}
+
+if not DEBUG:
+    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
+    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)

@@ -1,0 +1,27 @@
+from django.contrib import admin
+from django.http import HttpRequest
+from django.urls import path, re_path
+
+from accounts.errors import APIError, NotFound, json_error_response
+from health import healthz
+from images import api as images_api
+
+urlpatterns = [
+    path("healthz", healthz),
+    path("admin/", admin.site.urls),
+    path("v1/images/generations", images_api.ImageGenerationView.as_view()),
+    path("v1/models", images_api.ModelListView.as_view()),
+    path("v1/models/<str:model_id>", images_api.ModelDetailView.as_view()),
+    path("v1/files/<str:token>", images_api.ImageFileView.as_view()),
+    # Anything else under the API prefixes: a 404 in the envelope, DEBUG or not.
+    re_path(r"^(?:v1|api)/.*$", images_api.UnknownRouteView.as_view()),
+]
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None):
+    return json_error_response(NotFound(f"Unknown request URL: {request.method} {request.path}.", code="unknown_url"))
+
+
+def handler500(request: HttpRequest):
+    return json_error_response(APIError("The server had an error while processing your request.",
+                                        status_code=500, type="server_error", code="internal_error"))
