@@ -9,6 +9,10 @@ _platform_dir = str(Path(__file__).resolve().parent / "platform")
 if _platform_dir not in sys.path:
     sys.path.append(_platform_dir)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
+# The in-process test worker neither sweeps nor warms up on its own: background
+# database work would race pytest-django's per-test database access rules.
+os.environ.setdefault("JOB_SWEEP_SECONDS", "0")
+os.environ.setdefault("WARM_UP_MODELS", "false")
 
 from django.conf import settings  # noqa: E402
 

@@ -11,8 +11,7 @@ logger = logging.getLogger(__name__)
 
 
 class WorkerLifecycle(dramatiq.Middleware):
-    def __init__(self, sweep_interval: float = 30.0) -> None:
-        self.sweep_interval = sweep_interval
+    def __init__(self) -> None:
         self._stop = threading.Event()
 
     def after_worker_boot(self, broker, worker) -> None:
@@ -23,12 +22,20 @@ class WorkerLifecycle(dramatiq.Middleware):
     def before_worker_shutdown(self, broker, worker) -> None:
         self._stop.set()
 
+    def before_worker_thread_shutdown(self, broker, thread) -> None:
+        from django.db import connections
+
+        connections.close_all()  # this thread's connections; nothing else will close them
+
     def _sweep_loop(self) -> None:
+        from django.conf import settings
         from django.db import close_old_connections
 
         from images.services import jobs_sweep
 
-        while not self._stop.wait(self.sweep_interval):
+        if settings.JOB_SWEEP_SECONDS <= 0:
+            return
+        while not self._stop.wait(settings.JOB_SWEEP_SECONDS):
             try:
                 released = jobs_sweep()
                 if released:

@@ -20,7 +20,7 @@ MIDDLEWARE = [
 ]
 
 
-def broker_settings(broker_url: str) -> dict[str, Any]:
+def broker_settings(broker_url: str, namespace: str = "dramatiq") -> dict[str, Any]:
     """The DRAMATIQ_BROKER setting for a broker URL ('' = embedded)."""
     if not broker_url:
         return {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {}, "MIDDLEWARE": MIDDLEWARE}
@@ -29,7 +29,7 @@ def broker_settings(broker_url: str) -> dict[str, Any]:
         # requeued to a live worker (ms). See docs/operations.md.
         return {
             "BROKER": "dramatiq.brokers.redis.RedisBroker",
-            "OPTIONS": {"url": broker_url, "heartbeat_timeout": 30_000},
+            "OPTIONS": {"url": broker_url, "namespace": namespace, "heartbeat_timeout": 30_000},
             "MIDDLEWARE": MIDDLEWARE,
         }
     if broker_url.startswith(("amqp://", "amqps://")):
@@ -41,15 +41,16 @@ _embedded_lock = threading.Lock()
 _embedded_worker = None
 
 
-def start_embedded_worker(threads: int = 2):
-    """Start the in-process worker once per process (embedded mode only)."""
+def start_embedded_worker(threads: int = 2, *, any_broker: bool = False):
+    """Start the in-process worker once per process: in the embedded mode, or on any
+    broker when `any_broker` (the test suite does this to run jobs through Redis)."""
     global _embedded_worker
     import dramatiq
     from dramatiq.brokers.stub import StubBroker
 
     with _embedded_lock:
         broker = dramatiq.get_broker()
-        if not isinstance(broker, StubBroker):
+        if not isinstance(broker, StubBroker) and not any_broker:
             return None
         if _embedded_worker is None:
             # worker_timeout: how often idle threads poll the in-memory queue (ms);

@@ -9,6 +9,7 @@ Every variable is documented in docs/configuration.md.
 """
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -106,6 +107,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
     if DATABASES["default"]["NAME"] != ":memory:":
         Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Tests use a file too: the in-process worker's threads need to see the test data
+    # through their own connections (a shared-cache memory DB locks whole tables).
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -146,7 +150,9 @@ REST_FRAMEWORK = {
 BROKER_URL = env.str("BROKER_URL", default="")
 # Queues this installation knows; each model row names one of them.
 GPU_QUEUES = env.list("GPU_QUEUES", default=["gpu"])
-DRAMATIQ_BROKER = broker_setup.broker_settings(BROKER_URL)
+# Redis key prefix for the broker's queues (lets several installations share one Redis).
+BROKER_NAMESPACE = env.str("BROKER_NAMESPACE", default="dramatiq")
+DRAMATIQ_BROKER = broker_setup.broker_settings(BROKER_URL, BROKER_NAMESPACE)
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 # Threads of the in-process worker (embedded) that pick up jobs.
 EMBEDDED_WORKER_THREADS = env.int("EMBEDDED_WORKER_THREADS", default=2)
@@ -157,6 +163,8 @@ JOB_WAIT_SECONDS = env.float("JOB_WAIT_SECONDS", default=300.0)
 # A job not finished this long after it was queued is failed and its hold released.
 JOB_DEADLINE_SECONDS = env.int("JOB_DEADLINE_SECONDS", default=900)
 # Dramatiq time limit for one generation message (ms).
+# How often each worker fails jobs past their deadline and releases their holds (0: never).
+JOB_SWEEP_SECONDS = env.int("JOB_SWEEP_SECONDS", default=30)
 JOB_TIME_LIMIT_MS = env.int("JOB_TIME_LIMIT_MS", default=600_000)
 JOB_MAX_RETRIES = env.int("JOB_MAX_RETRIES", default=3)
 # Signed image links live this long (seconds); OpenAI's last one hour.

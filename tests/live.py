@@ -1,0 +1,117 @@
+"""A real deployment for compatibility tests: `manage.py serve` (gunicorn) and, when
+BROKER_URL is set, a separate `rundramatiq` worker process, on their own database
+(a fresh PostgreSQL database when the suite runs on PostgreSQL, else a SQLite file)
+and their own broker namespace. Tests talk to it over HTTP only."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pg_admin(sql: str) -> None:
+    import psycopg
+
+    db = settings.DATABASES["default"]
+    with psycopg.connect(host=db["HOST"] or None, port=db["PORT"] or None, user=db["USER"],
+                         password=db["PASSWORD"] or None, dbname="postgres", autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    env: dict[str, str]
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+    pg_database: str | None = None
+
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
+                              text=True, check=check, timeout=300)
+
+    def tenant(self, credits: int = 100_000) -> str:
+        """Create a tenant with `manage.py tenant_create`; returns its key (the last line)."""
+        out = self.manage("tenant_create", f"live-{uuid.uuid4().hex[:8]}", "--credits", str(credits)).stdout
+        return out.strip().splitlines()[-1]
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if self.pg_database:
+            _pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_database}" WITH (FORCE)')
+
+
+def start_live_server(tmp: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update({
+        "SECRET_KEY": "live-test-secret-key-" + uuid.uuid4().hex, "PORT": str(port), "MEDIA_ROOT": str(tmp / "media"),
+        "MODEL_DIR": str(settings.MODEL_DIR), "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+        "DJANGO_SETTINGS_MODULE": "settings", "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SESSION_COOKIE_SECURE": "false", "CSRF_COOKIE_SECURE": "false",
+    })
+    pg_database = None
+    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        pg_database = f"live_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        _pg_admin(f'CREATE DATABASE "{pg_database}"')
+        db = settings.DATABASES["default"]
+        env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{pg_database}"
+    else:
+        env["DATABASE_URL"] = f"sqlite:///{tmp / 'live.sqlite3'}"
+    if settings.BROKER_URL:
+        env["BROKER_NAMESPACE"] = f"live-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    env.update(extra_env or {})
+    server = LiveServer(url=f"http://127.0.0.1:{port}", env=env, pg_database=pg_database)
+    try:
+        server.manage("migrate", "-v0")
+        server.manage("platform_setup")
+        commands = [[sys.executable, "manage.py", "serve", "--port", str(port)]]
+        if settings.BROKER_URL:
+            commands.append([sys.executable, "manage.py", "rundramatiq", "--processes", "1", "--threads", "2"])
+        for i, command in enumerate(commands):
+            log = tmp / f"live-{i}.log"
+            server.logs.append(log)
+            server.processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"),
+                                                     stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(server.url + "/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or any(p.poll() is not None for p in server.processes):
+                raise RuntimeError("live server did not start:\n" + server.log_text()[-4000:])
+            time.sleep(0.2)
+    except BaseException:
+        server.stop()
+        raise
+    return server

@@ -1,0 +1,94 @@
+"""The official `openai` SDK against a live server (gunicorn + the worker), as a
+customer would use it: base_url pointed at us, nothing else changed."""
+from __future__ import annotations
+
+import base64
+import io
+import urllib.request
+
+import openai
+import pytest
+from PIL import Image
+
+from tests.live import start_live_server
+
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    server = start_live_server(tmp_path_factory.mktemp("live"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(live):
+    return openai.OpenAI(api_key=live.tenant(), base_url=live.url + "/v1", max_retries=0, timeout=120)
+
+
+def test_dalle2_b64_json_is_a_png_of_the_requested_size(client):
+    result = client.images.generate(model="dall-e-2", prompt="a lighthouse at dusk", size="256x256",
+                                    response_format="b64_json", n=2)
+    assert len(result.data) == 2
+    for item in result.data:
+        image = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
+        assert image.format == "PNG" and image.size == (256, 256)
+    assert result.usage is None  # DALL·E responses carry created + data only
+
+
+def test_default_url_is_fetchable_without_the_key(client):
+    result = client.images.generate(model="dall-e-2", prompt="a lighthouse", size="512x512")
+    url = result.data[0].url
+    with urllib.request.urlopen(url, timeout=30) as response:  # no Authorization header
+        assert response.headers["Content-Type"] == "image/png"
+        image = Image.open(io.BytesIO(response.read()))
+    assert image.size == (512, 512)
+
+
+def test_gpt_image_has_usage_and_passes_strict_validation(live):
+    strict = openai.OpenAI(api_key=live.tenant(), base_url=live.url + "/v1", max_retries=0,
+                           _strict_response_validation=True)
+    result = strict.images.generate(model="gpt-image-1", prompt="a red fox", quality="low")
+    assert result.usage.output_tokens == 272 and result.usage.input_tokens > 0
+    assert result.size == "1024x1024" and result.quality == "low" and result.output_format == "png"
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert image.size == (1024, 1024)
+
+
+def test_wrong_key_raises_authentication_error(live):
+    bad = openai.OpenAI(api_key="wrong.key", base_url=live.url + "/v1", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        bad.images.generate(model="dall-e-2", prompt="x")
+    assert caught.value.code == "invalid_api_key"
+    assert caught.value.request_id.startswith("req_")
+
+
+def test_n_11_raises_bad_request(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(model="dall-e-2", prompt="x", n=11)
+    assert caught.value.param == "n"
+
+
+def test_unknown_model_raises_bad_request_naming_the_model(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(model="dall-e-9", prompt="x")
+    assert caught.value.param == "model"
+
+
+def test_models_list(client):
+    ids = {m.id for m in client.models.list()}
+    assert {"dall-e-2", "dall-e-3", "gpt-image-1", "imagen-3", "alphaedge-vision-3-1-2505"} <= ids
+
+
+def test_insufficient_credits_raises_and_is_not_retried(live):
+    poor = openai.OpenAI(api_key=live.tenant(credits=1), base_url=live.url + "/v1")
+    with pytest.raises(openai.APIStatusError) as caught:
+        poor.images.generate(model="dall-e-2", prompt="x", size="256x256")
+    assert caught.value.status_code == 402 and caught.value.code == "insufficient_quota"
+
+
+def test_keys_never_appear_in_server_logs(live, client):
+    client.images.generate(model="dall-e-2", prompt="log check", size="256x256", response_format="b64_json")
+    assert client.api_key not in live.log_text()
+    assert client.api_key.split(".")[1] not in live.log_text()
