@@ -28,7 +28,7 @@ run: setup
 	@$(PY) manage.py serve
 
 worker: setup
-	@$(PY) manage.py rundramatiq --processes $(WORKER_PROCESSES) --threads $(WORKER_THREADS) \
+	@$(PY) manage.py runworker --processes $(WORKER_PROCESSES) --threads $(WORKER_THREADS) \
 		$(if $(QUEUES),--queues $(subst $(comma), ,$(QUEUES)) default,)
 
 test: setup

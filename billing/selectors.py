@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db.models import Sum
+from django.db.models import F, Sum
 
 from billing.models import CreditAccount, Hold, LedgerEntry
 
@@ -43,3 +43,33 @@ def ledger_reconcile() -> list[Mismatch]:
                                      f"ledger row {entry['id']} balance_after does not follow the previous row"))
         last[entry["tenant_id"]] = entry["balance_after"]
     return problems
+
+
+USAGE_GROUPS = ("day", "model", "key")
+
+
+def usage_summary(*, tenant, start, end, group_by: str) -> list[dict]:
+    """Usage records of one tenant between two dates (inclusive, UTC), grouped."""
+    from django.db.models import Count, Q
+    from django.db.models.functions import TruncDate
+
+    from billing.models import UsageRecord
+
+    rows = UsageRecord.objects.filter(tenant=tenant, created_at__date__gte=start, created_at__date__lte=end)
+    if group_by == "day":
+        rows = rows.annotate(group=TruncDate("created_at")).values("group")
+    elif group_by == "model":
+        rows = rows.values(group=F("model"))
+    else:
+        rows = rows.values(group=F("api_key__prefix"))
+    rows = rows.annotate(
+        requests=Count("id"), images=Sum("images"), pixels=Sum("pixels"), credits=Sum("credits_charged"),
+        succeeded=Count("id", filter=Q(outcome="succeeded")), failed=Count("id", filter=Q(outcome="failed")),
+        refused=Count("id", filter=Q(outcome__in=["refused", "blocked"])),
+    ).order_by("group")
+    result = []
+    for row in rows:
+        group = row.pop("group")
+        result.append({group_by: group.isoformat() if hasattr(group, "isoformat") else group,
+                       **{k: int(v or 0) for k, v in row.items()}})
+    return result

@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from accounts.errors import APIError, InvalidRequest, NotFound, PermissionDeniedError, UpstreamError
 from accounts.models import APIKey
+from billing import idempotency
 from billing.models import CreditAccount
 from images import selectors, services
 from images.files import image_read, image_token_read, image_url
@@ -99,19 +100,75 @@ def job_result_response(*, job: Job, request: Request) -> Response:
         f"{int(settings.JOB_WAIT_SECONDS)} s; it will be charged when it completes.")
 
 
-class ImageGenerationView(APIView):
+class ChargedView(APIView):
+    """A POST that creates a paid job; honours `Idempotency-Key` (billing/idempotency.py)."""
+
+    endpoint = ""
+
+    def submit(self, request: Request, idempotency_record_id: int | None) -> Response:
+        raise NotImplementedError
+
+    def post(self, request: Request) -> Response:
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return self.submit(request, None)
+        fingerprint = idempotency.request_fingerprint(method=request.method, path=request.path,
+                                                      data=request.data, files=request.FILES)
+        record, is_new = idempotency.idempotency_begin(tenant=request.auth.tenant, key=key, fingerprint=fingerprint)
+        if not is_new:
+            return self.replay(request, record)
+        try:
+            response = self.submit(request, record.pk)
+        except Exception as exc:  # rendered here so that the answer can be recorded
+            response = self.handle_exception(exc)
+        record.refresh_from_db(fields=["job"])
+        if record.job_id is None:
+            # Nothing started (validation, 402, 429, 503...): keep no result, as Stripe does.
+            idempotency.idempotency_abandon(record=record)
+        elif response.status_code != JobWaitTimeout.status_code:
+            idempotency.idempotency_complete(record=record, status=response.status_code, body=response.data,
+                                             headers=_replayable_headers(response))
+        return response
+
+    def replay(self, request: Request, record) -> Response:
+        if record.status == record.Status.COMPLETED and record.response_body is not None:
+            response = Response(record.response_body, status=record.response_status, headers=record.response_headers)
+        elif record.job_id is not None and record.job.status in Job.TERMINAL:
+            job = Job.objects.select_related("model").get(pk=record.job_id)
+            try:
+                response = job_result_response(job=job, request=request)
+            except APIError as exc:
+                response = self.handle_exception(exc)
+            if record.status != record.Status.COMPLETED:
+                idempotency.idempotency_complete(record=record, status=response.status_code, body=response.data,
+                                                 headers=_replayable_headers(response))
+        else:
+            job_note = f" (job {record.job_id})" if record.job_id else ""
+            raise idempotency.IdempotencyConflict(
+                f"A request with this Idempotency-Key is still being processed{job_note}; retry shortly.",
+                headers={"Retry-After": "2"})
+        response["Idempotent-Replayed"] = "true"
+        return response
+
+
+def _replayable_headers(response: Response) -> dict[str, str]:
+    return {k: v for k, v in response.items() if k.lower().startswith(("x-credits", "x-should-retry", "retry-after"))}
+
+
+class ImageGenerationView(ChargedView):
     """POST /v1/images/generations"""
 
     endpoint = "/v1/images/generations"
 
-    def post(self, request: Request) -> Response:
+    def submit(self, request: Request, idempotency_record_id: int | None) -> Response:
         serializer = GenerationRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         model = model_for_request(data=data, api_key=request.auth)
         params = generation_params_resolve(data=data, model=model)
         job = services.generation_submit(tenant=request.auth.tenant, api_key=request.auth, model=model,
-                                         params=params, endpoint=self.endpoint)
+                                         params=params, endpoint=self.endpoint,
+                                         idempotency_record_id=idempotency_record_id)
         job = services.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS)
         return job_result_response(job=job, request=request)
 

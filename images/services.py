@@ -21,6 +21,7 @@ from accounts.errors import ServiceUnavailable
 from accounts.models import APIKey, Tenant
 from billing import services as billing
 from billing.errors import InsufficientCredits
+from billing.idempotency import idempotency_attach_job
 from billing.models import UsageRecord
 from images import notify
 from images.models import GeneratedImage, ImageModel, Job
@@ -42,7 +43,7 @@ def usage_record_refused(*, tenant: Tenant, api_key: APIKey | None, model: str, 
 
 
 def generation_submit(*, tenant: Tenant, api_key: APIKey | None, model: ImageModel, params: GenerationParams,
-                      endpoint: str, kind: str = Job.Kind.GENERATE) -> Job:
+                      endpoint: str, kind: str = Job.Kind.GENERATE, idempotency_record_id: int | None = None) -> Job:
     """Price the request, hold the credits and create the job in one transaction, then
     hand the job to the GPU queue after commit. Raises InsufficientCredits (402)
     before any job exists, and ServiceUnavailable (503) if the broker is down."""
@@ -58,6 +59,8 @@ def generation_submit(*, tenant: Tenant, api_key: APIKey | None, model: ImageMod
             UsageRecord.objects.create(
                 tenant=tenant, api_key=api_key, job=job, model=model.public_id, endpoint=endpoint, n=params.n,
                 size=params.size, quality=params.quality, steps=params.steps)
+            if idempotency_record_id is not None:
+                idempotency_attach_job(record_id=idempotency_record_id, job_id=job.pk)
     except InsufficientCredits as exc:
         usage_record_refused(tenant=tenant, api_key=api_key, model=model.public_id, endpoint=endpoint,
                              params=params, outcome=UsageRecord.Outcome.REFUSED, error_code=exc.code or "")

@@ -41,7 +41,7 @@ _embedded_lock = threading.Lock()
 _embedded_worker = None
 
 
-def start_embedded_worker(threads: int = 2, *, any_broker: bool = False):
+def start_embedded_worker(threads: int = 2, *, any_broker: bool = False, queues: set[str] | None = None):
     """Start the in-process worker once per process: in the embedded mode, or on any
     broker when `any_broker` (the test suite does this to run jobs through Redis)."""
     global _embedded_worker
@@ -55,7 +55,7 @@ def start_embedded_worker(threads: int = 2, *, any_broker: bool = False):
         if _embedded_worker is None:
             # worker_timeout: how often idle threads poll the in-memory queue (ms);
             # small, so a job starts within a few ms of being sent.
-            _embedded_worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+            _embedded_worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100, queues=queues)
             _embedded_worker.start()
         return _embedded_worker
 

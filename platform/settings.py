@@ -144,6 +144,8 @@ REST_FRAMEWORK = {
     ],
     "EXCEPTION_HANDLER": "accounts.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # `?format=` is ours (CSV exports), not DRF's renderer override.
+    "URL_FORMAT_OVERRIDE": None,
 }
 
 # ---- Dramatiq -------------------------------------------------------------------

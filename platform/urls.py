@@ -4,12 +4,15 @@ from django.urls import path, re_path
 
 from accounts.errors import APIError, NotFound, json_error_response
 from health import healthz
+from billing import api as billing_api
 from images import api as images_api
 
 urlpatterns = [
     path("healthz", healthz),
     path("admin/", admin.site.urls),
     path("v1/images/generations", images_api.ImageGenerationView.as_view()),
+    path("v1/balance", billing_api.BalanceView.as_view()),
+    path("v1/usage", billing_api.UsageView.as_view()),
     path("v1/models", images_api.ModelListView.as_view()),
     path("v1/models/<str:model_id>", images_api.ModelDetailView.as_view()),
     path("v1/files/<str:token>", images_api.ImageFileView.as_view()),

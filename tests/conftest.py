@@ -33,7 +33,8 @@ def _session_worker(django_db_setup):
     """One Dramatiq worker for the session, stopped before the test database goes."""
     import broker_setup
 
-    worker = broker_setup.start_embedded_worker(threads=2, any_broker=True)
+    worker = broker_setup.start_embedded_worker(threads=2, any_broker=True,
+                                                queues={*settings.GPU_QUEUES, "default"})
     yield worker
     broker_setup.stop_embedded_worker()
 
@@ -86,5 +87,10 @@ def post_json(api: APIClient, path: str, body, tenant: TenantKey | None = None, 
 
 
 @pytest.fixture
-def short_wait(settings):
-    settings.JOB_WAIT_SECONDS = 60
+def parked(registry, settings):
+    """Jobs go to a queue no worker consumes and requests stop waiting at once: they
+    stay queued (priced and held) for the test to drive by hand."""
+    from images.models import ImageModel
+
+    ImageModel.objects.update(queue="parked")
+    settings.JOB_WAIT_SECONDS = 0.05

@@ -94,7 +94,7 @@ def start_live_server(tmp: Path, extra_env: dict[str, str] | None = None) -> Liv
         server.manage("platform_setup")
         commands = [[sys.executable, "manage.py", "serve", "--port", str(port)]]
         if settings.BROKER_URL:
-            commands.append([sys.executable, "manage.py", "rundramatiq", "--processes", "1", "--threads", "2"])
+            commands.append([sys.executable, "manage.py", "runworker", "--processes", "1", "--threads", "2"])
         for i, command in enumerate(commands):
             log = tmp / f"live-{i}.log"
             server.logs.append(log)

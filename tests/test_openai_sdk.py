@@ -20,6 +20,7 @@ def live(tmp_path_factory):
     server = start_live_server(tmp_path_factory.mktemp("live"))
     yield server
     server.stop()
+    print("---- live server logs (tail) ----\n" + server.log_text()[-6000:])  # shown when a test failed
 
 
 @pytest.fixture(scope="module")

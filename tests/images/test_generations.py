@@ -114,9 +114,7 @@ def test_failed_generation_is_502_not_retried_and_releases_the_hold(api, worker,
     assert UsageRecord.objects.get(job=job).outcome == "failed"
 
 
-def test_wait_past_its_limit_names_the_job_and_is_not_retried(api, registry, tenant, settings):
-    # No worker in this test: the job stays queued.
-    settings.JOB_WAIT_SECONDS = 0.2
+def test_wait_past_its_limit_names_the_job_and_is_not_retried(api, parked, tenant):
     response = post_json(api, URL, {"model": "dall-e-2", "prompt": "x", "size": "256x256"}, tenant)
     assert response.status_code == 504
     assert response["x-should-retry"] == "false"

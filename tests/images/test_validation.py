@@ -71,8 +71,7 @@ def test_gpt_size_message_lists_supported_values(api, registry, tenant):
         "Invalid value: '1254x836'. Supported values are: '1024x1024', '1536x1024', '1024x1536', and 'auto'.")
 
 
-def test_gpt_parameter_without_model_selects_a_gpt_image_model(api, registry, tenant, settings):
-    settings.JOB_WAIT_SECONDS = 0.05
+def test_gpt_parameter_without_model_selects_a_gpt_image_model(api, parked, tenant):
     # output_format is GPT-only, so the default model is gpt-image-1, not dall-e-2.
     post_json(api, URL, {"prompt": "x", "output_format": "webp"}, tenant)
     assert Job.objects.get().model.public_id == "gpt-image-1"

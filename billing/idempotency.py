@@ -1,0 +1,79 @@
+"""Idempotency-Key handling (Stripe's semantics) for endpoints that charge.
+
+- first request with a key: recorded as in progress, linked to its job in the job's
+  own transaction, and completed with its answer;
+- the same key and the same body within 24 h: the stored answer, charging nothing;
+- the same key with a different body: 400 `idempotency_key_reused`;
+- the same key while the first is still running: 409 (the SDK retries 409 with backoff).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.errors import APIError, InvalidRequest
+from accounts.models import Tenant
+from billing.models import IdempotencyRecord
+
+TTL = timedelta(hours=24)
+MAX_KEY_LENGTH = 255
+
+
+class IdempotencyConflict(APIError):
+    status_code = 409
+    type = "invalid_request_error"
+    code = "idempotency_request_in_progress"
+
+
+def request_fingerprint(*, method: str, path: str, data: Any, files: Any = None) -> str:
+    """A hash of the parsed request, stable across retries (multipart boundaries differ)."""
+    digest = hashlib.sha256(f"{method} {path}\n".encode())
+    if hasattr(data, "lists"):
+        data = {k: v if len(v) > 1 else v[0] for k, v in data.lists()}
+    digest.update(json.dumps(data, sort_keys=True, default=str).encode())
+    for name, upload in sorted((files or {}).items()) if hasattr(files, "items") else []:
+        for item in files.getlist(name) if hasattr(files, "getlist") else [upload]:
+            digest.update(name.encode())
+            for chunk in item.chunks():
+                digest.update(chunk)
+            item.seek(0)
+    return digest.hexdigest()
+
+
+def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str) -> tuple[IdempotencyRecord, bool]:
+    """(record, is_new). Raises 400 for a reused key with another body, 409 while running."""
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidRequest(f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable characters.",
+                             param="Idempotency-Key", code="invalid_idempotency_key")
+    IdempotencyRecord.objects.filter(tenant=tenant, key=key, created_at__lt=timezone.now() - TTL).delete()
+    try:
+        with transaction.atomic():
+            return IdempotencyRecord.objects.create(tenant=tenant, key=key, request_hash=fingerprint), True
+    except IntegrityError:
+        record = IdempotencyRecord.objects.select_related("job").get(tenant=tenant, key=key)
+    if record.request_hash != fingerprint:
+        raise InvalidRequest("This Idempotency-Key was already used with a different request body.",
+                             param="Idempotency-Key", code="idempotency_key_reused")
+    return record, False
+
+
+def idempotency_attach_job(*, record_id: int, job_id: Any) -> None:
+    """Called inside the job's transaction: the record and the job commit together."""
+    IdempotencyRecord.objects.filter(pk=record_id).update(job_id=job_id)
+
+
+def idempotency_complete(*, record: IdempotencyRecord, status: int, body: Any, headers: dict[str, str]) -> None:
+    """Store a final answer. Successful generations store no body: they replay from the job."""
+    IdempotencyRecord.objects.filter(pk=record.pk).update(
+        status=IdempotencyRecord.Status.COMPLETED, response_status=status,
+        response_body=None if status == 200 and record.job_id else body, response_headers=headers)
+
+
+def idempotency_abandon(*, record: IdempotencyRecord) -> None:
+    """Forget a key whose request changed nothing (so a retry may run afresh)."""
+    IdempotencyRecord.objects.filter(pk=record.pk, job__isnull=True).delete()
