@@ -1,4 +1,4 @@
-"""Request ids on every response (the SDK reads x-request-id into exc.request_id)."""
+"""Request ids (the SDK reads x-request-id into exc.request_id) and rate-limit headers on every response."""
 from __future__ import annotations
 
 import uuid
@@ -15,4 +15,6 @@ class RequestIdMiddleware:
         request.request_id = "req_" + uuid.uuid4().hex
         response = self.get_response(request)
         response["x-request-id"] = request.request_id
+        for name, value in getattr(request, "ratelimit_headers", {}).items():
+            response.setdefault(name, value)
         return response

@@ -56,6 +56,8 @@ class APIKey(AbstractAPIKey):
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     # Credits this key may spend per calendar month (UTC); null = no limit.
     monthly_credit_limit = models.PositiveBigIntegerField(null=True, blank=True)
+    # An admin key may also manage its tenant's keys through /v1/keys.
+    is_admin = models.BooleanField(default=False)
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"

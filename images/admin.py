@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from images.models import GeneratedImage, ImageModel, Job
+from images.models import BlockedPrompt, GeneratedImage, ImageModel, Job, ModerationTerm
 
 
 @admin.register(ImageModel)
@@ -24,4 +24,24 @@ class JobAdmin(admin.ModelAdmin):
     inlines = [GeneratedImageInline]
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(ModerationTerm)
+class ModerationTermAdmin(admin.ModelAdmin):
+    list_display = ("term", "category", "tier", "enabled")
+    list_filter = ("category", "tier", "enabled")
+    search_fields = ("term",)
+
+
+@admin.register(BlockedPrompt)
+class BlockedPromptAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "tenant", "model", "level", "categories", "prompt")
+    list_filter = ("level", "tenant")
+    search_fields = ("prompt",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

@@ -125,10 +125,19 @@ class ChargedView(APIView):
         if record.job_id is None:
             # Nothing started (validation, 402, 429, 503...): keep no result, as Stripe does.
             idempotency.idempotency_abandon(record=record)
-        elif response.status_code != JobWaitTimeout.status_code:
+        elif response.status_code not in (202, JobWaitTimeout.status_code):  # still running: replay later
             idempotency.idempotency_complete(record=record, status=response.status_code, body=response.data,
                                              headers=_replayable_headers(response))
         return response
+
+    def respond(self, request: Request, job: Job) -> Response:
+        """Wait and answer, or answer 202 at once for `Prefer: respond-async`."""
+        if "respond-async" in request.headers.get("Prefer", ""):
+            body = task_object(job=job, base_url=request.build_absolute_uri("/"))
+            location = request.build_absolute_uri(f"/v1/images/tasks/{job.pk}")
+            return Response(body, status=202, headers={"Location": location, "Preference-Applied": "respond-async"})
+        job = services.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS)
+        return job_result_response(job=job, request=request)
 
     def replay(self, request: Request, record) -> Response:
         if record.status == record.Status.COMPLETED and record.response_body is not None:
@@ -166,11 +175,14 @@ class ImageGenerationView(ChargedView):
         data = serializer.validated_data
         model = model_for_request(data=data, api_key=request.auth)
         params = generation_params_resolve(data=data, model=model)
+        services.prompt_moderate(tenant=request.auth.tenant, api_key=request.auth, model=model, prompt=params.prompt,
+                                 requested=params.moderation, endpoint=self.endpoint,
+                                 request_id=getattr(request._request, "request_id", ""))
         job = services.generation_submit(tenant=request.auth.tenant, api_key=request.auth, model=model,
                                          params=params, endpoint=self.endpoint,
                                          idempotency_record_id=idempotency_record_id)
-        job = services.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS)
-        return job_result_response(job=job, request=request)
+        return self.respond(request, job)
+
 
 
 def model_object(model: ImageModel) -> dict[str, Any]:
@@ -225,3 +237,50 @@ class UnknownRouteView(APIView):
         response = self.handle_exception(exc)
         self.response = self.finalize_response(self.request, response, *args, **kwargs)
         return self.response
+
+
+def task_object(*, job: Job, base_url: str) -> dict[str, Any]:
+    """A job as a task: status, progress, timestamps, and the result or the error."""
+    total = max(1, job.steps)
+    done = min(job.steps_done, total) if job.status != Job.Status.SUCCEEDED else total
+
+    def ts(value):
+        return int(value.timestamp()) if value else None
+
+    body: dict[str, Any] = {
+        "id": str(job.pk), "object": "image.task", "status": job.status, "model": job.model.public_id,
+        "kind": job.kind, "created_at": ts(job.created_at), "started_at": ts(job.started_at),
+        "finished_at": ts(job.finished_at),
+        "progress": {"steps_done": done, "steps_total": total, "fraction": round(done / total, 3)},
+        "result": None, "error": None,
+    }
+    if job.status == Job.Status.SUCCEEDED:
+        body["result"] = images_response_body(job=job, base_url=base_url)
+    elif job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
+        body["error"] = {"message": job.error_message, "type": "server_error" if job.status == Job.Status.FAILED
+                         else "invalid_request_error", "param": None, "code": job.error_code or None}
+    return body
+
+
+class TaskDetailView(APIView):
+    """GET /v1/images/tasks/{id} reads a job; DELETE cancels it (releasing its hold).
+    Another tenant's job is a 404, exactly like one that does not exist."""
+
+    def _job(self, request: Request, task_id: str) -> Job:
+        job = selectors.job_get(tenant=request.auth.tenant, job_id=task_id)
+        if job is None:
+            raise NotFound("No such task.", param="id", code="not_found")
+        return job
+
+    def get(self, request: Request, task_id: str) -> Response:
+        job = self._job(request, task_id)
+        return Response(task_object(job=job, base_url=request.build_absolute_uri("/")))
+
+    def delete(self, request: Request, task_id: str) -> Response:
+        job = self._job(request, task_id)
+        if job.status in Job.TERMINAL:
+            raise InvalidRequest(f"The task is already {job.status} and cannot be cancelled.", param="id",
+                                 code="task_not_cancellable")
+        services.job_cancel(job=job)
+        job.refresh_from_db()
+        return Response(task_object(job=job, base_url=request.build_absolute_uri("/")))

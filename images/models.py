@@ -102,3 +102,39 @@ class GeneratedImage(models.Model):
     class Meta:
         ordering = ["index"]
         constraints = [models.UniqueConstraint(fields=["job", "index"], name="image_job_index_unique")]
+
+
+class ModerationTerm(models.Model):
+    """A word or phrase that blocks prompts of its category (admin-editable, seeded)."""
+
+    class Tier(models.TextChoices):
+        EXPLICIT = "explicit"
+        MILD = "mild"  # non-explicit nudity, gore: blocked under `strict` only
+
+    category = models.CharField(max_length=32, db_index=True)
+    tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.EXPLICIT)
+    term = models.CharField(max_length=200)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["category", "tier", "term"], name="moderation_term_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.category}/{self.tier}: {self.term}"
+
+
+class BlockedPrompt(models.Model):
+    """A request refused by moderation, for the operator to review."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="blocked_prompts")
+    api_key = models.ForeignKey(APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model = models.CharField(max_length=100)
+    endpoint = models.CharField(max_length=100)
+    level = models.CharField(max_length=16)
+    categories = models.JSONField(default=list)
+    matched = models.JSONField(default=list)
+    prompt = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]

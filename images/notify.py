@@ -1,22 +1,26 @@
-"""Wake the web request that waits for a job, without polling the database hard.
+"""Events from a job's worker to the web request waiting for it, never through the
+database: "done" when the job's final state is committed, and "partial" previews
+while it runs (streaming).
 
-The worker calls job_notify(job_id) after the job's final state is committed; the
-waiting request blocks in job_wait_signal(). In-process (embedded) this is a
-threading.Condition; with Redis available (BROKER_URL or CACHE_URL) it is a Redis
-list per job (BLPOP), so a web process on one machine hears a worker on another.
-Callers always re-read the job from the database: a signal is only a hint, and a
-lost one costs at most one poll interval.
+In-process (embedded) this is a list and a threading.Condition per job; with Redis
+available (BROKER_URL or CACHE_URL) it is a Redis list per job (RPUSH / BLPOP), so a
+web process on one machine hears a worker on another. Waiters always re-read the job
+from the database: "done" is only a hint, and a lost one costs one poll interval.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from functools import lru_cache
+from typing import Any
 
 from django.conf import settings
 
+EVENT_TTL = 120  # seconds an uncollected event is kept
+
 _cond = threading.Condition()
-_done: dict[str, float] = {}
+_events: dict[str, tuple[float, list[dict[str, Any]]]] = {}
 
 
 @lru_cache(maxsize=1)
@@ -34,44 +38,61 @@ def _redis():
 
 
 def _key(job_id: str) -> str:
-    return f"platform:job-done:{job_id}"
+    return f"platform:job-events:{job_id}"
 
 
-def job_notify(job_id: str) -> None:
+def job_event_publish(job_id: Any, event: dict[str, Any]) -> None:
+    """Append an event to the job's channel (never raises: events are hints)."""
     job_id = str(job_id)
-    with _cond:
-        _done[job_id] = time.monotonic()
-        # Forget signals nobody collected after a minute.
-        for stale in [k for k, t in _done.items() if time.monotonic() - t > 60]:
-            _done.pop(stale, None)
-        _cond.notify_all()
     client = _redis()
     if client is not None:
         try:
             pipe = client.pipeline()
-            pipe.rpush(_key(job_id), 1)
-            pipe.expire(_key(job_id), 120)
+            pipe.rpush(_key(job_id), json.dumps(event))
+            pipe.expire(_key(job_id), EVENT_TTL)
             pipe.execute()
-        except Exception:  # a lost signal only delays the waiter to its next poll
+        except Exception:
             pass
+        return
+    with _cond:
+        now = time.monotonic()
+        for stale in [k for k, (t, _) in _events.items() if now - t > EVENT_TTL]:
+            _events.pop(stale, None)
+        _events.setdefault(job_id, (now, []))[1].append(event)
+        _cond.notify_all()
 
 
-def job_wait_signal(job_id: str, timeout: float) -> bool:
-    """Block up to `timeout` seconds for a notification; True if one came."""
+def job_event_next(job_id: Any, timeout: float) -> dict[str, Any] | None:
+    """The job's next event, waiting up to `timeout` seconds; None if none came."""
     job_id = str(job_id)
     client = _redis()
     if client is not None:
         try:
-            return client.blpop([_key(job_id)], timeout=max(0.01, timeout)) is not None
+            item = client.blpop([_key(job_id)], timeout=max(0.01, timeout))
         except Exception:
             time.sleep(min(timeout, 0.5))
-            return False
+            return None
+        return json.loads(item[1]) if item else None
     deadline = time.monotonic() + timeout
     with _cond:
-        while job_id not in _done:
+        while not _events.get(job_id, (0, []))[1]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return False
+                return None
             _cond.wait(remaining)
-        _done.pop(job_id, None)
-        return True
+        return _events[job_id][1].pop(0)
+
+
+def job_notify(job_id: Any) -> None:
+    job_event_publish(job_id, {"type": "done"})
+
+
+def job_wait_signal(job_id: Any, timeout: float) -> bool:
+    """Block up to `timeout` seconds for the job's "done" event (previews are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        event = job_event_next(job_id, max(0.0, deadline - time.monotonic()))
+        if event is None:
+            return False
+        if event.get("type") == "done":
+            return True

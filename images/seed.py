@@ -52,4 +52,18 @@ def registry_seed() -> int:
         for (size, quality), credits in PRICES[profile].items():
             Price.objects.create(model=model, size=size, quality=quality,
                                  credits_per_image=max(1, int(credits * factor)))
+    moderation_terms_seed()
     return created
+
+
+def moderation_terms_seed() -> int:
+    """Seed the term lists once (an empty table); the admin edits them after that."""
+    from images.models import ModerationTerm
+    from images.moderation import DEFAULT_TERMS
+
+    if ModerationTerm.objects.exists():
+        return 0
+    rows = [ModerationTerm(category=category, tier=tier, term=term)
+            for category, tiers in DEFAULT_TERMS.items() for tier, terms in tiers.items() for term in set(terms)]
+    ModerationTerm.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)

@@ -17,14 +17,14 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from accounts.errors import ServiceUnavailable
+from accounts.errors import InvalidRequest, RateLimited, ServiceUnavailable
 from accounts.models import APIKey, Tenant
 from billing import services as billing
 from billing.errors import InsufficientCredits
 from billing.idempotency import idempotency_attach_job
-from billing.models import UsageRecord
+from billing.models import CreditAccount, UsageRecord
 from images import notify
-from images.models import GeneratedImage, ImageModel, Job
+from images.models import BlockedPrompt, GeneratedImage, ImageModel, Job, ModerationTerm
 from images.validation import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def generation_submit(*, tenant: Tenant, api_key: APIKey | None, model: ImageMod
     quote = billing.price_quote(model=model, kind=kind, size=params.size, quality=params.quality, n=params.n)
     try:
         with transaction.atomic():
+            _in_flight_check(tenant=tenant)
             job = Job.objects.create(
                 tenant=tenant, api_key=api_key, model=model, kind=kind, endpoint=endpoint,
                 params=params.as_json(), prompt=params.model_prompt, n=params.n, width=params.width,
@@ -61,12 +62,26 @@ def generation_submit(*, tenant: Tenant, api_key: APIKey | None, model: ImageMod
                 size=params.size, quality=params.quality, steps=params.steps)
             if idempotency_record_id is not None:
                 idempotency_attach_job(record_id=idempotency_record_id, job_id=job.pk)
-    except InsufficientCredits as exc:
+    except (InsufficientCredits, RateLimited) as exc:
         usage_record_refused(tenant=tenant, api_key=api_key, model=model.public_id, endpoint=endpoint,
                              params=params, outcome=UsageRecord.Outcome.REFUSED, error_code=exc.code or "")
         raise
     job_enqueue(job=job)
     return job
+
+
+def _in_flight_check(*, tenant: Tenant) -> None:
+    """Cap a tenant's queued and running jobs. The account row lock serialises the
+    tenant's submissions, so two requests cannot both take the last slot."""
+    cap = tenant.max_concurrent_jobs or settings.DEFAULT_MAX_CONCURRENT_JOBS
+    if not cap:
+        return
+    billing.account_for(tenant=tenant)
+    CreditAccount.objects.select_for_update().filter(tenant=tenant).first()
+    in_flight = Job.objects.filter(tenant=tenant, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).count()
+    if in_flight >= cap:
+        raise RateLimited(f"Too many images in progress: your organization may have {cap} jobs queued or "
+                          "running at once. Retry when one finishes.", headers={"Retry-After": "2"})
 
 
 def job_enqueue(*, job: Job) -> None:
@@ -166,3 +181,56 @@ def jobs_sweep(*, now=None) -> int:
                     message="The job did not finish before its deadline; its credits were released."):
             count += 1
     return count
+
+
+class ModerationBlocked(InvalidRequest):
+    """400 in the body OpenAI uses for the request's profile (reference §9)."""
+
+
+_terms_cache: dict[str, Any] = {"at": 0.0, "terms": None}
+TERMS_TTL = 30.0  # seconds an edit in the admin takes to reach every web process
+
+
+def moderation_terms() -> dict[str, dict[str, list[str]]]:
+    """Enabled terms from the admin-editable table, cached briefly per process."""
+    now = time.monotonic()
+    if _terms_cache["terms"] is None or now - _terms_cache["at"] > TERMS_TTL:
+        terms: dict[str, dict[str, list[str]]] = {}
+        for category, tier, term in ModerationTerm.objects.filter(enabled=True).values_list("category", "tier", "term"):
+            terms.setdefault(category, {}).setdefault(tier, []).append(term)
+        _terms_cache.update(at=now, terms=terms)
+    return _terms_cache["terms"]
+
+
+def prompt_moderate(*, tenant: Tenant, api_key: APIKey | None, model: ImageModel, prompt: str, requested: str | None,
+                    endpoint: str, request_id: str = "") -> None:
+    """Check a prompt at the level the tenant and the request allow; a block is logged
+    for the operator, recorded as usage and raised before any credit is held."""
+    from images import moderation
+
+    level = moderation.effective_level(tenant.moderation_level, requested)
+    classifier = moderation.load_classifier(settings.MODERATION_CLASSIFIER) if settings.MODERATION_CLASSIFIER else None
+    verdict = moderation.moderation_check(prompt, level=level, terms=moderation_terms(), classifier=classifier)
+    if not verdict.blocked:
+        return
+    BlockedPrompt.objects.create(tenant=tenant, api_key=api_key, model=model.public_id, endpoint=endpoint,
+                                 level=level, categories=list(verdict.categories), matched=list(verdict.matched),
+                                 prompt=prompt)
+    UsageRecord.objects.create(tenant=tenant, api_key=api_key, model=model.public_id, endpoint=endpoint,
+                               outcome=UsageRecord.Outcome.BLOCKED, error_code="moderation_blocked")
+    if model.profile == ImageModel.Profile.GPT_IMAGE:
+        raise ModerationBlocked(
+            "Your request was rejected by the safety system. If you believe this is an error, contact your "
+            f"platform operator and include the request ID {request_id}. "
+            f"safety_violations=[{', '.join(verdict.categories)}].",
+            type="image_generation_user_error", code="moderation_blocked")
+    raise ModerationBlocked(
+        "Your request was rejected as a result of our safety system. Your prompt may contain text that is "
+        "not allowed by our safety system.", code="content_policy_violation")
+
+
+def job_cancel(*, job: Job) -> bool:
+    """Cancel a queued or running job and release its hold. A running pipeline call
+    finishes on the GPU, but its result is discarded and nothing is charged."""
+    return job_fail(job_id=job.pk, code="cancelled", message="The job was cancelled by the client.",
+                    status=Job.Status.CANCELLED)

@@ -143,6 +143,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
     ],
     "EXCEPTION_HANDLER": "accounts.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.ratelimit.RequestRateThrottle"],
     "UNAUTHENTICATED_USER": None,
     # `?format=` is ours (CSV exports), not DRF's renderer override.
     "URL_FORMAT_OVERRIDE": None,
@@ -158,6 +159,13 @@ DRAMATIQ_BROKER = broker_setup.broker_settings(BROKER_URL, BROKER_NAMESPACE)
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 # Threads of the in-process worker (embedded) that pick up jobs.
 EMBEDDED_WORKER_THREADS = env.int("EMBEDDED_WORKER_THREADS", default=2)
+
+# ---- Limits (a tenant's or key's own value wins; 0 = no limit) ----
+DEFAULT_TENANT_RPM = env.int("DEFAULT_TENANT_RPM", default=600)
+DEFAULT_KEY_RPM = env.int("DEFAULT_KEY_RPM", default=0)
+DEFAULT_MAX_CONCURRENT_JOBS = env.int("DEFAULT_MAX_CONCURRENT_JOBS", default=16)
+# Optional "module:function" taking a prompt and returning moderation category ids.
+MODERATION_CLASSIFIER = env.str("MODERATION_CLASSIFIER", default="")
 
 # ---- Generation -------------------------------------------------------------------
 # How long a synchronous request waits for its job before answering with the job id.

@@ -4,6 +4,7 @@ from django.urls import path, re_path
 
 from accounts.errors import APIError, NotFound, json_error_response
 from health import healthz
+from accounts import api as accounts_api
 from billing import api as billing_api
 from images import api as images_api
 
@@ -11,8 +12,11 @@ urlpatterns = [
     path("healthz", healthz),
     path("admin/", admin.site.urls),
     path("v1/images/generations", images_api.ImageGenerationView.as_view()),
+    path("v1/keys", accounts_api.KeyListView.as_view()),
+    path("v1/keys/<str:prefix>", accounts_api.KeyDetailView.as_view()),
     path("v1/balance", billing_api.BalanceView.as_view()),
     path("v1/usage", billing_api.UsageView.as_view()),
+    path("v1/images/tasks/<str:task_id>", images_api.TaskDetailView.as_view()),
     path("v1/models", images_api.ModelListView.as_view()),
     path("v1/models/<str:model_id>", images_api.ModelDetailView.as_view()),
     path("v1/files/<str:token>", images_api.ImageFileView.as_view()),

@@ -94,3 +94,12 @@ def parked(registry, settings):
 
     ImageModel.objects.update(queue="parked")
     settings.JOB_WAIT_SECONDS = 0.05
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Rate-limit counters live in the cache; ids are reused between tests."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield

@@ -1,0 +1,80 @@
+"""Requests-per-minute limits per key and per tenant, shared by every web process
+through the cache (Redis in production: INCR is atomic), in one-minute windows.
+
+Every authenticated response carries OpenAI's x-ratelimit-*-requests headers for the
+tightest limit; past it the answer is 429 `rate_limit_exceeded` with Retry-After.
+Nothing has been priced or held at this point, so a refusal costs nothing.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import cache
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from accounts.errors import RateLimited
+
+WINDOW = 60  # seconds
+
+
+@dataclass(frozen=True)
+class Window:
+    limit: int
+    remaining: int
+    reset: int  # seconds until the window resets
+
+
+def _count(bucket: str, now: float) -> tuple[int, int]:
+    window_start = int(now // WINDOW) * WINDOW
+    key = f"rl:{bucket}:{window_start}"
+    cache.add(key, 0, timeout=WINDOW + 5)
+    try:
+        used = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.add(key, 1, timeout=WINDOW + 5)
+        used = 1
+    return used, window_start + WINDOW - int(now)
+
+
+def rate_limit_check(*, key, now: float | None = None) -> Window | None:
+    """Count this request against the key's and the tenant's limits; raise 429 past either."""
+    now = time.time() if now is None else now
+    tenant = key.tenant
+    limits = [(f"k:{key.prefix}", key.rpm_limit or settings.DEFAULT_KEY_RPM),
+              (f"t:{tenant.pk}", tenant.rpm_limit or settings.DEFAULT_TENANT_RPM)]
+    tightest: Window | None = None
+    for bucket, limit in limits:
+        if not limit:
+            continue
+        used, reset = _count(bucket, now)
+        window = Window(limit=limit, remaining=max(0, limit - used), reset=max(1, reset))
+        if used > limit:
+            raise RateLimited(
+                f"Rate limit reached: {limit} requests per minute for this "
+                f"{'API key' if bucket.startswith('k:') else 'organization'}. Retry in {window.reset} s.",
+                headers={"Retry-After": str(window.reset), **ratelimit_headers(window)})
+        if tightest is None or window.remaining < tightest.remaining:
+            tightest = window
+    return tightest
+
+
+def ratelimit_headers(window: Window) -> dict[str, str]:
+    return {"x-ratelimit-limit-requests": str(window.limit),
+            "x-ratelimit-remaining-requests": str(window.remaining),
+            "x-ratelimit-reset-requests": f"{window.reset}s"}
+
+
+class RequestRateThrottle(BaseThrottle):
+    """DRF throttle: runs after authentication on every API view with a key."""
+
+    def allow_request(self, request: Request, view) -> bool:
+        key = getattr(request, "auth", None)
+        if key is None or not hasattr(key, "tenant"):
+            return True
+        window = rate_limit_check(key=key)
+        if window is not None:
+            request._request.ratelimit_headers = ratelimit_headers(window)
+        return True
