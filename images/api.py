@@ -19,6 +19,7 @@ from images import selectors, services
 from images.files import image_read, image_token_read, image_url
 from images.models import ImageModel, Job
 from images.profiles import PROFILES, output_tokens
+from images.streaming import sse_response
 from images.validation import GPT_ONLY, GenerationRequestSerializer, generation_params_resolve
 
 DEFAULT_MODEL = "dall-e-2"
@@ -86,9 +87,14 @@ def credit_headers(job: Job) -> dict[str, str]:
     return {"x-credits-charged": str(charged), "x-credits-remaining": str(remaining)}
 
 
-def job_result_response(*, job: Job, request: Request) -> Response:
+def job_result_response(*, job: Job, request: Request, render=None) -> Response:
     """The response for a finished (or still running) job of a synchronous request."""
     if job.status == Job.Status.SUCCEEDED:
+        if render is not None:
+            response = render(request, job)
+            for key, value in credit_headers(job).items():
+                response[key] = value
+            return response
         body = images_response_body(job=job, base_url=request.build_absolute_uri("/"))
         return Response(body, headers=credit_headers(job))
     if job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
@@ -122,6 +128,8 @@ class ChargedView(APIView):
         except Exception as exc:  # rendered here so that the answer can be recorded
             response = self.handle_exception(exc)
         record.refresh_from_db(fields=["job"])
+        if getattr(response, "streaming", False):
+            return response  # left in progress; a repeat replays the finished job as JSON
         if record.job_id is None:
             # Nothing started (validation, 402, 429, 503...): keep no result, as Stripe does.
             idempotency.idempotency_abandon(record=record)
@@ -130,14 +138,19 @@ class ChargedView(APIView):
                                              headers=_replayable_headers(response))
         return response
 
+    stream_prefix = "image_generation"
+
     def respond(self, request: Request, job: Job) -> Response:
-        """Wait and answer, or answer 202 at once for `Prefer: respond-async`."""
+        """Wait and answer, stream events (`stream: true`), or answer 202 at once for
+        `Prefer: respond-async`."""
+        if job.params.get("stream"):
+            return sse_response(job=job, prefix=self.stream_prefix)
         if "respond-async" in request.headers.get("Prefer", ""):
             body = task_object(job=job, base_url=request.build_absolute_uri("/"))
             location = request.build_absolute_uri(f"/v1/images/tasks/{job.pk}")
             return Response(body, status=202, headers={"Location": location, "Preference-Applied": "respond-async"})
         job = services.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS)
-        return job_result_response(job=job, request=request)
+        return job_result_response(job=job, request=request, render=getattr(self, "render", None))
 
     def replay(self, request: Request, record) -> Response:
         if record.status == record.Status.COMPLETED and record.response_body is not None:
@@ -145,7 +158,7 @@ class ChargedView(APIView):
         elif record.job_id is not None and record.job.status in Job.TERMINAL:
             job = Job.objects.select_related("model").get(pk=record.job_id)
             try:
-                response = job_result_response(job=job, request=request)
+                response = job_result_response(job=job, request=request, render=getattr(self, "render", None))
             except APIError as exc:
                 response = self.handle_exception(exc)
             if record.status != record.Status.COMPLETED:
@@ -169,8 +182,17 @@ class ImageGenerationView(ChargedView):
 
     endpoint = "/v1/images/generations"
 
+    def prepare(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Vendor adapters fill their own defaults here."""
+        return data
+
+    def render(self, request: Request, job: Job) -> Response:
+        return Response(images_response_body(job=job, base_url=request.build_absolute_uri("/")),
+                        headers=credit_headers(job))
+
     def submit(self, request: Request, idempotency_record_id: int | None) -> Response:
-        serializer = GenerationRequestSerializer(data=request.data)
+        raw = request.data if isinstance(request.data, dict) else request.data
+        serializer = GenerationRequestSerializer(data=self.prepare(raw) if isinstance(raw, dict) else raw)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         model = model_for_request(data=data, api_key=request.auth)
@@ -284,3 +306,143 @@ class TaskDetailView(APIView):
         services.job_cancel(job=job)
         job.refresh_from_db()
         return Response(task_object(job=job, base_url=request.build_absolute_uri("/")))
+
+
+MB = 1024 * 1024
+
+
+def _form(request: Request) -> dict[str, Any]:
+    """Multipart fields as a plain dict (first value of each), files left out."""
+    data = request.data
+    if hasattr(data, "lists"):
+        return {k: v[0] for k, v in data.lists() if k not in request.FILES and not k.startswith("image")}
+    return dict(data)
+
+
+def _uploads(request: Request, name: str) -> list:
+    files = request.FILES.getlist(name) + request.FILES.getlist(f"{name}[]")
+    for key in request.FILES:  # some clients send image[0], image[1] ...
+        if key.startswith(f"{name}[") and key != f"{name}[]":
+            files += request.FILES.getlist(key)
+    return files
+
+
+def _store_input(image, *, kind: str, token: str) -> str:
+    import io
+
+    from django.core.files.base import ContentFile
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return default_storage.save(f"inputs/{token[:2]}/{token}-{kind}.png", ContentFile(buffer.getvalue()))
+
+
+class ImageInputsView(ChargedView):
+    """Shared by edits and variations: read the files, prepare init and mask, submit."""
+
+    kind = Job.Kind.EDIT
+
+    def submit_with_images(self, request: Request, *, data: dict[str, Any], model: ImageModel, images: list,
+                           mask, strength: float, idempotency_record_id: int | None) -> Response:
+        import uuid
+
+        from images import uploads
+
+        if data.get("size") in (None, "", "auto") and model.profile == ImageModel.Profile.GPT_IMAGE:
+            data = {**data, "size": uploads.nearest_gpt_size(images[0])}
+        params = generation_params_resolve(data=data, model=model, prompt_required=self.kind == Job.Kind.EDIT)
+        if params.prompt.strip():
+            services.prompt_moderate(tenant=request.auth.tenant, api_key=request.auth, model=model,
+                                     prompt=params.prompt, requested=None, endpoint=self.endpoint,
+                                     request_id=getattr(request._request, "request_id", ""))
+        token = uuid.uuid4().hex
+        stored = [_store_input(uploads.init_image(images, width=params.width, height=params.height), kind="init",
+                               token=token)]
+        if mask is not None:
+            stored.append(_store_input(uploads.edit_mask(mask, first=images[0], width=params.width,
+                                                         height=params.height), kind="mask", token=token))
+        params.extra = {"init_file": stored[0], "mask_file": stored[1] if mask is not None else None,
+                        "strength": strength, "inputs": len(images)}
+        try:
+            job = services.generation_submit(tenant=request.auth.tenant, api_key=request.auth, model=model,
+                                             params=params, endpoint=self.endpoint, kind=self.kind,
+                                             idempotency_record_id=idempotency_record_id)
+        except Exception:
+            from images.files import image_delete_files
+
+            image_delete_files(stored)
+            raise
+        return self.respond(request, job)
+
+
+class ImageEditView(ImageInputsView):
+    """POST /v1/images/edits (multipart: image or image[] up to 16, optional mask)."""
+
+    endpoint = "/v1/images/edits"
+    stream_prefix = "image_edit"
+
+    def submit(self, request: Request, idempotency_record_id: int | None) -> Response:
+        from images import uploads
+        from images.validation import EditRequestSerializer, edit_strength
+
+        serializer = EditRequestSerializer(data=_form(request))
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        model = model_for_request(data=data, api_key=request.auth)
+        if model.profile == ImageModel.Profile.DALLE3:
+            raise InvalidRequest(f"The model '{model.public_id}' does not support image edits.", param="model",
+                                 code="unsupported_model")
+        files = _uploads(request, "image")
+        if not files:
+            raise InvalidRequest("Missing required parameter: 'image'.", param="image",
+                                 code="missing_required_parameter")
+        if model.profile == ImageModel.Profile.DALLE2:
+            if len(files) > 1:
+                raise InvalidRequest(f"'{model.public_id}' edits take exactly one image.", param="image",
+                                     code="invalid_value")
+            limit, formats = 4 * MB, ("png",)
+        else:
+            if len(files) > 16:
+                raise InvalidRequest(f"At most 16 images may be edited together; {len(files)} were sent.",
+                                     param="image", code="too_many_images")
+            limit, formats = 50 * MB, ("png", "jpeg", "webp")
+        images = [uploads.read_upload(f, param="image", max_bytes=limit, formats=formats) for f in files]
+        if model.profile == ImageModel.Profile.DALLE2 and images[0].width != images[0].height:
+            raise InvalidRequest("Invalid file 'image': dall-e-2 edits need a square image.", param="image",
+                                 code="invalid_image")
+        mask_file = request.FILES.get("mask")
+        mask = uploads.read_upload(mask_file, param="mask", max_bytes=4 * MB, formats=("png",)) if mask_file else None
+        return self.submit_with_images(request, data=data, model=model, images=images, mask=mask,
+                                       strength=edit_strength(data=data, model=model),
+                                       idempotency_record_id=idempotency_record_id)
+
+
+class ImageVariationView(ImageInputsView):
+    """POST /v1/images/variations: dall-e-2 profile only; a square PNG under 4 MB."""
+
+    endpoint = "/v1/images/variations"
+    kind = Job.Kind.VARIATION
+
+    def submit(self, request: Request, idempotency_record_id: int | None) -> Response:
+        from images import uploads
+        from images.validation import VARIATION_STRENGTH, VariationRequestSerializer
+
+        serializer = VariationRequestSerializer(data=_form(request))
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        model = model_for_request(data=data, api_key=request.auth)
+        if model.profile != ImageModel.Profile.DALLE2:
+            raise InvalidRequest(f"Variations are only supported for dall-e-2 models, not '{model.public_id}'.",
+                                 param="model", code="unsupported_model")
+        files = _uploads(request, "image")
+        if len(files) != 1:
+            raise InvalidRequest("Missing required parameter: 'image'." if not files else
+                                 "Variations take exactly one image.", param="image",
+                                 code="missing_required_parameter" if not files else "invalid_value")
+        image = uploads.read_upload(files[0], param="image", max_bytes=4 * MB, formats=("png",))
+        if image.width != image.height:
+            raise InvalidRequest("Invalid file 'image': variations need a square image.", param="image",
+                                 code="invalid_image")
+        data["prompt"] = ""  # no prompt: the variation comes from the image alone
+        return self.submit_with_images(request, data=data, model=model, images=[image], mask=None,
+                                       strength=VARIATION_STRENGTH, idempotency_record_id=idempotency_record_id)

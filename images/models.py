@@ -111,7 +111,15 @@ class ModerationTerm(models.Model):
         EXPLICIT = "explicit"
         MILD = "mild"  # non-explicit nudity, gore: blocked under `strict` only
 
-    category = models.CharField(max_length=32, db_index=True)
+    class Category(models.TextChoices):
+        SEXUAL = "sexual"
+        SEXUAL_MINORS = "sexual_minors"
+        VIOLENCE = "violence"
+        SELF_HARM = "self_harm"
+        HATE = "hate"
+        ILLICIT = "illicit"
+
+    category = models.CharField(max_length=32, choices=Category.choices, db_index=True)
     tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.EXPLICIT)
     term = models.CharField(max_length=200)
     enabled = models.BooleanField(default=True)

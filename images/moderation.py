@@ -17,6 +17,10 @@ sexual_minors is blocked at every level. It matches a term of its own list, or a
 that indicates a minor ("child", "teen", "15 year old", ...) anywhere in the same text
 as any sexual term, mild or explicit.
 
+A few innocent phrases that contain a term ("Al Gore", "bloody mary", "nude lipstick",
+"white power cable": EXEMPT_PHRASES) are skipped before matching; other terms in the
+same text still match.
+
 An operator with a model can plug in a classifier ("package.module:function", see
 load_classifier): it returns category ids for the text, and they count as explicit
 matches.
@@ -178,10 +182,19 @@ _NUMBER_WORDS = {
     "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14,
     "fifteen": 15, "sixteen": 16, "seventeen": 17,
 }
-_AGE_TOKEN_RE = re.compile(r"(\d{1,2})(yo|yr|yrs|yrold|yearold|yearsold)")
+# Ages under 18, every spelling of which is a finite set of words:
+#   _AGE_WORDS     "15yo", "15yrs", "15yearold": an age by itself
+#   _AGE_NUMBERS   "15", "07", "fifteen": an age when followed by "year old", "yo", "y o"
+#   _AGE_PREFIXES  "age", "aged": an age when followed by an age number
+_AGE_NUMBERS = frozenset([str(n) for n in range(18)] + [f"{n:02d}" for n in range(10)] + list(_NUMBER_WORDS))
+_AGE_WORDS = frozenset(number + suffix for number in _AGE_NUMBERS if number[0].isdigit()
+                       for suffix in ("yo", "yr", "yrs", "yrold", "yearold", "yearsold"))
+_AGE_PREFIXES = frozenset({"age", "aged"})
 _YEAR_WORDS = frozenset({"year", "years", "yr", "yrs"})
 _MINOR = "_minor"  # internal pseudo-category of MINOR_TERMS matches
 _WORD_RE = re.compile(r"[^\W_]+")
+# Combining marks (accents), all of which lie in this range; dropped after NFKD.
+_COMBINING = frozenset(chr(cp) for cp in range(0x300, 0x1F000) if unicodedata.combining(chr(cp)))
 _CLASSIFIER_ALIASES = {  # OpenAI-style moderation ids a classifier may return
     "sexual/minors": "sexual_minors", "sexual-minors": "sexual_minors", "self-harm": "self_harm",
     "self-harm/intent": "self_harm", "self-harm/instructions": "self_harm",
@@ -193,7 +206,7 @@ def normalize(text: str) -> list[str]:
     """Lowercase, strip accents, split into words on anything not a letter or digit."""
     text = text.casefold()
     if not text.isascii():
-        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+        text = "".join([c for c in unicodedata.normalize("NFKD", text) if c not in _COMBINING])
     return _WORD_RE.findall(text)
 
 
@@ -226,15 +239,18 @@ def _blocks(level: str, category: str, tier: str) -> bool:
 
 
 # A compiled term list: word -> entries matching that one word (plurals included), and
-# first word -> (remaining words, entry) for multi-word terms. Entry: (category, tier, term).
+# first two words -> (words after those two, entry) for multi-word terms. Entry: (category, tier, term).
 _Entry = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
 class _Compiled:
     single: dict[str, tuple[_Entry, ...]]
-    multi: dict[str, tuple[tuple[tuple[str, ...], _Entry], ...]]
-    exempt: dict[str, tuple[tuple[str, ...], ...]]
+    multi: dict[tuple[str, str], tuple[tuple[tuple[str, ...], _Entry], ...]]
+    exempt: dict[tuple[str, str], tuple[tuple[str, ...], ...]]  # first two words -> words after them
+    exempt_single: frozenset[str]
+    pair_starts: frozenset[str]  # first words of multi-word terms and exempt phrases
+    starts: frozenset[str]  # every word at which something may match
 
 
 def _variants(words: list[str]) -> list[tuple[str, ...]]:
@@ -248,7 +264,7 @@ def _variants(words: list[str]) -> list[tuple[str, ...]]:
 
 def _compile(key: tuple) -> _Compiled:
     single: dict[str, list[_Entry]] = {}
-    multi: dict[str, list[tuple[tuple[str, ...], _Entry]]] = {}
+    multi: dict[tuple[str, str], list[tuple[tuple[str, ...], _Entry]]] = {}
     entries = [(cat, tier, term) for cat, tiers in key for tier, terms in tiers for term in terms]
     entries += [(_MINOR, "explicit", term) for term in MINOR_TERMS]
     for category, tier, term in entries:
@@ -262,19 +278,26 @@ def _compile(key: tuple) -> _Compiled:
                 if entry not in bucket:
                     bucket.append(entry)
             else:
-                item = (seq[1:], entry)
-                bucket = multi.setdefault(seq[0], [])
+                item = (seq[2:], entry)
+                bucket = multi.setdefault(seq[:2], [])
                 if item not in bucket:
                     bucket.append(item)
-    exempt: dict[str, list[tuple[str, ...]]] = {}
+    exempt: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+    exempt_single: set[str] = set()
     for phrase in EXEMPT_PHRASES:
-        words = normalize(phrase)
-        for seq in _variants(words):
-            exempt.setdefault(seq[0], []).append(seq)
+        for seq in _variants(normalize(phrase)):
+            if len(seq) == 1:
+                exempt_single.add(seq[0])
+            else:
+                exempt.setdefault(seq[:2], []).append(seq[2:])
     return _Compiled(
         single={k: tuple(v) for k, v in single.items()},
         multi={k: tuple(v) for k, v in multi.items()},
         exempt={k: tuple(sorted(v, key=len, reverse=True)) for k, v in exempt.items()},
+        exempt_single=frozenset(exempt_single),
+        pair_starts=frozenset(k[0] for k in multi) | frozenset(k[0] for k in exempt),
+        starts=frozenset(single) | frozenset(k[0] for k in multi) | frozenset(k[0] for k in exempt)
+        | exempt_single | _AGE_NUMBERS | _AGE_WORDS | _AGE_PREFIXES,
     )
 
 
@@ -295,65 +318,59 @@ def _terms_key(terms: dict[str, dict[str, list[str]]]) -> tuple:
     return tuple(key)
 
 
-def _minor_age(tokens: list[str], i: int) -> str | None:
-    """The age phrase starting at tokens[i] when it gives an age under 18, else None."""
-    tok = tokens[i]
-    m = _AGE_TOKEN_RE.fullmatch(tok)
-    if m:
-        return tok if int(m.group(1)) < 18 else None
-    if tok in ("age", "aged"):
-        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
-        n = int(nxt) if nxt.isdigit() and len(nxt) <= 2 else _NUMBER_WORDS.get(nxt)
-        return f"{tok} {nxt}" if n is not None and n < 18 else None
-    n = int(tok) if tok.isdigit() and len(tok) <= 2 else _NUMBER_WORDS.get(tok)
-    if n is None or n >= 18:
-        return None
-    rest = tokens[i + 1:i + 3]
-    if len(rest) == 2 and rest[0] in _YEAR_WORDS and rest[1] == "old":
-        return " ".join([tok, *rest])
-    if rest[:1] == ["yo"]:
-        return f"{tok} yo"
-    if rest == ["y", "o"]:
-        return f"{tok} y o"
-    return None
-
-
-def _age_trigger(tok: str) -> bool:
-    c = tok[0]
-    return ("0" <= c <= "9") or tok in _NUMBER_WORDS or tok == "age" or tok == "aged"
-
-
-def _scan(tokens: list[str], compiled: _Compiled) -> list[tuple[int, str, str, str]]:
-    """Every match as (position, category, tier, term), in order of position."""
-    hits: list[tuple[int, str, str, str]] = []
-    single, multi, exempt = compiled.single, compiled.multi, compiled.exempt
+def _scan(tokens: list[str], compiled: _Compiled) -> dict[_Entry, int]:
+    """Every distinct match (category, tier, term) with the position of its first occurrence.
+    Minor-indicating words and ages come as category _MINOR."""
+    found: dict[_Entry, int] = {}
+    single, multi, exempt, exempt_single = compiled.single, compiled.multi, compiled.exempt, compiled.exempt_single
+    starts, pair_starts = compiled.starts, compiled.pair_starts
     n_tokens = len(tokens)
     skip_until = 0
-    for i, tok in enumerate(tokens):
+    for i in [i for i, tok in enumerate(tokens) if tok in starts]:
         if i < skip_until:
             continue
-        phrases = exempt.get(tok)
-        if phrases:
-            for seq in phrases:
-                if tuple(tokens[i:i + len(seq)]) == seq:
-                    skip_until = i + len(seq)
+        tok = tokens[i]
+        if tok in exempt_single:
+            continue
+        pair = (tok, tokens[i + 1]) if tok in pair_starts and i + 1 < n_tokens else None
+        rests = exempt.get(pair) if pair else None
+        if rests:
+            for rest in rests:
+                end = i + 2 + len(rest)
+                if not rest or (end <= n_tokens and tuple(tokens[i + 2:end]) == rest):
+                    skip_until = end
                     break
             if i < skip_until:
                 continue
-        found = single.get(tok)
-        if found:
-            hits.extend((i, *entry) for entry in found)
-        sequences = multi.get(tok)
+        entries = single.get(tok)
+        if entries:
+            for entry in entries:
+                if entry not in found:
+                    found[entry] = i
+        sequences = multi.get(pair) if pair else None
         if sequences:
             for rest, entry in sequences:
-                end = i + 1 + len(rest)
-                if end <= n_tokens and tuple(tokens[i + 1:end]) == rest:
-                    hits.append((i, *entry))
-        if _age_trigger(tok):
-            age = _minor_age(tokens, i)
-            if age:
-                hits.append((i, _MINOR, "explicit", age))
-    return hits
+                end = i + 2 + len(rest)
+                if entry not in found and (not rest or (end <= n_tokens and tuple(tokens[i + 2:end]) == rest)):
+                    found[entry] = i
+        age = None
+        if tok in _AGE_NUMBERS:
+            nxt = tokens[i + 1] if i + 1 < n_tokens else ""
+            if nxt == "yo":
+                age = f"{tok} yo"
+            elif nxt in _YEAR_WORDS or nxt == "y":
+                after = tokens[i + 2] if i + 2 < n_tokens else ""
+                if (after == "old" and nxt != "y") or (after == "o" and nxt == "y"):
+                    age = f"{tok} {nxt} {after}"
+        elif tok in _AGE_WORDS:
+            age = tok
+        elif tok in _AGE_PREFIXES and i + 1 < n_tokens and tokens[i + 1] in _AGE_NUMBERS:
+            age = f"{tok} {tokens[i + 1]}"
+        if age:
+            entry = (_MINOR, "explicit", age)
+            if entry not in found:
+                found[entry] = i
+    return found
 
 
 def moderation_check(text: str, *, level: str, terms: dict[str, dict[str, list[str]]] | None = None,
@@ -365,28 +382,30 @@ def moderation_check(text: str, *, level: str, terms: dict[str, dict[str, list[s
         raise ValueError(f"unknown moderation level {level!r}; expected one of {LEVELS}")
     compiled = _compiled_cached(_terms_key(DEFAULT_TERMS if terms is None else terms))
     tokens = normalize(text)
-    hits = _scan(tokens, compiled)
+    found = _scan(tokens, compiled)
     if classifier is not None:
-        end = len(tokens)
         for category in classifier(text) or ():
             category = str(category).strip().lower()
             category = _CLASSIFIER_ALIASES.get(category, category)
             if category in CATEGORIES:
-                hits.append((end, category, "explicit", f"classifier:{category}"))
+                found.setdefault((category, "explicit", f"classifier:{category}"), len(tokens))
 
     categories: set[str] = set()
-    matched: dict[tuple[int, str], None] = {}  # ordered set of (position, term)
-    minors = [h for h in hits if h[1] == _MINOR]
-    sexual = [h for h in hits if h[1] == "sexual"]
-    for hit in hits:
-        position, category, tier, term = hit
-        if category != _MINOR and _blocks(level, category, tier):
+    matched: list[tuple[int, str]] = []
+    minors: list[tuple[int, str]] = []
+    sexual: list[tuple[int, str]] = []
+    for (category, tier, term), position in found.items():
+        if category == _MINOR:
+            minors.append((position, term))
+            continue
+        if category == "sexual":
+            sexual.append((position, term))
+        if _blocks(level, category, tier):
             categories.add(category)
-            matched[(position, term)] = None
+            matched.append((position, term))
     if minors and sexual:
         categories.add("sexual_minors")
-        for position, _category, _tier, term in minors + sexual:
-            matched[(position, term)] = None
+        matched += minors + sexual
     if not categories:
         return Verdict(blocked=False, categories=(), matched=())
     terms_in_order = dict.fromkeys(term for _position, term in sorted(matched))

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 # No telemetry pings from the hub clients. HF_HUB_OFFLINE is deliberately NOT forced:
@@ -41,9 +41,12 @@ __all__ = [
     "GenerationTask",
     "PipelineError",
     "PipelineSource",
+    "count_tokens",
     "decode_latents_preview",
     "device_info",
+    "effective_steps",
     "get_pipeline",
+    "preview_steps_for",
     "run_batch",
     "select_device",
     "warm_up",
@@ -79,6 +82,29 @@ class GenerationTask:
     # are logged and swallowed. It runs while the pipeline lock is held: keep it quick
     # and never call run_batch/warm_up from it (that would deadlock).
     on_step: Callable[[int, int], None] | None = None
+    # Image-to-image source, RGB, exactly width x height (the caller resizes). When set,
+    # the task is image-to-image (or inpainting, with mask_image).
+    init_image: Image.Image | None = None
+    # Inpainting mask, L, exactly width x height, diffusers convention: white (255) =
+    # repaint, black (0) = keep. Requires init_image.
+    mask_image: Image.Image | None = None
+    # 0 < strength <= 1, img2img/inpaint only: how far the result may move away from the
+    # input. diffusers runs min(int(steps * strength), steps) steps (see effective_steps).
+    strength: float = 0.75
+    # 1-based step numbers (counted in steps actually run) after which the current
+    # latents are decoded into small previews and handed to on_preview.
+    preview_steps: tuple[int, ...] = ()
+    # Called (preview_index, previews): preview_index counts 0, 1, 2... per task; one
+    # small RGB preview per image of the task, in seed order. Same rules as on_step:
+    # exceptions are logged and swallowed; runs under the pipeline lock.
+    on_preview: Callable[[int, list[Image.Image]], None] | None = None
+
+    @property
+    def kind(self) -> str:
+        """The task's kind: "text2img", "img2img" or "inpaint"."""
+        if self.init_image is None:
+            return "text2img"
+        return "img2img" if self.mask_image is None else "inpaint"
 
 
 @dataclass
@@ -175,7 +201,11 @@ def _env_int(name: str, default: int) -> int:
 # Loading and the pipeline cache
 # ---------------------------------------------------------------------------
 
-_CACHE: OrderedDict[tuple, Any] = OrderedDict()
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()  # cache key -> text-to-image pipeline
+# (cache key, kind) -> img2img/inpaint pipeline derived from _CACHE[cache key] with
+# from_pipe (same component objects, so no extra weights). Evicted with its base.
+_DERIVED: dict[tuple, Any] = {}
+_KINDS = ("text2img", "img2img", "inpaint")
 _CACHE_LOCK = threading.Lock()
 _RUN_LOCK = threading.Lock()
 
@@ -222,12 +252,37 @@ def _load(source: PipelineSource, device: str, dtype: torch.dtype) -> Any:
     return pipe
 
 
-def get_pipeline(source: PipelineSource) -> Any:
-    """Load (or fetch from the per-process LRU cache) the text-to-image pipeline for source.
+def _derive(base: Any, kind: str, source: PipelineSource) -> Any:
+    """The img2img/inpaint pipeline sharing base's components (diffusers' from_pipe)."""
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
-    The cache holds at most PIPELINE_CACHE_SIZE pipelines (env, default 2). Loading
+    auto = AutoPipelineForImage2Image if kind == "img2img" else AutoPipelineForInpainting
+    try:
+        # The Auto* classes map e.g. StableDiffusionPipeline -> StableDiffusionImg2ImgPipeline
+        # / StableDiffusionInpaintPipeline (SDXL etc. likewise). Unlike
+        # DiffusionPipeline.from_pipe they do not cast the (shared!) modules to a dtype.
+        pipe = auto.from_pipe(base)
+    except Exception as exc:
+        label = "image-to-image" if kind == "img2img" else "inpainting"
+        raise PipelineError(f"model {source.source!r} does not support {label}: {_short(exc)}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    logger.info("derived %s pipeline %s for %s", kind, type(pipe).__name__, source.source)
+    return pipe
+
+
+def get_pipeline(source: PipelineSource, kind: str = "text2img") -> Any:
+    """Load (or fetch from the per-process LRU cache) the pipeline for source.
+
+    kind "text2img" (default) is the pipeline loaded from the model folder; "img2img"
+    and "inpaint" are derived from it with diffusers' from_pipe (sharing its unet, vae,
+    text encoder, tokenizer and scheduler objects: no extra weights, no reload) and
+    cached alongside it; evicting a model evicts its derived pipelines too.
+
+    The cache holds at most PIPELINE_CACHE_SIZE models (env, default 2). Loading
     happens under the cache lock, so concurrent callers wait rather than load twice.
     """
+    if kind not in _KINDS:
+        raise PipelineError(f"unknown pipeline kind {kind!r} (expected one of {', '.join(_KINDS)})")
     device, default_dtype = select_device()
     dtype = _resolve_dtype(source.dtype, default_dtype)
     key = (source.source, source.local_files_only, device, dtype)
@@ -235,26 +290,34 @@ def get_pipeline(source: PipelineSource) -> Any:
         pipe = _CACHE.get(key)
         if pipe is not None:
             _CACHE.move_to_end(key)
+        else:
+            # Make room first, so the old weights can be freed before the new ones arrive.
+            size = _env_int("PIPELINE_CACHE_SIZE", 2)
+            evicted = False
+            while len(_CACHE) >= size:
+                old_key, _ = _CACHE.popitem(last=False)
+                for derived_key in [k for k in _DERIVED if k[0] == old_key]:
+                    del _DERIVED[derived_key]
+                logger.info("evicted pipeline %s from the cache", old_key[0])
+                evicted = True
+            if evicted:
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            pipe = _load(source, device, dtype)
+            _CACHE[key] = pipe
+        if kind == "text2img":
             return pipe
-        # Make room first, so the old weights can be freed before the new ones arrive.
-        size = _env_int("PIPELINE_CACHE_SIZE", 2)
-        evicted = False
-        while len(_CACHE) >= size:
-            old_key, _ = _CACHE.popitem(last=False)
-            logger.info("evicted pipeline %s from the cache", old_key[0])
-            evicted = True
-        if evicted:
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        pipe = _load(source, device, dtype)
-        _CACHE[key] = pipe
-        return pipe
+        derived = _DERIVED.get((key, kind))
+        if derived is None:
+            derived = _DERIVED[(key, kind)] = _derive(pipe, kind, source)
+        return derived
 
 
 def _clear_cache() -> None:
     """Drop every cached pipeline (for tests and operators)."""
     with _CACHE_LOCK:
+        _DERIVED.clear()
         _CACHE.clear()
     gc.collect()
 
@@ -286,6 +349,76 @@ def _validate(task: GenerationTask, index: int) -> None:
     for seed in task.seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
             raise fail(f"seeds must be integers in [0, 2**64) (got {seed!r})")
+    if (
+        isinstance(task.strength, bool)
+        or not isinstance(task.strength, (int, float))
+        or not 0 < task.strength <= 1  # also rejects NaN
+    ):
+        raise fail(f"strength must be a number in (0, 1] (got {task.strength!r})")
+    _validate_images(task, fail)
+    run = effective_steps(task)
+    if not isinstance(task.preview_steps, (tuple, list)):
+        raise fail("preview_steps must be a tuple of step numbers")
+    for number in task.preview_steps:
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= run:
+            raise fail(f"preview_steps must be step numbers in 1..{run} (got {number!r})")
+    for name in ("on_step", "on_preview"):
+        if getattr(task, name) is not None and not callable(getattr(task, name)):
+            raise fail(f"{name} must be callable or None")
+
+
+def _validate_images(task: GenerationTask, fail: Callable[[str], PipelineError]) -> None:
+    from PIL import Image as PILImage
+
+    if task.mask_image is not None and task.init_image is None:
+        raise fail("mask_image requires init_image")
+    for name in ("init_image", "mask_image"):
+        image = getattr(task, name)
+        if image is None:
+            continue
+        if not isinstance(image, PILImage.Image):
+            raise fail(f"{name} must be a PIL image")
+        if image.size != (task.width, task.height):
+            raise fail(f"{name} must be exactly {task.width}x{task.height} (got {image.size[0]}x{image.size[1]})")
+
+
+def effective_steps(task: GenerationTask) -> int:
+    """How many denoising steps the task's pipeline call actually runs: `steps` for
+    text-to-image; max(1, min(int(steps * strength), steps)) for img2img/inpaint
+    (diffusers' count, but at least one step: see _pipeline_strength). on_step totals
+    and preview_steps count in these steps."""
+    if task.init_image is None:
+        return task.steps
+    return max(1, min(int(task.steps * task.strength), task.steps))
+
+
+def _pipeline_strength(task: GenerationTask) -> float:
+    """The strength passed to diffusers. When int(steps * strength) is 0, diffusers would
+    run no step at all (an error, or an empty result): raise it just enough that the
+    last, least noisy step runs."""
+    strength = float(task.strength)
+    if int(task.steps * strength) >= 1:
+        return strength
+    return min(1.0, (1.0 + 1e-6) / task.steps)
+
+
+def preview_steps_for(total_steps: int, count: int) -> tuple[int, ...]:
+    """`count` step numbers spread evenly over 1..total_steps-1 (never the last step,
+    whose result is the final image): e.g. (4, 2) -> (1, 3), (20, 3) -> (5, 10, 15),
+    (30, 1) -> (15,). When fewer than `count` steps come before the last one, all of
+    them: (3, 3) -> (1, 2); (1, n) -> (). For img2img/inpaint pass effective_steps(task).
+    """
+    for name, value in (("total_steps", total_steps), ("count", count)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer (got {value!r})")
+    before_last = max(0, total_steps - 1)
+    if before_last <= count:
+        return tuple(range(1, before_last + 1))
+    # Steps total*(i+1)/(count+1), rounded half up: more than one step apart, so unique.
+    return tuple(
+        min(before_last, max(1, (2 * total_steps * (i + 1) + count + 1) // (2 * (count + 1))))
+        for i in range(count)
+    )
 
 
 def _default_max_batch() -> int:
@@ -314,6 +447,43 @@ def _generator_device(pipe: Any) -> str:
 
 
 _Item = tuple[int, int]  # (task index, image index within the task)
+_PREVIEW_MAX_SIZE = 256  # longest side of a preview, in pixels
+
+
+@dataclass
+class _PreviewState:
+    delivered: int = 0  # previews handed to on_preview so far
+    # step number -> {image index: preview}, while a task split over several calls
+    # has not yet reached that step in all of them
+    pending: dict[int, dict[int, Any]] = field(default_factory=dict)
+
+
+def _call_kwargs(kind: str, first: GenerationTask, size: int) -> dict[str, Any]:
+    """The image inputs of one pipeline call of `size` images of task `first`'s kind."""
+    if kind == "text2img":
+        return {"width": first.width, "height": first.height}
+    init = first.init_image if first.init_image.mode == "RGB" else first.init_image.convert("RGB")
+    # One copy per image: with a list of generators diffusers encodes each copy with
+    # its own generator, so an image depends only on its seed.
+    kwargs: dict[str, Any] = {"image": [init] * size, "strength": _pipeline_strength(first)}
+    if kind == "inpaint":
+        mask = first.mask_image if first.mask_image.mode == "L" else first.mask_image.convert("L")
+        kwargs.update(mask_image=[mask] * size, width=first.width, height=first.height)
+    return kwargs
+
+
+def _keep_unmasked(first: GenerationTask, images: list[Image.Image]) -> list[Image.Image]:
+    """Paste the input back where the mask is black (softly where it is grey).
+
+    The inpaint pipeline already keeps the black region at the input's latents, but a
+    VAE round trip is lossy (colour shifts, blur; with the random demo VAE: garbage),
+    so the final composite in pixel space makes "keep" mean keep.
+    """
+    from PIL import Image as PILImage
+
+    init = first.init_image if first.init_image.mode == "RGB" else first.init_image.convert("RGB")
+    mask = first.mask_image if first.mask_image.mode == "L" else first.mask_image.convert("L")
+    return [PILImage.composite(image, init, mask) for image in images]
 
 
 def _run_chunk(
@@ -321,17 +491,54 @@ def _run_chunk(
     tasks: list[GenerationTask],
     chunk: list[_Item],
     progress: dict[int, tuple[int, int]],  # task -> (chunks already done, chunks in all)
-    failed: set[int],  # tasks whose on_step already raised (logged once per run_batch)
+    failed: set[tuple[int, str]],  # (task, what) already logged as failing (once per run_batch)
+    previews: dict[int, _PreviewState],
 ) -> tuple[list[Image.Image], float]:
     first = tasks[chunk[0][0]]
+    kind = first.kind
     prompts = [tasks[t].prompt for t, _ in chunk]
     negatives = [tasks[t].negative_prompt for t, _ in chunk]
     gen_device = _generator_device(pipe)
     generators = [torch.Generator(device=gen_device).manual_seed(tasks[t].seeds[j]) for t, j in chunk]
     task_ids = list(dict.fromkeys(t for t, _ in chunk))
+    rows = {t: [r for r, (u, _) in enumerate(chunk) if u == t] for t in task_ids}  # task -> its rows in the batch
+    preview_at = {  # task -> step numbers to preview, for tasks that want previews
+        t: frozenset(tasks[t].preview_steps)
+        for t in task_ids
+        if tasks[t].on_preview is not None and tasks[t].preview_steps
+    }
+
+    def log_once(t: int, what: str, message: str, *args: Any) -> None:
+        if (t, what) not in failed:  # once per task, not once per step
+            failed.add((t, what))
+            logger.exception(message, *args)
+
+    def send_previews(pipeline: Any, number: int, latents: torch.Tensor, due: list[int]) -> None:
+        needed = sorted(r for t in due for r in rows[t])
+        try:
+            decoded = decode_latents_preview(pipeline, latents[needed], max_size=_PREVIEW_MAX_SIZE)
+        except PipelineError:
+            for t in due:
+                log_once(t, "decode", "preview decode for task %d failed; generation continues", t)
+            return
+        by_row = dict(zip(needed, decoded))
+        for t in due:
+            state = previews[t]
+            pending = state.pending.setdefault(number, {})
+            for r in rows[t]:
+                pending[chunk[r][1]] = by_row[r]
+            if len(pending) < len(tasks[t].seeds):
+                continue  # the task's other images are in another call
+            del state.pending[number]
+            index, state.delivered = state.delivered, state.delivered + 1
+            try:
+                tasks[t].on_preview(index, [pending[j] for j in sorted(pending)])
+            except Exception:
+                log_once(t, "preview", "on_preview callback of task %d raised; generation continues", t)
 
     def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-        per_chunk = getattr(pipeline, "num_timesteps", None) or first.steps
+        # num_timesteps is the number of steps actually run (int(steps*strength) for img2img).
+        per_chunk = getattr(pipeline, "num_timesteps", None) or effective_steps(first)
         for t in task_ids:
             callback = tasks[t].on_step
             if callback is None:
@@ -340,9 +547,11 @@ def _run_chunk(
             try:
                 callback(done_chunks * per_chunk + step + 1, all_chunks * per_chunk)
             except Exception:
-                if t not in failed:  # log once per task, not once per step
-                    failed.add(t)
-                    logger.exception("on_step callback of task %d raised; generation continues", t)
+                log_once(t, "step", "on_step callback of task %d raised; generation continues", t)
+        due = [t for t, numbers in preview_at.items() if step + 1 in numbers]
+        latents = callback_kwargs.get("latents")
+        if due and latents is not None:
+            send_previews(pipeline, step + 1, latents, due)
         return callback_kwargs
 
     started = time.perf_counter()
@@ -352,14 +561,13 @@ def _run_chunk(
             # None and "" are the same unconditional prompt for diffusers; only pass a
             # list when some task has a negative prompt.
             negative_prompt=None if all(n is None for n in negatives) else [n or "" for n in negatives],
-            width=first.width,
-            height=first.height,
             num_inference_steps=first.steps,
             guidance_scale=float(first.guidance),
             num_images_per_prompt=1,
             generator=generators,
             output_type="pil",
             callback_on_step_end=on_step_end,
+            **_call_kwargs(kind, first, len(chunk)),
         )
     except torch.cuda.OutOfMemoryError as exc:
         gc.collect()
@@ -369,23 +577,26 @@ def _run_chunk(
         ) from exc
     except Exception as exc:
         raise PipelineError(f"generation failed: {_short(exc)}") from exc
-    elapsed = time.perf_counter() - started
 
     images = [image if image.mode == "RGB" else image.convert("RGB") for image in output.images]
     if len(images) != len(chunk) or any(im.size != (first.width, first.height) for im in images):
         raise PipelineError("generation failed: the pipeline returned unexpected images")
-    return images, elapsed
+    if kind == "inpaint":
+        images = _keep_unmasked(first, images)
+    return images, time.perf_counter() - started
 
 
 def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None) -> list[GenerationResult]:
     """Run tasks, batching images of compatible tasks; one result per task, in order.
 
-    Tasks sharing (source, width, height, steps, guidance) are run together, at most
-    `max_batch` images per pipeline call (None: env PIPELINE_MAX_BATCH, else 1 on CPU,
-    4 on MPS, 8 on CUDA). Each image has its own seeded generator, so an image depends
-    only on its seed and parameters, not on what it was batched with (up to float noise).
-    All tasks are validated before anything runs; any failure raises PipelineError and
-    no partial results are returned.
+    Text-to-image tasks sharing (source, width, height, steps, guidance) are run
+    together, at most `max_batch` images per pipeline call (None: env PIPELINE_MAX_BATCH,
+    else 1 on CPU, 4 on MPS, 8 on CUDA). Image-to-image and inpainting tasks run on
+    their own (their images still `max_batch` per call), on pipelines derived from the
+    cached text-to-image one. Each image has its own seeded generator, so an image
+    depends only on its seed and parameters, not on what it was batched with (up to
+    float noise). All tasks are validated before anything runs; any failure raises
+    PipelineError and no partial results are returned.
     """
     if not tasks:
         return []
@@ -395,21 +606,26 @@ def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None) -> l
 
     groups: dict[tuple, list[int]] = {}
     for index, task in enumerate(tasks):
-        key = (task.source, task.width, task.height, task.steps, float(task.guidance))
+        if task.kind == "text2img":
+            key: tuple = (task.source, "text2img", task.width, task.height, task.steps, float(task.guidance))
+        else:
+            key = ("own call", index)  # each img2img/inpaint task has its own input image(s)
         groups.setdefault(key, []).append(index)
 
     images: list[list[Image.Image]] = [[] for _ in tasks]
     seconds = [0.0] * len(tasks)
-    failed: set[int] = set()
+    failed: set[tuple[int, str]] = set()
+    previews = {index: _PreviewState() for index in range(len(tasks))}
     with _RUN_LOCK:
         for indices in groups.values():
-            pipe = get_pipeline(tasks[indices[0]].source)
+            first = tasks[indices[0]]
+            pipe = get_pipeline(first.source, first.kind)
             items: list[_Item] = [(t, j) for t in indices for j in range(len(tasks[t].seeds))]
             chunks = [items[k : k + limit] for k in range(0, len(items), limit)]
             # A task split over several calls reports progress over all of them.
             progress = {t: (0, sum(any(i[0] == t for i in c) for c in chunks)) for t in indices}
             for chunk in chunks:
-                chunk_images, elapsed = _run_chunk(pipe, tasks, chunk, progress, failed)
+                chunk_images, elapsed = _run_chunk(pipe, tasks, chunk, progress, failed, previews)
                 for (t, _), image in zip(chunk, chunk_images):
                     images[t].append(image)
                     seconds[t] += elapsed / len(chunk)  # shared call time, split per image

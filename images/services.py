@@ -210,7 +210,8 @@ def prompt_moderate(*, tenant: Tenant, api_key: APIKey | None, model: ImageModel
 
     level = moderation.effective_level(tenant.moderation_level, requested)
     classifier = moderation.load_classifier(settings.MODERATION_CLASSIFIER) if settings.MODERATION_CLASSIFIER else None
-    verdict = moderation.moderation_check(prompt, level=level, terms=moderation_terms(), classifier=classifier)
+    # An emptied term table falls back to the defaults rather than blocking nothing.
+    verdict = moderation.moderation_check(prompt, level=level, terms=moderation_terms() or None, classifier=classifier)
     if not verdict.blocked:
         return
     BlockedPrompt.objects.create(tenant=tenant, api_key=api_key, model=model.public_id, endpoint=endpoint,

@@ -114,13 +114,13 @@ def _reject_unsupported(data: dict[str, Any], profile: Profile, model: str) -> N
                              param="style", code="unsupported_parameter")
 
 
-def generation_params_resolve(*, data: dict[str, Any], model: ImageModel) -> GenerationParams:
+def generation_params_resolve(*, data: dict[str, Any], model: ImageModel, prompt_required: bool = True) -> GenerationParams:
     """Apply the profile's rules to serializer output; raise InvalidRequest on any breach."""
     profile = PROFILES[model.profile]
     _reject_unsupported(data, profile, model.public_id)
 
-    prompt = data["prompt"]
-    if not prompt.strip():
+    prompt = data.get("prompt") or ""
+    if prompt_required and not prompt.strip():
         raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
     if len(prompt) > profile.prompt_max:
         raise InvalidRequest(
@@ -193,9 +193,6 @@ def generation_params_resolve(*, data: dict[str, Any], model: ImageModel) -> Gen
 
     stream = bool(data.get("stream"))
     partial_images = data.get("partial_images") or 0
-    if stream:
-        raise InvalidRequest("Streaming is not available on this installation yet; omit 'stream'.",
-                             param="stream", code="unsupported_parameter")
 
     seed = data.get("seed")
     if seed is None:
@@ -209,3 +206,50 @@ def generation_params_resolve(*, data: dict[str, Any], model: ImageModel) -> Gen
         moderation=data.get("moderation") or "auto", style=style, stream=stream,
         partial_images=partial_images, user=data.get("user"),
     )
+
+
+class EditRequestSerializer(serializers.Serializer):
+    """POST /v1/images/edits (multipart; files are read separately). No `moderation`, no `style`."""
+
+    prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
+    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
+    n = StrictIntegerField(required=False, allow_null=True)
+    quality = StrictCharField(required=False, allow_null=True)
+    response_format = StrictCharField(required=False, allow_null=True)
+    output_format = _choice("png", "jpeg", "webp")
+    output_compression = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=100)
+    stream = serializers.BooleanField(required=False, allow_null=True)
+    partial_images = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=3)
+    size = StrictCharField(required=False, allow_null=True)
+    background = _choice("transparent", "opaque", "auto")
+    input_fidelity = _choice("high", "low")
+    user = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=256)
+    seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
+    negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000, trim_whitespace=False)
+
+
+class VariationRequestSerializer(serializers.Serializer):
+    """POST /v1/images/variations (dall-e-2 profile only)."""
+
+    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
+    n = StrictIntegerField(required=False, allow_null=True)
+    response_format = StrictCharField(required=False, allow_null=True)
+    size = StrictCharField(required=False, allow_null=True)
+    user = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=256)
+    seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
+
+
+# How much of the input an edit may change (diffusers' img2img `strength`).
+EDIT_STRENGTH = {"low": 0.75, "high": 0.45}
+VARIATION_STRENGTH = 0.6
+
+
+def edit_strength(*, data: dict[str, Any], model: ImageModel) -> float:
+    """`input_fidelity` maps to strength: high keeps more of the input (reference §3)."""
+    fidelity = data.get("input_fidelity")
+    if fidelity is not None:
+        if model.profile != ImageModel.Profile.GPT_IMAGE or model.public_id.startswith("gpt-image-1-mini"):
+            raise InvalidRequest(f"'input_fidelity' is not supported for '{model.public_id}'.",
+                                 param="input_fidelity", code="unsupported_parameter")
+        return EDIT_STRENGTH[fidelity]
+    return EDIT_STRENGTH["low"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
-from images import pipelines
+from images import notify, pipelines
 from images.files import CONTENT_TYPES, image_delete_files, image_encode, image_save
 from images.models import ImageModel, Job
 from images.services import job_complete, job_fail, job_progress, job_start
@@ -44,6 +44,34 @@ def _encode_and_store(job: Job, index: int, image: Any) -> dict[str, Any]:
             "height": image.height, "bytes": len(data)}
 
 
+def _inputs(extra: dict[str, Any]) -> tuple[Any, Any]:
+    """The init image and mask an edit or variation stored for the worker."""
+    from django.core.files.storage import default_storage
+    from PIL import Image
+
+    def load(name: str | None, mode: str):
+        if not name:
+            return None
+        with default_storage.open(name, "rb") as handle:
+            image = Image.open(handle)
+            image.load()
+        return image.convert(mode)
+
+    return load(extra.get("init_file"), "RGB"), load(extra.get("mask_file"), "L")
+
+
+def _publish_preview(job: Job, index: int, image: Any) -> None:
+    """Encode a partial preview at the job's size and hand it to the waiting stream."""
+    import base64
+
+    from PIL import Image
+
+    fmt = job.params.get("output_format", "png")
+    preview = image.resize((job.width, job.height), Image.Resampling.BILINEAR)
+    data = image_encode(preview, output_format=fmt, compression=min(80, int(job.params.get("output_compression", 100))))
+    notify.job_event_publish(job.pk, {"type": "partial", "index": index, "b64": base64.b64encode(data).decode("ascii")})
+
+
 def job_run(*, job_id: str) -> None:
     """Run one job to a terminal state. Safe to call twice for the same job."""
     job = job_start(job_id=job_id)
@@ -60,13 +88,27 @@ def job_run(*, job_id: str) -> None:
         now = time.monotonic()
         if done == total or now - last_write[0] >= PROGRESS_INTERVAL:
             last_write[0] = now
-            job_progress(job_id=job.pk, steps_done=done)
+            # img2img runs fewer steps than asked; progress is reported on the job's scale.
+            job_progress(job_id=job.pk, steps_done=round(done * job.steps / max(1, total)))
 
     source = pipeline_source(job.model)
+    extra = job.params.get("extra") or {}
+    try:
+        init_image, mask_image = _inputs(extra)
+    except Exception:
+        logger.exception("job %s: reading its input images failed", job.pk)
+        job_fail(job_id=job.pk, code="input_missing", message="The job's input images could not be read.")
+        return
+    strength = float(extra.get("strength") or 0.75)
+    partials = int(job.params.get("partial_images") or 0) if job.params.get("stream") else 0
+    steps_run = max(1, int(job.steps * strength)) if init_image is not None else job.steps
     task = pipelines.GenerationTask(
         source=source, prompt=job.prompt, negative_prompt=job.params.get("negative_prompt") or None,
         width=job.width, height=job.height, steps=job.steps, guidance=job.guidance,
-        seeds=[job.seed + i for i in range(job.n)], on_step=on_step)
+        seeds=[job.seed + i for i in range(job.n)], on_step=on_step, init_image=init_image,
+        mask_image=mask_image, strength=strength,
+        preview_steps=pipelines.preview_steps_for(steps_run, partials) if partials else (),
+        on_preview=(lambda index, images: _encoder.submit(_publish_preview, job, index, images[0])) if partials else None)
     try:
         result = pipelines.run_batch([task])[0]
         prompt_tokens = pipelines.count_tokens(source, job.prompt)

@@ -179,6 +179,9 @@ JOB_TIME_LIMIT_MS = env.int("JOB_TIME_LIMIT_MS", default=600_000)
 JOB_MAX_RETRIES = env.int("JOB_MAX_RETRIES", default=3)
 # Signed image links live this long (seconds); OpenAI's last one hour.
 IMAGE_URL_TTL_SECONDS = env.int("IMAGE_URL_TTL_SECONDS", default=3600)
+# Image URLs in requests (seed 002's `image`): private/loopback hosts refused unless allowed.
+IMAGE_FETCH_ALLOW_PRIVATE = env.bool("IMAGE_FETCH_ALLOW_PRIVATE", default=False)
+IMAGE_FETCH_TIMEOUT_SECONDS = env.float("IMAGE_FETCH_TIMEOUT_SECONDS", default=10.0)
 # Allow hub downloads for models whose source is a hub id (off: air-gapped hosts).
 MODEL_ALLOW_DOWNLOADS = env.bool("MODEL_ALLOW_DOWNLOADS", default=False)
 

@@ -7,6 +7,7 @@ from health import healthz
 from accounts import api as accounts_api
 from billing import api as billing_api
 from images import api as images_api
+from images import vendors
 
 urlpatterns = [
     path("healthz", healthz),
@@ -16,6 +17,11 @@ urlpatterns = [
     path("v1/keys/<str:prefix>", accounts_api.KeyDetailView.as_view()),
     path("v1/balance", billing_api.BalanceView.as_view()),
     path("v1/usage", billing_api.UsageView.as_view()),
+    path("v1/images/edits", images_api.ImageEditView.as_view()),
+    path("v1/images/variations", images_api.ImageVariationView.as_view()),
+    path("v1/vision/generate", vendors.VisionGenerateView.as_view()),
+    path("api/images/generations", vendors.AigneGenerationView.as_view()),
+    path("api/v1/image/generation", vendors.ResellerGenerationView.as_view()),
     path("v1/images/tasks/<str:task_id>", images_api.TaskDetailView.as_view()),
     path("v1/models", images_api.ModelListView.as_view()),
     path("v1/models/<str:model_id>", images_api.ModelDetailView.as_view()),

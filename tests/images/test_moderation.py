@@ -168,6 +168,24 @@ def test_sexual_minors_blocked_at_every_level(text):
         assert "sexual_minors" in verdict.categories, level
 
 
+@pytest.mark.parametrize("text", [
+    "15 y.o. nude", "sexy 16 years old", "sexy 16yrs", "sexy 07 year old", "sexy 17-year-old",
+    "a nude girl, age 9", "nude, 9yo",
+])
+def test_ages_under_18_with_sexual_term(text):
+    assert blocked_levels(text) == ALL
+    assert moderation_check(text, level="low").categories == ("sexual_minors",)
+
+
+def test_exempt_phrases_do_not_hide_other_terms():
+    assert blocked_levels("two bloody marys") == ()
+    assert moderation_check("Al Gore naked", level="strict") == Verdict(True, ("sexual",), ("naked",))
+    assert blocked_levels("a white power cable and a pipe bomb") == ALL
+    assert blocked_levels("a white power rally") == ("strict", "standard")
+    assert blocked_levels("the last word is al") == ()
+    assert blocked_levels("gore") == ("strict",)
+
+
 def test_sexual_minors_categories_and_matched():
     strict = moderation_check("nude child", level="strict")
     assert strict == Verdict(True, ("sexual", "sexual_minors"), ("nude", "child"))

@@ -1,0 +1,92 @@
+"""Server-sent events for `stream: true` (reference §7).
+
+Framing: `event: <type>` and `data: <json>` lines, a blank line after each; no
+`[DONE]`, no `id:`; keep-alives are comment lines (the SDK ignores them, while an
+event without data would crash it). Partial previews come from the worker through
+images.notify (Redis or in-process), never through the database.
+
+n > 1: the partial previews are those of the first image; then one `*.completed`
+event per image, in order (input tokens are counted on the first).
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterator
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+
+from images import notify
+from images.files import image_read
+from images.models import Job
+from images.profiles import output_tokens
+
+KEEPALIVE_SECONDS = 10.0
+
+
+def _frame(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _common(job: Job) -> dict[str, Any]:
+    params = job.params
+    return {"created_at": int(job.created_at.timestamp()), "size": params["size"], "quality": params["quality"],
+            "background": params["background"], "output_format": params["output_format"]}
+
+
+def _error_frame(message: str, code: str | None, type_: str = "server_error") -> bytes:
+    return _frame("error", {"type": "error", "error": {"message": message, "type": type_, "param": None, "code": code}})
+
+
+def sse_events(*, job_id: Any, prefix: str) -> Iterator[bytes]:
+    """prefix: 'image_generation' or 'image_edit'."""
+    job = Job.objects.select_related("model").get(pk=job_id)
+    wanted = int(job.params.get("partial_images") or 0)
+    sent = 0
+    deadline = time.monotonic() + settings.JOB_WAIT_SECONDS
+    yield b": stream open\n\n"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            yield _error_frame(f"The image is still being generated (job {job.pk}); read it later with "
+                               f"GET /v1/images/tasks/{job.pk}.", "job_wait_timeout")
+            return
+        event = notify.job_event_next(job.pk, min(KEEPALIVE_SECONDS, remaining))
+        if event is None:
+            job.refresh_from_db(fields=["status"])
+            if job.status in Job.TERMINAL:
+                break
+            yield b": keep-alive\n\n"
+            continue
+        if event.get("type") == "partial" and sent < wanted:
+            yield _frame(f"{prefix}.partial_image", {"type": f"{prefix}.partial_image", "b64_json": event["b64"],
+                                                     **_common(job), "partial_image_index": sent})
+            sent += 1
+        elif event.get("type") == "done":
+            break
+    job = Job.objects.select_related("model").get(pk=job_id)
+    if job.status != Job.Status.SUCCEEDED:
+        yield _error_frame(f"{job.error_message} (job {job.pk}; nothing was charged)", job.error_code or None)
+        return
+    import base64
+
+    images = list(job.images.all())
+    text_tokens = job.prompt_tokens or 0
+    for i, image in enumerate(images):
+        out = output_tokens(job.size, job.params["quality"])
+        inp = text_tokens if i == 0 else 0
+        usage = {"input_tokens": inp, "output_tokens": out, "total_tokens": inp + out,
+                 "input_tokens_details": {"text_tokens": inp, "image_tokens": 0}}
+        yield _frame(f"{prefix}.completed", {"type": f"{prefix}.completed",
+                                             "b64_json": base64.b64encode(image_read(image)).decode("ascii"),
+                                             **_common(job), "usage": usage})
+
+
+def sse_response(*, job: Job, prefix: str, headers: dict[str, str] | None = None) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(sse_events(job_id=job.pk, prefix=prefix), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    for key, value in (headers or {}).items():
+        response[key] = value
+    return response
