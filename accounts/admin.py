@@ -1,11 +1,24 @@
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 from accounts.models import APIKey, Membership, Tenant
+from accounts.services import api_key_create, api_key_revoke
+
+# The admin index links to the operator overview (/admin/overview/, see urls.py).
+admin.site.index_template = "admin/platform_index.html"
 
 
 class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
+
+
+class GrantCreditsForm(forms.Form):
+    amount = forms.IntegerField(help_text="Credits; negative removes (never more than is available).")
+    note = forms.CharField(max_length=500, required=False, help_text="Shown in the ledger, e.g. 'invoice 42'.")
 
 
 @admin.register(Tenant)
@@ -14,6 +27,7 @@ class TenantAdmin(admin.ModelAdmin):
     list_filter = ("status", "moderation_level")
     search_fields = ("name",)
     inlines = [MembershipInline]
+    actions = ["grant_credits"]
 
     @admin.display(description="balance (credits)")
     def balance(self, obj: Tenant) -> int:
@@ -25,14 +39,85 @@ class TenantAdmin(admin.ModelAdmin):
         account = getattr(obj, "credit_account", None)
         return account.held if account else 0
 
+    @admin.action(description="Grant credits to the selected tenants", permissions=["change"])
+    def grant_credits(self, request: HttpRequest, queryset):
+        """Asks for an amount and a note on an intermediate page, then writes one ledger
+        row per tenant through billing.services.credits_grant."""
+        from billing.errors import InvalidAmount
+        from billing.services import credits_grant
+
+        form = GrantCreditsForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            amount, note = form.cleaned_data["amount"], form.cleaned_data["note"]
+            for tenant in queryset:
+                try:
+                    entry = credits_grant(tenant=tenant, amount=amount, actor=request.user.get_username(), note=note)
+                except InvalidAmount as exc:
+                    self.message_user(request, f"{tenant.name}: {exc.message}", messages.ERROR)
+                else:
+                    self.message_user(request, f"{tenant.name}: {amount:+d} credits, balance now "
+                                               f"{entry.balance_after}.", messages.SUCCESS)
+            return None
+        return TemplateResponse(request, "admin/grant_credits.html", {
+            **self.admin_site.each_context(request), "title": "Grant credits", "form": form, "tenants": queryset,
+            "opts": self.model._meta, "action_checkbox_name": ACTION_CHECKBOX_NAME})
+
+
+class APIKeyAddForm(forms.ModelForm):
+    class Meta:
+        model = APIKey
+        fields = ("tenant", "name", "expiry_date", "allowed_models", "rpm_limit", "monthly_credit_limit", "is_admin")
+
 
 @admin.register(APIKey)
 class APIKeyAdmin(admin.ModelAdmin):
-    list_display = ("prefix", "name", "tenant", "created", "last_used_at", "revoked", "expiry_date")
-    list_filter = ("revoked", "tenant")
+    list_display = ("prefix", "name", "tenant", "created", "last_used_at", "revoked", "expiry_date", "is_admin")
+    list_filter = ("revoked", "is_admin", "tenant")
     search_fields = ("prefix", "name", "tenant__name")
-    readonly_fields = ("prefix", "hashed_key", "created", "last_used_at")
     exclude = ("id",)
+    actions = ["revoke_keys"]
 
-    def has_add_permission(self, request) -> bool:
-        return False  # keys are created with `manage.py tenant_create` / key_create (shown once)
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = APIKeyAddForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return list(APIKeyAddForm.Meta.fields)
+        return ["tenant", "prefix", "name", "created", "created_by", "last_used_at", "revoked", "expiry_date",
+                "allowed_models", "rpm_limit", "monthly_credit_limit", "is_admin"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        # Revoking is final (an action); the hash never changes once shown.
+        return ("tenant", "prefix", "created", "created_by", "last_used_at", "revoked")
+
+    def save_model(self, request, obj: APIKey, form, change: bool) -> None:
+        if change:
+            return super().save_model(request, obj, form, change)
+        data = form.cleaned_data
+        key, raw = api_key_create(
+            tenant=data["tenant"], name=data.get("name") or "default", created_by=request.user.get_username(),
+            rpm_limit=data.get("rpm_limit"), expiry_date=data.get("expiry_date"),
+            allowed_models=data.get("allowed_models") or [], monthly_credit_limit=data.get("monthly_credit_limit"),
+            is_admin=bool(data.get("is_admin")))
+        obj.pk, obj.prefix, obj.hashed_key, obj.created = key.pk, key.prefix, key.hashed_key, key.created
+        obj._state.adding = False
+        # Shown once, on the next page only: the raw key is stored nowhere.
+        messages.warning(request, f"New API key for {key.tenant.name} (copy it now, it is not shown again): {raw}")
+
+    def message_user(self, request, message, level=messages.INFO, *args, **kwargs):
+        # Keep the admin's own "was added successfully" line out of the way of the key.
+        if "was added successfully" in str(message):
+            return None
+        return super().message_user(request, message, level, *args, **kwargs)
+
+    @admin.action(description="Revoke the selected keys (final)", permissions=["change"])
+    def revoke_keys(self, request: HttpRequest, queryset):
+        count = 0
+        for key in queryset.filter(revoked=False):
+            api_key_revoke(key=key)
+            count += 1
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)

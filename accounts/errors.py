@@ -128,9 +128,27 @@ def _first_validation_error(detail: Any, prefix: str | None = None) -> tuple[str
     return prefix, str(detail)
 
 
+class PayloadTooLarge(APIError):
+    status_code = 413
+    code = "request_too_large"
+
+
 def _to_api_error(exc: Exception) -> APIError | None:
+    from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+    from django.db import DatabaseError, InterfaceError, OperationalError
+
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge("The request body is too large.")
+    if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        return InvalidRequest("The request has too many fields or files.", code="too_many_fields")
+    if isinstance(exc, RecursionError):
+        return InvalidRequest(MALFORMED_JSON_MESSAGE + " (The JSON is nested too deeply.)")
+    if isinstance(exc, (OperationalError, InterfaceError)) or (
+            isinstance(exc, DatabaseError) and "connection" in str(exc).lower()):
+        return ServiceUnavailable("The service is temporarily unavailable; nothing was charged. Retry shortly.",
+                                  headers={"Retry-After": "5"})
     if isinstance(exc, drf.NotAuthenticated):
         return MissingAPIKey(NO_KEY_MESSAGE)
     if isinstance(exc, drf.AuthenticationFailed):

@@ -18,3 +18,25 @@ class RequestIdMiddleware:
         for name, value in getattr(request, "ratelimit_headers", {}).items():
             response.setdefault(name, value)
         return response
+
+
+class BodySizeLimitMiddleware:
+    """413 before anything reads a body larger than DATA_UPLOAD_MAX_MEMORY_SIZE (DRF's
+    JSON parser reads the stream itself and would not stop)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        from django.conf import settings
+
+        from accounts.errors import PayloadTooLarge, json_error_response
+
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+            return json_error_response(PayloadTooLarge(
+                f"The request body is {length} bytes; the limit is {settings.DATA_UPLOAD_MAX_MEMORY_SIZE}."))
+        return self.get_response(request)

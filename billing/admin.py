@@ -18,8 +18,12 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ReadOnlyAdmin):
-    list_display = ("id", "tenant", "kind", "amount", "held_delta", "balance_after", "held_after", "job", "actor", "created_at")
-    list_filter = ("kind", "tenant")
+    list_display = ("id", "tenant", "kind", "amount", "held_delta", "balance_after", "held_after", "job", "actor",
+                    "note", "created_at")
+    list_filter = ("kind", "tenant", "created_at")
+    search_fields = ("tenant__name", "actor", "note", "idempotency_key")
+    date_hierarchy = "created_at"
+    list_select_related = ("tenant",)
 
 
 @admin.register(CreditAccount)
@@ -30,13 +34,18 @@ class CreditAccountAdmin(ReadOnlyAdmin):
 @admin.register(Hold)
 class HoldAdmin(ReadOnlyAdmin):
     list_display = ("job", "tenant", "amount", "captured", "status", "created_at", "settled_at")
-    list_filter = ("status",)
+    list_filter = ("status", "tenant")
 
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "tenant", "model", "endpoint", "n", "images", "credits_charged", "outcome", "error_code")
-    list_filter = ("outcome", "model", "tenant")
+    list_display = ("created_at", "tenant", "api_key", "model", "endpoint", "n", "images", "credits_charged",
+                    "gpu_ms", "outcome", "error_code")
+    list_filter = ("outcome", "model", "tenant", ("api_key", admin.RelatedOnlyFieldListFilter), "created_at",
+                   "endpoint")
+    search_fields = ("tenant__name", "api_key__prefix", "error_code")
+    date_hierarchy = "created_at"
+    list_select_related = ("tenant", "api_key")
 
 
 @admin.register(Price)

@@ -19,7 +19,10 @@ class GeneratedImageInline(admin.TabularInline):
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = ("id", "tenant", "model", "kind", "status", "n", "width", "height", "quote", "created_at", "gpu_ms")
-    list_filter = ("status", "kind", "model")
+    list_filter = ("status", "kind", "model", "tenant", "endpoint", "created_at")
+    search_fields = ("id", "tenant__name", "prompt")
+    date_hierarchy = "created_at"
+    list_select_related = ("tenant", "model")
     readonly_fields = [f.name for f in Job._meta.fields]
     inlines = [GeneratedImageInline]
 

@@ -191,7 +191,7 @@ class ImageGenerationView(ChargedView):
                         headers=credit_headers(job))
 
     def submit(self, request: Request, idempotency_record_id: int | None) -> Response:
-        raw = request.data if isinstance(request.data, dict) else request.data
+        raw = request.data
         serializer = GenerationRequestSerializer(data=self.prepare(raw) if isinstance(raw, dict) else raw)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

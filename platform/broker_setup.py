@@ -20,16 +20,21 @@ MIDDLEWARE = [
 ]
 
 
-def broker_settings(broker_url: str, namespace: str = "dramatiq") -> dict[str, Any]:
+def broker_settings(broker_url: str, namespace: str = "dramatiq", *, heartbeat_timeout_ms: int = 30_000,
+                    maintenance_chance: int = 50_000) -> dict[str, Any]:
     """The DRAMATIQ_BROKER setting for a broker URL ('' = embedded)."""
     if not broker_url:
         return {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {}, "MIDDLEWARE": MIDDLEWARE}
     if broker_url.startswith(("redis://", "rediss://", "unix://")):
-        # heartbeat_timeout: how long after a worker dies its unacked messages are
-        # requeued to a live worker (ms). See docs/operations.md.
+        # heartbeat_timeout: a worker silent this long (ms) is dead, and the next
+        # maintenance pass requeues its unacknowledged messages to live workers.
+        # maintenance_chance (per million broker commands; Dramatiq's default is 1000)
+        # is raised so that pass comes within seconds, not minutes: a killed
+        # worker's job is redelivered well within a minute. See docs/operations.md.
         return {
             "BROKER": "dramatiq.brokers.redis.RedisBroker",
-            "OPTIONS": {"url": broker_url, "namespace": namespace, "heartbeat_timeout": 30_000},
+            "OPTIONS": {"url": broker_url, "namespace": namespace, "heartbeat_timeout": heartbeat_timeout_ms,
+                        "maintenance_chance": maintenance_chance},
             "MIDDLEWARE": MIDDLEWARE,
         }
     if broker_url.startswith(("amqp://", "amqps://")):

@@ -68,7 +68,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "accounts.middleware.RequestIdMiddleware",
+    "accounts.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin, /docs/, dashboard) from the app folders, DEBUG or not, no CDN.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -113,7 +116,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5))
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=3))
 
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 
@@ -124,6 +127,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+WHITENOISE_USE_FINDERS = True  # serve straight from the apps' static folders: no collectstatic step
 STATIC_ROOT = env.path("STATIC_ROOT", default=VAR_DIR / "static")
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
 MEDIA_URL = "media/"
@@ -155,7 +159,12 @@ BROKER_URL = env.str("BROKER_URL", default="")
 GPU_QUEUES = env.list("GPU_QUEUES", default=["gpu"])
 # Redis key prefix for the broker's queues (lets several installations share one Redis).
 BROKER_NAMESPACE = env.str("BROKER_NAMESPACE", default="dramatiq")
-DRAMATIQ_BROKER = broker_setup.broker_settings(BROKER_URL, BROKER_NAMESPACE)
+# A Redis worker silent this long is presumed dead and its unacknowledged jobs requeued.
+BROKER_HEARTBEAT_TIMEOUT_MS = env.int("BROKER_HEARTBEAT_TIMEOUT_MS", default=20_000)
+BROKER_MAINTENANCE_CHANCE = env.int("BROKER_MAINTENANCE_CHANCE", default=100_000)
+DRAMATIQ_BROKER = broker_setup.broker_settings(BROKER_URL, BROKER_NAMESPACE,
+                                               heartbeat_timeout_ms=BROKER_HEARTBEAT_TIMEOUT_MS,
+                                               maintenance_chance=BROKER_MAINTENANCE_CHANCE)
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 # Threads of the in-process worker (embedded) that pick up jobs.
 EMBEDDED_WORKER_THREADS = env.int("EMBEDDED_WORKER_THREADS", default=2)
@@ -172,9 +181,9 @@ MODERATION_CLASSIFIER = env.str("MODERATION_CLASSIFIER", default="")
 JOB_WAIT_SECONDS = env.float("JOB_WAIT_SECONDS", default=300.0)
 # A job not finished this long after it was queued is failed and its hold released.
 JOB_DEADLINE_SECONDS = env.int("JOB_DEADLINE_SECONDS", default=900)
-# Dramatiq time limit for one generation message (ms).
 # How often each worker fails jobs past their deadline and releases their holds (0: never).
 JOB_SWEEP_SECONDS = env.int("JOB_SWEEP_SECONDS", default=30)
+# Dramatiq time limit for one generation message (ms).
 JOB_TIME_LIMIT_MS = env.int("JOB_TIME_LIMIT_MS", default=600_000)
 JOB_MAX_RETRIES = env.int("JOB_MAX_RETRIES", default=3)
 # Signed image links live this long (seconds); OpenAI's last one hour.
@@ -200,5 +209,35 @@ LOGGING = {
 }
 
 if not DEBUG:
+    # Production hardening; `manage.py check --deploy` is clean with the values in
+    # docs/configuration.md (TLS is usually terminated by the proxy in front).
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+    if env.bool("BEHIND_TLS_PROXY", default=False):
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# ---- API schema (drf-spectacular) ----
+# OpenAPI 3 at /v1/openapi.json and Swagger UI at /docs/ (assets from the sidecar
+# package, served by this installation: no CDN). Annotations: platform/api_schema.py.
+INSTALLED_APPS += ["drf_spectacular", "drf_spectacular_sidecar"]
+REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Image generation API",
+    "DESCRIPTION": "OpenAI-compatible Images API plus vendor-shaped endpoints. Every error answers "
+                   "`{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`. Amounts are integer credits.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {},
+    "DISABLE_ERRORS_AND_WARNINGS": True,
+}

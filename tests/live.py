@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -42,15 +43,63 @@ class LiveServer:
     processes: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     pg_database: str | None = None
+    tmp: Path = Path("/tmp")
+    web: subprocess.Popen | None = None
+    worker: subprocess.Popen | None = None
 
     def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
                               text=True, check=check, timeout=300)
 
+    def shell(self, code: str) -> str:
+        """Run Python in `manage.py shell` against this server's database; its last output line."""
+        return self.manage("shell", "-v0", "-c", code).stdout.strip().splitlines()[-1]
+
     def tenant(self, credits: int = 100_000) -> str:
         """Create a tenant with `manage.py tenant_create`; returns its key (the last line)."""
         out = self.manage("tenant_create", f"live-{uuid.uuid4().hex[:8]}", "--credits", str(credits)).stdout
         return out.strip().splitlines()[-1]
+
+    def start_process(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = self.tmp / f"live-{name}-{len(self.logs)}.log"
+        self.logs.append(log)
+        proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.processes.append(proc)
+        return proc
+
+    def start_web(self) -> subprocess.Popen:
+        self.web = self.start_process("web", [sys.executable, "manage.py", "serve", "--port", self.url.rsplit(":", 1)[1]])
+        return self.web
+
+    def start_worker(self) -> subprocess.Popen:
+        self.worker = self.start_process("worker", [sys.executable, "manage.py", "runworker", "--processes", "1",
+                                                    "--threads", "2"])
+        return self.worker
+
+    def kill(self, proc: subprocess.Popen, sig: int = signal.SIGKILL, wait: float = 60) -> None:
+        """Signal a process and everything it started (its own session)."""
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        proc.wait(timeout=wait)
+
+    def wait_healthy(self, timeout: float = 90, expect: int = 200) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=5) as response:
+                    status = response.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                status = None
+            if status == expect:
+                return
+            if time.monotonic() > deadline or (self.web is not None and self.web.poll() is not None):
+                raise RuntimeError("live server did not start:\n" + self.log_text()[-4000:])
+            time.sleep(0.2)
 
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
@@ -68,7 +117,10 @@ class LiveServer:
             _pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_database}" WITH (FORCE)')
 
 
-def start_live_server(tmp: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
+def start_live_server(tmp: Path, extra_env: dict[str, str] | None = None, *, worker: bool | None = None,
+                      expect_health: int = 200) -> LiveServer:
+    """Migrate a fresh database, start `serve` and (with a broker) a `runworker`
+    process, and wait until /healthz answers `expect_health`."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env.update({
@@ -88,29 +140,16 @@ def start_live_server(tmp: Path, extra_env: dict[str, str] | None = None) -> Liv
     if settings.BROKER_URL:
         env["BROKER_NAMESPACE"] = f"live-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     env.update(extra_env or {})
-    server = LiveServer(url=f"http://127.0.0.1:{port}", env=env, pg_database=pg_database)
+    if callable(env.get("DATABASE_URL")):
+        env["DATABASE_URL"] = env["DATABASE_URL"](pg_database)
+    server = LiveServer(url=f"http://127.0.0.1:{port}", env=env, pg_database=pg_database, tmp=tmp)
     try:
         server.manage("migrate", "-v0")
         server.manage("platform_setup")
-        commands = [[sys.executable, "manage.py", "serve", "--port", str(port)]]
-        if settings.BROKER_URL:
-            commands.append([sys.executable, "manage.py", "runworker", "--processes", "1", "--threads", "2"])
-        for i, command in enumerate(commands):
-            log = tmp / f"live-{i}.log"
-            server.logs.append(log)
-            server.processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"),
-                                                     stderr=subprocess.STDOUT, start_new_session=True))
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(server.url + "/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or any(p.poll() is not None for p in server.processes):
-                raise RuntimeError("live server did not start:\n" + server.log_text()[-4000:])
-            time.sleep(0.2)
+        server.start_web()
+        if worker if worker is not None else bool(env.get("BROKER_URL")):
+            server.start_worker()
+        server.wait_healthy(expect=expect_health)
     except BaseException:
         server.stop()
         raise

@@ -1,0 +1,21 @@
+"""/dashboard/: the tenant dashboard (session login, tenant members only)."""
+from django.urls import path
+
+from accounts import dashboard
+
+app_name = "dashboard"
+
+urlpatterns = [
+    path("", dashboard.home, name="home"),
+    path("login/", dashboard.LoginView.as_view(), name="login"),
+    path("logout/", dashboard.logout_view, name="logout"),
+    path("keys/", dashboard.keys, name="keys"),
+    path("keys/<str:prefix>/revoke/", dashboard.key_revoke, name="key_revoke"),
+    path("usage/", dashboard.usage, name="usage"),
+    path("usage.csv", dashboard.usage_csv, name="usage_csv"),
+    path("jobs/", dashboard.jobs, name="jobs"),
+    path("jobs/<str:job_id>/", dashboard.job_detail, name="job_detail"),
+    path("playground/", dashboard.playground, name="playground"),
+    path("api/generations", dashboard.playground_submit, name="playground_submit"),
+    path("api/tasks/<str:job_id>", dashboard.playground_task, name="playground_task"),
+]
