@@ -39,8 +39,8 @@ def _choice(*values: str) -> serializers.ChoiceField:
     return serializers.ChoiceField(choices=values, required=False, allow_null=True)
 
 
-class GenerationRequestSerializer(serializers.Serializer):
-    """POST /v1/images/generations. Every field nullable: null means the default."""
+class ImageRequestSerializer(serializers.Serializer):
+    """Fields shared by generations and edits. Every field nullable: null means the default."""
 
     prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
     model = StrictCharField(required=False, allow_null=True, allow_blank=True)
@@ -52,13 +52,18 @@ class GenerationRequestSerializer(serializers.Serializer):
     stream = serializers.BooleanField(required=False, allow_null=True)
     partial_images = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=3)
     size = StrictCharField(required=False, allow_null=True)
-    moderation = _choice("low", "auto")
     background = _choice("transparent", "opaque", "auto")
-    style = StrictCharField(required=False, allow_null=True)
     user = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=256)
     # Extensions (not in OpenAI's API): reproducibility and negative prompts.
     seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
     negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000, trim_whitespace=False)
+
+
+class GenerationRequestSerializer(ImageRequestSerializer):
+    """POST /v1/images/generations."""
+
+    moderation = _choice("low", "auto")
+    style = StrictCharField(required=False, allow_null=True)
 
 
 @dataclass
@@ -208,24 +213,10 @@ def generation_params_resolve(*, data: dict[str, Any], model: ImageModel, prompt
     )
 
 
-class EditRequestSerializer(serializers.Serializer):
+class EditRequestSerializer(ImageRequestSerializer):
     """POST /v1/images/edits (multipart; files are read separately). No `moderation`, no `style`."""
 
-    prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
-    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
-    n = StrictIntegerField(required=False, allow_null=True)
-    quality = StrictCharField(required=False, allow_null=True)
-    response_format = StrictCharField(required=False, allow_null=True)
-    output_format = _choice("png", "jpeg", "webp")
-    output_compression = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=100)
-    stream = serializers.BooleanField(required=False, allow_null=True)
-    partial_images = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=3)
-    size = StrictCharField(required=False, allow_null=True)
-    background = _choice("transparent", "opaque", "auto")
     input_fidelity = _choice("high", "low")
-    user = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=256)
-    seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
-    negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000, trim_whitespace=False)
 
 
 class VariationRequestSerializer(serializers.Serializer):

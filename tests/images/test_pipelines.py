@@ -27,22 +27,6 @@ from images.pipelines import (  # noqa: E402
 )
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    # Pin the device so results do not depend on the host, and start from defaults.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PLATFORM_DEVICE", "cpu")
-        for name in ("PIPELINE_MAX_BATCH", "PIPELINE_CACHE_SIZE", "PIPELINE_VAE_TILING"):
-            mp.delenv(name, raising=False)
-        path = tmp_path_factory.mktemp("models") / "demo"
-        build_demo_model(path, seed=0)
-        yield path
-    pipelines._clear_cache()
-
-
-@pytest.fixture(scope="module")
-def source(model_dir) -> PipelineSource:
-    return PipelineSource(str(model_dir))
 
 
 def task(source, seeds, *, prompt="a red fox", negative=None, width=256, height=256, steps=4,
