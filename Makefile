@@ -34,5 +34,8 @@ worker: setup
 test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: setup
+	@$(PY) manage.py bench $(BENCH_ARGS)
+
 clean:
 	rm -rf var/test-*.sqlite3 .pytest_cache

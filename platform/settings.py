@@ -166,6 +166,8 @@ DRAMATIQ_BROKER = broker_setup.broker_settings(BROKER_URL, BROKER_NAMESPACE,
                                                heartbeat_timeout_ms=BROKER_HEARTBEAT_TIMEOUT_MS,
                                                maintenance_chance=BROKER_MAINTENANCE_CHANCE)
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
+# Longest pause (ms) of an idle worker between polls of the broker: the pickup delay.
+WORKER_POLL_MS = env.int("WORKER_POLL_MS", default=20)
 # Threads of the in-process worker (embedded) that pick up jobs.
 EMBEDDED_WORKER_THREADS = env.int("EMBEDDED_WORKER_THREADS", default=2)
 

@@ -335,17 +335,22 @@ def run_direct(*, model_path: str, n: int, repeats: int, width: int, height: int
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
 
+    from images.pipelines import select_device
+
+    device, dtype = select_device()  # the worker's choice: CUDA/fp16 > MPS/fp16 > CPU/fp32
     started = time.perf_counter()
     pipe = StableDiffusionPipeline.from_pretrained(model_path, local_files_only=True, safety_checker=None,
-                                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.to("cpu")
+                                                   feature_extractor=None, requires_safety_checker=False,
+                                                   dtype=dtype)
+    pipe.to(device)
+    gen_device = device if device.startswith("cuda") else "cpu"
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - started
 
     def one(seed: int, prompt: str) -> tuple[float, float]:
         t0 = time.perf_counter()
         image = pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-                     generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+                     generator=torch.Generator(gen_device).manual_seed(seed)).images[0]
         t1 = time.perf_counter()
         image_encode(image, output_format="png")
         return t1 - t0, time.perf_counter() - t1
@@ -371,7 +376,7 @@ def run_direct(*, model_path: str, n: int, repeats: int, width: int, height: int
         "pipeline_ms_p50": _r(_pct([s * 1000 for s in pipe_s], 50)),
         "pipeline_ms_p95": _r(_pct([s * 1000 for s in pipe_s], 95)),
         "png_ms_p50": _r(_pct([s * 1000 for s in encode_s], 50), 2),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "device": device, "dtype": str(dtype).removeprefix("torch."),
         "cpu": watch.as_dict(own_is_everything=True),
     }
 
@@ -513,6 +518,10 @@ class Command(BaseCommand):
         if n < 1 or concurrency < 1 or repeats < 1:
             raise CommandError("--n, --concurrency and --repeats must be at least 1")
         self.call_command_quietly("build_demo_model")
+        # Stop cleanly (servers, database, broker keys) on SIGTERM too, and on Ctrl-C even
+        # when started in the background by a shell that ignores SIGINT.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         tmp = Path(tempfile.mkdtemp(prefix="bench-"))
         deployment = Deployment(tmp, worker_threads=o["worker_threads"], web_threads=o["web_threads"])
