@@ -26,6 +26,9 @@ class ImageModel(models.Model):
     steps_by_quality = models.JSONField(default=dict)
     guidance = models.FloatField(default=5.0)  # classifier-free guidance scale (not money)
     supports_alpha = models.BooleanField(default=False)
+    # Images per pipeline call when batching jobs across requests; null = the device's
+    # default (PIPELINE_MAX_BATCH, else 1 on CPU, 8 on CUDA). Measure before raising.
+    max_batch = models.PositiveSmallIntegerField(null=True, blank=True)
     enabled = models.BooleanField(default=True)
     owned_by = models.CharField(max_length=100, default="platform")
     created_at = models.DateTimeField(auto_now_add=True)

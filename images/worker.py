@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 
 from images import notify, pipelines
+from images.batcher import batcher
 from images.files import CONTENT_TYPES, image_delete_files, image_encode, image_save
 from images.models import ImageModel, Job
 from images.services import job_complete, job_fail, job_progress, job_start
@@ -110,7 +111,7 @@ def job_run(*, job_id: str) -> None:
         preview_steps=pipelines.preview_steps_for(steps_run, partials) if partials else (),
         on_preview=(lambda index, images: _encoder.submit(_publish_preview, job, index, images[0])) if partials else None)
     try:
-        result = pipelines.run_batch([task])[0]
+        result = batcher.run(task, max_batch=job.model.max_batch or None, window_ms=settings.BATCH_WINDOW_MS)
         prompt_tokens = pipelines.count_tokens(source, job.prompt)
     except pipelines.PipelineError as exc:
         logger.warning("job %s failed: %s", job.pk, exc)

@@ -166,6 +166,9 @@ DRAMATIQ_BROKER = broker_setup.broker_settings(BROKER_URL, BROKER_NAMESPACE,
                                                heartbeat_timeout_ms=BROKER_HEARTBEAT_TIMEOUT_MS,
                                                maintenance_chance=BROKER_MAINTENANCE_CHANCE)
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
+# How long (ms) a job waits for compatible company before its pipeline call, when
+# batching is on (a model's max batch > 1); 0 = never wait.
+BATCH_WINDOW_MS = env.float("BATCH_WINDOW_MS", default=15.0)
 # Longest pause (ms) of an idle worker between polls of the broker: the pickup delay.
 WORKER_POLL_MS = env.int("WORKER_POLL_MS", default=20)
 # Threads of the in-process worker (embedded) that pick up jobs.

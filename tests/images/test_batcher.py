@@ -1,0 +1,96 @@
+"""Batching across requests: jobs from different threads share one pipeline call, and
+each image is the same (per seed) as when its job runs alone."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from images import batcher as batcher_module
+from images import pipelines
+from images.batcher import Batcher
+from images.pipelines import GenerationTask
+
+
+def task(source, seeds, prompt="a red fox", width=256):
+    return GenerationTask(source=source, prompt=prompt, negative_prompt=None, width=width, height=256, steps=4,
+                          guidance=5.0, seeds=seeds)
+
+
+def counting_run_batch(monkeypatch):
+    calls: list[int] = []
+    real = pipelines.run_batch
+
+    def run_batch(tasks, *, max_batch=None):
+        calls.append(len(tasks))
+        return real(tasks, max_batch=max_batch)
+
+    monkeypatch.setattr(batcher_module.pipelines, "run_batch", run_batch)
+    return calls
+
+
+def run_together(batch: Batcher, tasks, **options):
+    results = [None] * len(tasks)
+
+    def one(i):
+        results[i] = batch.run(tasks[i], **options)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(tasks))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_jobs_from_two_threads_share_one_call_and_match_alone(source, monkeypatch):
+    calls = counting_run_batch(monkeypatch)
+    a, b = task(source, [11, 12], "a lighthouse"), task(source, [13], "a red fox")
+    together = run_together(Batcher(), [a, b], max_batch=4, window_ms=300)
+    assert calls == [2]  # one pipeline call for both customers' jobs
+    alone = [pipelines.run_batch([t], max_batch=1)[0] for t in (a, b)]
+    for batched, single in zip(together, alone):
+        assert len(batched.images) == len(single.images)
+        for x, y in zip(batched.images, single.images):
+            assert np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 2
+
+
+def test_incompatible_jobs_are_not_batched(source, monkeypatch):
+    calls = counting_run_batch(monkeypatch)
+    run_together(Batcher(), [task(source, [1]), task(source, [2], width=128)], max_batch=4, window_ms=200)
+    assert sorted(calls) == [1, 1]
+
+
+def test_max_batch_bounds_the_group(source, monkeypatch):
+    calls = counting_run_batch(monkeypatch)
+    run_together(Batcher(), [task(source, [1, 2]), task(source, [3, 4]), task(source, [5])], max_batch=3,
+                 window_ms=300)
+    assert sum(calls) == 3 and max(calls) <= 2  # never more than 3 images in one call
+
+
+def test_batching_off_runs_at_once(source):
+    started = time.monotonic()
+    Batcher().run(task(source, [1]), max_batch=1, window_ms=5_000)
+    assert time.monotonic() - started < 4  # did not wait for the window
+
+
+def test_a_bad_job_does_not_fail_its_companions(source):
+    good, bad = task(source, [1]), task(source, [2])
+    bad.on_preview = "not callable"  # run_batch refuses this task
+    results = {}
+
+    def one(name, t):
+        try:
+            results[name] = Batcher.run(shared, t, max_batch=4, window_ms=300)
+        except pipelines.PipelineError as exc:
+            results[name] = exc
+
+    shared = Batcher()
+    threads = [threading.Thread(target=one, args=item) for item in (("good", good), ("bad", bad))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results["good"].images) == 1
+    assert isinstance(results["bad"], pipelines.PipelineError)
