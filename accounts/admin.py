@@ -121,3 +121,10 @@ class APIKeyAdmin(admin.ModelAdmin):
             api_key_revoke(key=key)
             count += 1
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+
+# The library's own key model is unused here (accounts.APIKey carries the tenant); hide it.
+from rest_framework_api_key.models import APIKey as _LibraryAPIKey  # noqa: E402
+
+if admin.site.is_registered(_LibraryAPIKey):
+    admin.site.unregister(_LibraryAPIKey)

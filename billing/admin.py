@@ -46,6 +46,34 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     search_fields = ("tenant__name", "api_key__prefix", "error_code")
     date_hierarchy = "created_at"
     list_select_related = ("tenant", "api_key")
+    change_list_template = "admin/billing/usagerecord/change_list.html"
+
+    def changelist_view(self, request, extra_context=None):
+        """The filtered records also drawn as images and credits per day, and summed per model."""
+        from datetime import timedelta
+
+        from django.db.models import Count, Sum
+        from django.db.models.functions import TruncDate
+        from django.utils import timezone
+
+        from accounts.dashboard import bar_chart
+
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl") if hasattr(response, "context_data") else None
+        if changelist is None:
+            return response
+        records = changelist.queryset.order_by()
+        end = timezone.now().date()
+        start = end - timedelta(days=29)
+        per_day = [{"day": row["day"].isoformat(), "images": row["images"] or 0, "credits": row["credits"] or 0}
+                   for row in records.filter(created_at__date__gte=start).annotate(day=TruncDate("created_at"))
+                   .values("day").annotate(images=Sum("images"), credits=Sum("credits_charged"))]
+        response.context_data["usage_charts"] = [bar_chart(per_day, start=start, days=30, field=field)
+                                                 for field in ("images", "credits")]
+        response.context_data["usage_per_model"] = list(
+            records.values("model").annotate(requests=Count("id"), images=Sum("images"), credits=Sum("credits_charged"),
+                                             gpu_ms=Sum("gpu_ms")).order_by("model"))
+        return response
 
 
 @admin.register(Price)

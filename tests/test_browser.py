@@ -217,3 +217,21 @@ def test_other_tenants_member_gets_404_and_no_admin(page, live):
     assert "/admin/login/" in page.url  # not staff: the admin asks for another login
     page.goto(live.url + "/admin/overview/")
     assert "/admin/login/" in page.url
+
+
+def test_admin_usage_page_draws_charts_from_records(db, tenant, worker, api):
+    """Server-side check of the admin usage page (the browser tests cover the rest)."""
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    from tests.conftest import post_json
+
+    post_json(api, "/v1/images/generations", {"model": "dall-e-2", "prompt": "x", "size": "256x256",
+                                              "response_format": "b64_json"}, tenant)
+    User.objects.create_superuser("ops", "ops@example.com", "pw-123456")
+    client = Client()
+    client.login(username="ops", password="pw-123456")
+    page = client.get("/admin/billing/usagerecord/").content.decode()
+    assert 'id="chart-images"' in page and 'id="chart-credits"' in page and "<rect" in page
+    assert "<td>dall-e-2</td><td>1</td><td>1</td><td>16</td>" in page
+    assert "API key permissions" not in client.get("/admin/").content.decode().replace("Api", "API")
