@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
 from dataclasses import dataclass, field
 
 from images import pipelines
@@ -26,6 +27,19 @@ class _Entry:
     task: pipelines.GenerationTask
     images: int
     future: Future = field(default_factory=Future)
+
+
+# Every pipeline call of the process runs on this one thread. torch's CPU kernels use an
+# OpenMP thread team per calling thread, and an idle team keeps spinning for a while:
+# with several worker threads taking turns, the teams fought over the cores and one
+# 256x256 image took 200+ ms instead of 90 ms (docs/benchmarks.md). One GPU thread also
+# keeps the CUDA stream and allocator in one place.
+_gpu_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
+
+
+def gpu_call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run `function` on the process's single GPU thread and wait for it."""
+    return _gpu_thread.submit(function, *args, **kwargs).result()
 
 
 def batch_key(task: pipelines.GenerationTask) -> tuple | None:
@@ -45,7 +59,7 @@ class Batcher:
         limit = pipelines._resolve_max_batch(max_batch)
         key = batch_key(task)
         if key is None or limit <= 1 or len(task.seeds) >= limit:
-            return pipelines.run_batch([task], max_batch=limit)[0]
+            return gpu_call(pipelines.run_batch, [task], max_batch=limit)[0]
         entry = _Entry(key, task, len(task.seeds))
         with self._lock:
             self._pending.append(entry)
@@ -74,7 +88,7 @@ class Batcher:
     @staticmethod
     def _run_group(group: list[_Entry], limit: int) -> None:
         try:
-            results = pipelines.run_batch([e.task for e in group], max_batch=limit)
+            results = gpu_call(pipelines.run_batch, [e.task for e in group], max_batch=limit)
         except Exception as exc:
             if len(group) == 1:
                 group[0].future.set_exception(exc)
@@ -82,7 +96,7 @@ class Batcher:
             # One bad task must not fail its companions: run each alone.
             for member in group:
                 try:
-                    member.future.set_result(pipelines.run_batch([member.task], max_batch=limit)[0])
+                    member.future.set_result(gpu_call(pipelines.run_batch, [member.task], max_batch=limit)[0])
                 except Exception as exc:
                     member.future.set_exception(exc)
             return

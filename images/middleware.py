@@ -53,12 +53,13 @@ class WorkerLifecycle(dramatiq.Middleware):
             return
         try:
             from images import pipelines
+            from images.batcher import gpu_call
             from images.models import ImageModel
             from images.worker import pipeline_source
 
             sources = {pipeline_source(m) for m in ImageModel.objects.filter(enabled=True, queue__in=settings.GPU_QUEUES)}
             for source in list(sources)[: settings.PIPELINE_CACHE_SIZE]:
-                pipelines.warm_up(source)
+                gpu_call(pipelines.warm_up, source)
                 logger.info("warmed up %s", source.source)
         except Exception:
             logger.exception("warm-up failed; models will load on first use")

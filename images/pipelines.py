@@ -246,8 +246,9 @@ def _load(source: PipelineSource, device: str, dtype: torch.dtype) -> Any:
     if vae is not None and os.environ.get("PIPELINE_VAE_TILING", "").strip().lower() in _TRUE:
         vae.enable_tiling()  # lower peak memory for large images; changes pixels slightly
     logger.info(
-        "loaded %s (%s) on %s as %s in %.1fs",
+        "loaded %s (%s) on %s as %s in %.1fs (torch threads: %d)",
         source.source, type(pipe).__name__, device, _dtype_name(dtype), time.perf_counter() - started,
+        torch.get_num_threads(),
     )
     return pipe
 
