@@ -9,15 +9,14 @@ import dramatiq
 from django.conf import settings
 
 
-class PermanentJobError(Exception):
-    """A failure that a retry cannot fix; dramatiq does not retry it."""
-
-
 @dramatiq.actor(
     queue_name="gpu",  # the default; each message is routed to its model's queue
     max_retries=settings.JOB_MAX_RETRIES,
     time_limit=settings.JOB_TIME_LIMIT_MS,
-    throws=(PermanentJobError,),
+    # Failures a retry cannot fix (bad model, bad input) are settled by the service,
+    # which fails the job and releases its hold; only unexpected errors reach Dramatiq
+    # and are retried.
+    throws=(),
     min_backoff=1_000,
     max_backoff=30_000,
     on_failure="generation_given_up",

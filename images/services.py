@@ -24,6 +24,7 @@ from billing.errors import InsufficientCredits
 from billing.idempotency import idempotency_attach_job
 from billing.models import CreditAccount, UsageRecord
 from images import notify
+from images.files import image_delete_files
 from images.models import BlockedPrompt, GeneratedImage, ImageModel, Job, ModerationTerm
 from images.validation import GenerationParams
 
@@ -149,8 +150,16 @@ def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_
             pixels=sum(row["width"] * row["height"] for row in stored), credits_charged=charge,
             queue_wait_ms=_ms(job.started_at - job.created_at) if job.started_at else None,
             gpu_ms=gpu_ms, latency_ms=_ms(now - job.created_at))
+    _inputs_delete(job)
     notify.job_notify(job.pk)
     return True
+
+
+def _inputs_delete(job: Job) -> None:
+    """An edit's stored init image and mask are needed until the job is terminal (a
+    redelivered message reruns it), and never after."""
+    extra = job.params.get("extra") or {}
+    image_delete_files([name for name in (extra.get("init_file"), extra.get("mask_file")) if name])
 
 
 def job_fail(*, job_id: Any, code: str, message: str, status: str = Job.Status.FAILED) -> bool:
@@ -167,6 +176,7 @@ def job_fail(*, job_id: Any, code: str, message: str, status: str = Job.Status.F
         UsageRecord.objects.filter(job=job).update(
             outcome=outcome, error_code=code, latency_ms=_ms(now - job.created_at),
             queue_wait_ms=_ms(job.started_at - job.created_at) if job.started_at else None)
+    _inputs_delete(job)
     notify.job_notify(job_id)
     return True
 

@@ -102,14 +102,14 @@ def job_run(*, job_id: str) -> None:
         return
     strength = float(extra.get("strength") or 0.75)
     partials = int(job.params.get("partial_images") or 0) if job.params.get("stream") else 0
-    steps_run = max(1, int(job.steps * strength)) if init_image is not None else job.steps
     task = pipelines.GenerationTask(
         source=source, prompt=job.prompt, negative_prompt=job.params.get("negative_prompt") or None,
         width=job.width, height=job.height, steps=job.steps, guidance=job.guidance,
         seeds=[job.seed + i for i in range(job.n)], on_step=on_step, init_image=init_image,
-        mask_image=mask_image, strength=strength,
-        preview_steps=pipelines.preview_steps_for(steps_run, partials) if partials else (),
-        on_preview=(lambda index, images: _encoder.submit(_publish_preview, job, index, images[0])) if partials else None)
+        mask_image=mask_image, strength=strength)
+    if partials:  # streaming: previews at steps spread over the steps actually run
+        task.preview_steps = pipelines.preview_steps_for(pipelines.effective_steps(task), partials)
+        task.on_preview = lambda index, images: _encoder.submit(_publish_preview, job, index, images[0])
     try:
         result = batcher.run(task, max_batch=job.model.max_batch or None, window_ms=settings.BATCH_WINDOW_MS)
         prompt_tokens = pipelines.count_tokens(source, job.prompt)

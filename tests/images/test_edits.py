@@ -44,6 +44,11 @@ def test_dalle2_edit_with_mask(api, worker, tenant):
     assert decode(response.json()["data"][0]).size == (256, 256)
     job = Job.objects.get()
     assert job.kind == "edit" and job.params["extra"]["mask_file"]
+    from django.core.files.storage import default_storage
+
+    # The stored init image and mask are removed once the job is settled.
+    assert not default_storage.exists(job.params["extra"]["init_file"])
+    assert not default_storage.exists(job.params["extra"]["mask_file"])
     assert CreditAccount.objects.get(tenant=tenant.tenant).balance == 10_000 - 16
 
 
