@@ -6,8 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 REQUIREMENTS ?= requirements/dev.txt
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | cksum | cut -d' ' -f1)
-WORKER_PROCESSES ?= 1
-WORKER_THREADS ?= 2
+WORKER_PROCESSES ?= auto
+WORKER_THREADS ?= auto
 # Comma-separated GPU queues for `make worker` (default: every queue in GPU_QUEUES).
 QUEUES ?=
 comma := ,

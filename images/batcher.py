@@ -7,11 +7,14 @@ BATCH_WINDOW_MS for company, then takes every pending task with the same batch k
 (model source, size, steps, guidance; text-to-image only) up to the maximum number of
 images, and runs them as one `pipelines.run_batch` call; each task gets its own
 result (its own seeds, progress and previews). A thread whose task was taken by
-another simply waits for it. With a maximum of 1 (the CPU default: batching measured
+another simply waits for it. Calls run on the process's lanes (`gpu_call`), so with
+several lanes (CPU) several calls run side by side. With a maximum of 1 (the CPU default: batching measured
 slower there) a task runs alone at once, with no wait.
 """
 from __future__ import annotations
 
+import itertools
+import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +22,8 @@ from typing import Any, Callable
 from dataclasses import dataclass, field
 
 from images import pipelines
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -29,17 +34,33 @@ class _Entry:
     future: Future = field(default_factory=Future)
 
 
-# Every pipeline call of the process runs on this one thread. torch's CPU kernels use an
-# OpenMP thread team per calling thread, and an idle team keeps spinning for a while:
-# with several worker threads taking turns, the teams fought over the cores and one
-# 256x256 image took 200+ ms instead of 90 ms (docs/benchmarks.md). One GPU thread also
-# keeps the CUDA stream and allocator in one place.
-_gpu_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
+# Every pipeline call of the process runs on one of its lanes (pipelines.lane_count():
+# one on CUDA/MPS, one per core on CPU), threads that only ever call the pipeline.
+# torch's CPU kernels use an OpenMP thread team per calling thread, and an idle team
+# keeps spinning for a while: with worker threads taking turns, the teams fought over the
+# cores and one 256x256 image took 200+ ms instead of 90 ms (docs/benchmarks.md). Fixed
+# lanes also keep the CUDA stream and allocator in one place.
+_lanes: ThreadPoolExecutor | None = None
+_lanes_guard = threading.Lock()
+
+
+def lanes() -> ThreadPoolExecutor:
+    """The process's lane threads, started (and torch's CPU threads divided) on first use."""
+    global _lanes
+    with _lanes_guard:
+        if _lanes is None:
+            count = pipelines.lane_count()
+            threads = pipelines.configure_threads(count)
+            numbers = itertools.count()
+            _lanes = ThreadPoolExecutor(max_workers=count, thread_name_prefix="lane",
+                                        initializer=lambda: pipelines.set_lane(next(numbers)))
+            logger.info("%d pipeline lane(s), %d torch thread(s)", count, threads)
+        return _lanes
 
 
 def gpu_call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run `function` on the process's single GPU thread and wait for it."""
-    return _gpu_thread.submit(function, *args, **kwargs).result()
+    """Run `function` on a free lane of the process and wait for it."""
+    return lanes().submit(function, *args, **kwargs).result()
 
 
 def batch_key(task: pipelines.GenerationTask) -> tuple | None:

@@ -4,12 +4,17 @@ This module and `images.demo_model` are the only ones that import torch and diff
 nothing here imports Django, so the web tier never pays for torch and this layer can be
 tested on its own.
 
-Concurrency model: one process-wide lock (`_RUN_LOCK`) serialises every pipeline call
-(diffusers pipelines keep per-call state on the pipeline and scheduler objects, and one
-device is best used by one call at a time); a second lock guards the pipeline cache.
+Concurrency model: a process runs pipeline calls on `lane_count()` lanes. A lane is one
+thread with its own pipeline objects (diffusers pipelines and schedulers keep per-call
+state) sharing one set of weights; a lock per lane (`_run_lock`) serialises the calls of
+that lane, and a second lock guards the pipeline cache. On CUDA/MPS there is one lane
+(one call at a time; batching fills the device); on CPU one lane per core, each with one
+torch thread (measured: two single-threaded calls side by side make ~1.6x the images of
+one call on two threads, see docs/benchmarks.md).
 """
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import math
@@ -45,10 +50,14 @@ __all__ = [
     "decode_latents_preview",
     "device_info",
     "effective_steps",
+    "configure_threads",
+    "current_lane",
     "get_pipeline",
+    "lane_count",
     "preview_steps_for",
     "run_batch",
     "select_device",
+    "set_lane",
     "warm_up",
 ]
 
@@ -79,7 +88,7 @@ class GenerationTask:
     guidance: float
     seeds: list[int]  # one seed per image
     # Called (steps_done, steps_total) after each denoising step. Exceptions it raises
-    # are logged and swallowed. It runs while the pipeline lock is held: keep it quick
+    # are logged and swallowed. It runs on the lane, holding its lock: keep it quick
     # and never call run_batch/warm_up from it (that would deadlock).
     on_step: Callable[[int, int], None] | None = None
     # Image-to-image source, RGB, exactly width x height (the caller resizes). When set,
@@ -96,7 +105,7 @@ class GenerationTask:
     preview_steps: tuple[int, ...] = ()
     # Called (preview_index, previews): preview_index counts 0, 1, 2... per task; one
     # small RGB preview per image of the task, in seed order. Same rules as on_step:
-    # exceptions are logged and swallowed; runs under the pipeline lock.
+    # exceptions are logged and swallowed; runs on the lane, holding its lock.
     on_preview: Callable[[int, list[Image.Image]], None] | None = None
 
     @property
@@ -198,16 +207,76 @@ def _env_int(name: str, default: int) -> int:
 
 
 # ---------------------------------------------------------------------------
+# Lanes
+# ---------------------------------------------------------------------------
+
+_LANE = threading.local()
+_RUN_LOCKS: dict[int, threading.Lock] = {}
+_RUN_LOCKS_GUARD = threading.Lock()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _processes() -> int:
+    """Worker processes sharing this machine (set by `manage.py runworker`; 1 otherwise)."""
+    return _env_int("PLATFORM_WORKER_PROCESSES", 1)
+
+
+def lane_count() -> int:
+    """How many pipeline calls a process runs side by side: env PIPELINE_LANES, else 1
+    on CUDA/MPS and, on CPU, this process's share of the usable cores (at most 4)."""
+    explicit = _env_int("PIPELINE_LANES", 0)
+    if explicit:
+        return explicit
+    device, _ = select_device()
+    return max(1, min(4, usable_cores() // _processes())) if device == "cpu" else 1
+
+
+def configure_threads(lanes: int) -> int:
+    """On CPU, give each lane of each worker process an equal share of the cores as
+    torch intra-op threads (unless the operator set OMP_NUM_THREADS, which torch
+    honours itself). Returns torch's thread count for threads started from now on."""
+    device, _ = select_device()
+    if device == "cpu" and not os.environ.get("OMP_NUM_THREADS", "").strip():
+        torch.set_num_threads(max(1, usable_cores() // (_processes() * max(1, lanes))))
+    return torch.get_num_threads()
+
+
+def set_lane(index: int) -> None:
+    """Make the calling thread lane `index` (done once by each lane thread)."""
+    _LANE.index = index
+
+
+def current_lane() -> int:
+    """The calling thread's lane; threads that are not lanes use lane 0."""
+    return getattr(_LANE, "index", 0)
+
+
+def _run_lock(lane: int) -> threading.Lock:
+    with _RUN_LOCKS_GUARD:
+        return _RUN_LOCKS.setdefault(lane, threading.Lock())
+
+
+# ---------------------------------------------------------------------------
 # Loading and the pipeline cache
 # ---------------------------------------------------------------------------
 
-_CACHE: OrderedDict[tuple, Any] = OrderedDict()  # cache key -> text-to-image pipeline
-# (cache key, kind) -> img2img/inpaint pipeline derived from _CACHE[cache key] with
-# from_pipe (same component objects, so no extra weights). Evicted with its base.
-_DERIVED: dict[tuple, Any] = {}
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()  # cache key -> text-to-image pipeline (lane 0)
+# (cache key, kind, lane) -> the pipeline for every other (kind, lane): lane clones of
+# the text-to-image pipeline with their own scheduler and tokenizers, and img2img /
+# inpaint pipelines derived from a lane's text-to-image one with from_pipe. All share
+# the cached pipeline's modules, so no extra weights. Evicted with their base.
+_VARIANTS: dict[tuple, Any] = {}
+# cache key -> (lock, tokenizer copy) for count_tokens, which runs outside the lanes.
+_COUNTING: dict[tuple, tuple[threading.Lock, Any]] = {}
 _KINDS = ("text2img", "img2img", "inpaint")
 _CACHE_LOCK = threading.Lock()
-_RUN_LOCK = threading.Lock()
+_TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 
 
 def _looks_like_path(source: str) -> bool:
@@ -271,22 +340,42 @@ def _derive(base: Any, kind: str, source: PipelineSource) -> Any:
     return pipe
 
 
-def get_pipeline(source: PipelineSource, kind: str = "text2img") -> Any:
+def _lane_clone(base: Any) -> Any:
+    """A text-to-image pipeline sharing base's modules, with its own scheduler and
+    tokenizers (both keep per-call state), for another lane."""
+    from diffusers import AutoPipelineForText2Image
+
+    overrides: dict[str, Any] = {"scheduler": base.scheduler.__class__.from_config(base.scheduler.config)}
+    for name in _TOKENIZERS:
+        if getattr(base, name, None) is not None:
+            overrides[name] = copy.deepcopy(getattr(base, name))
+    pipe = AutoPipelineForText2Image.from_pipe(base, **overrides)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _cache_key(source: PipelineSource) -> tuple:
+    device, default_dtype = select_device()
+    return (source.source, source.local_files_only, device, _resolve_dtype(source.dtype, default_dtype))
+
+
+def get_pipeline(source: PipelineSource, kind: str = "text2img", *, lane: int | None = None) -> Any:
     """Load (or fetch from the per-process LRU cache) the pipeline for source.
 
     kind "text2img" (default) is the pipeline loaded from the model folder; "img2img"
     and "inpaint" are derived from it with diffusers' from_pipe (sharing its unet, vae,
     text encoder, tokenizer and scheduler objects: no extra weights, no reload) and
-    cached alongside it; evicting a model evicts its derived pipelines too.
+    cached alongside it; evicting a model evicts its derived pipelines too. Each lane
+    (None: the calling thread's) gets its own pipeline objects over the same modules.
 
     The cache holds at most PIPELINE_CACHE_SIZE models (env, default 2). Loading
     happens under the cache lock, so concurrent callers wait rather than load twice.
     """
     if kind not in _KINDS:
         raise PipelineError(f"unknown pipeline kind {kind!r} (expected one of {', '.join(_KINDS)})")
-    device, default_dtype = select_device()
-    dtype = _resolve_dtype(source.dtype, default_dtype)
-    key = (source.source, source.local_files_only, device, dtype)
+    lane = current_lane() if lane is None else lane
+    key = _cache_key(source)
+    device, dtype = key[2], key[3]
     with _CACHE_LOCK:
         pipe = _CACHE.get(key)
         if pipe is not None:
@@ -297,8 +386,9 @@ def get_pipeline(source: PipelineSource, kind: str = "text2img") -> Any:
             evicted = False
             while len(_CACHE) >= size:
                 old_key, _ = _CACHE.popitem(last=False)
-                for derived_key in [k for k in _DERIVED if k[0] == old_key]:
-                    del _DERIVED[derived_key]
+                for variant_key in [k for k in _VARIANTS if k[0] == old_key]:
+                    del _VARIANTS[variant_key]
+                _COUNTING.pop(old_key, None)
                 logger.info("evicted pipeline %s from the cache", old_key[0])
                 evicted = True
             if evicted:
@@ -307,18 +397,24 @@ def get_pipeline(source: PipelineSource, kind: str = "text2img") -> Any:
                     torch.cuda.empty_cache()
             pipe = _load(source, device, dtype)
             _CACHE[key] = pipe
+        if lane != 0:
+            clone = _VARIANTS.get((key, "text2img", lane))
+            if clone is None:
+                clone = _VARIANTS[(key, "text2img", lane)] = _lane_clone(pipe)
+            pipe = clone
         if kind == "text2img":
             return pipe
-        derived = _DERIVED.get((key, kind))
+        derived = _VARIANTS.get((key, kind, lane))
         if derived is None:
-            derived = _DERIVED[(key, kind)] = _derive(pipe, kind, source)
+            derived = _VARIANTS[(key, kind, lane)] = _derive(pipe, kind, source)
         return derived
 
 
 def _clear_cache() -> None:
     """Drop every cached pipeline (for tests and operators)."""
     with _CACHE_LOCK:
-        _DERIVED.clear()
+        _VARIANTS.clear()
+        _COUNTING.clear()
         _CACHE.clear()
     gc.collect()
 
@@ -587,7 +683,8 @@ def _run_chunk(
     return images, time.perf_counter() - started
 
 
-def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None) -> list[GenerationResult]:
+def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None,
+              lane: int | None = None) -> list[GenerationResult]:
     """Run tasks, batching images of compatible tasks; one result per task, in order.
 
     Text-to-image tasks sharing (source, width, height, steps, guidance) are run
@@ -597,7 +694,8 @@ def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None) -> l
     cached text-to-image one. Each image has its own seeded generator, so an image
     depends only on its seed and parameters, not on what it was batched with (up to
     float noise). All tasks are validated before anything runs; any failure raises
-    PipelineError and no partial results are returned.
+    PipelineError and no partial results are returned. Runs on `lane` (None: the
+    calling thread's lane), holding that lane's lock.
     """
     if not tasks:
         return []
@@ -617,10 +715,11 @@ def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None) -> l
     seconds = [0.0] * len(tasks)
     failed: set[tuple[int, str]] = set()
     previews = {index: _PreviewState() for index in range(len(tasks))}
-    with _RUN_LOCK:
+    lane = current_lane() if lane is None else lane
+    with _run_lock(lane):
         for indices in groups.values():
             first = tasks[indices[0]]
-            pipe = get_pipeline(first.source, first.kind)
+            pipe = get_pipeline(first.source, first.kind, lane=lane)
             items: list[_Item] = [(t, j) for t in indices for j in range(len(tasks[t].seeds))]
             chunks = [items[k : k + limit] for k in range(0, len(items), limit)]
             # A task split over several calls reports progress over all of them.
@@ -636,14 +735,17 @@ def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None) -> l
     return [GenerationResult(images=imgs, seconds=secs) for imgs, secs in zip(images, seconds)]
 
 
-def warm_up(source: PipelineSource) -> None:
-    """Load the pipeline and run one tiny generation (1 step, 64x64, with CFG)."""
+def warm_up(source: PipelineSource, lanes: int | None = None) -> None:
+    """Load the pipeline and run one tiny generation (1 step, 64x64, with CFG) on each
+    of `lanes` lanes (None: lane_count())."""
     started = time.perf_counter()
-    run_batch(
-        [GenerationTask(source=source, prompt="warm up", negative_prompt=None, width=64, height=64,
-                        steps=1, guidance=2.0, seeds=[0])],
-        max_batch=1,
-    )
+    for lane in range(lane_count() if lanes is None else lanes):
+        run_batch(
+            [GenerationTask(source=source, prompt="warm up", negative_prompt=None, width=64, height=64,
+                            steps=1, guidance=2.0, seeds=[0])],
+            max_batch=1, lane=lane,
+        )
+    count_tokens(source, "warm up")
     logger.info("warmed up %s in %.1fs", source.source, time.perf_counter() - started)
 
 
@@ -652,7 +754,7 @@ def decode_latents_preview(pipe: Any, latents: torch.Tensor, *, max_size: int = 
 
     Latents are shrunk first so that the preview's longest side is about `max_size`
     pixels: the VAE decode is the expensive part, and it scales with the area. Meant to
-    be called from inside a step callback (i.e. under the pipeline lock).
+    be called from inside a step callback (i.e. on the lane, holding its lock).
     """
     try:
         vae = pipe.vae
@@ -678,13 +780,19 @@ def decode_latents_preview(pipe: Any, latents: torch.Tensor, *, max_size: int = 
 
 def count_tokens(source: PipelineSource, text: str) -> int | None:
     """How many tokens the pipeline's (first) tokenizer makes of `text`, without
-    truncation; None when the pipeline has no tokenizer. Used for `usage`."""
-    pipe = get_pipeline(source)
-    tokenizer = getattr(pipe, "tokenizer", None)
-    if tokenizer is None:
+    truncation; None when the pipeline has no tokenizer. Used for `usage`. Uses its own
+    copy of the tokenizer (lanes may be tokenizing at the same time)."""
+    pipe = get_pipeline(source, lane=0)
+    if getattr(pipe, "tokenizer", None) is None:
         return None
+    key = _cache_key(source)
+    with _CACHE_LOCK:
+        if key not in _COUNTING:
+            _COUNTING[key] = (threading.Lock(), copy.deepcopy(pipe.tokenizer))
+        lock, tokenizer = _COUNTING[key]
     try:
-        return len(tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"])
+        with lock:
+            return len(tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"])
     except Exception:  # a tokenizer quirk must never fail a finished generation
         logger.warning("could not count tokens for %s", source.source, exc_info=True)
         return None

@@ -169,10 +169,12 @@ DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 # How long (ms) a job waits for compatible company before its pipeline call, when
 # batching is on (a model's max batch > 1); 0 = never wait.
 BATCH_WINDOW_MS = env.float("BATCH_WINDOW_MS", default=15.0)
-# Longest pause (ms) of an idle worker between polls of the broker: the pickup delay.
-WORKER_POLL_MS = env.int("WORKER_POLL_MS", default=20)
+# Longest wait (ms) of an idle worker between fetches. On Redis a published wake-up
+# makes pickup immediate (broker_setup.WakingRedisBroker); this bounds the delay when
+# one is missed. Dramatiq's worker timeout, so also how often idle threads check in.
+WORKER_POLL_MS = env.int("WORKER_POLL_MS", default=1000)
 # Threads of the in-process worker (embedded) that pick up jobs.
-EMBEDDED_WORKER_THREADS = env.int("EMBEDDED_WORKER_THREADS", default=2)
+EMBEDDED_WORKER_THREADS = env.int("EMBEDDED_WORKER_THREADS", default=4)
 
 # ---- Limits (a tenant's or key's own value wins; 0 = no limit) ----
 DEFAULT_TENANT_RPM = env.int("DEFAULT_TENANT_RPM", default=600)

@@ -11,7 +11,7 @@ def model_dir(tmp_path_factory):
     # Pin the device so results do not depend on the host, and start from defaults.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PLATFORM_DEVICE", "cpu")
-        for name in ("PIPELINE_MAX_BATCH", "PIPELINE_CACHE_SIZE", "PIPELINE_VAE_TILING"):
+        for name in ("PIPELINE_MAX_BATCH", "PIPELINE_CACHE_SIZE", "PIPELINE_VAE_TILING", "PIPELINE_LANES"):
             mp.delenv(name, raising=False)
         path = tmp_path_factory.mktemp("models") / "demo"
         build_demo_model(path, seed=0)

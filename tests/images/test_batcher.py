@@ -6,6 +6,8 @@ import threading
 import time
 
 import numpy as np
+import pytest
+import torch
 
 from images import batcher as batcher_module
 from images import pipelines
@@ -94,3 +96,58 @@ def test_a_bad_job_does_not_fail_its_companions(source):
         thread.join()
     assert len(results["good"].images) == 1
     assert isinstance(results["bad"], pipelines.PipelineError)
+
+
+# ---------------------------------------------------------------------------
+# Lanes: several pipeline calls side by side in one process (the CPU default)
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def two_lanes(monkeypatch):
+    """A fresh two-lane pool for this test (the process's own pool is put back after)."""
+    monkeypatch.setenv("PIPELINE_LANES", "2")
+    monkeypatch.setattr(batcher_module, "_lanes", None)
+    threads = torch.get_num_threads()
+    yield
+    if batcher_module._lanes is not None:
+        batcher_module._lanes.shutdown(wait=True)
+    torch.set_num_threads(threads)
+
+
+def test_lane_pipelines_share_weights_but_not_call_state(source):
+    zero, one = pipelines.get_pipeline(source, lane=0), pipelines.get_pipeline(source, lane=1)
+    assert one is not zero and pipelines.get_pipeline(source, lane=1) is one
+    assert one.unet is zero.unet and one.vae is zero.vae and one.text_encoder is zero.text_encoder
+    assert one.scheduler is not zero.scheduler and one.tokenizer is not zero.tokenizer
+    derived = pipelines.get_pipeline(source, "img2img", lane=1)
+    assert derived.scheduler is one.scheduler and derived.unet is zero.unet
+
+
+def test_two_lanes_run_two_jobs_at_once_with_the_same_images_as_alone(source, two_lanes):
+    assert pipelines.lane_count() == 2
+    meeting = threading.Barrier(2, timeout=20)
+    met, lanes_seen, threads_seen = [], set(), set()
+
+    def on_step(done, total):
+        lanes_seen.add(pipelines.current_lane())
+        threads_seen.add(torch.get_num_threads())
+        if done == 1:  # both calls must be inside the pipeline at the same time to pass
+            meeting.wait()
+            met.append(True)
+
+    a, b = task(source, [21], "a lighthouse"), task(source, [22], "a red fox")
+    a.on_step = b.on_step = on_step
+    together = run_together(Batcher(), [a, b], max_batch=1)
+    assert met == [True, True] and lanes_seen == {0, 1}
+    assert threads_seen == {max(1, pipelines.usable_cores() // 2)}  # the cores shared out between lanes
+    a.on_step = b.on_step = None
+    for batched, t in zip(together, (a, b)):
+        single = pipelines.run_batch([t], max_batch=1, lane=0)[0]
+        for x, y in zip(batched.images, single.images):
+            assert np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 2
+
+
+def test_warm_up_prepares_every_lane(source, two_lanes):
+    pipelines.warm_up(source, lanes=2)
+    key = pipelines._cache_key(source)
+    assert (key, "text2img", 1) in pipelines._VARIANTS

@@ -119,7 +119,7 @@ def test_evicting_a_model_evicts_its_derived_pipelines(source, monkeypatch):
     other = get_pipeline(bf16, "inpaint")
     # from_pipe must not cast the shared modules: both keep their own dtype.
     assert other.unet.dtype == torch.bfloat16 and get_pipeline(bf16).unet is other.unet
-    assert len(pipelines._CACHE) == 1 and len(pipelines._DERIVED) == 1
+    assert len(pipelines._CACHE) == 1 and len(pipelines._VARIANTS) == 1
     again = get_pipeline(source, "img2img")
     assert again is not old and again.unet is get_pipeline(source).unet
     assert again.unet.dtype == torch.float32

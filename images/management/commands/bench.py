@@ -87,10 +87,51 @@ def _machine_busy() -> tuple[float, float]:
     return (sum(fields) - idle) / tick, sum(fields) / tick
 
 
+def _cpu_by_group(sessions: dict[int, str]) -> dict[str, float]:
+    """CPU seconds used so far by every live process, summed per group: the session ids
+    in `sessions` (the deployment's process trees), "bench client" (this process),
+    "postgresql", "redis", and "other". Linux only ({} elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    own = os.getpid()
+    totals: dict[str, float] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return totals
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                raw = handle.read()
+        except OSError:
+            continue  # gone meanwhile
+        comm = raw[raw.index("(") + 1: raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
+        session, cpu = int(fields[3]), (int(fields[11]) + int(fields[12])) / tick
+        if int(entry) == own:
+            group = "bench client"
+        elif session in sessions:
+            group = sessions[session]
+        elif comm.startswith("postgres"):
+            group = "postgresql"
+        elif comm.startswith("redis"):
+            group = "redis"
+        else:
+            group = "other"
+        totals[group] = totals.get(group, 0.0) + cpu
+    return totals
+
+
 class _CpuWatch:
-    """How busy the machine was during a phase, and how much of it was this process."""
+    """How busy the machine was during a phase, how much of it was this process, and
+    (with `sessions`) how the CPU time split between the deployment's processes."""
+
+    def __init__(self, sessions: dict[int, str] | None = None) -> None:
+        self.sessions = sessions or {}
 
     def __enter__(self) -> "_CpuWatch":
+        self.groups0 = _cpu_by_group(self.sessions)
         self.busy0, self.total0 = _machine_busy()
         self.own0 = time.process_time()
         self.load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -103,9 +144,13 @@ class _CpuWatch:
         # In CPU-seconds per wall-second of one core, i.e. 200 = two cores busy.
         self.own_s = time.process_time() - self.own0
         self.busy_s = busy1 - self.busy0
+        groups1 = _cpu_by_group(self.sessions)
+        self.groups = {name: round(groups1[name] - self.groups0.get(name, 0.0), 2) for name in groups1}
 
     def as_dict(self, *, own_is_everything: bool) -> dict[str, Any]:
         out = {"machine_busy_pct": self.machine_busy_pct, "loadavg_1m_before": _r(self.load0, 2)}
+        if self.sessions:  # CPU-seconds per group over the phase (processes alive at its end)
+            out["cpu_s_by_process"] = dict(sorted(self.groups.items(), key=lambda item: -item[1]))
         if own_is_everything:  # direct phase: any other busy time is someone else's
             out["other_processes_cpu_s"] = _r(max(0.0, self.busy_s - self.own_s), 2)
             out["own_cpu_s"] = _r(self.own_s, 2)
@@ -178,8 +223,9 @@ def _drive(client: _Client, calls: list[tuple[str, str, str, dict | None]], conc
 # ---------------------------------------------------------------------------
 
 class Deployment:
-    def __init__(self, tmp: Path, *, worker_threads: int, web_threads: int) -> None:
+    def __init__(self, tmp: Path, *, worker_processes: int, worker_threads: int, web_threads: int) -> None:
         self.tmp = tmp
+        self.worker_processes = worker_processes
         self.worker_threads = worker_threads
         self.web_threads = web_threads
         self.port = _free_port()
@@ -259,7 +305,7 @@ class Deployment:
         commands = [[sys.executable, "manage.py", "serve", "--port", str(self.port), "--workers", "1",
                      "--threads", str(self.web_threads)]]
         if self.distributed:
-            commands.append([sys.executable, "manage.py", "runworker", "--processes", "1",
+            commands.append([sys.executable, "manage.py", "runworker", "--processes", str(self.worker_processes),
                              "--threads", str(self.worker_threads)])
         env = dict(self.env)
         if not self.distributed:
@@ -285,6 +331,11 @@ class Deployment:
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
+
+    def sessions(self) -> dict[int, str]:
+        """Session id (each process is started in its own session) -> what it is."""
+        names = ["web (gunicorn)", "worker (dramatiq)"] if self.distributed else ["web + embedded worker"]
+        return dict(zip(self.pids(), names))
 
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
@@ -420,7 +471,8 @@ def _job_rows(deployment: Deployment, prompt_prefix: str) -> dict[str, dict[str,
     return deployment.shell_json(code)
 
 
-def summarise_generations(runs: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], n: int) -> dict[str, Any]:
+def summarise_generations(runs: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], n: int, lanes: int
+                          ) -> dict[str, Any]:
     """Throughput: the median over the runs; latency and overhead percentiles: over every request."""
     latencies = {prompt: ms for run in runs for prompt, ms in run["latency_ms"].items()}
     rates = [n / run["wall_s"] for run in runs]
@@ -446,12 +498,13 @@ def summarise_generations(runs: list[dict[str, Any]], jobs: dict[str, dict[str, 
         "pipeline_ms_p50": _r(_pct(gpu, 50)), "pipeline_ms_p95": _r(_pct(gpu, 95)),
         "pipeline_ms_mean": _r(statistics.fmean(gpu)),
         "overhead_ms_p50": _r(_pct(overhead, 50)), "overhead_ms_p95": _r(_pct(overhead, 95)),
-        # Per image, the wall time the pipeline was not running (what throughput loses).
-        "idle_ms_per_image": _r(wall_per_image_ms - statistics.fmean(gpu)),
+        # Per image and lane, the wall time the lane's pipeline was not running (what
+        # throughput loses): wall per image x lanes - mean pipeline time.
+        "idle_ms_per_image": _r(wall_per_image_ms * lanes - statistics.fmean(gpu)),
         "job_created_to_finished_ms_p50": _r(_pct(server, 50)),
         "job_queue_wait_ms_p50": _r(_pct(wait, 50)),
-        # started -> finished minus the pipeline call: waiting for the pipeline lock
-        # (at C>1), token count, PNG encode + store, settle.
+        # started -> finished minus the pipeline call: waiting for a free lane (at C>1),
+        # token count, PNG encode + store, settle.
         "job_started_to_finished_minus_pipeline_ms_p50": _r(_pct(settle, 50)),
     }
 
@@ -494,9 +547,12 @@ class Command(BaseCommand):
                             help="denoising steps (default: the model row's, 4 for the demo model); "
                                  "the platform's model row is set to match")
         parser.add_argument("--model", default="dall-e-2", help="public model id (quality 'standard')")
-        parser.add_argument("--worker-threads", type=int, default=2,
-                            help="threads of the one worker process (default 2: one runs the pipeline while "
-                                 "the other encodes, stores and settles the previous job)")
+        parser.add_argument("--worker-processes", default="auto",
+                            help="processes of the worker, as `manage.py runworker --processes` (default auto: "
+                                 "one per core, at most 4, on CPU; one on a GPU)")
+        parser.add_argument("--worker-threads", default="auto",
+                            help="threads per worker process, as `manage.py runworker --threads` (default auto: "
+                                 "2 per image slot of its lanes)")
         parser.add_argument("--web-threads", type=int, default=8, help="gunicorn threads (one process)")
         parser.add_argument("--api-requests", type=int, default=200)
         parser.add_argument("--skip-serial", action="store_true",
@@ -524,7 +580,15 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
         tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-        deployment = Deployment(tmp, worker_threads=o["worker_threads"], web_threads=o["web_threads"])
+        from images.management.commands.runworker import auto_processes, auto_threads
+
+        processes = 0 if not settings.BROKER_URL else (
+            auto_processes() if o["worker_processes"] == "auto" else int(o["worker_processes"]))
+        threads = (auto_threads(max(1, processes)) if o["worker_threads"] == "auto" else int(o["worker_threads"]))
+        if not settings.BROKER_URL:  # the embedded worker's threads feed all lanes of its one process
+            threads = max(threads, 4)
+        deployment = Deployment(tmp, worker_processes=processes, worker_threads=threads,
+                                web_threads=o["web_threads"])
         result: dict[str, Any] = {}
         try:
             self.say(f"Preparing the deployment ({'PostgreSQL' if deployment.pg_database else 'SQLite'}, "
@@ -563,21 +627,25 @@ class Command(BaseCommand):
                 sys.stdin.readline()
             waits["platform"] = _wait_quiet(o["quiet_wait"])
             self.say(f"2/3 platform: {repeats} x {n} requests at concurrency {concurrency}")
-            with _CpuWatch() as loaded_cpu:
+            with _CpuWatch(deployment.sessions()) as loaded_cpu:
                 loaded = [run_generations(client, gen_key, model=model, size=size, n=n, concurrency=concurrency,
                                           label=f"loaded{r}") for r in range(repeats)]
             serial = None
             if not o["skip_serial"]:
                 self.say(f"2/3 platform: {n} requests at concurrency 1")
-                with _CpuWatch() as serial_cpu:
+                with _CpuWatch(deployment.sessions()) as serial_cpu:
                     serial = run_generations(client, gen_key, model=model, size=size, n=n, concurrency=1,
                                              label="serial")
             jobs = _job_rows(deployment, "bench ")
-            platform_loaded = summarise_generations(loaded, jobs, n)
+            from images import pipelines  # the worker runs on this machine, with this env
+
+            os.environ["PLATFORM_WORKER_PROCESSES"] = str(max(1, processes))
+            lanes = pipelines.lane_count() * max(1, processes)  # in all the worker's processes
+            platform_loaded = summarise_generations(loaded, jobs, n, lanes)
             platform_loaded["cpu"] = loaded_cpu.as_dict(own_is_everything=False)
             platform_serial = None
             if serial:
-                platform_serial = summarise_generations([serial], jobs, n)
+                platform_serial = summarise_generations([serial], jobs, n, lanes)
                 platform_serial["cpu"] = serial_cpu.as_dict(own_is_everything=False)
 
             waits["api"] = _wait_quiet(o["quiet_wait"])
@@ -601,14 +669,15 @@ class Command(BaseCommand):
             "git_commit": self.git_commit(),
             "parameters": {"n": n, "repeats": repeats, "concurrency": concurrency, "size": size, "steps": steps, "guidance": guidance,
                            "model": model, "quality": quality, "response_format": "b64_json",
-                           "worker_processes": 1 if deployment.distributed else 0,
-                           "worker_threads": o["worker_threads"], "web_processes": 1, "web_threads": o["web_threads"],
+                           "worker_processes": processes,
+                           "worker_threads": threads, "pipeline_lanes": lanes,
+                           "web_processes": 1, "web_threads": o["web_threads"],
                            "database": "postgresql" if deployment.pg_database else "sqlite",
                            "broker": "redis" if deployment.distributed else "embedded (in-process)",
                            "pipeline_max_batch": os.environ.get("PIPELINE_MAX_BATCH") or "default",
                            "api_requests": o["api_requests"],
-                           "env": {k: os.environ[k] for k in ("dramatiq_worker_timeout", "OMP_NUM_THREADS",
-                                                                 "PIPELINE_MAX_BATCH") if k in os.environ}},
+                           "env": {k: os.environ[k] for k in ("dramatiq_worker_timeout", "OMP_NUM_THREADS", "PIPELINE_LANES",
+                                                                 "PIPELINE_MAX_BATCH", "WORKER_POLL_MS") if k in os.environ}},
             "quiet_waits_s": waits,
             "direct": direct,
             "platform": platform_loaded,
@@ -653,7 +722,8 @@ class Command(BaseCommand):
             f"torch {r['versions']['torch']}, diffusers {r['versions']['diffusers']}",
             f"{p['model']} {p['size']} {p['steps']} steps guidance {p['guidance']}, N={p['n']} x {p['repeats']}, "
             f"C={p['concurrency']}, "
-            f"{p['database']} + {p['broker']}, worker threads {p['worker_threads']}",
+            f"{p['database']} + {p['broker']}, worker {p['worker_processes']} process(es) x {p['worker_threads']} threads, "
+            f"{p['pipeline_lanes']} pipeline lane(s) in all",
             "",
             f"{'phase':<28}{'images/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'pipe p50':>10}{'ovh p50':>10}{'ovh p95':>10}",
             f"{'direct (diffusers + PNG)':<28}{d['images_per_s']:>10}{'':>10}{'':>10}{d['pipeline_ms_p50']:>10}"
@@ -669,12 +739,14 @@ class Command(BaseCommand):
             "",
             f"platform/direct images/s: {r['ratios']['platform_over_direct_images_per_s']} (C={p['concurrency']})"
             + (f", {r['ratios']['platform_serial_over_direct_images_per_s']} (C=1)" if ser else ""),
-            f"pipeline idle per image at C={p['concurrency']}: {s['idle_ms_per_image']} ms"
+            f"lane idle per image at C={p['concurrency']}: {s['idle_ms_per_image']} ms"
             + (f"; at C=1: {ser['idle_ms_per_image']} ms" if ser else ""),
             "overhead = client latency - the job's own pipeline time (at C>1 it includes waiting for other jobs)",
             f"machine busy: direct {d['cpu']['machine_busy_pct']}% (other processes {d['cpu']['other_processes_cpu_s']}"
             f" CPU-s), platform C={p['concurrency']} {s['cpu']['machine_busy_pct']}%; "
             f"load average before: {d['cpu']['loadavg_1m_before']}",
+            f"CPU ms per image at C={p['concurrency']}: " + ", ".join(
+                f"{name} {1000 * cpu / s['images']:.1f}" for name, cpu in s['cpu'].get('cpu_s_by_process', {}).items()),
             "",
             f"{'api':<28}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}",
         ]
