@@ -23,13 +23,13 @@ def account_for(*, tenant: Tenant) -> CreditAccount:
     return account
 
 
-def _append(*, account: CreditAccount, kind: str, amount: int, held_delta: int, key: str,
+def _append(*, tenant_id: int, kind: str, amount: int, held_delta: int, key: str,
             job=None, actor: str = "system", note: str = "") -> LedgerEntry:
-    """Append a ledger row for an account row that the caller has just updated and locked."""
-    account.refresh_from_db(fields=["balance", "held"])
+    """Append a ledger row for an account row that the caller has just updated (so locked)."""
+    balance, held = CreditAccount.objects.filter(tenant_id=tenant_id).values_list("balance", "held").get()
     return LedgerEntry.objects.create(
-        tenant_id=account.tenant_id, kind=kind, amount=amount, held_delta=held_delta,
-        balance_after=account.balance, held_after=account.held, job=job, actor=actor, note=note,
+        tenant_id=tenant_id, kind=kind, amount=amount, held_delta=held_delta,
+        balance_after=balance, held_after=held, job=job, actor=actor, note=note,
         idempotency_key=key)
 
 
@@ -52,9 +52,8 @@ def credits_grant(*, tenant: Tenant, amount: int, actor: str = "operator", note:
             account = CreditAccount.objects.get(tenant=tenant)
             raise InvalidAmount(f"Cannot remove {-amount} credits: only {account.available} are available "
                                 f"({account.held} are held by jobs in flight).", param="amount")
-        account = CreditAccount.objects.get(tenant=tenant)
         kind = LedgerEntry.Kind.GRANT if amount > 0 else LedgerEntry.Kind.ADJUSTMENT
-        return _append(account=account, kind=kind, amount=amount, held_delta=0, key=key, actor=actor, note=note)
+        return _append(tenant_id=tenant.pk, kind=kind, amount=amount, held_delta=0, key=key, actor=actor, note=note)
 
 
 def price_quote(*, model, kind: str, size: str, quality: str, n: int) -> int:
@@ -95,22 +94,24 @@ def credits_hold(*, tenant: Tenant, api_key: APIKey | None, job, amount: int) ->
             raise KeyBudgetExceeded(
                 f"This API key's monthly budget of {api_key.monthly_credit_limit} credits is used up "
                 f"({spent} spent or held); this request costs {amount} credits.")
-    account_for(tenant=tenant)
     # One conditional UPDATE: the check and the write cannot be separated by another request.
-    if not CreditAccount.objects.filter(tenant=tenant, balance__gte=F("held") + amount).update(held=F("held") + amount):
-        account = CreditAccount.objects.get(tenant=tenant)
-        raise InsufficientCredits(
-            f"Insufficient credits: this request costs {amount} credits and your available balance is "
-            f"{account.available} credits ({account.balance} total, {account.held} held by requests in flight).")
+    query = CreditAccount.objects.filter(tenant=tenant, balance__gte=F("held") + amount)
+    if not query.update(held=F("held") + amount):
+        account = account_for(tenant=tenant)  # (a tenant without an account row yet gets one)
+        if not query.update(held=F("held") + amount):
+            account.refresh_from_db()
+            raise InsufficientCredits(
+                f"Insufficient credits: this request costs {amount} credits and your available balance is "
+                f"{account.available} credits ({account.balance} total, {account.held} held by requests in flight).")
     hold = Hold.objects.create(job=job, tenant=tenant, api_key=api_key, amount=amount)
-    account = CreditAccount.objects.get(tenant=tenant)
-    _append(account=account, kind=LedgerEntry.Kind.HOLD, amount=0, held_delta=amount, key=f"hold:{job.pk}", job=job)
+    _append(tenant_id=tenant.pk, kind=LedgerEntry.Kind.HOLD, amount=0, held_delta=amount, key=f"hold:{job.pk}", job=job)
     return hold
 
 
 def _settle(*, job, charge: int | None) -> Hold | None:
-    """Capture (charge is an int) or release (charge is None) the job's hold, once."""
-    with transaction.atomic():
+    """Capture (charge is an int) or release (charge is None) the job's hold, once.
+    No savepoints: any failure here fails the caller's whole transaction."""
+    with transaction.atomic(savepoint=False):
         hold = Hold.objects.select_for_update().filter(job=job).first()
         if hold is None or hold.status != Hold.Status.OPEN:
             return hold  # already settled: a second run of the actor is a no-op
@@ -120,10 +121,9 @@ def _settle(*, job, charge: int | None) -> Hold | None:
             kind, amount, status = LedgerEntry.Kind.CAPTURE, -min(charge, hold.amount), Hold.Status.CAPTURED
         CreditAccount.objects.filter(tenant_id=hold.tenant_id).update(
             balance=F("balance") + amount, held=F("held") - hold.amount)
-        account = CreditAccount.objects.get(tenant_id=hold.tenant_id)
         try:
-            with transaction.atomic():
-                _append(account=account, kind=kind, amount=amount, held_delta=-hold.amount,
+            with transaction.atomic(savepoint=False):
+                _append(tenant_id=hold.tenant_id, kind=kind, amount=amount, held_delta=-hold.amount,
                         key=f"{kind}:{job.pk}", job=job)
         except IntegrityError:
             raise RuntimeError(f"ledger already has a {kind} for job {job.pk} but its hold was open") from None

@@ -222,6 +222,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _compile_wanted() -> bool:
+    return os.environ.get("PIPELINE_COMPILE", "").strip().lower() in _TRUE
+
+
 def _processes() -> int:
     """Worker processes sharing this machine (set by `manage.py runworker`; 1 otherwise)."""
     return _env_int("PLATFORM_WORKER_PROCESSES", 1)
@@ -234,7 +238,9 @@ def lane_count() -> int:
     if explicit:
         return explicit
     device, _ = select_device()
-    return max(1, min(4, usable_cores() // _processes())) if device == "cpu" else 1
+    if device != "cpu" or _compile_wanted():  # (compiled graphs: one caller at a time)
+        return 1
+    return max(1, min(4, usable_cores() // _processes()))
 
 
 def configure_threads(lanes: int) -> int:
@@ -311,6 +317,11 @@ def _load(source: PipelineSource, device: str, dtype: torch.dtype) -> Any:
     # by default on torch >= 2, so nothing to enable for SDPA.
     if device.startswith("cuda") and getattr(pipe, "unet", None) is not None:
         pipe.unet.to(memory_format=torch.channels_last)
+    if _compile_wanted() and getattr(pipe, "unet", None) is not None:
+        # Compiled lazily, on the first call at each shape: warm_up makes those calls at
+        # start for PIPELINE_WARMUP_SIZES. Lanes clone the pipeline, so they share this.
+        pipe.unet = torch.compile(pipe.unet, mode=os.environ.get("PIPELINE_COMPILE_MODE", "").strip() or None,
+                                  backend=os.environ.get("PIPELINE_COMPILE_BACKEND", "").strip() or "inductor")
     vae = getattr(pipe, "vae", None)
     if vae is not None and os.environ.get("PIPELINE_VAE_TILING", "").strip().lower() in _TRUE:
         vae.enable_tiling()  # lower peak memory for large images; changes pixels slightly
@@ -735,16 +746,32 @@ def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None,
     return [GenerationResult(images=imgs, seconds=secs) for imgs, secs in zip(images, seconds)]
 
 
+def warmup_sizes() -> list[tuple[int, int]]:
+    """PIPELINE_WARMUP_SIZES ("512x512,1024x1024"; default 64x64): the sizes warm_up
+    runs once each, so that a compiled pipeline (PIPELINE_COMPILE) is compiled for the
+    sizes served before the first request rather than during it."""
+    raw = os.environ.get("PIPELINE_WARMUP_SIZES", "").strip() or "64x64"
+    sizes = []
+    for item in raw.split(","):
+        try:
+            width, height = (int(v) for v in item.strip().lower().split("x"))
+        except ValueError:
+            raise PipelineError(f"PIPELINE_WARMUP_SIZES must look like 512x512,1024x1024, not {raw!r}") from None
+        sizes.append((width, height))
+    return sizes
+
+
 def warm_up(source: PipelineSource, lanes: int | None = None) -> None:
-    """Load the pipeline and run one tiny generation (1 step, 64x64, with CFG) on each
-    of `lanes` lanes (None: lane_count())."""
+    """Load the pipeline and run one small generation (1 step, with CFG) at each of
+    warmup_sizes() on each of `lanes` lanes (None: lane_count())."""
     started = time.perf_counter()
     for lane in range(lane_count() if lanes is None else lanes):
-        run_batch(
-            [GenerationTask(source=source, prompt="warm up", negative_prompt=None, width=64, height=64,
-                            steps=1, guidance=2.0, seeds=[0])],
-            max_batch=1, lane=lane,
-        )
+        for width, height in warmup_sizes():
+            run_batch(
+                [GenerationTask(source=source, prompt="warm up", negative_prompt=None, width=width,
+                                height=height, steps=1, guidance=2.0, seeds=[0])],
+                max_batch=1, lane=lane,
+            )
     count_tokens(source, "warm up")
     logger.info("warmed up %s in %.1fs", source.source, time.perf_counter() - started)
 

@@ -77,8 +77,9 @@ def _in_flight_check(*, tenant: Tenant) -> None:
     cap = tenant.max_concurrent_jobs or settings.DEFAULT_MAX_CONCURRENT_JOBS
     if not cap:
         return
-    billing.account_for(tenant=tenant)
-    CreditAccount.objects.select_for_update().filter(tenant=tenant).first()
+    if CreditAccount.objects.select_for_update().filter(tenant=tenant).first() is None:
+        billing.account_for(tenant=tenant)
+        CreditAccount.objects.select_for_update().filter(tenant=tenant).first()
     in_flight = Job.objects.filter(tenant=tenant, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).count()
     if in_flight >= cap:
         raise RateLimited(f"Too many images in progress: your organization may have {cap} jobs queued or "
@@ -107,12 +108,14 @@ def job_wait(*, job_id: Any, timeout: float) -> Job:
     """Block until the job is terminal or `timeout` seconds pass; returns the fresh row."""
     deadline = time.monotonic() + timeout
     while True:
-        job = Job.objects.select_related("model").get(pk=job_id)
+        # The signal is a hint (kept until collected, so one sent before this call still
+        # counts); the database is the truth, re-read after it and at least every 2 s.
         remaining = deadline - time.monotonic()
-        if job.status in Job.TERMINAL or remaining <= 0:
+        if remaining > 0:
+            notify.job_wait_signal(str(job_id), min(remaining, 2.0))
+        job = Job.objects.select_related("model").get(pk=job_id)
+        if job.status in Job.TERMINAL or deadline - time.monotonic() <= 0:
             return job
-        # The signal is a hint; the database is the truth (re-read at least every 2 s).
-        notify.job_wait_signal(str(job_id), min(remaining, 2.0))
 
 
 def job_start(*, job_id: Any) -> Job | None:
@@ -144,7 +147,8 @@ def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_
         # The charge is the quote, pro rata if fewer images were made than asked for.
         charge = job.quote * delivered // job.n if job.n else 0
         billing.hold_capture(job=job, charge=charge)
-        job.refresh_from_db()
+        if job.started_at is None:  # (the worker passes the row job_start returned)
+            job.refresh_from_db(fields=["started_at"])
         UsageRecord.objects.filter(job=job).update(
             outcome=UsageRecord.Outcome.SUCCEEDED, images=delivered,
             pixels=sum(row["width"] * row["height"] for row in stored), credits_charged=charge,

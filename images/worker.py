@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import close_old_connections
 
 from images import notify, pipelines
 from images.batcher import batcher
@@ -23,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 # Encoding and storing run here, off the thread that drives the pipeline.
 _encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
+# Progress writes and token counts: database and tokenizer work that must not hold up
+# a pipeline lane (on_step runs on the lane) nor wait for it.
+_side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="side")
 # Progress is written to the database at most this often per job (seconds).
 PROGRESS_INTERVAL = 0.5
 
@@ -61,6 +65,15 @@ def _inputs(extra: dict[str, Any]) -> tuple[Any, Any]:
     return load(extra.get("init_file"), "RGB"), load(extra.get("mask_file"), "L")
 
 
+def _progress_write(job_id: Any, steps_done: int) -> None:
+    try:
+        job_progress(job_id=job_id, steps_done=steps_done)
+    except Exception:  # progress is informative; the job goes on
+        logger.warning("could not record progress of job %s", job_id, exc_info=True)
+    finally:
+        close_old_connections()
+
+
 def _publish_preview(job: Job, index: int, image: Any) -> None:
     """Encode a partial preview at the job's size and hand it to the waiting stream."""
     import base64
@@ -90,7 +103,7 @@ def job_run(*, job_id: str) -> None:
         if done == total or now - last_write[0] >= PROGRESS_INTERVAL:
             last_write[0] = now
             # img2img runs fewer steps than asked; progress is reported on the job's scale.
-            job_progress(job_id=job.pk, steps_done=round(done * job.steps / max(1, total)))
+            _side.submit(_progress_write, job.pk, round(done * job.steps / max(1, total)))
 
     source = pipeline_source(job.model)
     extra = job.params.get("extra") or {}
@@ -110,9 +123,10 @@ def job_run(*, job_id: str) -> None:
     if partials:  # streaming: previews at steps spread over the steps actually run
         task.preview_steps = pipelines.preview_steps_for(pipelines.effective_steps(task), partials)
         task.on_preview = lambda index, images: _encoder.submit(_publish_preview, job, index, images[0])
+    tokens = _side.submit(pipelines.count_tokens, source, job.prompt)  # while the pipeline runs
     try:
         result = batcher.run(task, max_batch=job.model.max_batch or None, window_ms=settings.BATCH_WINDOW_MS)
-        prompt_tokens = pipelines.count_tokens(source, job.prompt)
+        prompt_tokens = tokens.result()
     except pipelines.PipelineError as exc:
         logger.warning("job %s failed: %s", job.pk, exc)
         job_fail(job_id=job.pk, code="generation_failed", message=f"Image generation failed: {exc}")
