@@ -113,7 +113,7 @@ def job_wait(*, job_id: Any, timeout: float) -> Job:
         remaining = deadline - time.monotonic()
         if remaining > 0:
             notify.job_wait_signal(str(job_id), min(remaining, 2.0))
-        job = Job.objects.select_related("model").get(pk=job_id)
+        job = Job.objects.select_related("model", "hold").get(pk=job_id)  # (the hold: for the credit headers)
         if job.status in Job.TERMINAL or deadline - time.monotonic() <= 0:
             return job
 
