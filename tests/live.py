@@ -18,6 +18,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from images.management.commands.bench import stop_process_groups
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -105,14 +107,7 @@ class LiveServer:
         return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
 
     def stop(self) -> None:
-        for proc in self.processes:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.processes:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_process_groups(self.processes, timeout=20)
         if self.pg_database:
             _pg_admin(f'DROP DATABASE IF EXISTS "{self.pg_database}" WITH (FORCE)')
 

@@ -222,6 +222,20 @@ def _drive(client: _Client, calls: list[tuple[str, str, str, dict | None]], conc
 # the benchmark does not depend on the test package)
 # ---------------------------------------------------------------------------
 
+def stop_process_groups(processes: list[subprocess.Popen], *, timeout: float) -> None:
+    """SIGTERM each process's group (each was started in a session of its own), wait up
+    to `timeout` seconds each, then SIGKILL what is left. tests/live.py uses it too."""
+    for proc in processes:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in processes:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class Deployment:
     def __init__(self, tmp: Path, *, worker_processes: int, worker_threads: int, web_threads: int) -> None:
         self.tmp = tmp
@@ -341,15 +355,7 @@ class Deployment:
         return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
 
     def stop(self) -> None:
-        for proc in self.processes:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.processes:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_groups(self.processes, timeout=30)
         self.processes.clear()
         if self.pg_database:
             try:
