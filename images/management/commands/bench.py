@@ -438,6 +438,65 @@ def run_direct(*, model_path: str, n: int, repeats: int, width: int, height: int
     }
 
 
+def _direct_process(model_path: str, n: int, repeats: int, width: int, height: int, steps: int, guidance: float,
+                    threads: int, barrier: Any, out: Any) -> None:
+    """One process of run_direct_processes: its share of each run, started together with
+    the others; puts a (start, end) wall-clock pair per run on `out`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    import diffusers.utils.logging
+    from diffusers import StableDiffusionPipeline
+
+    from images.files import image_encode
+
+    diffusers.utils.logging.disable_progress_bar()
+    pipe = StableDiffusionPipeline.from_pretrained(model_path, local_files_only=True, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def one(seed: int) -> None:
+        image = pipe(prompt=f"bench {seed} {PROMPT}", num_inference_steps=steps, guidance_scale=guidance,
+                     width=width, height=height, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        image_encode(image, output_format="png")
+
+    one(10_000)  # warm-up
+    spans = []
+    for r in range(repeats):
+        barrier.wait()
+        started = time.time()
+        for i in range(n):
+            one(r * n + i)
+        spans.append((started, time.time()))
+    out.put(spans)
+
+
+def run_direct_processes(*, model_path: str, n: int, repeats: int, width: int, height: int, steps: int,
+                         guidance: float, processes: int) -> dict[str, Any]:
+    """A reference, not the ceiling the issue compares with: the same diffusers loop
+    as `processes` processes with cores / processes torch threads each, N images split
+    between them (what a hand-tuned loop on this CPU could do). CPU only."""
+    import multiprocessing
+
+    from images.pipelines import usable_cores
+
+    context = multiprocessing.get_context("spawn")
+    barrier, out = context.Barrier(processes), context.Queue()
+    shares = [n // processes + (1 if i < n % processes else 0) for i in range(processes)]
+    threads = max(1, usable_cores() // processes)
+    workers = [context.Process(target=_direct_process, args=(model_path, share, repeats, width, height, steps,
+                                                             guidance, threads, barrier, out))
+               for share in shares]
+    for worker in workers:
+        worker.start()
+    spans = [out.get(timeout=1800) for _ in workers]
+    for worker in workers:
+        worker.join()
+    rates = [n / (max(s[r][1] for s in spans) - min(s[r][0] for s in spans)) for r in range(repeats)]
+    return {"images": n * repeats, "processes": processes, "torch_threads_each": threads,
+            "images_per_s": _r(statistics.median(rates), 3), "images_per_s_runs": [_r(v, 3) for v in rates]}
+
+
 def _generation_body(model: str, size: str, prompt: str) -> dict[str, Any]:
     return {"model": model, "prompt": prompt, "size": size, "n": 1, "response_format": "b64_json"}
 
@@ -621,6 +680,12 @@ class Command(BaseCommand):
             waits = {"direct": _wait_quiet(o["quiet_wait"])}
             direct = run_direct(model_path=row["source"], n=n, repeats=repeats, width=width, height=height,
                                 steps=steps, guidance=guidance)
+            direct_processes = None
+            if direct["device"] == "cpu" and processes > 1:
+                waits["direct_processes"] = _wait_quiet(o["quiet_wait"])
+                direct_processes = run_direct_processes(
+                    model_path=row["source"], n=n, repeats=repeats, width=width, height=height, steps=steps,
+                    guidance=guidance, processes=processes)
 
             self.say("2/3 platform: starting the web server and worker")
             deployment.start()
@@ -686,6 +751,7 @@ class Command(BaseCommand):
                                                                  "PIPELINE_MAX_BATCH", "WORKER_POLL_MS") if k in os.environ}},
             "quiet_waits_s": waits,
             "direct": direct,
+            "direct_processes": direct_processes,
             "platform": platform_loaded,
             "platform_serial": platform_serial,
             "api": api,
@@ -693,6 +759,8 @@ class Command(BaseCommand):
                 "platform_over_direct_images_per_s": _r(platform_loaded["images_per_s"] / direct["images_per_s"], 3),
                 "platform_serial_over_direct_images_per_s": _r(platform_serial["images_per_s"] / direct["images_per_s"], 3)
                 if platform_serial else None,
+                "platform_over_direct_processes_images_per_s": _r(
+                    platform_loaded["images_per_s"] / direct_processes["images_per_s"], 3) if direct_processes else None,
             },
         }
         out = Path(o["out"])
@@ -734,6 +802,12 @@ class Command(BaseCommand):
             f"{'phase':<28}{'images/s':>10}{'p50 ms':>10}{'p95 ms':>10}{'pipe p50':>10}{'ovh p50':>10}{'ovh p95':>10}",
             f"{'direct (diffusers + PNG)':<28}{d['images_per_s']:>10}{'':>10}{'':>10}{d['pipeline_ms_p50']:>10}"
             f"{'':>10}{'':>10}",
+        ]
+        dp = r.get("direct_processes")
+        if dp:
+            lines.append(f"{'direct, %d proc x %d thread' % (dp['processes'], dp['torch_threads_each']):<28}"
+                         f"{dp['images_per_s']:>10}")
+        lines += [
             f"{'platform C=' + str(p['concurrency']):<28}{s['images_per_s']:>10}{s['latency_ms_p50']:>10}"
             f"{s['latency_ms_p95']:>10}{s['pipeline_ms_p50']:>10}{s['overhead_ms_p50']:>10}{s['overhead_ms_p95']:>10}",
         ]
@@ -744,7 +818,9 @@ class Command(BaseCommand):
         lines += [
             "",
             f"platform/direct images/s: {r['ratios']['platform_over_direct_images_per_s']} (C={p['concurrency']})"
-            + (f", {r['ratios']['platform_serial_over_direct_images_per_s']} (C=1)" if ser else ""),
+            + (f", {r['ratios']['platform_serial_over_direct_images_per_s']} (C=1)" if ser else "")
+            + (f"; platform/direct-{dp['processes']}-processes: "
+               f"{r['ratios']['platform_over_direct_processes_images_per_s']} (C={p['concurrency']})" if dp else ""),
             f"lane idle per image at C={p['concurrency']}: {s['idle_ms_per_image']} ms"
             + (f"; at C=1: {ser['idle_ms_per_image']} ms" if ser else ""),
             "overhead = client latency - the job's own pipeline time (at C>1 it includes waiting for other jobs)",
