@@ -2,7 +2,7 @@
 
 One invocation, three sequential phases (never two at once, so they do not share the CPU):
 
-1. direct   - the model in a plain diffusers loop (StableDiffusionPipeline.from_pretrained,
+1. direct   - the model in a plain diffusers loop (AutoPipelineForText2Image.from_pretrained,
               one call per image, PNG-encoded as images/files.py does): the ceiling.
 2. platform - a real deployment (gunicorn `manage.py serve` plus, with BROKER_URL, one
               separate `manage.py runworker` process) on a fresh database, driven over HTTP
@@ -378,6 +378,17 @@ class Deployment:
 # Phases
 # ---------------------------------------------------------------------------
 
+def _plain_pipeline(model_path: str, dtype: Any) -> Any:
+    """The folder's text-to-image pipeline straight from diffusers (no platform code),
+    without the SD 1.x safety checker, as the worker loads it."""
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+
+    kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
+    if "safety_checker" in DiffusionPipeline.load_config(model_path, local_files_only=True):
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return AutoPipelineForText2Image.from_pretrained(model_path, **kwargs)
+
+
 def run_direct(*, model_path: str, n: int, repeats: int, width: int, height: int, steps: int, guidance: float
                ) -> dict[str, Any]:
     """`repeats` runs of N images, one diffusers call each, plus PNG encoding (what the
@@ -385,7 +396,6 @@ def run_direct(*, model_path: str, n: int, repeats: int, width: int, height: int
     import diffusers.utils.logging
     import torch
     import transformers.utils.logging
-    from diffusers import StableDiffusionPipeline
 
     from images.files import image_encode
 
@@ -396,9 +406,7 @@ def run_direct(*, model_path: str, n: int, repeats: int, width: int, height: int
 
     device, dtype = select_device()  # the worker's choice: CUDA/fp16 > MPS/fp16 > CPU/fp32
     started = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(model_path, local_files_only=True, safety_checker=None,
-                                                   feature_extractor=None, requires_safety_checker=False,
-                                                   dtype=dtype)
+    pipe = _plain_pipeline(model_path, dtype)
     pipe.to(device)
     gen_device = device if device.startswith("cuda") else "cpu"
     pipe.set_progress_bar_config(disable=True)
@@ -446,13 +454,11 @@ def _direct_process(model_path: str, n: int, repeats: int, width: int, height: i
 
     torch.set_num_threads(threads)
     import diffusers.utils.logging
-    from diffusers import StableDiffusionPipeline
 
     from images.files import image_encode
 
     diffusers.utils.logging.disable_progress_bar()
-    pipe = StableDiffusionPipeline.from_pretrained(model_path, local_files_only=True, safety_checker=None,
-                                                   feature_extractor=None, requires_safety_checker=False)
+    pipe = _plain_pipeline(model_path, torch.float32)
     pipe.set_progress_bar_config(disable=True)
 
     def one(seed: int) -> None:
@@ -612,6 +618,15 @@ class Command(BaseCommand):
                             help="denoising steps (default: the model row's, 4 for the demo model); "
                                  "the platform's model row is set to match")
         parser.add_argument("--model", default="dall-e-2", help="public model id (quality 'standard')")
+        parser.add_argument("--source", default=None,
+                            help="model folder to serve under that id and to loop over directly (e.g. one built "
+                                 "by `manage.py arch_model sd15 --build DIR`); default: the model row's")
+        parser.add_argument("--flops-arch", choices=["sd15", "sdxl"], default=None,
+                            help="the source's architecture: also report achieved UNet TFLOP/s (FLOPs of one "
+                                 "step counted by images/arch_models.step_flops)")
+        parser.add_argument("--peak-tflops", type=float, default=None,
+                            help="the device's peak TFLOP/s at the dtype used (e.g. its dense bf16 figure): "
+                                 "report the fraction of it reached")
         parser.add_argument("--worker-processes", default="auto",
                             help="processes of the worker, as `manage.py runworker --processes` (default auto: "
                                  "one per core, at most 4, on CPU; one on a GPU)")
@@ -672,6 +687,11 @@ class Command(BaseCommand):
                     "import json\nfrom images.models import ImageModel\n"
                     f"m = ImageModel.objects.get(public_id={model!r})\n"
                     f"m.steps_by_quality = {{**m.steps_by_quality, {quality!r}: {steps}}}\nm.save()\nprint('{{}}')")
+            if o["source"]:  # serve (and loop over) another model folder under the same public id
+                row["source"] = str(Path(o["source"]).resolve())
+                deployment.shell_json(
+                    "from images.models import ImageModel\n"
+                    f"ImageModel.objects.filter(public_id={model!r}).update(source={row['source']!r})\nprint('{{}}')")
             if not os.path.isdir(row["source"]):
                 raise CommandError(f"{model}'s source is not a local folder: {row['source']}")
             gen_key, broke_key, balance_key = deployment.tenants([10_000_000, 0, 1_000])
@@ -755,6 +775,8 @@ class Command(BaseCommand):
             "platform": platform_loaded,
             "platform_serial": platform_serial,
             "api": api,
+            "flops": self.flops(o, width=width, height=height, steps=steps, direct=direct,
+                                platform=platform_loaded),
             "ratios": {
                 "platform_over_direct_images_per_s": _r(platform_loaded["images_per_s"] / direct["images_per_s"], 3),
                 "platform_serial_over_direct_images_per_s": _r(platform_serial["images_per_s"] / direct["images_per_s"], 3)
@@ -768,6 +790,24 @@ class Command(BaseCommand):
         out.write_text(json.dumps(result, indent=2) + "\n")
         self.stdout.write(self.table(result))
         self.stdout.write(f"\nWrote {out}")
+
+    @staticmethod
+    def flops(o: dict[str, Any], *, width: int, height: int, steps: int, direct: dict[str, Any],
+              platform: dict[str, Any]) -> dict[str, Any] | None:
+        """Achieved UNet FLOP/s of each phase: FLOPs per step x steps x images/s."""
+        if not o["flops_arch"]:
+            return None
+        from images.arch_models import step_flops
+
+        per_step = step_flops(o["flops_arch"], width=width, height=height)["flops_per_step"]
+        out: dict[str, Any] = {"architecture": o["flops_arch"], "flops_per_step": per_step,
+                               "peak_tflops": o["peak_tflops"]}
+        for name, phase in (("direct", direct), ("platform", platform)):
+            achieved = per_step * steps * phase["images_per_s"] / 1e12
+            out[f"{name}_tflops"] = _r(achieved, 2)
+            if o["peak_tflops"]:
+                out[f"{name}_fraction_of_peak"] = _r(achieved / o["peak_tflops"], 3)
+        return out
 
     # -- output ----------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -821,6 +861,11 @@ class Command(BaseCommand):
             + (f", {r['ratios']['platform_serial_over_direct_images_per_s']} (C=1)" if ser else "")
             + (f"; platform/direct-{dp['processes']}-processes: "
                f"{r['ratios']['platform_over_direct_processes_images_per_s']} (C={p['concurrency']})" if dp else ""),
+            *([f"UNet TFLOP/s ({r['flops']['architecture']}, {r['flops']['flops_per_step'] / 1e12:.2f} TFLOPs a step): "
+               f"direct {r['flops']['direct_tflops']}, platform {r['flops']['platform_tflops']}"
+               + (f" (of a {r['flops']['peak_tflops']} peak: {r['flops']['direct_fraction_of_peak']}, "
+                  f"{r['flops']['platform_fraction_of_peak']})" if r['flops']['peak_tflops'] else "")]
+              if r.get("flops") else []),
             f"lane idle per image at C={p['concurrency']}: {s['idle_ms_per_image']} ms"
             + (f"; at C=1: {ser['idle_ms_per_image']} ms" if ser else ""),
             "overhead = client latency - the job's own pipeline time (at C>1 it includes waiting for other jobs)",
