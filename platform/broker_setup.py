@@ -100,7 +100,11 @@ class WakingRedisBroker(RedisBroker):
             try:
                 pubsub = self.client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(self.wake_channel)
-                for item in pubsub.listen():
+                while True:
+                    # A bounded wait, so a socket_timeout in BROKER_URL is not an error.
+                    item = pubsub.get_message(timeout=1.0)
+                    if item is None:
+                        continue
                     name = item.get("data")
                     event = self._wake_events.get(name.decode() if isinstance(name, bytes) else str(name))
                     if event is not None:
