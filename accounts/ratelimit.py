@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
@@ -27,29 +28,56 @@ class Window:
     reset: int  # seconds until the window resets
 
 
-def _count(bucket: str, now: float) -> tuple[int, int]:
+@lru_cache(maxsize=1)
+def _redis():
+    """A client for the cache's Redis (one pipelined round trip counts every bucket);
+    None when the cache is not Redis (the embedded default), which uses the cache API."""
+    from django.core.cache.backends.redis import RedisCache
+
+    if not isinstance(caches["default"], RedisCache):
+        return None
+    import redis
+
+    location = settings.CACHES["default"]["LOCATION"]
+    return redis.Redis.from_url(location[0] if isinstance(location, (list, tuple)) else location)
+
+
+def _count_all(buckets: list[str], now: float) -> tuple[list[int], int]:
+    """Count one request in each bucket's current window: (counts, seconds to reset)."""
     window_start = int(now // WINDOW) * WINDOW
-    key = f"rl:{bucket}:{window_start}"
-    cache.add(key, 0, timeout=WINDOW + 5)
-    try:
-        used = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.add(key, 1, timeout=WINDOW + 5)
-        used = 1
-    return used, window_start + WINDOW - int(now)
+    keys = [f"rl:{bucket}:{window_start}" for bucket in buckets]
+    reset = window_start + WINDOW - int(now)
+    client = _redis()
+    if client is not None:
+        pipe = client.pipeline(transaction=False)
+        for key in map(cache.make_key, keys):  # the names the cache API would use
+            pipe.incr(key)
+            pipe.expire(key, WINDOW + 5)  # the key names its window: it only has to outlive it
+        replies = pipe.execute()
+        return [int(replies[2 * i]) for i in range(len(keys))], reset
+    counts = []
+    for key in keys:
+        cache.add(key, 0, timeout=WINDOW + 5)
+        try:
+            counts.append(cache.incr(key))
+        except ValueError:  # expired between add and incr
+            cache.add(key, 1, timeout=WINDOW + 5)
+            counts.append(1)
+    return counts, reset
 
 
 def rate_limit_check(*, key, now: float | None = None) -> Window | None:
     """Count this request against the key's and the tenant's limits; raise 429 past either."""
     now = time.time() if now is None else now
     tenant = key.tenant
-    limits = [(f"k:{key.prefix}", key.rpm_limit or settings.DEFAULT_KEY_RPM),
-              (f"t:{tenant.pk}", tenant.rpm_limit or settings.DEFAULT_TENANT_RPM)]
+    limits = [(bucket, limit) for bucket, limit in (
+        (f"k:{key.prefix}", key.rpm_limit or settings.DEFAULT_KEY_RPM),
+        (f"t:{tenant.pk}", tenant.rpm_limit or settings.DEFAULT_TENANT_RPM)) if limit]
+    if not limits:
+        return None
+    counts, reset = _count_all([bucket for bucket, _ in limits], now)
     tightest: Window | None = None
-    for bucket, limit in limits:
-        if not limit:
-            continue
-        used, reset = _count(bucket, now)
+    for (bucket, limit), used in zip(limits, counts):
         window = Window(limit=limit, remaining=max(0, limit - used), reset=max(1, reset))
         if used > limit:
             raise RateLimited(
