@@ -7,9 +7,9 @@ BATCH_WINDOW_MS for company, then takes every pending task with the same batch k
 (model source, size, steps, guidance; text-to-image only) up to the maximum number of
 images, and runs them as one `pipelines.run_batch` call; each task gets its own
 result (its own seeds, progress and previews). A thread whose task was taken by
-another simply waits for it. Calls run on the process's lanes (`gpu_call`), so with
-several lanes (CPU) several calls run side by side. With a maximum of 1 (the CPU default: batching measured
-slower there) a task runs alone at once, with no wait.
+another simply waits for it. With a maximum of 1 (the CPU default: batching measured
+slower there) a task runs alone at once, with no wait. Calls run on the process's lanes
+(`gpu_call`), so with several lanes (CPU) several calls run side by side.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The GPU/torch layer: loading diffusers pipelines and running generation batches.
 
-This module and `images.demo_model` are the only ones that import torch and diffusers;
+This module, `images.demo_model` and `images.arch_models` (random-weight model builders)
+are the only ones that import torch and diffusers;
 nothing here imports Django, so the web tier never pays for torch and this layer can be
 tested on its own.
 
@@ -49,16 +50,18 @@ __all__ = [
     "count_tokens",
     "decode_latents_preview",
     "device_info",
-    "effective_steps",
     "configure_threads",
     "current_lane",
+    "effective_steps",
     "get_pipeline",
     "lane_count",
     "preview_steps_for",
     "run_batch",
     "select_device",
     "set_lane",
+    "usable_cores",
     "warm_up",
+    "warmup_sizes",
 ]
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -231,16 +234,17 @@ def _processes() -> int:
     return _env_int("PLATFORM_WORKER_PROCESSES", 1)
 
 
-def lane_count() -> int:
+def lane_count(processes: int | None = None) -> int:
     """How many pipeline calls a process runs side by side: env PIPELINE_LANES, else 1
-    on CUDA/MPS and, on CPU, this process's share of the usable cores (at most 4)."""
+    on CUDA/MPS and, on CPU, the process's share of the usable cores (at most 4) when
+    `processes` worker processes (None: this one's count) share the machine."""
     explicit = _env_int("PIPELINE_LANES", 0)
     if explicit:
         return explicit
     device, _ = select_device()
     if device != "cpu" or _compile_wanted():  # (compiled graphs: one caller at a time)
         return 1
-    return max(1, min(4, usable_cores() // _processes()))
+    return max(1, min(4, usable_cores() // (processes or _processes())))
 
 
 def configure_threads(lanes: int) -> int:

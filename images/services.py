@@ -77,9 +77,10 @@ def _in_flight_check(*, tenant: Tenant) -> None:
     cap = tenant.max_concurrent_jobs or settings.DEFAULT_MAX_CONCURRENT_JOBS
     if not cap:
         return
-    if CreditAccount.objects.select_for_update().filter(tenant=tenant).first() is None:
+    locked = CreditAccount.objects.select_for_update().filter(tenant=tenant)
+    if locked.first() is None:  # (a tenant without an account row yet gets one)
         billing.account_for(tenant=tenant)
-        CreditAccount.objects.select_for_update().filter(tenant=tenant).first()
+        locked.first()
     in_flight = Job.objects.filter(tenant=tenant, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).count()
     if in_flight >= cap:
         raise RateLimited(f"Too many images in progress: your organization may have {cap} jobs queued or "

@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import dq_name
 from dramatiq.errors import ConnectionClosed
@@ -140,8 +141,6 @@ class _WakingConsumer(_RedisConsumer):
     def __next__(self):
         if self.message_cache:
             return super().__next__()
-        import redis
-
         # Cleared before looking: a wake-up that comes after this point is not lost.
         self.wake.clear()
         if self.outstanding_message_count < self.prefetch:

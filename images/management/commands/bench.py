@@ -44,6 +44,8 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from images.management.commands.runworker import processes_arg
+
 ROOT = Path(__file__).resolve().parents[3]
 PROMPT = "a lighthouse at dusk, oil painting"
 
@@ -627,10 +629,10 @@ class Command(BaseCommand):
         parser.add_argument("--peak-tflops", type=float, default=None,
                             help="the device's peak TFLOP/s at the dtype used (e.g. its dense bf16 figure): "
                                  "report the fraction of it reached")
-        parser.add_argument("--worker-processes", default="auto",
+        parser.add_argument("--worker-processes", default="auto", type=processes_arg,
                             help="processes of the worker, as `manage.py runworker --processes` (default auto: "
                                  "one per core, at most 4, on CPU; one on a GPU)")
-        parser.add_argument("--worker-threads", default="auto",
+        parser.add_argument("--worker-threads", default="auto", type=processes_arg,
                             help="threads per worker process, as `manage.py runworker --threads` (default auto: "
                                  "2 per image slot of its lanes)")
         parser.add_argument("--web-threads", type=int, default=8, help="gunicorn threads (one process)")
@@ -662,11 +664,10 @@ class Command(BaseCommand):
         tmp = Path(tempfile.mkdtemp(prefix="bench-"))
         from images.management.commands.runworker import auto_processes, auto_threads
 
+        # 0 processes: the embedded worker, inside the web process.
         processes = 0 if not settings.BROKER_URL else (
-            auto_processes() if o["worker_processes"] == "auto" else int(o["worker_processes"]))
-        threads = (auto_threads(max(1, processes)) if o["worker_threads"] == "auto" else int(o["worker_threads"]))
-        if not settings.BROKER_URL:  # the embedded worker's threads feed all lanes of its one process
-            threads = max(threads, 4)
+            auto_processes() if o["worker_processes"] == "auto" else o["worker_processes"])
+        threads = auto_threads(max(1, processes)) if o["worker_threads"] == "auto" else o["worker_threads"]
         deployment = Deployment(tmp, worker_processes=processes, worker_threads=threads,
                                 web_threads=o["web_threads"])
         result: dict[str, Any] = {}
@@ -730,8 +731,7 @@ class Command(BaseCommand):
             jobs = _job_rows(deployment, "bench ")
             from images import pipelines  # the worker runs on this machine, with this env
 
-            os.environ["PLATFORM_WORKER_PROCESSES"] = str(max(1, processes))
-            lanes = pipelines.lane_count() * max(1, processes)  # in all the worker's processes
+            lanes = pipelines.lane_count(max(1, processes)) * max(1, processes)  # in all its processes
             platform_loaded = summarise_generations(loaded, jobs, n, lanes)
             platform_loaded["cpu"] = loaded_cpu.as_dict(own_is_everything=False)
             platform_serial = None

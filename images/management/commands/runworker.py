@@ -52,15 +52,7 @@ def auto_threads(processes: int) -> int:
     """Two jobs per image slot of the process's lanes (see the module docstring)."""
     from images import pipelines
 
-    previous = os.environ.get("PLATFORM_WORKER_PROCESSES")
-    os.environ["PLATFORM_WORKER_PROCESSES"] = str(processes)
-    try:
-        return 2 * pipelines.lane_count() * pipelines._resolve_max_batch(None)
-    finally:
-        if previous is None:
-            del os.environ["PLATFORM_WORKER_PROCESSES"]
-        else:
-            os.environ["PLATFORM_WORKER_PROCESSES"] = previous
+    return 2 * pipelines.lane_count(processes) * pipelines._resolve_max_batch(None)
 
 
 def auto_processes() -> int:
