@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from accounts import selectors, services
 from accounts.authentication import APIKeyAuthentication
-from accounts.errors import NotFound, PermissionDeniedError
+from core.errors import NotFound, PermissionDeniedError
 from accounts.models import APIKey, Tenant
 
 

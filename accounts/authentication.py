@@ -7,7 +7,7 @@ from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
-from accounts.errors import InvalidAPIKey, PermissionDeniedError
+from core.errors import InvalidAPIKey, PermissionDeniedError
 from accounts.models import APIKey, Tenant
 
 # last_used_at is written at most this often per key, not on every request.

@@ -26,7 +26,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts import selectors as account_selectors
 from accounts import services as account_services
-from accounts.errors import APIError, InvalidRequest, NotFound, json_error_response
+from core.errors import APIError, InvalidRequest, NotFound, json_error_response
 from accounts.models import Membership
 
 LOGIN_URL = "/dashboard/login/"
@@ -201,7 +201,7 @@ def playground(request: HttpRequest) -> HttpResponse:
 @require_POST
 def playground_submit(request: HttpRequest) -> JsonResponse:
     """POST {prompt, model, size} (JSON, CSRF header): submit a charged job; 202 + task."""
-    from images import services as image_services
+    from images.services import generation as image_generation, moderation as image_moderation
     from images.api import model_for_request, task_object
     from images.validation import GenerationRequestSerializer, generation_params_resolve
 
@@ -220,10 +220,10 @@ def playground_submit(request: HttpRequest) -> JsonResponse:
         data = {**serializer.validated_data, "stream": False}
         model = model_for_request(data=data, api_key=None)
         params = generation_params_resolve(data=data, model=model)
-        image_services.prompt_moderate(tenant=request.tenant, api_key=None, model=model, prompt=params.prompt,
+        image_moderation.prompt_moderate(tenant=request.tenant, api_key=None, model=model, prompt=params.prompt,
                                        requested=params.moderation, endpoint=PLAYGROUND_ENDPOINT,
                                        request_id=getattr(request, "request_id", ""))
-        job = image_services.generation_submit(tenant=request.tenant, api_key=None, model=model, params=params,
+        job = image_generation.generation_submit(tenant=request.tenant, api_key=None, model=model, params=params,
                                                endpoint=PLAYGROUND_ENDPOINT)
     except APIError as exc:
         return json_error_response(exc)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 from django.conf import settings
-from django.core.cache import cache, caches
+from django.core.cache import cache
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from accounts.errors import RateLimited
+from core.errors import RateLimited
 
 WINDOW = 60  # seconds
 
@@ -28,18 +27,12 @@ class Window:
     reset: int  # seconds until the window resets
 
 
-@lru_cache(maxsize=1)
 def _redis():
-    """A client for the cache's Redis (one pipelined round trip counts every bucket);
-    None when the cache is not Redis (the embedded default), which uses the cache API."""
-    from django.core.cache.backends.redis import RedisCache
+    """The cache's Redis (one pipelined round trip counts every bucket); None when the
+    cache is not Redis (the embedded default), which uses the cache API."""
+    from core.redis import redis_client
 
-    if not isinstance(caches["default"], RedisCache):
-        return None
-    import redis
-
-    location = settings.CACHES["default"]["LOCATION"]
-    return redis.Redis.from_url(location[0] if isinstance(location, (list, tuple)) else location)
+    return redis_client()
 
 
 def _count_all(buckets: list[str], now: float) -> tuple[list[int], int]:

@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.errors import InvalidRequest
+from core.errors import InvalidRequest
 from billing.selectors import USAGE_GROUPS, usage_summary
 from billing.services import account_for
 

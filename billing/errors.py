@@ -1,4 +1,4 @@
-from accounts.errors import APIError, InsufficientCredits
+from core.errors import APIError, InsufficientCredits
 
 
 class KeyBudgetExceeded(InsufficientCredits):

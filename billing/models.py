@@ -119,27 +119,3 @@ class UsageRecord(models.Model):
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING, db_index=True)
     error_code = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-
-class IdempotencyRecord(models.Model):
-    """An `Idempotency-Key` seen from a tenant (Stripe's semantics, kept 24 hours).
-
-    A successful generation is replayed from its job (images re-read, links re-signed),
-    so large bodies are never stored here; other answers are stored as they were sent."""
-
-    class Status(models.TextChoices):
-        IN_PROGRESS = "in_progress"
-        COMPLETED = "completed"
-
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="idempotency_records")
-    key = models.CharField(max_length=255)
-    request_hash = models.CharField(max_length=64)  # sha256 of method, path and parsed body
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.IN_PROGRESS)
-    job = models.ForeignKey("images.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
-    response_headers = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["tenant", "key"], name="idempotency_tenant_key_unique")]

@@ -31,7 +31,7 @@ def run_generation(job_id: str) -> None:
 def generation_given_up(message_data: dict, exception_data: dict) -> None:
     """Called by Dramatiq's Callbacks middleware when run_generation has used up its
     retries: fail the job and release its hold now rather than at its deadline."""
-    from images.services import job_fail
+    from images.services.jobs import job_fail
 
     job_fail(job_id=message_data["args"][0], code="generation_failed",
              message=f"Image generation failed after retries ({exception_data.get('type', 'error')}).")

@@ -11,11 +11,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.errors import APIError, InvalidRequest, NotFound, PermissionDeniedError, UpstreamError
+from core.errors import ServiceUnavailable, APIError, InvalidRequest, NotFound, PermissionDeniedError, UpstreamError
 from accounts.models import APIKey
-from billing import idempotency
+from core import idempotency
 from billing.models import CreditAccount
-from images import selectors, services
+from images import selectors
+from images.services import generation as services_generation, jobs as services_jobs, moderation as services_moderation
 from images.files import image_read, image_token_read, image_url
 from images.models import ImageModel, Job
 from images.profiles import PROFILES, output_tokens
@@ -99,7 +100,7 @@ def job_result_response(*, job: Job, request: Request, render=None) -> Response:
         return Response(body, headers=credit_headers(job))
     if job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
         if job.error_code == "service_unavailable":
-            raise services.ServiceUnavailable(job.error_message, headers={"Retry-After": "5"})
+            raise ServiceUnavailable(job.error_message, headers={"Retry-After": "5"})
         raise UpstreamError(f"{job.error_message} (job {job.pk}; nothing was charged)", code=job.error_code or None)
     raise JobWaitTimeout(
         f"The image is still being generated (job {job.pk}, status {job.status}) after "
@@ -120,14 +121,14 @@ class ChargedView(APIView):
             return self.submit(request, None)
         fingerprint = idempotency.request_fingerprint(method=request.method, path=request.path,
                                                       data=request.data, files=request.FILES)
-        record, is_new = idempotency.idempotency_begin(tenant=request.auth.tenant, key=key, fingerprint=fingerprint)
+        record, is_new = idempotency.idempotency_begin(scope=f"tenant:{request.auth.tenant.pk}", key=key, fingerprint=fingerprint)
         if not is_new:
             return self.replay(request, record)
         try:
             response = self.submit(request, record.pk)
         except Exception as exc:  # rendered here so that the answer can be recorded
             response = self.handle_exception(exc)
-        record.refresh_from_db(fields=["job"])
+        record.refresh_from_db(fields=["job_id"])
         if getattr(response, "streaming", False):
             return response  # left in progress; a repeat replays the finished job as JSON
         if record.job_id is None:
@@ -149,13 +150,13 @@ class ChargedView(APIView):
             body = task_object(job=job, base_url=request.build_absolute_uri("/"))
             location = request.build_absolute_uri(f"/v1/images/tasks/{job.pk}")
             return Response(body, status=202, headers={"Location": location, "Preference-Applied": "respond-async"})
-        job = services.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS)
+        job = services_jobs.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS)
         return job_result_response(job=job, request=request, render=getattr(self, "render", None))
 
     def replay(self, request: Request, record) -> Response:
         if record.status == record.Status.COMPLETED and record.response_body is not None:
             response = Response(record.response_body, status=record.response_status, headers=record.response_headers)
-        elif record.job_id is not None and record.job.status in Job.TERMINAL:
+        elif record.job_id is not None and Job.objects.filter(pk=record.job_id, status__in=Job.TERMINAL).exists():
             job = Job.objects.select_related("model").get(pk=record.job_id)
             try:
                 response = job_result_response(job=job, request=request, render=getattr(self, "render", None))
@@ -197,10 +198,10 @@ class ImageGenerationView(ChargedView):
         data = serializer.validated_data
         model = model_for_request(data=data, api_key=request.auth)
         params = generation_params_resolve(data=data, model=model)
-        services.prompt_moderate(tenant=request.auth.tenant, api_key=request.auth, model=model, prompt=params.prompt,
+        services_moderation.prompt_moderate(tenant=request.auth.tenant, api_key=request.auth, model=model, prompt=params.prompt,
                                  requested=params.moderation, endpoint=self.endpoint,
                                  request_id=getattr(request._request, "request_id", ""))
-        job = services.generation_submit(tenant=request.auth.tenant, api_key=request.auth, model=model,
+        job = services_generation.generation_submit(tenant=request.auth.tenant, api_key=request.auth, model=model,
                                          params=params, endpoint=self.endpoint,
                                          idempotency_record_id=idempotency_record_id)
         return self.respond(request, job)
@@ -303,7 +304,7 @@ class TaskDetailView(APIView):
         if job.status in Job.TERMINAL:
             raise InvalidRequest(f"The task is already {job.status} and cannot be cancelled.", param="id",
                                  code="task_not_cancellable")
-        services.job_cancel(job=job)
+        services_jobs.job_cancel(job=job)
         job.refresh_from_db()
         return Response(task_object(job=job, base_url=request.build_absolute_uri("/")))
 
@@ -352,7 +353,7 @@ class ImageInputsView(ChargedView):
             data = {**data, "size": uploads.nearest_gpt_size(images[0])}
         params = generation_params_resolve(data=data, model=model, prompt_required=self.kind == Job.Kind.EDIT)
         if params.prompt.strip():
-            services.prompt_moderate(tenant=request.auth.tenant, api_key=request.auth, model=model,
+            services_moderation.prompt_moderate(tenant=request.auth.tenant, api_key=request.auth, model=model,
                                      prompt=params.prompt, requested=None, endpoint=self.endpoint,
                                      request_id=getattr(request._request, "request_id", ""))
         token = uuid.uuid4().hex
@@ -364,7 +365,7 @@ class ImageInputsView(ChargedView):
         params.extra = {"init_file": stored[0], "mask_file": stored[1] if mask is not None else None,
                         "strength": strength, "inputs": len(images)}
         try:
-            job = services.generation_submit(tenant=request.auth.tenant, api_key=request.auth, model=model,
+            job = services_generation.generation_submit(tenant=request.auth.tenant, api_key=request.auth, model=model,
                                              params=params, endpoint=self.endpoint, kind=self.kind,
                                              idempotency_record_id=idempotency_record_id)
         except Exception:

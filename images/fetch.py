@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from accounts.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -31,7 +31,7 @@ class WorkerLifecycle(dramatiq.Middleware):
         from django.conf import settings
         from django.db import close_old_connections
 
-        from images.services import jobs_sweep
+        from images.services.jobs import jobs_sweep
 
         if settings.JOB_SWEEP_SECONDS <= 0:
             return

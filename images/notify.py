@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -23,18 +22,14 @@ _cond = threading.Condition()
 _events: dict[str, tuple[float, list[dict[str, Any]]]] = {}
 
 
-@lru_cache(maxsize=1)
 def _redis():
-    url = settings.BROKER_URL if settings.BROKER_URL.startswith("redis") else ""
-    if not url:
-        location = settings.CACHES["default"].get("LOCATION", "")
-        location = location[0] if isinstance(location, list) else location
-        url = location if isinstance(location, str) and location.startswith("redis") else ""
-    if not url:
-        return None
-    import redis
+    """The broker's Redis when the broker is Redis, else the cache's (None embedded).
+    No socket timeout: BLPOP waits block on purpose."""
+    from core.redis import redis_client
 
-    return redis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5)
+    if settings.BROKER_URL.startswith("redis"):
+        return redis_client(settings.BROKER_URL, socket_timeout=None, socket_connect_timeout=5)
+    return redis_client(socket_timeout=None, socket_connect_timeout=5)
 
 
 def _key(job_id: str) -> str:

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
-from accounts.errors import APIError, InvalidRequest
+from core.errors import APIError, InvalidRequest
 
 # A decompression bomb (a tiny file that inflates to gigapixels) is refused before decoding.
 Image.MAX_IMAGE_PIXELS = 40_000_000

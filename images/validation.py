@@ -11,7 +11,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from accounts.errors import InvalidRequest
+from core.errors import InvalidRequest
 from images.models import ImageModel
 from images.profiles import PROFILES, STYLE_TEMPLATES, Profile
 

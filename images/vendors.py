@@ -10,8 +10,7 @@ from django.conf import settings
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts.errors import APIError, InvalidRequest, error_headers
-from images import services
+from core.errors import APIError, InvalidRequest, error_headers
 from images.api import (ImageGenerationView, ImageInputsView, MB, job_result_response, model_for_request,
                         _replayable_headers)
 from images.files import image_read, image_url

@@ -18,7 +18,7 @@ from images import notify, pipelines
 from images.batcher import batcher
 from images.files import CONTENT_TYPES, image_delete_files, image_encode, image_save
 from images.models import ImageModel, Job
-from images.services import job_complete, job_fail, job_progress, job_start
+from images.services.jobs import job_complete, job_fail, job_progress, job_start
 
 logger = logging.getLogger(__name__)
 

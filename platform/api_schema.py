@@ -31,7 +31,7 @@ class APIKeyScheme(OpenApiAuthenticationExtension):
         return {"type": "http", "scheme": "bearer", "description": "A tenant API key: `Authorization: Bearer sk-...`"}
 
 
-# ---- The error envelope (accounts.errors renders every error this way) -------------
+# ---- The error envelope (core.errors renders every error this way) -------------
 
 class ErrorDetailSerializer(serializers.Serializer):
     message = serializers.CharField()

@@ -21,9 +21,9 @@ def _broker_ok() -> bool:
         return True
     try:
         if url.startswith(("redis", "unix")):
-            import redis
+            from core.redis import redis_client
 
-            redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping()
+            redis_client(url, socket_timeout=2, socket_connect_timeout=2).ping()
         else:
             import pika
 

@@ -61,14 +61,15 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework_api_key",
     "django_dramatiq",
+    "core",
     "accounts",
     "billing",
     "images",
 ]
 
 MIDDLEWARE = [
-    "accounts.middleware.RequestIdMiddleware",
-    "accounts.middleware.BodySizeLimitMiddleware",
+    "core.middleware.RequestIdMiddleware",
+    "core.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, /docs/, dashboard) from the app folders, DEBUG or not, no CDN.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -146,7 +147,7 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
-    "EXCEPTION_HANDLER": "accounts.errors.exception_handler",
+    "EXCEPTION_HANDLER": "core.errors.exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["accounts.ratelimit.RequestRateThrottle"],
     "UNAUTHENTICATED_USER": None,
     # `?format=` is ours (CSV exports), not DRF's renderer override.

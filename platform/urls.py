@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 import api_schema  # noqa: F401  (annotates the API views for the OpenAPI schema)
 from accounts import api as accounts_api
 from accounts import dashboard
-from accounts.errors import APIError, NotFound, json_error_response
+from core.errors import APIError, NotFound, json_error_response
 from billing import api as billing_api
 from health import healthz
 from images import api as images_api

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from accounts.errors import NO_KEY_MESSAGE
+from core.errors import NO_KEY_MESSAGE
 from accounts.models import APIKey
 from tests.conftest import post_json
 

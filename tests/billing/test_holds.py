@@ -81,7 +81,7 @@ def test_job_past_its_deadline_is_swept_and_released(api, transactional_db, park
 
     from django.utils import timezone
 
-    from images.services import jobs_sweep
+    from images.services.jobs import jobs_sweep
 
     job = queued_job(api, tenant, settings)
     Job.objects.filter(pk=job.pk).update(deadline=timezone.now() - timedelta(seconds=1))

@@ -58,7 +58,7 @@ def test_innocent_words_pass(api, worker, tenant):
 
 
 def test_terms_are_editable(api, parked, tenant):
-    from images import services
+    from images.services import moderation as services
     from images.models import ModerationTerm
 
     ModerationTerm.objects.create(category="illicit", tier="explicit", term="purple unicorn")

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from images.services import jobs_sweep
+from images.services.jobs import jobs_sweep
 
 
 class Command(BaseCommand):

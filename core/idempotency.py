@@ -16,9 +16,8 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.errors import APIError, InvalidRequest
-from accounts.models import Tenant
-from billing.models import IdempotencyRecord
+from core.errors import APIError, InvalidRequest
+from core.models import IdempotencyRecord
 
 TTL = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
@@ -45,17 +44,18 @@ def request_fingerprint(*, method: str, path: str, data: Any, files: Any = None)
     return digest.hexdigest()
 
 
-def idempotency_begin(*, tenant: Tenant, key: str, fingerprint: str) -> tuple[IdempotencyRecord, bool]:
-    """(record, is_new). Raises 400 for a reused key with another body, 409 while running."""
+def idempotency_begin(*, scope: str, key: str, fingerprint: str, mode: str = "json") -> tuple[IdempotencyRecord, bool]:
+    """(record, is_new) for `key` sent by `scope` (e.g. "tenant:42"). Raises 400 for a
+    reused key with another body (the fingerprint covers the body and the path)."""
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise InvalidRequest(f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable characters.",
                              param="Idempotency-Key", code="invalid_idempotency_key")
-    IdempotencyRecord.objects.filter(tenant=tenant, key=key, created_at__lt=timezone.now() - TTL).delete()
+    IdempotencyRecord.objects.filter(scope=scope, key=key, created_at__lt=timezone.now() - TTL).delete()
     try:
         with transaction.atomic():
-            return IdempotencyRecord.objects.create(tenant=tenant, key=key, request_hash=fingerprint), True
+            return IdempotencyRecord.objects.create(scope=scope, key=key, request_hash=fingerprint, mode=mode), True
     except IntegrityError:
-        record = IdempotencyRecord.objects.select_related("job").get(tenant=tenant, key=key)
+        record = IdempotencyRecord.objects.get(scope=scope, key=key)
     if record.request_hash != fingerprint:
         raise InvalidRequest("This Idempotency-Key was already used with a different request body.",
                              param="Idempotency-Key", code="idempotency_key_reused")
@@ -76,4 +76,4 @@ def idempotency_complete(*, record: IdempotencyRecord, status: int, body: Any, h
 
 def idempotency_abandon(*, record: IdempotencyRecord) -> None:
     """Forget a key whose request changed nothing (so a retry may run afresh)."""
-    IdempotencyRecord.objects.filter(pk=record.pk, job__isnull=True).delete()
+    IdempotencyRecord.objects.filter(pk=record.pk, job_id__isnull=True).delete()

@@ -30,7 +30,7 @@ class BodySizeLimitMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         from django.conf import settings
 
-        from accounts.errors import PayloadTooLarge, json_error_response
+        from core.errors import PayloadTooLarge, json_error_response
 
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)

@@ -1,0 +1,131 @@
+"""Writes for a job's life after it was created: wait, start, progress, complete,
+fail, cancel, sweep.
+
+The web tier calls job_wait and job_cancel; the worker (images.worker) calls
+job_start, job_progress, job_complete and job_fail. Every transition is a conditional
+UPDATE on the job's status, so a message delivered twice, a worker that crashed
+and came back, or a sweep racing a worker settles each job exactly once.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from billing import services as billing
+from billing.models import UsageRecord
+from images import notify
+from images.files import image_delete_files
+from images.models import GeneratedImage, Job
+
+logger = logging.getLogger(__name__)
+
+
+def _ms(delta: timedelta | None) -> int | None:
+    return None if delta is None else max(0, int(delta.total_seconds() * 1000))
+
+
+def job_wait(*, job_id: Any, timeout: float) -> Job:
+    """Block until the job is terminal or `timeout` seconds pass; returns the fresh row."""
+    deadline = time.monotonic() + timeout
+    while True:
+        # The signal is a hint (kept until collected, so one sent before this call still
+        # counts); the database is the truth, re-read after it and at least every 2 s.
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            notify.job_wait_signal(str(job_id), min(remaining, 2.0))
+        job = Job.objects.select_related("model", "hold").get(pk=job_id)  # (the hold: for the credit headers)
+        if job.status in Job.TERMINAL or deadline - time.monotonic() <= 0:
+            return job
+
+
+def job_start(*, job_id: Any) -> Job | None:
+    """Claim a job for running; None if it is already finished (a duplicate delivery)."""
+    now = timezone.now()
+    claimed = Job.objects.filter(pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+        status=Job.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, steps_done=0)
+    if not claimed:
+        return None
+    return Job.objects.select_related("model").get(pk=job_id)
+
+
+def job_progress(*, job_id: Any, steps_done: int) -> None:
+    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(steps_done=steps_done)
+
+
+def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_tokens: int | None) -> bool:
+    """Record the images, capture the hold and close the usage record, once.
+    Returns False (and the caller deletes its files) if the job was settled meanwhile."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
+            status=Job.Status.SUCCEEDED, finished_at=now, gpu_ms=gpu_ms, steps_done=job.steps,
+            prompt_tokens=prompt_tokens)
+        if not won:
+            return False
+        GeneratedImage.objects.bulk_create([GeneratedImage(job=job, **row) for row in stored])
+        delivered = len(stored)
+        # The charge is the quote, pro rata if fewer images were made than asked for.
+        charge = job.quote * delivered // job.n if job.n else 0
+        billing.hold_capture(job=job, charge=charge)
+        if job.started_at is None:  # (the worker passes the row job_start returned)
+            job.refresh_from_db(fields=["started_at"])
+        UsageRecord.objects.filter(job=job).update(
+            outcome=UsageRecord.Outcome.SUCCEEDED, images=delivered,
+            pixels=sum(row["width"] * row["height"] for row in stored), credits_charged=charge,
+            queue_wait_ms=_ms(job.started_at - job.created_at) if job.started_at else None,
+            gpu_ms=gpu_ms, latency_ms=_ms(now - job.created_at))
+    _inputs_delete(job)
+    notify.job_notify(job.pk)
+    return True
+
+
+def _inputs_delete(job: Job) -> None:
+    """An edit's stored init image and mask are needed until the job is terminal (a
+    redelivered message reruns it), and never after."""
+    extra = job.params.get("extra") or {}
+    image_delete_files([name for name in (extra.get("init_file"), extra.get("mask_file")) if name])
+
+
+def job_fail(*, job_id: Any, code: str, message: str, status: str = Job.Status.FAILED) -> bool:
+    """Fail (or cancel) a job that is not yet terminal and release its hold in full."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Job.objects.filter(pk=job_id).exclude(status__in=Job.TERMINAL).update(
+            status=status, finished_at=now, error_code=code, error_message=message[:2000])
+        if not won:
+            return False
+        job = Job.objects.get(pk=job_id)
+        billing.hold_release(job=job)
+        outcome = UsageRecord.Outcome.CANCELLED if status == Job.Status.CANCELLED else UsageRecord.Outcome.FAILED
+        UsageRecord.objects.filter(job=job).update(
+            outcome=outcome, error_code=code, latency_ms=_ms(now - job.created_at),
+            queue_wait_ms=_ms(job.started_at - job.created_at) if job.started_at else None)
+    _inputs_delete(job)
+    notify.job_notify(job_id)
+    return True
+
+
+def jobs_sweep(*, now=None) -> int:
+    """Fail every unfinished job past its deadline (releasing its hold). Safe to run
+    from many processes at once: job_fail is conditional. Returns how many it failed."""
+    now = now or timezone.now()
+    count = 0
+    for job_id in Job.objects.filter(deadline__lt=now).exclude(status__in=Job.TERMINAL).values_list("pk", flat=True):
+        if job_fail(job_id=job_id, code="deadline_exceeded",
+                    message="The job did not finish before its deadline; its credits were released."):
+            count += 1
+    return count
+
+
+def job_cancel(*, job: Job) -> bool:
+    """Cancel a queued or running job and release its hold. A running pipeline call
+    finishes on the GPU, but its result is discarded and nothing is charged."""
+    return job_fail(job_id=job.pk, code="cancelled", message="The job was cancelled by the client.",
+                    status=Job.Status.CANCELLED)
