@@ -30,6 +30,8 @@ class ImageModel(models.Model):
     # default (PIPELINE_MAX_BATCH, else 1 on CPU, 8 on CUDA). Measure before raising.
     max_batch = models.PositiveSmallIntegerField(null=True, blank=True)
     enabled = models.BooleanField(default=True)
+    # A model without price rows is refused (fail closed) unless the operator marks it free on purpose.
+    is_free = models.BooleanField(default=False, help_text="Serve without price rows, charging 0 credits.")
     owned_by = models.CharField(max_length=100, default="platform")
     created_at = models.DateTimeField(auto_now_add=True)
 
