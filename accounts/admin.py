@@ -5,7 +5,8 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 from accounts.models import APIKey, Membership, Tenant
-from accounts.services import api_key_create, api_key_revoke
+from accounts.services import api_key_create, api_key_revoke, key_models_validate
+from core.errors import APIError
 
 # The admin index links to the operator overview (/admin/overview/, see urls.py).
 admin.site.index_template = "admin/platform_index.html"
@@ -63,7 +64,20 @@ class TenantAdmin(admin.ModelAdmin):
             "opts": self.model._meta, "action_checkbox_name": ACTION_CHECKBOX_NAME})
 
 
-class APIKeyAddForm(forms.ModelForm):
+class APIKeyForm(forms.ModelForm):
+    class Meta:
+        model = APIKey
+        fields = "__all__"
+
+    def clean_allowed_models(self) -> list[str]:
+        """The same check as /v1/keys and `key_create` (accounts.services)."""
+        try:
+            return key_models_validate(model_ids=self.cleaned_data.get("allowed_models") or [])
+        except APIError as exc:
+            raise forms.ValidationError(exc.message) from exc
+
+
+class APIKeyAddForm(APIKeyForm):
     class Meta:
         model = APIKey
         fields = ("tenant", "name", "expiry_date", "allowed_models", "rpm_limit", "monthly_credit_limit", "is_admin")
@@ -75,6 +89,7 @@ class APIKeyAdmin(admin.ModelAdmin):
     list_filter = ("revoked", "is_admin", "tenant")
     search_fields = ("prefix", "name", "tenant__name")
     exclude = ("id",)
+    form = APIKeyForm
     actions = ["revoke_keys"]
 
     def get_form(self, request, obj=None, change=False, **kwargs):
@@ -85,14 +100,14 @@ class APIKeyAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return list(APIKeyAddForm.Meta.fields)
-        return ["tenant", "prefix", "name", "created", "created_by", "last_used_at", "revoked", "expiry_date",
-                "allowed_models", "rpm_limit", "monthly_credit_limit", "is_admin"]
+        return ["tenant", "prefix", "name", "created", "created_by", "parent", "last_used_at", "revoked",
+                "expiry_date", "allowed_models", "rpm_limit", "monthly_credit_limit", "is_admin"]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
         # Revoking is final (an action); the hash never changes once shown.
-        return ("tenant", "prefix", "created", "created_by", "last_used_at", "revoked")
+        return ("tenant", "prefix", "created", "created_by", "parent", "last_used_at", "revoked")
 
     def save_model(self, request, obj: APIKey, form, change: bool) -> None:
         if change:
@@ -120,7 +135,7 @@ class APIKeyAdmin(admin.ModelAdmin):
         for key in queryset.filter(revoked=False):
             api_key_revoke(key=key)
             count += 1
-        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+        self.message_user(request, f"Revoked {count} key(s), and the keys they created.", messages.SUCCESS)
 
 
 # The library's own key model is unused here (accounts.APIKey carries the tenant); hide it.

@@ -1,88 +1,106 @@
-"""/v1/keys: a tenant manages its own keys, with an admin key or an owner's session."""
+"""/v1/keys: a tenant manages its own keys, with an admin key or an owner's session.
+
+An owner's (or admin member's) session manages the tenant without limits. An admin key
+manages it within its own scope: the keys it creates inherit or narrow every limit of
+its own and are revoked with it (accounts.services.api_key_create / api_key_revoke).
+"""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-from django.utils import timezone
-from rest_framework import serializers
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts import selectors, services
 from accounts.authentication import APIKeyAuthentication
-from core.errors import NotFound, PermissionDeniedError
 from accounts.models import APIKey, Tenant
+from accounts.serializers import APIKeyListSerializer, APIKeyObjectSerializer, KeyCreateSerializer
+from core.errors import NotFound, PermissionDeniedError
+from core.schema import AUTH_ERRORS, errors
 
 
-def key_object(key: APIKey, raw: str | None = None) -> dict[str, Any]:
-    body = {"object": "api_key", "id": key.prefix, "name": key.name,
-            "created_at": int(key.created.timestamp()),
-            "last_used_at": int(key.last_used_at.timestamp()) if key.last_used_at else None,
-            "expires_at": int(key.expiry_date.timestamp()) if key.expiry_date else None,
-            "revoked": key.revoked, "allowed_models": key.allowed_models, "rpm_limit": key.rpm_limit,
-            "monthly_credit_limit": key.monthly_credit_limit, "is_admin": key.is_admin}
-    if raw is not None:
-        body["key"] = raw  # shown once, in this response only
-    return body
+@dataclass(frozen=True)
+class KeyManager:
+    """Who manages keys in this request: the tenant, the audit name, and the admin key
+    when it is a key (None for an owner's session)."""
+
+    tenant: Tenant
+    actor: str
+    key: APIKey | None
 
 
-class KeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=50, required=False, default="default")
-    rpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    expires_at = serializers.DateTimeField(required=False, allow_null=True)
-    allowed_models = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=50)
-    monthly_credit_limit = serializers.IntegerField(min_value=0, required=False, allow_null=True)
-
-    def validate_expires_at(self, value):
-        if value is not None and value <= timezone.now():
-            raise serializers.ValidationError("must be in the future")
-        return value
+def _errors(*statuses: int):
+    return errors(*sorted({*statuses, *AUTH_ERRORS}))
 
 
-class KeyManagementMixin:
+TENANT_PARAMETER = OpenApiParameter(
+    "tenant", OpenApiTypes.STR, required=False,
+    description="Sessions only: which of the signed-in user's tenants (default: the first one they manage)")
+PREFIX_PARAMETER = OpenApiParameter("prefix", OpenApiTypes.STR, OpenApiParameter.PATH,
+                                    description="The key's id (its prefix)")
+
+
+class KeyViewSet(viewsets.ViewSet):
+    """GET /v1/keys lists the tenant's keys; POST creates one (the raw key is in the
+    answer, once); DELETE /v1/keys/{prefix} revokes one, and the keys it created."""
+
     authentication_classes = [APIKeyAuthentication, SessionAuthentication]
+    lookup_field = "prefix"
+    # Whatever is between the slashes reaches the view; one that is no key's prefix is a 404.
+    lookup_value_regex = "[^/]+"
 
-    def managed_tenant(self, request: Request) -> tuple[Tenant, str]:
+    def manager(self, request: Request) -> KeyManager:
         key = request.auth if isinstance(request.auth, APIKey) else None
         if key is not None:
             if not key.is_admin:
                 raise PermissionDeniedError("Managing keys needs an admin key or an owner's session.",
                                             code="insufficient_permissions")
-            return key.tenant, f"key:{key.prefix}"
+            return KeyManager(key.tenant, f"key:{key.prefix}", key)
         tenant = selectors.tenant_managed_by(user=request.user, tenant_name=request.query_params.get("tenant"))
         if tenant is None:
             raise PermissionDeniedError("Only a tenant's owners and admins may manage its keys.",
                                         code="insufficient_permissions")
-        return tenant, request.user.get_username()
+        return KeyManager(tenant, request.user.get_username(), None)
 
+    def list(self, request: Request) -> Response:
+        manager = self.manager(request)
+        return Response(APIKeyListSerializer(selectors.key_list(tenant=manager.tenant)).data)
 
-class KeyListView(KeyManagementMixin, APIView):
-    """GET /v1/keys lists the tenant's keys; POST creates one (the key is in the answer, once)."""
-
-    def get(self, request: Request) -> Response:
-        tenant, _ = self.managed_tenant(request)
-        return Response({"object": "list", "data": [key_object(k) for k in selectors.key_list(tenant=tenant)]})
-
-    def post(self, request: Request) -> Response:
-        tenant, actor = self.managed_tenant(request)
+    def create(self, request: Request) -> Response:
+        manager = self.manager(request)
         serializer = KeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         key, raw = services.api_key_create(
-            tenant=tenant, name=data.get("name") or "default", created_by=actor, rpm_limit=data.get("rpm_limit"),
-            expiry_date=data.get("expires_at"), allowed_models=data.get("allowed_models"),
-            monthly_credit_limit=data.get("monthly_credit_limit"))
-        return Response(key_object(key, raw), status=201)
+            tenant=manager.tenant, name=data.get("name") or "default", created_by=manager.actor,
+            rpm_limit=data.get("rpm_limit"), expiry_date=data.get("expires_at"),
+            allowed_models=data.get("allowed_models"), monthly_credit_limit=data.get("monthly_credit_limit"),
+            is_admin=data.get("is_admin", False), parent=manager.key)
+        return Response(APIKeyObjectSerializer(key, context={"raw_key": raw}).data, status=201)
 
-
-class KeyDetailView(KeyManagementMixin, APIView):
-    """DELETE /v1/keys/{id} revokes a key of the caller's tenant."""
-
-    def delete(self, request: Request, prefix: str) -> Response:
-        tenant, _ = self.managed_tenant(request)
-        key = selectors.key_get(tenant=tenant, prefix=prefix)
+    def destroy(self, request: Request, prefix: str) -> Response:
+        manager = self.manager(request)
+        key = selectors.key_get(tenant=manager.tenant, prefix=prefix)
         if key is None:
             raise NotFound("No such key.", param="id", code="not_found")
-        return Response(key_object(services.api_key_revoke(key=key)))
+        return Response(APIKeyObjectSerializer(services.api_key_revoke(key=key)).data)
+
+
+extend_schema_view(
+    list=extend_schema(summary="List the tenant's keys", tags=["keys"], operation_id="v1_keys_list",
+                       description="Needs an admin key (or an owner's session).", parameters=[TENANT_PARAMETER],
+                       responses={200: APIKeyListSerializer, **_errors(403)}),
+    create=extend_schema(summary="Create a key (the raw key is in this answer only)", tags=["keys"],
+                         operation_id="v1_keys_create", parameters=[TENANT_PARAMETER],
+                         description="A key creating a key: omitted limits are its own, none may be looser "
+                                     "(403 `key_scope_exceeded`), and the new key is revoked with it.",
+                         request=KeyCreateSerializer, responses={201: APIKeyObjectSerializer, **_errors(400, 403)}),
+    destroy=extend_schema(summary="Revoke a key", tags=["keys"], operation_id="v1_keys_destroy",
+                          parameters=[PREFIX_PARAMETER, TENANT_PARAMETER],
+                          description="Revokes the keys it created too.",
+                          responses={200: APIKeyObjectSerializer, **_errors(403, 404)}),
+)(KeyViewSet)

@@ -2,14 +2,16 @@
 
 Thin HTML adapters over the same services and selectors as the API: a signed-in user
 sees the tenant of their first membership and nothing else (another tenant's job is a
-404); creating and revoking keys needs the owner or admin role; the playground submits
-a real, charged job exactly as POST /v1/images/generations does (without a key).
+404); a suspended tenant's members see only a "suspended" page (the API refuses the
+same tenant with 403); creating and revoking keys needs the owner or admin role. The
+playground page posts to /dashboard/api/generations (images/api.PlaygroundViewSet),
+which runs the same generation service, with the same rules, as the API. Reads go
+through the apps' selectors.
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 from datetime import date, timedelta
 from functools import wraps
 from typing import Any, Callable
@@ -18,16 +20,15 @@ from django.contrib import messages
 from django.contrib.admin import site as admin_site
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Q, Sum
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import selectors as account_selectors
 from accounts import services as account_services
-from core.errors import APIError, InvalidRequest, NotFound, json_error_response
-from accounts.models import Membership
+from accounts.models import Membership, Tenant
+from accounts.principals import caller_for_member
 
 LOGIN_URL = "/dashboard/login/"
 PLAYGROUND_ENDPOINT = "/dashboard/playground"
@@ -37,8 +38,8 @@ USAGE_DAYS = 30
 
 def membership_for(user) -> Membership | None:
     """The membership the dashboard shows: the user's first (lowest tenant id)."""
-    return (Membership.objects.filter(user=user).select_related("tenant").order_by("tenant_id").first()
-            if user.is_authenticated else None)
+    caller = caller_for_member(user=user)
+    return caller.member if caller else None
 
 
 def member_required(view: Callable) -> Callable:
@@ -50,6 +51,8 @@ def member_required(view: Callable) -> Callable:
         membership = membership_for(request.user)
         if membership is None:
             return render(request, "dashboard/no_tenant.html", status=403)
+        if membership.tenant.status != Tenant.Status.ACTIVE:
+            return render(request, "dashboard/suspended.html", {"tenant": membership.tenant}, status=403)
         request.membership, request.tenant = membership, membership.tenant
         return view(request, *args, **kwargs)
 
@@ -76,11 +79,11 @@ logout_view = auth_views.LogoutView.as_view(next_page=LOGIN_URL)
 @member_required
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    from billing.services import account_for
-    from images.models import Job
+    from billing.selectors import account_get
+    from images.selectors import jobs_in_flight_count
 
-    account = account_for(tenant=request.tenant)
-    in_flight = Job.objects.filter(tenant=request.tenant, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).count()
+    account = account_get(tenant=request.tenant)
+    in_flight = jobs_in_flight_count(tenant=request.tenant)
     return render(request, "dashboard/home.html", {"account": account, "in_flight": in_flight, "nav": "home"})
 
 
@@ -163,10 +166,9 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
 @require_GET
 def jobs(request: HttpRequest) -> HttpResponse:
     from images.files import image_url
-    from images.models import Job
+    from images.selectors import job_list_recent
 
-    recent = list(Job.objects.filter(tenant=request.tenant).select_related("model")
-                  .prefetch_related("images").order_by("-created_at")[:50])
+    recent = job_list_recent(tenant=request.tenant, limit=50)
     base = _base_url(request)
     items = [{"job": job, "thumb": image_url(job.images.all()[0], base_url=base) if job.images.all() else None}
              for job in recent]
@@ -197,82 +199,21 @@ def playground(request: HttpRequest) -> HttpResponse:
                    "sizes": ["256x256", "512x512", "1024x1024"]})
 
 
-@member_required
-@require_POST
-def playground_submit(request: HttpRequest) -> JsonResponse:
-    """POST {prompt, model, size} (JSON, CSRF header): submit a charged job; 202 + task."""
-    from images.services import generation as image_generation, moderation as image_moderation
-    from images.api import model_for_request, task_object
-    from images.validation import GenerationRequestSerializer, generation_params_resolve
-
-    try:
-        try:
-            body = json.loads(request.body or b"{}")
-        except ValueError:
-            raise InvalidRequest("The body must be JSON.", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("The body must be a JSON object.", code="invalid_json")
-        fields = {k: body[k] for k in ("prompt", "model", "size") if body.get(k) is not None}
-        serializer = GenerationRequestSerializer(data={**fields, "n": 1})
-        if not serializer.is_valid():
-            param, problems = next(iter(serializer.errors.items()))
-            raise InvalidRequest(f"'{param}': {problems[0]}", param=param, code="invalid_value")
-        data = {**serializer.validated_data, "stream": False}
-        model = model_for_request(data=data, api_key=None)
-        params = generation_params_resolve(data=data, model=model)
-        image_moderation.prompt_moderate(tenant=request.tenant, api_key=None, model=model, prompt=params.prompt,
-                                       requested=params.moderation, endpoint=PLAYGROUND_ENDPOINT,
-                                       request_id=getattr(request, "request_id", ""))
-        job = image_generation.generation_submit(tenant=request.tenant, api_key=None, model=model, params=params,
-                                               endpoint=PLAYGROUND_ENDPOINT)
-    except APIError as exc:
-        return json_error_response(exc)
-    return JsonResponse(task_object(job=job, base_url=_base_url(request)), status=202)
-
-
-@member_required
-@require_GET
-def playground_task(request: HttpRequest, job_id: str) -> JsonResponse:
-    from images import selectors as image_selectors
-    from images.api import task_object
-
-    job = image_selectors.job_get(tenant=request.tenant, job_id=job_id)
-    if job is None:
-        return json_error_response(NotFound("No such task.", param="id", code="not_found"))
-    return JsonResponse(task_object(job=job, base_url=_base_url(request)))
-
-
 # ---- Operator overview (/admin/overview/, staff only through admin.site.admin_view) ----
-
-def _usage_window(since) -> dict[str, Any]:
-    from billing.models import UsageRecord
-
-    row = UsageRecord.objects.filter(created_at__gte=since).aggregate(
-        requests=Count("id"), images=Sum("images"), credits=Sum("credits_charged"),
-        succeeded=Count("id", filter=Q(outcome=UsageRecord.Outcome.SUCCEEDED)),
-        failed=Count("id", filter=Q(outcome=UsageRecord.Outcome.FAILED)))
-    row = {k: int(v or 0) for k, v in row.items()}
-    finished = row["succeeded"] + row["failed"]
-    row["failure_rate"] = f"{100 * row['failed'] / finished:.1f} %" if finished else "–"
-    return row
-
 
 def overview_stats(now=None) -> dict[str, Any]:
     """Today's and this month's traffic (UTC), the queue, and GPU time per model."""
-    from images.models import Job
+    from billing.selectors import usage_window
+    from images.selectors import gpu_time_by_model, jobs_by_status
 
     now = now or timezone.now()
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     month = today.replace(day=1)
-    gpu = (Job.objects.filter(created_at__gte=month, gpu_ms__isnull=False).values("model__public_id")
-           .annotate(gpu_ms=Sum("gpu_ms"), jobs=Count("id")).order_by("-gpu_ms"))
+    counts = jobs_by_status()
     return {
-        "today": _usage_window(today), "month": _usage_window(month),
-        "queued": Job.objects.filter(status=Job.Status.QUEUED).count(),
-        "running": Job.objects.filter(status=Job.Status.RUNNING).count(),
-        "gpu": [{"model": r["model__public_id"], "jobs": r["jobs"], "seconds": round(r["gpu_ms"] / 1000, 1)}
-                for r in gpu],
-        "month_start": month.date(), "now": now,
+        "today": usage_window(since=today), "month": usage_window(since=month),
+        "queued": counts.get("queued", 0), "running": counts.get("running", 0),
+        "gpu": gpu_time_by_model(since=month), "month_start": month.date(), "now": now,
     }
 
 

@@ -16,6 +16,4 @@ urlpatterns = [
     path("jobs/", dashboard.jobs, name="jobs"),
     path("jobs/<str:job_id>/", dashboard.job_detail, name="job_detail"),
     path("playground/", dashboard.playground, name="playground"),
-    path("api/generations", dashboard.playground_submit, name="playground_submit"),
-    path("api/tasks/<str:job_id>", dashboard.playground_task, name="playground_task"),
 ]

@@ -58,6 +58,10 @@ class APIKey(AbstractAPIKey):
     monthly_credit_limit = models.PositiveBigIntegerField(null=True, blank=True)
     # An admin key may also manage its tenant's keys through /v1/keys.
     is_admin = models.BooleanField(default=False)
+    # The admin key that created this one through /v1/keys (null: an owner, the admin
+    # site or manage.py made it). Such a key lies within its parent's scope and is
+    # revoked with it (accounts.services.api_key_revoke).
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"

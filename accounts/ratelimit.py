@@ -59,13 +59,21 @@ def _count_all(buckets: list[str], now: float) -> tuple[list[int], int]:
     return counts, reset
 
 
-def rate_limit_check(*, key, now: float | None = None) -> Window | None:
-    """Count this request against the key's and the tenant's limits; raise 429 past either."""
+def rate_limit_check(*, caller, now: float | None = None) -> Window | None:
+    """Count this request against the caller's own limit (a key's, or a dashboard
+    member's) and the tenant's; raise 429 past either. Marks the caller counted and
+    stores the tightest window's headers on it. Calling it twice for one request
+    counts once."""
+    if caller.rate_counted:
+        return None
     now = time.time() if now is None else now
-    tenant = key.tenant
+    tenant = caller.tenant
+    own_limit = (caller.api_key.rpm_limit or settings.DEFAULT_KEY_RPM) if caller.api_key is not None \
+        else settings.DEFAULT_MEMBER_RPM
     limits = [(bucket, limit) for bucket, limit in (
-        (f"k:{key.prefix}", key.rpm_limit or settings.DEFAULT_KEY_RPM),
+        (caller.identity, own_limit),
         (f"t:{tenant.pk}", tenant.rpm_limit or settings.DEFAULT_TENANT_RPM)) if limit]
+    caller.rate_counted = True
     if not limits:
         return None
     counts, reset = _count_all([bucket for bucket, _ in limits], now)
@@ -73,12 +81,14 @@ def rate_limit_check(*, key, now: float | None = None) -> Window | None:
     for (bucket, limit), used in zip(limits, counts):
         window = Window(limit=limit, remaining=max(0, limit - used), reset=max(1, reset))
         if used > limit:
+            who = "organization" if bucket.startswith("t:") else "API key" if bucket.startswith("k:") else "member"
             raise RateLimited(
-                f"Rate limit reached: {limit} requests per minute for this "
-                f"{'API key' if bucket.startswith('k:') else 'organization'}. Retry in {window.reset} s.",
+                f"Rate limit reached: {limit} requests per minute for this {who}. Retry in {window.reset} s.",
                 headers={"Retry-After": str(window.reset), **ratelimit_headers(window)})
         if tightest is None or window.remaining < tightest.remaining:
             tightest = window
+    if tightest is not None:
+        caller.ratelimit_headers = ratelimit_headers(tightest)
     return tightest
 
 
@@ -89,13 +99,32 @@ def ratelimit_headers(window: Window) -> dict[str, str]:
 
 
 class RequestRateThrottle(BaseThrottle):
-    """DRF throttle: runs after authentication on every API view with a key."""
+    """DRF throttle: after authentication, counts the request of an API key or a
+    signed-in dashboard member (`request.caller`, set by `caller_from_request`)."""
 
     def allow_request(self, request: Request, view) -> bool:
-        key = getattr(request, "auth", None)
-        if key is None or not hasattr(key, "tenant"):
+        caller = caller_from_request(request)
+        if caller is None:
             return True
-        window = rate_limit_check(key=key)
-        if window is not None:
-            request._request.ratelimit_headers = ratelimit_headers(window)
+        rate_limit_check(caller=caller)
+        request._request.ratelimit_headers = caller.ratelimit_headers
         return True
+
+
+def caller_from_request(request: Request):
+    """The request's Caller (built once and kept on the request): the API key's
+    tenant, or the signed-in member's; None when neither."""
+    from accounts.models import APIKey
+    from accounts.principals import Caller, caller_for_member
+
+    django_request = getattr(request, "_request", request)
+    if hasattr(django_request, "caller"):
+        return django_request.caller
+    request_id = getattr(django_request, "request_id", "")
+    key = getattr(request, "auth", None)
+    if isinstance(key, APIKey):
+        caller = Caller(tenant=key.tenant, api_key=key, request_id=request_id)
+    else:
+        caller = caller_for_member(user=getattr(request, "user", None), request_id=request_id)
+    django_request.caller = caller
+    return caller

@@ -78,5 +78,13 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
 @admin.register(Price)
 class PriceAdmin(admin.ModelAdmin):
-    list_display = ("model", "kind", "size", "quality", "credits_per_image")
-    list_filter = ("model",)
+    """Credits per image ('' = any kind, size or quality; the most specific row wins).
+    A model without a matching row is refused unless it is marked free."""
+
+    list_display = ("model", "kind", "size", "quality", "credits_per_image", "model_is_free")
+    list_filter = ("model", "model__is_free")
+    list_select_related = ("model",)
+
+    @admin.display(description="model is free", boolean=True, ordering="model__is_free")
+    def model_is_free(self, obj: Price) -> bool:
+        return obj.model.is_free

@@ -9,4 +9,22 @@ class InvalidAmount(APIError):
     code = "invalid_amount"
 
 
-__all__ = ["InsufficientCredits", "KeyBudgetExceeded", "InvalidAmount"]
+class PriceNotConfigured(APIError):
+    """The model has no price row for this request and is not marked free: refused
+    before any hold or job exists (fail closed: an unpriced model is never served for 0).
+
+    400, `invalid_request_error`, code `model_not_priced`, param `model`. Not 402: the
+    customer's balance is not the problem and topping it up would not help. Not a 5xx or
+    429: the official SDKs retry those, and no retry succeeds until an operator adds a
+    Price row (or ticks ImageModel.is_free); a 5xx would also page for what is a
+    configuration gap. Not 404: the model exists and /v1/models lists it. The message
+    names the model, kind, size and quality, so the customer can pick another model or
+    size and the operator knows exactly which row to add.
+    """
+
+    status_code = 400
+    code = "model_not_priced"
+    param = "model"
+
+
+__all__ = ["InsufficientCredits", "KeyBudgetExceeded", "InvalidAmount", "PriceNotConfigured"]

@@ -73,3 +73,30 @@ def usage_summary(*, tenant, start, end, group_by: str) -> list[dict]:
         result.append({group_by: group.isoformat() if hasattr(group, "isoformat") else group,
                        **{k: int(v or 0) for k, v in row.items()}})
     return result
+
+
+def credits_available(*, tenant_id: int) -> int:
+    """Credits the tenant may still spend (balance minus held); 0 without an account."""
+    account = CreditAccount.objects.filter(tenant_id=tenant_id).first()
+    return account.available if account else 0
+
+
+def account_get(*, tenant) -> CreditAccount:
+    """The tenant's account (an unsaved empty one when it has none yet)."""
+    return CreditAccount.objects.filter(tenant=tenant).first() or CreditAccount(tenant=tenant)
+
+
+def usage_window(*, since) -> dict:
+    """Every tenant's traffic since `since`: requests, images, credits, outcomes, failure rate."""
+    from django.db.models import Count, Q
+
+    from billing.models import UsageRecord
+
+    row = UsageRecord.objects.filter(created_at__gte=since).aggregate(
+        requests=Count("id"), images=Sum("images"), credits=Sum("credits_charged"),
+        succeeded=Count("id", filter=Q(outcome=UsageRecord.Outcome.SUCCEEDED)),
+        failed=Count("id", filter=Q(outcome=UsageRecord.Outcome.FAILED)))
+    row = {k: int(v or 0) for k, v in row.items()}
+    finished = row["succeeded"] + row["failed"]
+    row["failure_rate"] = f"{100 * row['failed'] / finished:.1f} %" if finished else "–"
+    return row

@@ -3,6 +3,7 @@ transaction that updates CreditAccount with F() and appends a LedgerEntry whose
 idempotency key makes a repeat a no-op. No lock is ever held while a model runs."""
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 
@@ -11,8 +12,10 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from accounts.models import APIKey, Tenant
-from billing.errors import InsufficientCredits, InvalidAmount, KeyBudgetExceeded
+from billing.errors import InsufficientCredits, InvalidAmount, KeyBudgetExceeded, PriceNotConfigured
 from billing.models import CreditAccount, Hold, LedgerEntry, Price
+
+logger = logging.getLogger(__name__)
 
 # Refuse grants beyond this many credits in one go (a typo guard, not a business rule).
 MAX_GRANT = 10**12
@@ -57,16 +60,37 @@ def credits_grant(*, tenant: Tenant, amount: int, actor: str = "operator", note:
 
 
 def price_quote(*, model, kind: str, size: str, quality: str, n: int) -> int:
-    """Credits for n images; the most specific matching price row wins."""
+    """Credits for n images of `model`: the matching Price row's credits_per_image times n.
+
+    A row matches when each of its kind, size and quality equals the request's or is ''
+    (any). Of the matching rows the most specific wins, the dimensions compared in order:
+    a row naming the kind beats any row for all kinds, then one naming the size, then one
+    naming the quality (so kind+size+quality > kind+size > kind > size+quality > size >
+    quality > the model's catch-all row).
+
+    A model the operator marked `is_free` costs 0 whatever its rows say. Otherwise it fails
+    closed: no matching row raises PriceNotConfigured (400; the caller has held nothing
+    and queued nothing yet). Integers only: credits_per_image is an integer column and n
+    must be an int, so no float ever reaches a price.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise TypeError(f"n must be a whole number of images, at least 1 (got {n!r})")
+    if model.is_free:
+        return 0
     rows = Price.objects.filter(model=model, kind__in=[kind, ""], size__in=[size, ""], quality__in=[quality, ""])
-    best = None
+    best: tuple[tuple[bool, bool, bool], int] | None = None
     for row in rows:
         rank = (row.kind != "", row.size != "", row.quality != "")
         if best is None or rank > best[0]:
             best = (rank, row.credits_per_image)
-    if best is None:
-        return 0  # an unpriced model is free; the admin shows prices per model
-    return best[1] * n
+    if best is not None:
+        return best[1] * n
+    logger.warning("No price for model %s (kind %s, size %s, quality %s): request refused",
+                   model.public_id, kind, size, quality)
+    raise PriceNotConfigured(
+        f"The model '{model.public_id}' has no price for {kind} requests of size {size} at quality {quality}, "
+        "so it cannot be used for this request. Try another model or size, or ask your platform operator "
+        "to configure its price.")
 
 
 def _month_start(now: datetime) -> datetime:

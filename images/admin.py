@@ -1,12 +1,30 @@
 from django.contrib import admin
+from django.db.models import Count
 
+from billing.models import Price
 from images.models import BlockedPrompt, GeneratedImage, ImageModel, Job, ModerationTerm
+
+
+class PriceInline(admin.TabularInline):
+    """Prices are entered with the model: a model with none is refused (400
+    model_not_priced) unless it is marked free."""
+
+    model = Price
+    extra = 1
 
 
 @admin.register(ImageModel)
 class ImageModelAdmin(admin.ModelAdmin):
-    list_display = ("public_id", "profile", "source", "queue", "dtype", "enabled")
-    list_filter = ("profile", "enabled", "queue")
+    list_display = ("public_id", "profile", "source", "queue", "dtype", "enabled", "is_free", "price_rows")
+    list_filter = ("profile", "enabled", "is_free", "queue")
+    inlines = [PriceInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(price_count=Count("prices"))
+
+    @admin.display(description="price rows", ordering="price_count")
+    def price_rows(self, obj: ImageModel) -> int:
+        return obj.price_count
 
 
 class GeneratedImageInline(admin.TabularInline):

@@ -1,30 +1,46 @@
-"""HTTP adapters for the Images API: parse, call one service, render."""
+"""HTTP adapters for the Images API, as DRF ViewSets on a router (platform/api_router.py).
+
+Every charged endpoint (OpenAI's generations, edits and variations; the vendor shapes
+in images/vendors.py; the dashboard playground) is a *mapper* (request -> a
+`GenerationRequest`) and a *renderer* (job -> response) around the same flow,
+`ChargedViewSet.charged`: Idempotency-Key handling, `generation_create` (every rule
+lives there), then waiting, streaming or answering 202. Views never decide anything
+about models, money or limits.
+"""
 from __future__ import annotations
 
-import base64
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from django.conf import settings
-from django.http import FileResponse, HttpRequest
 from django.core.files.storage import default_storage
+from django.http import FileResponse, HttpRequest
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers, viewsets
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import ServiceUnavailable, APIError, InvalidRequest, NotFound, PermissionDeniedError, UpstreamError
-from accounts.models import APIKey
+from accounts.principals import Caller
+from accounts.ratelimit import caller_from_request
+from billing.selectors import credits_available
 from core import idempotency
-from billing.models import CreditAccount
+from core.errors import APIError, InvalidRequest, NotFound, PermissionDeniedError, ServiceUnavailable, UpstreamError
+from core.schema import AUTH_ERRORS, CHARGED_ERRORS, errors
 from images import selectors
-from images.services import generation as services_generation, jobs as services_jobs, moderation as services_moderation
-from images.files import image_read, image_token_read, image_url
-from images.models import ImageModel, Job
-from images.profiles import PROFILES, output_tokens
+from images.files import image_token_read
+from images.models import Job
+from images.serializers import (ImagesResponseSerializer, ModelListSerializer, ModelSerializer, TaskSerializer,
+                                images_response_body, model_body, model_list_body, task_body)
+from images.services import jobs as job_services
+from images.services.generation import GenerationRequest, generation_create
+from images.services.inputs import InputImage
 from images.streaming import sse_response
-from images.validation import GPT_ONLY, GenerationRequestSerializer, generation_params_resolve
-
-DEFAULT_MODEL = "dall-e-2"
-DEFAULT_GPT_MODEL = "gpt-image-1"
+from images.validation import (EditJSONRequestSerializer, EditRequestSerializer, GenerationRequestSerializer,
+                               StrictCharField, StrictSerializer, VariationRequestSerializer)
 
 
 class JobWaitTimeout(APIError):
@@ -34,70 +50,41 @@ class JobWaitTimeout(APIError):
     should_retry = False  # a retry would submit (and charge) a second job
 
 
-def model_for_request(*, data: dict[str, Any], api_key: APIKey | None, default: str = DEFAULT_MODEL) -> ImageModel:
-    """The requested model, or the default ('dall-e-2' unless a GPT-image parameter is used)."""
-    public_id = data.get("model")
-    if not public_id:
-        gpt_used = any(data.get(name) not in (None, False) for name in GPT_ONLY)
-        public_id = DEFAULT_GPT_MODEL if gpt_used and default == DEFAULT_MODEL else default
-    model = selectors.image_model_get(public_id=public_id)
-    if model is None:
-        raise InvalidRequest(f"The model '{public_id}' does not exist or you do not have access to it.",
-                             param="model", code="model_not_found")
-    if api_key is not None and api_key.allowed_models and public_id not in api_key.allowed_models:
-        raise PermissionDeniedError(f"This API key may not use the model '{public_id}'.", param="model",
-                                    code="model_not_allowed")
-    return model
+# ---- Rendering -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Renderer:
+    """How an endpoint answers: `body(request, job)` renders a succeeded job (through an
+    output serializer); `stream_prefix` names its SSE events; `always_async` answers
+    every submission with 202 and the task (the playground)."""
+
+    body: Callable[[Request, Job], dict[str, Any]]
+    stream_prefix: str = "image_generation"
+    always_async: bool = False
 
 
-def usage_body(job: Job) -> dict[str, Any]:
-    """GPT-image `usage`: input = the prompt's tokens as the model's tokenizer counted
-    them; output = OpenAI's per-image token table for the size and quality, times n."""
-    text_tokens = job.prompt_tokens or 0
-    out = output_tokens(job.size, job.params["quality"]) * job.images.count()
-    return {"input_tokens": text_tokens, "output_tokens": out, "total_tokens": text_tokens + out,
-            "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0}}
+def base_url(request: Request) -> str:
+    return request.build_absolute_uri("/")
 
 
-def images_response_body(*, job: Job, base_url: str) -> dict[str, Any]:
-    """ImagesResponse (reference §6): DALL·E profiles get created+data only; GPT-image
-    ones also the resolved size/quality/background/output_format and usage."""
-    params = job.params
-    profile = PROFILES[params["profile"]]
-    data = []
-    for image in job.images.all():
-        item: dict[str, Any] = {}
-        if params["response_format"] == "url":
-            item["url"] = image_url(image, base_url=base_url)
-        else:
-            item["b64_json"] = base64.b64encode(image_read(image)).decode("ascii")
-        if profile.style:
-            item["revised_prompt"] = job.prompt
-        data.append(item)
-    body: dict[str, Any] = {"created": int(job.created_at.timestamp()), "data": data}
-    if profile.gpt:
-        body.update(background=params["background"], output_format=params["output_format"],
-                    size=params["size"], quality=params["quality"], usage=usage_body(job))
-    return body
+def openai_images_body(request: Request, job: Job) -> dict[str, Any]:
+    return images_response_body(job=job, base_url=base_url(request))
+
+
+OPENAI_GENERATION = Renderer(body=openai_images_body)
+OPENAI_EDIT = Renderer(body=openai_images_body, stream_prefix="image_edit")
 
 
 def credit_headers(job: Job) -> dict[str, str]:
-    charged = job.hold.captured if hasattr(job, "hold") else 0
-    account = CreditAccount.objects.filter(tenant_id=job.tenant_id).first()
-    remaining = account.available if account else 0
-    return {"x-credits-charged": str(charged), "x-credits-remaining": str(remaining)}
+    hold = getattr(job, "hold", None) if hasattr(job, "hold") else None
+    return {"x-credits-charged": str(hold.captured if hold else 0),
+            "x-credits-remaining": str(credits_available(tenant_id=job.tenant_id))}
 
 
-def job_result_response(*, job: Job, request: Request, render=None) -> Response:
-    """The response for a finished (or still running) job of a synchronous request."""
+def job_result_response(*, job: Job, request: Request, renderer: Renderer) -> Response:
+    """The answer for a job of a synchronous request: the rendered images, or the error."""
     if job.status == Job.Status.SUCCEEDED:
-        if render is not None:
-            response = render(request, job)
-            for key, value in credit_headers(job).items():
-                response[key] = value
-            return response
-        body = images_response_body(job=job, base_url=request.build_absolute_uri("/"))
-        return Response(body, headers=credit_headers(job))
+        return Response(renderer.body(request, job), headers=credit_headers(job))
     if job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
         if job.error_code == "service_unavailable":
             raise ServiceUnavailable(job.error_message, headers={"Retry-After": "5"})
@@ -107,30 +94,51 @@ def job_result_response(*, job: Job, request: Request, render=None) -> Response:
         f"{int(settings.JOB_WAIT_SECONDS)} s; it will be charged when it completes.")
 
 
-class ChargedView(APIView):
-    """A POST that creates a paid job; honours `Idempotency-Key` (billing/idempotency.py)."""
+def _replayable_headers(response: Response) -> dict[str, str]:
+    return {k: v for k, v in response.items() if k.lower().startswith(("x-credits", "x-should-retry", "retry-after"))}
 
-    endpoint = ""
 
-    def submit(self, request: Request, idempotency_record_id: int | None) -> Response:
-        raise NotImplementedError
+def _wants_stream(data: Any) -> bool:
+    value = data.get("stream") if hasattr(data, "get") else None
+    return value is True or (isinstance(value, str) and value.lower() == "true")
 
-    def post(self, request: Request) -> Response:
+
+# ---- The charged flow --------------------------------------------------------------------
+
+Mapper = Callable[[Request], GenerationRequest]
+
+
+class ChargedViewSet(viewsets.ViewSet):
+    """Base of every endpoint that creates a paid job. Subclasses pass a mapper and a
+    renderer to `charged`."""
+
+    def caller(self, request: Request) -> Caller:
+        caller = caller_from_request(request)
+        if caller is None:
+            raise PermissionDeniedError("Only members of an organization may generate images.",
+                                        code="permission_denied")
+        return caller
+
+    def charged(self, request: Request, mapper: Mapper, renderer: Renderer) -> Response:
+        """Idempotency-Key (Stripe's semantics, core/idempotency.py) around one submission."""
+        caller = self.caller(request)
         key = request.headers.get("Idempotency-Key")
         if key is None:
-            return self.submit(request, None)
+            return self._submit(request, caller, mapper, renderer, None)
         fingerprint = idempotency.request_fingerprint(method=request.method, path=request.path,
                                                       data=request.data, files=request.FILES)
-        record, is_new = idempotency.idempotency_begin(scope=f"tenant:{request.auth.tenant.pk}", key=key, fingerprint=fingerprint)
+        mode = "event-stream" if _wants_stream(request.data) and not renderer.always_async else "json"
+        record, is_new = idempotency.idempotency_begin(scope=caller.idempotency_scope, key=key,
+                                                       fingerprint=fingerprint, mode=mode)
         if not is_new:
-            return self.replay(request, record)
+            return self._replay(request, record, renderer)
         try:
-            response = self.submit(request, record.pk)
+            response = self._submit(request, caller, mapper, renderer, record.pk)
         except Exception as exc:  # rendered here so that the answer can be recorded
             response = self.handle_exception(exc)
         record.refresh_from_db(fields=["job_id"])
         if getattr(response, "streaming", False):
-            return response  # left in progress; a repeat replays the finished job as JSON
+            return response  # replays re-stream the finished job (see _replay)
         if record.job_id is None:
             # Nothing started (validation, 402, 429, 503...): keep no result, as Stripe does.
             idempotency.idempotency_abandon(record=record)
@@ -139,27 +147,34 @@ class ChargedView(APIView):
                                              headers=_replayable_headers(response))
         return response
 
-    stream_prefix = "image_generation"
-
-    def respond(self, request: Request, job: Job) -> Response:
-        """Wait and answer, stream events (`stream: true`), or answer 202 at once for
-        `Prefer: respond-async`."""
-        if job.params.get("stream"):
-            return sse_response(job=job, prefix=self.stream_prefix)
-        if "respond-async" in request.headers.get("Prefer", ""):
-            body = task_object(job=job, base_url=request.build_absolute_uri("/"))
+    def _submit(self, request: Request, caller: Caller, mapper: Mapper, renderer: Renderer,
+                record_id: int | None) -> Response:
+        generation = mapper(request)
+        generation.idempotency_record_id = record_id
+        job = generation_create(caller=caller, request=generation)
+        if caller.ratelimit_headers:
+            request._request.ratelimit_headers = caller.ratelimit_headers
+        if job.params.get("stream") and not renderer.always_async:
+            return sse_response(job=job, prefix=renderer.stream_prefix)
+        if renderer.always_async or "respond-async" in request.headers.get("Prefer", ""):
+            body = task_body(job=job, base_url=base_url(request))
             location = request.build_absolute_uri(f"/v1/images/tasks/{job.pk}")
             return Response(body, status=202, headers={"Location": location, "Preference-Applied": "respond-async"})
-        job = services_jobs.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS)
-        return job_result_response(job=job, request=request, render=getattr(self, "render", None))
+        job = job_services.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS)
+        return job_result_response(job=job, request=request, renderer=renderer)
 
-    def replay(self, request: Request, record) -> Response:
-        if record.status == record.Status.COMPLETED and record.response_body is not None:
+    def _replay(self, request: Request, record, renderer: Renderer):
+        """The first request's answer, charging nothing: a stored body, or the finished
+        job rendered again in the mode that was asked (JSON, or an event stream)."""
+        job = Job.objects.select_related("model", "hold").filter(pk=record.job_id).first() if record.job_id else None
+        finished = job is not None and job.status in Job.TERMINAL
+        if record.mode == "event-stream" and finished:
+            response = sse_response(job=job, prefix=renderer.stream_prefix)
+        elif record.status == record.Status.COMPLETED and record.response_body is not None:
             response = Response(record.response_body, status=record.response_status, headers=record.response_headers)
-        elif record.job_id is not None and Job.objects.filter(pk=record.job_id, status__in=Job.TERMINAL).exists():
-            job = Job.objects.select_related("model").get(pk=record.job_id)
+        elif finished:
             try:
-                response = job_result_response(job=job, request=request, render=getattr(self, "render", None))
+                response = job_result_response(job=job, request=request, renderer=renderer)
             except APIError as exc:
                 response = self.handle_exception(exc)
             if record.status != record.Status.COMPLETED:
@@ -174,71 +189,228 @@ class ChargedView(APIView):
         return response
 
 
-def _replayable_headers(response: Response) -> dict[str, str]:
-    return {k: v for k, v in response.items() if k.lower().startswith(("x-credits", "x-should-retry", "retry-after"))}
+# ---- Request mappers (parse only) ----------------------------------------------------------
+
+def _is_form(request: Request) -> bool:
+    return hasattr(request.data, "lists")
 
 
-class ImageGenerationView(ChargedView):
-    """POST /v1/images/generations"""
-
-    endpoint = "/v1/images/generations"
-
-    def prepare(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Vendor adapters fill their own defaults here."""
-        return data
-
-    def render(self, request: Request, job: Job) -> Response:
-        return Response(images_response_body(job=job, base_url=request.build_absolute_uri("/")),
-                        headers=credit_headers(job))
-
-    def submit(self, request: Request, idempotency_record_id: int | None) -> Response:
-        raw = request.data
-        serializer = GenerationRequestSerializer(data=self.prepare(raw) if isinstance(raw, dict) else raw)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
-        model = model_for_request(data=data, api_key=request.auth)
-        params = generation_params_resolve(data=data, model=model)
-        services_moderation.prompt_moderate(tenant=request.auth.tenant, api_key=request.auth, model=model, prompt=params.prompt,
-                                 requested=params.moderation, endpoint=self.endpoint,
-                                 request_id=getattr(request._request, "request_id", ""))
-        job = services_generation.generation_submit(tenant=request.auth.tenant, api_key=request.auth, model=model,
-                                         params=params, endpoint=self.endpoint,
-                                         idempotency_record_id=idempotency_record_id)
-        return self.respond(request, job)
+def form_fields(request: Request, *, files: tuple[str, ...] = ("image", "mask")) -> dict[str, Any]:
+    """Multipart/form fields as a plain dict (first value of each), file parts left out.
+    A file part under any other name is an unknown parameter."""
+    data = request.data
+    for name in request.FILES:
+        base = name.split("[", 1)[0]
+        if base not in files:
+            raise InvalidRequest(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+    if not _is_form(request):
+        return dict(data) if isinstance(data, dict) else data
+    return {k: v[0] for k, v in data.lists() if k not in request.FILES and k.split("[", 1)[0] not in files}
 
 
-
-def model_object(model: ImageModel) -> dict[str, Any]:
-    return {"id": model.public_id, "object": "model", "created": int(model.created_at.timestamp()),
-            "owned_by": model.owned_by}
-
-
-class ModelListView(APIView):
-    """GET /v1/models"""
-
-    def get(self, request: Request) -> Response:
-        return Response({"object": "list", "data": [model_object(m) for m in selectors.image_model_list()]})
+def uploads(request: Request, name: str) -> list:
+    files = request.FILES.getlist(name) + request.FILES.getlist(f"{name}[]")
+    for key in request.FILES:  # some clients send image[0], image[1] ...
+        if key.startswith(f"{name}[") and key != f"{name}[]":
+            files += request.FILES.getlist(key)
+    return files
 
 
-class ModelDetailView(APIView):
-    """GET /v1/models/{id}"""
+def validated(serializer_class, data: Any, *, form: bool = False) -> dict[str, Any]:
+    serializer = serializer_class(data=data, context={"form": form})
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
 
-    def get(self, request: Request, model_id: str) -> Response:
+
+def generation_mapper(request: Request) -> GenerationRequest:
+    """POST /v1/images/generations: JSON (or a form) with CreateImageRequest's fields."""
+    form = _is_form(request)
+    fields = validated(GenerationRequestSerializer, form_fields(request, files=()) if form else request.data,
+                       form=form)
+    return GenerationRequest(endpoint="/v1/images/generations", fields=fields)
+
+
+def _reference(item: dict[str, Any], param: str) -> InputImage:
+    if "file_id" in item:
+        raise InvalidRequest("File ids are not supported here; send the image as an 'image_url' (a data URL or an "
+                             "https URL).", param=param, code="unsupported_parameter")
+    return InputImage(param=param, reference=item["image_url"])
+
+
+def edit_mapper(request: Request) -> GenerationRequest:
+    """POST /v1/images/edits: multipart (`image`/`image[]` files, `mask`) or, for GPT
+    image models, JSON with `images: [{image_url}]` and `mask: {image_url}` (reference §3)."""
+    if not _is_form(request) and isinstance(request.data, dict):
+        fields = validated(EditJSONRequestSerializer, request.data)
+        images = [_reference(item, "images") for item in fields.pop("images")]
+        mask = fields.pop("mask", None)
+        return GenerationRequest(endpoint="/v1/images/edits", kind=Job.Kind.EDIT, fields=fields, images=images,
+                                 mask=_reference(mask, "mask") if mask else None, json_references=True)
+    fields = validated(EditRequestSerializer, form_fields(request), form=True)
+    mask_file = request.FILES.get("mask")
+    return GenerationRequest(endpoint="/v1/images/edits", kind=Job.Kind.EDIT, fields=fields,
+                             images=[InputImage(param="image", upload=f) for f in uploads(request, "image")],
+                             mask=InputImage(param="mask", upload=mask_file) if mask_file else None)
+
+
+def variation_mapper(request: Request) -> GenerationRequest:
+    """POST /v1/images/variations: multipart with one `image`."""
+    fields = validated(VariationRequestSerializer, form_fields(request), form=_is_form(request))
+    mask_file = request.FILES.get("mask")
+    return GenerationRequest(endpoint="/v1/images/variations", kind=Job.Kind.VARIATION, fields=fields,
+                             images=[InputImage(param="image", upload=f) for f in uploads(request, "image")],
+                             mask=InputImage(param="mask", upload=mask_file) if mask_file else None)
+
+
+# ---- Schema helpers ------------------------------------------------------------------------
+
+IDEMPOTENCY = OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+                               description="Replays the first answer for 24 hours instead of charging twice")
+PREFER = OpenApiParameter("Prefer", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
+                          description="`respond-async`: answer 202 with the task at once")
+ASYNC_202 = {202: OpenApiResponse(TaskSerializer, description="Accepted (Prefer: respond-async); poll the task")}
+STREAM = OpenApiResponse(ImagesResponseSerializer,
+                         description="The images; with `stream: true` a text/event-stream instead (reference §7)")
+
+
+def charged_schema(summary: str, *, request, response=STREAM, tags=("images",), error_serializer=None, **kwargs):
+    error_responses = errors(*CHARGED_ERRORS) if error_serializer is None else errors(
+        *CHARGED_ERRORS, serializer=error_serializer)
+    return extend_schema(summary=summary, tags=list(tags), request=request, parameters=[IDEMPOTENCY, PREFER],
+                         responses={200: response, **ASYNC_202, **error_responses}, **kwargs)
+
+
+class EditFormSchema(serializers.Serializer):
+    """The multipart edit body as the schema shows it (files are read by the mapper)."""
+
+    image = serializers.ListField(child=serializers.FileField(), help_text="`image` or `image[]`: up to 16 files")
+    mask = serializers.FileField(required=False)
+    prompt = serializers.CharField()
+    model = serializers.CharField(required=False)
+    n = serializers.IntegerField(required=False, min_value=1, max_value=10)
+    size = serializers.CharField(required=False)
+    quality = serializers.CharField(required=False)
+    response_format = serializers.ChoiceField(choices=["url", "b64_json"], required=False)
+    background = serializers.ChoiceField(choices=["transparent", "opaque", "auto"], required=False)
+    output_format = serializers.ChoiceField(choices=["png", "jpeg", "webp"], required=False)
+    output_compression = serializers.IntegerField(required=False, min_value=0, max_value=100)
+    input_fidelity = serializers.ChoiceField(choices=["low", "high"], required=False)
+    stream = serializers.BooleanField(required=False)
+    partial_images = serializers.IntegerField(required=False, min_value=0, max_value=3)
+    user = serializers.CharField(required=False)
+    seed = serializers.IntegerField(required=False, min_value=0)
+    negative_prompt = serializers.CharField(required=False)
+
+
+class VariationFormSchema(serializers.Serializer):
+    image = serializers.FileField(help_text="A square PNG under 4 MB")
+    model = serializers.CharField(required=False)
+    n = serializers.IntegerField(required=False, min_value=1, max_value=10)
+    size = serializers.CharField(required=False)
+    response_format = serializers.ChoiceField(choices=["url", "b64_json"], required=False)
+    user = serializers.CharField(required=False)
+    seed = serializers.IntegerField(required=False, min_value=0)
+
+
+EXAMPLE = OpenApiExample("dall-e-2", value={"model": "dall-e-2", "prompt": "a lighthouse", "size": "256x256"},
+                         request_only=True)
+
+
+# ---- ViewSets --------------------------------------------------------------------------------
+
+class ImagesViewSet(ChargedViewSet):
+    """/v1/images/generations, /v1/images/edits, /v1/images/variations (reference §2-§4)."""
+
+    @charged_schema("Create an image", request=GenerationRequestSerializer, examples=[EXAMPLE])
+    @action(detail=False, methods=["post"])
+    def generations(self, request: Request) -> Response:
+        return self.charged(request, generation_mapper, OPENAI_GENERATION)
+
+    @charged_schema("Edit images", request={"multipart/form-data": EditFormSchema,
+                                            "application/json": EditJSONRequestSerializer})
+    @action(detail=False, methods=["post"])
+    def edits(self, request: Request) -> Response:
+        return self.charged(request, edit_mapper, OPENAI_EDIT)
+
+    @charged_schema("Create a variation", request={"multipart/form-data": VariationFormSchema},
+                    response=ImagesResponseSerializer)
+    @action(detail=False, methods=["post"])
+    def variations(self, request: Request) -> Response:
+        return self.charged(request, variation_mapper, OPENAI_GENERATION)
+
+
+def tenant_job(request: Request, task_id: str) -> Job:
+    """The caller's tenant's job, or 404 (another tenant's job looks exactly like a missing one)."""
+    caller = caller_from_request(request)
+    job = selectors.job_get(tenant=caller.tenant, job_id=task_id) if caller else None
+    if job is None:
+        raise NotFound("No such task.", param="id", code="not_found")
+    return job
+
+
+class TaskViewSet(viewsets.ViewSet):
+    """GET /v1/images/tasks/{id} reads a job; DELETE cancels it. Another tenant's job is
+    a 404, exactly like one that does not exist."""
+
+    lookup_field = "task_id"
+    lookup_value_regex = "[^/]+"
+
+    def _job(self, request: Request, task_id: str) -> Job:
+        return tenant_job(request, task_id)
+
+    @extend_schema(summary="Read a task", tags=["tasks"], responses={200: TaskSerializer, **errors(404, *AUTH_ERRORS)})
+    def retrieve(self, request: Request, task_id: str) -> Response:
+        return Response(task_body(job=self._job(request, task_id), base_url=base_url(request)))
+
+    @extend_schema(summary="Cancel a task", tags=["tasks"],
+                   description="A task cancelled before its pipeline started costs nothing; one cancelled while "
+                               "running pays for the steps it ran (`credits_charged`; docs/api.md).",
+                   responses={200: TaskSerializer, **errors(400, 404, *AUTH_ERRORS)})
+    def destroy(self, request: Request, task_id: str) -> Response:
+        job = self._job(request, task_id)
+        if job.status in Job.TERMINAL:
+            raise InvalidRequest(f"The task is already {job.status} and cannot be cancelled.", param="id",
+                                 code="task_not_cancellable")
+        job_services.job_cancel(job=job)
+        job = Job.objects.select_related("model", "hold").get(pk=job.pk)
+        return Response(task_body(job=job, base_url=base_url(request)))
+
+
+class ImageModelViewSet(viewsets.ViewSet):
+    """GET /v1/models and /v1/models/{id}. Ids contain dots (`gpt-image-1.5`)."""
+
+    lookup_field = "model_id"
+    lookup_value_regex = "[^/]+"
+
+    @extend_schema(summary="List models", tags=["models"], responses={200: ModelListSerializer, **errors(*AUTH_ERRORS)})
+    def list(self, request: Request) -> Response:
+        return Response(model_list_body(selectors.image_model_list()))
+
+    @extend_schema(summary="Read a model", tags=["models"], operation_id="v1_models_get",
+                   responses={200: ModelSerializer, **errors(404, *AUTH_ERRORS)})
+    def retrieve(self, request: Request, model_id: str) -> Response:
         model = selectors.image_model_get(public_id=model_id)
         if model is None:
             raise NotFound(f"The model '{model_id}' does not exist or you do not have access to it.",
                            param="model", code="model_not_found")
-        return Response(model_object(model))
+        return Response(model_body(model))
 
 
-class ImageFileView(APIView):
+class ImageFileViewSet(viewsets.ViewSet):
     """GET /v1/files/{token}: a signed link, readable without the API key (like the
     vendors' CDN links). Tampered, expired or foreign tokens are a plain 404."""
 
     authentication_classes: list = []
     permission_classes: list = []
+    throttle_classes: list = []
+    lookup_field = "token"
+    lookup_value_regex = "[^/]+"
 
-    def get(self, request: Request, token: str) -> FileResponse:
+    @extend_schema(summary="Download an image by its signed link", tags=["images"], auth=[],
+                   responses={(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY,
+                                                                  description="PNG, JPEG or WebP bytes"),
+                              **errors(404, 405)})
+    def retrieve(self, request: Request, token: str) -> FileResponse:
         found = image_token_read(token)
         image = selectors.image_get(tenant_id=found[1], image_id=found[0]) if found else None
         if image is None or not default_storage.exists(image.file):
@@ -248,9 +420,52 @@ class ImageFileView(APIView):
         return response
 
 
+# ---- The dashboard playground (session + CSRF; same flow, same rules) -------------------------
+
+class PlaygroundRequestSerializer(StrictSerializer):
+    """The playground form: a prompt, a model and a size (one image)."""
+
+    prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
+    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
+    size = StrictCharField(required=False, allow_null=True)
+
+
+PLAYGROUND_ENDPOINT = "/dashboard/playground"
+
+
+def playground_mapper(request: Request) -> GenerationRequest:
+    fields = validated(PlaygroundRequestSerializer, request.data)
+    return GenerationRequest(endpoint=PLAYGROUND_ENDPOINT, fields={**fields, "n": 1})
+
+
+PLAYGROUND = Renderer(body=openai_images_body, always_async=True)
+
+
+class PlaygroundViewSet(ChargedViewSet):
+    """POST /dashboard/api/generations (JSON, session + CSRF header): a charged job for
+    the signed-in member's tenant, under the same rules as an API key (their own
+    rate-limit bucket, `DEFAULT_MEMBER_RPM`, plus the tenant's); answers 202 + task.
+    GET /dashboard/api/tasks/{id} reads it back."""
+
+    authentication_classes = [SessionAuthentication]
+    lookup_field = "task_id"
+    lookup_value_regex = "[^/]+"
+
+    @extend_schema(exclude=True)
+    def create(self, request: Request) -> Response:
+        return self.charged(request, playground_mapper, PLAYGROUND)
+
+    @extend_schema(exclude=True)
+    def retrieve(self, request: Request, task_id: str) -> Response:
+        return Response(task_body(job=tenant_job(request, task_id), base_url=base_url(request)))
+
+
 class UnknownRouteView(APIView):
+    """Anything else under /v1 and /api: a 404 in the envelope."""
+
     authentication_classes: list = []
     permission_classes: list = []
+    throttle_classes: list = []
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any):
         self.args, self.kwargs = args, kwargs
@@ -262,188 +477,4 @@ class UnknownRouteView(APIView):
         return self.response
 
 
-def task_object(*, job: Job, base_url: str) -> dict[str, Any]:
-    """A job as a task: status, progress, timestamps, and the result or the error."""
-    total = max(1, job.steps)
-    done = min(job.steps_done, total) if job.status != Job.Status.SUCCEEDED else total
-
-    def ts(value):
-        return int(value.timestamp()) if value else None
-
-    body: dict[str, Any] = {
-        "id": str(job.pk), "object": "image.task", "status": job.status, "model": job.model.public_id,
-        "kind": job.kind, "created_at": ts(job.created_at), "started_at": ts(job.started_at),
-        "finished_at": ts(job.finished_at),
-        "progress": {"steps_done": done, "steps_total": total, "fraction": round(done / total, 3)},
-        "result": None, "error": None,
-    }
-    if job.status == Job.Status.SUCCEEDED:
-        body["result"] = images_response_body(job=job, base_url=base_url)
-    elif job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
-        body["error"] = {"message": job.error_message, "type": "server_error" if job.status == Job.Status.FAILED
-                         else "invalid_request_error", "param": None, "code": job.error_code or None}
-    return body
-
-
-class TaskDetailView(APIView):
-    """GET /v1/images/tasks/{id} reads a job; DELETE cancels it (releasing its hold).
-    Another tenant's job is a 404, exactly like one that does not exist."""
-
-    def _job(self, request: Request, task_id: str) -> Job:
-        job = selectors.job_get(tenant=request.auth.tenant, job_id=task_id)
-        if job is None:
-            raise NotFound("No such task.", param="id", code="not_found")
-        return job
-
-    def get(self, request: Request, task_id: str) -> Response:
-        job = self._job(request, task_id)
-        return Response(task_object(job=job, base_url=request.build_absolute_uri("/")))
-
-    def delete(self, request: Request, task_id: str) -> Response:
-        job = self._job(request, task_id)
-        if job.status in Job.TERMINAL:
-            raise InvalidRequest(f"The task is already {job.status} and cannot be cancelled.", param="id",
-                                 code="task_not_cancellable")
-        services_jobs.job_cancel(job=job)
-        job.refresh_from_db()
-        return Response(task_object(job=job, base_url=request.build_absolute_uri("/")))
-
-
-MB = 1024 * 1024
-
-
-def _form(request: Request) -> dict[str, Any]:
-    """Multipart fields as a plain dict (first value of each), files left out."""
-    data = request.data
-    if hasattr(data, "lists"):
-        return {k: v[0] for k, v in data.lists() if k not in request.FILES and not k.startswith("image")}
-    return dict(data)
-
-
-def _uploads(request: Request, name: str) -> list:
-    files = request.FILES.getlist(name) + request.FILES.getlist(f"{name}[]")
-    for key in request.FILES:  # some clients send image[0], image[1] ...
-        if key.startswith(f"{name}[") and key != f"{name}[]":
-            files += request.FILES.getlist(key)
-    return files
-
-
-def _store_input(image, *, kind: str, token: str) -> str:
-    import io
-
-    from django.core.files.base import ContentFile
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return default_storage.save(f"inputs/{token[:2]}/{token}-{kind}.png", ContentFile(buffer.getvalue()))
-
-
-class ImageInputsView(ChargedView):
-    """Shared by edits and variations: read the files, prepare init and mask, submit."""
-
-    kind = Job.Kind.EDIT
-
-    def submit_with_images(self, request: Request, *, data: dict[str, Any], model: ImageModel, images: list,
-                           mask, strength: float, idempotency_record_id: int | None) -> Response:
-        import uuid
-
-        from images import uploads
-
-        if data.get("size") in (None, "", "auto") and model.profile == ImageModel.Profile.GPT_IMAGE:
-            data = {**data, "size": uploads.nearest_gpt_size(images[0])}
-        params = generation_params_resolve(data=data, model=model, prompt_required=self.kind == Job.Kind.EDIT)
-        if params.prompt.strip():
-            services_moderation.prompt_moderate(tenant=request.auth.tenant, api_key=request.auth, model=model,
-                                     prompt=params.prompt, requested=None, endpoint=self.endpoint,
-                                     request_id=getattr(request._request, "request_id", ""))
-        token = uuid.uuid4().hex
-        stored = [_store_input(uploads.init_image(images, width=params.width, height=params.height), kind="init",
-                               token=token)]
-        if mask is not None:
-            stored.append(_store_input(uploads.edit_mask(mask, first=images[0], width=params.width,
-                                                         height=params.height), kind="mask", token=token))
-        params.extra = {"init_file": stored[0], "mask_file": stored[1] if mask is not None else None,
-                        "strength": strength, "inputs": len(images)}
-        try:
-            job = services_generation.generation_submit(tenant=request.auth.tenant, api_key=request.auth, model=model,
-                                             params=params, endpoint=self.endpoint, kind=self.kind,
-                                             idempotency_record_id=idempotency_record_id)
-        except Exception:
-            from images.files import image_delete_files
-
-            image_delete_files(stored)
-            raise
-        return self.respond(request, job)
-
-
-class ImageEditView(ImageInputsView):
-    """POST /v1/images/edits (multipart: image or image[] up to 16, optional mask)."""
-
-    endpoint = "/v1/images/edits"
-    stream_prefix = "image_edit"
-
-    def submit(self, request: Request, idempotency_record_id: int | None) -> Response:
-        from images import uploads
-        from images.validation import EditRequestSerializer, edit_strength
-
-        serializer = EditRequestSerializer(data=_form(request))
-        serializer.is_valid(raise_exception=True)
-        data = dict(serializer.validated_data)
-        model = model_for_request(data=data, api_key=request.auth)
-        if model.profile == ImageModel.Profile.DALLE3:
-            raise InvalidRequest(f"The model '{model.public_id}' does not support image edits.", param="model",
-                                 code="unsupported_model")
-        files = _uploads(request, "image")
-        if not files:
-            raise InvalidRequest("Missing required parameter: 'image'.", param="image",
-                                 code="missing_required_parameter")
-        if model.profile == ImageModel.Profile.DALLE2:
-            if len(files) > 1:
-                raise InvalidRequest(f"'{model.public_id}' edits take exactly one image.", param="image",
-                                     code="invalid_value")
-            limit, formats = 4 * MB, ("png",)
-        else:
-            if len(files) > 16:
-                raise InvalidRequest(f"At most 16 images may be edited together; {len(files)} were sent.",
-                                     param="image", code="too_many_images")
-            limit, formats = 50 * MB, ("png", "jpeg", "webp")
-        images = [uploads.read_upload(f, param="image", max_bytes=limit, formats=formats) for f in files]
-        if model.profile == ImageModel.Profile.DALLE2 and images[0].width != images[0].height:
-            raise InvalidRequest("Invalid file 'image': dall-e-2 edits need a square image.", param="image",
-                                 code="invalid_image")
-        mask_file = request.FILES.get("mask")
-        mask = uploads.read_upload(mask_file, param="mask", max_bytes=4 * MB, formats=("png",)) if mask_file else None
-        return self.submit_with_images(request, data=data, model=model, images=images, mask=mask,
-                                       strength=edit_strength(data=data, model=model),
-                                       idempotency_record_id=idempotency_record_id)
-
-
-class ImageVariationView(ImageInputsView):
-    """POST /v1/images/variations: dall-e-2 profile only; a square PNG under 4 MB."""
-
-    endpoint = "/v1/images/variations"
-    kind = Job.Kind.VARIATION
-
-    def submit(self, request: Request, idempotency_record_id: int | None) -> Response:
-        from images import uploads
-        from images.validation import VARIATION_STRENGTH, VariationRequestSerializer
-
-        serializer = VariationRequestSerializer(data=_form(request))
-        serializer.is_valid(raise_exception=True)
-        data = dict(serializer.validated_data)
-        model = model_for_request(data=data, api_key=request.auth)
-        if model.profile != ImageModel.Profile.DALLE2:
-            raise InvalidRequest(f"Variations are only supported for dall-e-2 models, not '{model.public_id}'.",
-                                 param="model", code="unsupported_model")
-        files = _uploads(request, "image")
-        if len(files) != 1:
-            raise InvalidRequest("Missing required parameter: 'image'." if not files else
-                                 "Variations take exactly one image.", param="image",
-                                 code="missing_required_parameter" if not files else "invalid_value")
-        image = uploads.read_upload(files[0], param="image", max_bytes=4 * MB, formats=("png",))
-        if image.width != image.height:
-            raise InvalidRequest("Invalid file 'image': variations need a square image.", param="image",
-                                 code="invalid_image")
-        data["prompt"] = ""  # no prompt: the variation comes from the image alone
-        return self.submit_with_images(request, data=data, model=model, images=[image], mask=None,
-                                       strength=VARIATION_STRENGTH, idempotency_record_id=idempotency_record_id)
+extend_schema(exclude=True)(UnknownRouteView)

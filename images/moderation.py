@@ -1,9 +1,10 @@
 """Prompt moderation by term lists, checked before any credit is held.
 
 Pure Python: no Django, no network, no model. The text and every term are normalized
-the same way (case-folded, accents stripped, split into words on anything that is not
-a letter or digit), and terms match as whole word sequences, so "therapist" never
-matches "rapist" and "Scunthorpe" never matches anything.
+the same way (compatibility forms folded, case-folded, accents and invisible characters
+dropped, split into words on anything that is not a letter or digit: see normalize),
+and terms match as whole word sequences, so "therapist" never matches "rapist" and
+"Scunthorpe" never matches anything.
 
 Each term has a category (CATEGORIES) and a tier: "explicit" or "mild" (non-explicit
 nudity for sexual, gore for violence, depictions rather than instructions for
@@ -193,8 +194,23 @@ _AGE_PREFIXES = frozenset({"age", "aged"})
 _YEAR_WORDS = frozenset({"year", "years", "yr", "yrs"})
 _MINOR = "_minor"  # internal pseudo-category of MINOR_TERMS matches
 _WORD_RE = re.compile(r"[^\W_]+")
-# Combining marks (accents), all of which lie in this range; dropped after NFKD.
-_COMBINING = frozenset(chr(cp) for cp in range(0x300, 0x1F000) if unicodedata.combining(chr(cp)))
+# Characters dropped after compatibility decomposition, so that nothing invisible can
+# split a word ("po<U+200B>rn") and marks only decorate letters ("p\u0301orn", "p\u20ddorn"):
+# every mark (Mn, Mc, Me: accents, enclosing circles, variation selectors), every format
+# character (Cf: zero-width spaces and joiners, soft hyphen, bidi controls, word joiner,
+# BOM, tags) and the rest of Unicode's Default_Ignorable_Code_Point (Hangul fillers, ...).
+# Marks and format characters lie below U+20000 or in plane 14, which is all ignorable.
+_DEFAULT_IGNORABLE = ((0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x3164, 0x3164), (0xFFA0, 0xFFA0),
+                      (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+_CATEGORY = {cp: unicodedata.category(chr(cp)) for cp in range(0x20000)}
+_FORMAT = [cp for cp, cat in _CATEGORY.items() if cat == "Cf"] + [
+    cp for low, high in _DEFAULT_IGNORABLE for cp in range(low, high + 1)]
+_INVISIBLE = dict.fromkeys(_FORMAT + [cp for cp, cat in _CATEGORY.items() if cat in ("Mn", "Mc", "Me")])
+del _CATEGORY
+# The same invisible characters read as word breaks instead (how they were read before
+# they were dropped): a text is checked both ways, so dropping them never unblocks
+# "nude<U+200B>child".
+_FORMAT_AS_SPACE = dict.fromkeys(_FORMAT, " ")
 _CLASSIFIER_ALIASES = {  # OpenAI-style moderation ids a classifier may return
     "sexual/minors": "sexual_minors", "sexual-minors": "sexual_minors", "self-harm": "self_harm",
     "self-harm/intent": "self_harm", "self-harm/instructions": "self_harm",
@@ -203,11 +219,25 @@ _CLASSIFIER_ALIASES = {  # OpenAI-style moderation ids a classifier may return
 
 
 def normalize(text: str) -> list[str]:
-    """Lowercase, strip accents, split into words on anything not a letter or digit."""
-    text = text.casefold()
-    if not text.isascii():
-        text = "".join([c for c in unicodedata.normalize("NFKD", text) if c not in _COMBINING])
-    return _WORD_RE.findall(text)
+    """Fold compatibility forms (NFKD: fullwidth, mathematical and circled letters,
+    ligatures, superscripts), case-fold, drop marks and invisible characters (_INVISIBLE),
+    split into words on anything not a letter or digit."""
+    if text.isascii():
+        return _WORD_RE.findall(text.lower())
+    # Case-fold between two decompositions: "ℙ" only becomes "P" in the first, and a
+    # case folding may produce a composed letter that the second splits.
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    return _WORD_RE.findall(text.translate(_INVISIBLE))
+
+
+def _token_lists(text: str) -> list[list[str]]:
+    """normalize(text), and when the text holds format characters, its words with those
+    characters read as breaks."""
+    tokens = normalize(text)
+    if text.isascii():
+        return [tokens]
+    spaced = text.translate(_FORMAT_AS_SPACE)
+    return [tokens] if spaced == text else [tokens, normalize(spaced)]
 
 
 def effective_level(tenant_level: str, requested: str | None) -> str:
@@ -381,14 +411,18 @@ def moderation_check(text: str, *, level: str, terms: dict[str, dict[str, list[s
     if level not in LEVELS:
         raise ValueError(f"unknown moderation level {level!r}; expected one of {LEVELS}")
     compiled = _compiled_cached(_terms_key(DEFAULT_TERMS if terms is None else terms))
-    tokens = normalize(text)
-    found = _scan(tokens, compiled)
+    token_lists = _token_lists(text)
+    found = _scan(token_lists[0], compiled)
+    for tokens in token_lists[1:]:
+        for entry, position in _scan(tokens, compiled).items():
+            found.setdefault(entry, position)
+    n_tokens = max(len(tokens) for tokens in token_lists)
     if classifier is not None:
         for category in classifier(text) or ():
             category = str(category).strip().lower()
             category = _CLASSIFIER_ALIASES.get(category, category)
             if category in CATEGORIES:
-                found.setdefault((category, "explicit", f"classifier:{category}"), len(tokens))
+                found.setdefault((category, "explicit", f"classifier:{category}"), n_tokens)
 
     categories: set[str] = set()
     matched: list[tuple[int, str]] = []

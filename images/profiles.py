@@ -1,7 +1,27 @@
-"""The API profiles of reference §5: what each family of model ids accepts."""
+"""The API profiles of reference §5: what each family of model ids accepts and can do.
+
+Capabilities are data here (which request kinds a profile serves, how many input
+images of which formats and sizes), read by the one generation service; no view or
+service branches on a profile's name.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What an edit or variation of a profile accepts (reference §3, §4)."""
+
+    max_images: int  # image files per request
+    formats: tuple[str, ...]  # sniffed formats accepted
+    max_bytes: int  # per file
+    square: bool  # inputs must be square
+    mask: bool  # a mask may be sent (edits)
+    json_body: bool  # edits may come as JSON `images: [{image_url}]` (GPT image models only)
+    transparency_mask: bool  # no mask: the image's transparent area is the mask (dall-e-2)
 
 
 @dataclass(frozen=True)
@@ -15,14 +35,33 @@ class Profile:
     auto_quality: str  # what "auto" resolves to
     gpt: bool  # GPT-image parameters (background, output_format, usage...) apply
     style: bool  # dall-e-3's vivid/natural
+    kinds: tuple[str, ...] = ("generate",)  # request kinds served: generate, edit, variation
+    edit_inputs: Inputs | None = None
+    variation_inputs: Inputs | None = None
+    input_fidelity: bool = False  # edits take `input_fidelity` (not gpt-image-1-mini: see models_without_fidelity)
+
+    def inputs_for(self, kind: str) -> Inputs | None:
+        return {"edit": self.edit_inputs, "variation": self.variation_inputs}.get(kind)
+
+
+_DALLE2_INPUTS = Inputs(max_images=1, formats=("png",), max_bytes=4 * MB, square=True, mask=True, json_body=False,
+                        transparency_mask=True)
+_GPT_INPUTS = Inputs(max_images=16, formats=("png", "jpeg", "webp"), max_bytes=50 * MB, square=False, mask=True,
+                     json_body=True, transparency_mask=False)
+_VARIATION_INPUTS = Inputs(max_images=1, formats=("png",), max_bytes=4 * MB, square=True, mask=False,
+                           json_body=False, transparency_mask=False)
+# Model ids of the GPT image profile that do not take `input_fidelity` (reference §3).
+MODELS_WITHOUT_FIDELITY = ("gpt-image-1-mini",)
 
 
 DALLE2 = Profile("dall-e-2", 1000, 10, ("256x256", "512x512", "1024x1024"), "1024x1024",
-                 ("standard",), "standard", gpt=False, style=False)
+                 ("standard",), "standard", gpt=False, style=False, kinds=("generate", "edit", "variation"),
+                 edit_inputs=_DALLE2_INPUTS, variation_inputs=_VARIATION_INPUTS)
 DALLE3 = Profile("dall-e-3", 4000, 1, ("1024x1024", "1792x1024", "1024x1792"), "1024x1024",
                  ("standard", "hd"), "standard", gpt=False, style=True)
 GPT_IMAGE = Profile("gpt-image", 32000, 10, ("1024x1024", "1536x1024", "1024x1536"), "1024x1024",
-                    ("low", "medium", "high"), "high", gpt=True, style=False)
+                    ("low", "medium", "high"), "high", gpt=True, style=False, kinds=("generate", "edit"),
+                    edit_inputs=_GPT_INPUTS, input_fidelity=True)
 
 PROFILES = {p.name: p for p in (DALLE2, DALLE3, GPT_IMAGE)}
 
@@ -49,3 +88,23 @@ def output_tokens(size: str, quality: str) -> int:
     # Outside the table: scale the 1024x1024 figure by area.
     return round(OUTPUT_TOKENS[("1024x1024", quality if quality in ("low", "medium", "high") else "high")]
                  * width * height / (1024 * 1024))
+
+
+# Input-image tokens of GPT image models (reported in `usage.input_tokens_details.image_tokens`
+# for edits). Our documented rule, after OpenAI's published vision cost rule for GPT image
+# models: the image is scaled to fit inside 2048x2048, then so that its shorter side is at
+# most 512 px (never enlarged); it costs 65 base tokens plus 129 per 512x512 tile.
+IMAGE_TOKENS_BASE = 65
+IMAGE_TOKENS_PER_TILE = 129
+
+
+def input_image_tokens(width: int, height: int) -> int:
+    """Tokens of one input image of `width` x `height` pixels (see the rule above)."""
+    import math
+
+    scale = min(1.0, 2048 / max(width, height))
+    w, h = width * scale, height * scale
+    scale = min(1.0, 512 / min(w, h))
+    w, h = w * scale, h * scale
+    tiles = math.ceil(w / 512) * math.ceil(h / 512)
+    return IMAGE_TOKENS_BASE + IMAGE_TOKENS_PER_TILE * tiles

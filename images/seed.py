@@ -23,7 +23,8 @@ SEEDED_MODELS = {
 }
 
 # Credits per image (1 credit ~ US$0.001, docs/configuration.md), close to the
-# list prices of the services these ids imitate. (size, quality) -> credits.
+# list prices of the services these ids imitate. (size, quality) -> credits. Every size
+# and quality of the profile (images/profiles.py) has a row: price_quote fails closed.
 PRICES = {
     "dall-e-2": {("256x256", ""): 16, ("512x512", ""): 18, ("1024x1024", ""): 20},
     "dall-e-3": {("1024x1024", "standard"): 40, ("1024x1024", "hd"): 80, ("1792x1024", "standard"): 80,
@@ -32,7 +33,8 @@ PRICES = {
                   ("1024x1536", "low"): 16, ("1024x1536", "medium"): 63, ("1024x1536", "high"): 250,
                   ("1536x1024", "low"): 16, ("1536x1024", "medium"): 63, ("1536x1024", "high"): 250},
 }
-MINI_FACTOR = {"gpt-image-1-mini": 0.25}
+# The mini model costs a quarter (integer division, at least 1 credit): no floats on the money path.
+PRICE_DIVISOR = {"gpt-image-1-mini": 4}
 
 
 @transaction.atomic
@@ -48,10 +50,9 @@ def registry_seed() -> int:
         if not was_created:
             continue
         created += 1
-        factor = MINI_FACTOR.get(public_id, 1)
+        divisor = PRICE_DIVISOR.get(public_id, 1)
         for (size, quality), credits in PRICES[profile].items():
-            Price.objects.create(model=model, size=size, quality=quality,
-                                 credits_per_image=max(1, int(credits * factor)))
+            Price.objects.create(model=model, size=size, quality=quality, credits_per_image=max(1, credits // divisor))
     moderation_terms_seed()
     return created
 

@@ -24,8 +24,39 @@ def job_get(*, tenant: Tenant, job_id: str | uuid.UUID) -> Job | None:
 
 
 def image_get(*, tenant_id: int, image_id: str) -> GeneratedImage | None:
+    """The image behind a signed link, or None: none of that tenant's, or the tenant is
+    not active. The link is read without an API key, so this is the only place that
+    stops a suspended tenant's links serving for the rest of their lifetime."""
     try:
         image_uuid = uuid.UUID(image_id)
     except ValueError:
         return None
-    return GeneratedImage.objects.select_related("job").filter(pk=image_uuid, job__tenant_id=tenant_id).first()
+    return GeneratedImage.objects.select_related("job").filter(
+        pk=image_uuid, job__tenant_id=tenant_id).first()
+
+
+def jobs_in_flight_count(*, tenant: Tenant) -> int:
+    """The tenant's queued and running jobs."""
+    return Job.objects.filter(tenant=tenant, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).count()
+
+
+def job_list_recent(*, tenant: Tenant, limit: int = 50) -> list[Job]:
+    """The tenant's newest jobs with their model and images."""
+    return list(Job.objects.filter(tenant=tenant).select_related("model").prefetch_related("images")
+                .order_by("-created_at")[:limit])
+
+
+def jobs_by_status() -> dict[str, int]:
+    """Every tenant's jobs counted by status (operator overview)."""
+    from django.db.models import Count
+
+    return {row["status"]: row["n"] for row in Job.objects.values("status").annotate(n=Count("id"))}
+
+
+def gpu_time_by_model(*, since) -> list[dict]:
+    """GPU seconds and job counts per model since `since` (operator overview)."""
+    from django.db.models import Count, Sum
+
+    rows = (Job.objects.filter(created_at__gte=since, gpu_ms__isnull=False).values("model__public_id")
+            .annotate(gpu_ms=Sum("gpu_ms"), jobs=Count("id")).order_by("-gpu_ms"))
+    return [{"model": r["model__public_id"], "jobs": r["jobs"], "seconds": round(r["gpu_ms"] / 1000, 1)} for r in rows]

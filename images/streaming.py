@@ -20,7 +20,7 @@ from django.http import StreamingHttpResponse
 from images import notify
 from images.files import image_read
 from images.models import Job
-from images.profiles import output_tokens
+from images.serializers import usage_body
 
 KEEPALIVE_SECONDS = 10.0
 
@@ -40,13 +40,14 @@ def _error_frame(message: str, code: str | None, type_: str = "server_error") ->
 
 
 def sse_events(*, job_id: Any, prefix: str) -> Iterator[bytes]:
-    """prefix: 'image_generation' or 'image_edit'."""
+    """prefix: 'image_generation' or 'image_edit'. A job that is already finished (an
+    Idempotency-Key replay) gets its completed events at once, without previews."""
     job = Job.objects.select_related("model").get(pk=job_id)
     wanted = int(job.params.get("partial_images") or 0)
     sent = 0
     deadline = time.monotonic() + settings.JOB_WAIT_SECONDS
     yield b": stream open\n\n"
-    while True:
+    while job.status not in Job.TERMINAL:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             yield _error_frame(f"The image is still being generated (job {job.pk}); read it later with "
@@ -72,12 +73,8 @@ def sse_events(*, job_id: Any, prefix: str) -> Iterator[bytes]:
     import base64
 
     images = list(job.images.all())
-    text_tokens = job.prompt_tokens or 0
     for i, image in enumerate(images):
-        out = output_tokens(job.size, job.params["quality"])
-        inp = text_tokens if i == 0 else 0
-        usage = {"input_tokens": inp, "output_tokens": out, "total_tokens": inp + out,
-                 "input_tokens_details": {"text_tokens": inp, "image_tokens": 0}}
+        usage = usage_body(job, images=1, with_input=i == 0)  # input tokens are counted on the first image
         yield _frame(f"{prefix}.completed", {"type": f"{prefix}.completed",
                                              "b64_json": base64.b64encode(image_read(image)).decode("ascii"),
                                              **_common(job), "usage": usage})

@@ -13,33 +13,92 @@ from rest_framework import serializers
 
 from core.errors import InvalidRequest
 from images.models import ImageModel
-from images.profiles import PROFILES, STYLE_TEMPLATES, Profile
+from images.profiles import MODELS_WITHOUT_FIDELITY, PROFILES, STYLE_TEMPLATES, Profile
 
 GPT_ONLY = ("background", "output_format", "output_compression", "moderation", "stream", "partial_images")
 MAX_SEED = 2**32 - 1
 
 
+_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a decimal number", list: "an array",
+               dict: "an object", type(None): "null"}
+
+
+def _invalid_type(field: serializers.Field, expected: str, data: Any) -> InvalidRequest:
+    """OpenAI's wording for a value of the wrong JSON type."""
+    got = _TYPE_NAMES.get(type(data), "a value of another type")
+    name = field.field_name
+    return InvalidRequest(f"Invalid type for '{name}': expected {expected}, but got {got} instead.", param=name,
+                          code="invalid_type")
+
+
+def _form(field: serializers.Field) -> bool:
+    """Multipart and form bodies carry every value as a string: types are coerced there."""
+    return bool(field.root.context.get("form")) if field.root is not None else False
+
+
 class StrictCharField(serializers.CharField):
-    """A CharField that refuses numbers and booleans instead of stringifying them."""
+    """A string, never a number or boolean stringified (JSON types are strict as OpenAI's are)."""
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
-            self.fail("invalid")
+            raise _invalid_type(self, "a string", data)
         return super().to_internal_value(data)
 
 
 class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer (no booleans, decimals or strings); in a form body, digits."""
+
     def to_internal_value(self, data: Any) -> int:
-        if isinstance(data, bool) or isinstance(data, float) and not data.is_integer():
-            self.fail("invalid")
+        if _form(self) and isinstance(data, str):
+            return super().to_internal_value(data)
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise _invalid_type(self, "an integer", data)
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """A JSON boolean; in a form body, DRF's true/false spellings."""
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not _form(self) and not isinstance(data, bool):
+            raise _invalid_type(self, "a boolean", data)
+        return super().to_internal_value(data)
+
+
+class StrictChoiceField(serializers.ChoiceField):
+    """One of the listed strings; anything else is OpenAI's `invalid_value`."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            raise _invalid_type(self, "a string", data)
+        if data not in self.choices:
+            allowed = _quoted_list(tuple(self.choices))
+            raise InvalidRequest(f"Invalid value: '{data}'. Supported values are: {allowed}.", param=self.field_name,
+                                 code="invalid_value")
+        return data
+
+
 def _choice(*values: str) -> serializers.ChoiceField:
-    return serializers.ChoiceField(choices=values, required=False, allow_null=True)
+    return StrictChoiceField(choices=values, required=False, allow_null=True)
 
 
-class ImageRequestSerializer(serializers.Serializer):
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not declare, as OpenAI does:
+    400 `{"message": "Unknown parameter: 'qualty'.", "param": "qualty", "code": "unknown_parameter"}`
+    (a misspelled field must never be charged at the defaults). `ignored_fields` are
+    accepted and dropped (fields a vendor's clients send that mean nothing here)."""
+
+    ignored_fields: tuple[str, ...] = ()
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if hasattr(data, "keys"):
+            for name in data.keys():
+                if name not in self.fields and name not in self.ignored_fields:
+                    raise InvalidRequest(f"Unknown parameter: '{name}'.", param=str(name), code="unknown_parameter")
+        return super().to_internal_value(data)
+
+
+class ImageRequestSerializer(StrictSerializer):
     """Fields shared by generations and edits. Every field nullable: null means the default."""
 
     prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
@@ -49,14 +108,15 @@ class ImageRequestSerializer(serializers.Serializer):
     response_format = StrictCharField(required=False, allow_null=True)
     output_format = _choice("png", "jpeg", "webp")
     output_compression = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=100)
-    stream = serializers.BooleanField(required=False, allow_null=True)
+    stream = StrictBooleanField(required=False, allow_null=True)
     partial_images = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=3)
     size = StrictCharField(required=False, allow_null=True)
     background = _choice("transparent", "opaque", "auto")
     user = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=256)
-    # Extensions (not in OpenAI's API): reproducibility and negative prompts.
+    # Extensions (not in OpenAI's API, documented in docs/api.md): reproducibility and negative prompts.
     seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
-    negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000, trim_whitespace=False)
+    negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000,
+                                      trim_whitespace=False)
 
 
 class GenerationRequestSerializer(ImageRequestSerializer):
@@ -214,12 +274,34 @@ def generation_params_resolve(*, data: dict[str, Any], model: ImageModel, prompt
 
 
 class EditRequestSerializer(ImageRequestSerializer):
-    """POST /v1/images/edits (multipart; files are read separately). No `moderation`, no `style`."""
+    """POST /v1/images/edits as multipart (files are read separately). No `moderation`, no `style`."""
 
     input_fidelity = _choice("high", "low")
 
 
-class VariationRequestSerializer(serializers.Serializer):
+class ImageReferenceSerializer(StrictSerializer):
+    """`{"image_url": "data:image/png;base64,..." | "https://..."}` or `{"file_id": ...}` (reference §3)."""
+
+    image_url = StrictCharField(required=False, max_length=70_000_000)
+    file_id = StrictCharField(required=False, max_length=200)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if len(attrs) != 1:
+            raise InvalidRequest("Each image reference needs exactly one of 'image_url' or 'file_id'.",
+                                 param="images", code="invalid_value")
+        return attrs
+
+
+class EditJSONRequestSerializer(EditRequestSerializer):
+    """POST /v1/images/edits as JSON (`EditImageBodyJsonParam`, GPT image models only):
+    `images` 1..16 references, optional `mask` reference, and `moderation`."""
+
+    images = ImageReferenceSerializer(many=True, allow_empty=False, max_length=16)
+    mask = ImageReferenceSerializer(required=False, allow_null=True)
+    moderation = _choice("low", "auto")
+
+
+class VariationRequestSerializer(StrictSerializer):
     """POST /v1/images/variations (dall-e-2 profile only)."""
 
     model = StrictCharField(required=False, allow_null=True, allow_blank=True)
@@ -239,7 +321,8 @@ def edit_strength(*, data: dict[str, Any], model: ImageModel) -> float:
     """`input_fidelity` maps to strength: high keeps more of the input (reference §3)."""
     fidelity = data.get("input_fidelity")
     if fidelity is not None:
-        if model.profile != ImageModel.Profile.GPT_IMAGE or model.public_id.startswith("gpt-image-1-mini"):
+        profile = PROFILES[model.profile]
+        if not profile.input_fidelity or model.public_id.startswith(MODELS_WITHOUT_FIDELITY):
             raise InvalidRequest(f"'input_fidelity' is not supported for '{model.public_id}'.",
                                  param="input_fidelity", code="unsupported_parameter")
         return EDIT_STRENGTH[fidelity]

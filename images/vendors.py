@@ -1,117 +1,156 @@
-"""The vendor request shapes of ../shared/seeds, each a thin adapter over the same
-validation, moderation, billing and job services as the OpenAI endpoints."""
+"""The vendor request shapes of ../shared/seeds: each a request mapper and a renderer
+around the same charged flow and generation service as the OpenAI endpoints
+(images/api.py). Only the fields each seed documents are accepted (plus our documented
+extensions `seed` and `negative_prompt`); the rules are the service's.
+"""
 from __future__ import annotations
 
-import base64
-from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from core.errors import APIError, InvalidRequest, error_headers
-from images.api import (ImageGenerationView, ImageInputsView, MB, job_result_response, model_for_request,
-                        _replayable_headers)
-from images.files import image_read, image_url
-from images.models import ImageModel, Job
-from images.profiles import output_tokens
-from images.validation import GenerationRequestSerializer, edit_strength
+from core.errors import InvalidRequest
+
+from images.api import OPENAI_GENERATION, ChargedViewSet, Renderer, base_url, charged_schema, validated
+from images.models import Job
+from images.serializers import (ImagesResponseSerializer, ResellerErrorSerializer, ResellerResponseSerializer,
+                                VisionImageSerializer, reseller_body, reseller_error_body, vision_body)
+from images.services.generation import GenerationRequest
+from images.services.inputs import InputImage
+from images.validation import (MAX_SEED, GenerationRequestSerializer, StrictCharField, StrictIntegerField,
+                               StrictSerializer)
 
 
-class VisionGenerateView(ImageGenerationView):
-    """POST /v1/vision/generate (seed 000, AlphaEdge): every image with both `url` and
-    `b64_json`; `{"id", "object": "vision.image", "created", "data"}`."""
+# ---- Seed 000: AlphaEdge, POST /v1/vision/generate -----------------------------------------
 
-    endpoint = "/v1/vision/generate"
-    default_model = "alphaedge-vision-3-1-2505"
+class VisionRequestSerializer(StrictSerializer):
+    """Seed 000's fields: model, prompt, size, n (plus our extensions). `response_format`
+    is accepted and ignored: every image carries both a URL and base64."""
 
-    def prepare(self, data: dict[str, Any]) -> dict[str, Any]:
-        data = {**data, "model": data.get("model") or self.default_model}
-        data.pop("response_format", None)
-        return data
-
-    def render(self, request: Request, job: Job) -> Response:
-        base = request.build_absolute_uri("/")
-        data = [{"url": image_url(img, base_url=base), "b64_json": base64.b64encode(image_read(img)).decode("ascii")}
-                for img in job.images.all()]
-        return Response({"id": f"img-{job.pk.hex}", "object": "vision.image",
-                         "created": int(job.created_at.timestamp()), "data": data})
+    ignored_fields = ("response_format",)
+    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
+    prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
+    size = StrictCharField(required=False, allow_null=True)
+    n = StrictIntegerField(required=False, allow_null=True)
+    seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
+    negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000,
+                                      trim_whitespace=False)
 
 
-class AigneGenerationView(ImageInputsView, ImageGenerationView):
-    """POST /api/images/generations (seed 002, AIGNE Hub): OpenAI's generation fields
-    with `model` defaulting to dall-e-2; an `image` (URL, base64, data URI, or a list)
-    turns the call into an edit of those images."""
+VISION_DEFAULT_MODEL = "alphaedge-vision-3-1-2505"
 
-    endpoint = "/api/images/generations"
-    kind = Job.Kind.EDIT
 
-    def submit(self, request: Request, idempotency_record_id: int | None) -> Response:
-        from images import uploads
-        from images.fetch import image_bytes_from_reference
+def vision_mapper(request: Request) -> GenerationRequest:
+    fields = validated(VisionRequestSerializer, request.data)
+    return GenerationRequest(endpoint="/v1/vision/generate", fields=fields, default_model=VISION_DEFAULT_MODEL)
 
-        raw = request.data if isinstance(request.data, dict) else None
-        references = raw.get("image") if raw is not None else None
-        if not references:
-            return ImageGenerationView.submit(self, request, idempotency_record_id)
-        if isinstance(references, str):
-            references = [references]
-        if not isinstance(references, list) or not all(isinstance(r, str) for r in references):
+
+VISION = Renderer(body=lambda request, job: vision_body(job=job, base_url=base_url(request)))
+
+
+class VisionViewSet(ChargedViewSet):
+    """POST /v1/vision/generate: `{"id", "object": "vision.image", "created", "data": [{url, b64_json}]}`."""
+
+    @charged_schema("Generate (AlphaEdge vision shape)", request=VisionRequestSerializer,
+                    response=VisionImageSerializer, tags=("vendors",))
+    def create(self, request: Request) -> Response:
+        return self.charged(request, vision_mapper, VISION)
+
+
+# ---- Seed 002: AIGNE Hub, POST /api/images/generations ------------------------------------
+
+class AigneRequestSerializer(StrictSerializer):
+    """Seed 002's fields: prompt, model (default dall-e-2), image (a URL, base64 or data
+    URI, or a list of them: the call becomes an edit), n, size, response_format,
+    quality, style; plus our extensions."""
+
+    prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
+    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
+    image = serializers.JSONField(required=False, help_text="URL, base64 or data URI (or a list): makes the call "
+                                                            "an edit")
+    n = StrictIntegerField(required=False, allow_null=True)
+    size = StrictCharField(required=False, allow_null=True)
+    response_format = StrictCharField(required=False, allow_null=True)
+    quality = StrictCharField(required=False, allow_null=True)
+    style = StrictCharField(required=False, allow_null=True)
+    seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
+    negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000,
+                                      trim_whitespace=False)
+
+    def validate_image(self, value: Any) -> list[str] | None:
+        if value in (None, "", []):
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise InvalidRequest("'image' must be a URL, base64 data, or a list of them.", param="image",
                                  code="invalid_value")
-        if len(references) > 16:
-            raise InvalidRequest("At most 16 images may be edited together.", param="image", code="too_many_images")
-        fields = {k: v for k, v in raw.items() if k != "image"}
-        serializer = GenerationRequestSerializer(data=fields)
-        serializer.is_valid(raise_exception=True)
-        data = {k: v for k, v in serializer.validated_data.items() if k not in ("style", "moderation")}
-        model = model_for_request(data=data, api_key=request.auth)
-        if model.profile == ImageModel.Profile.DALLE3:
-            raise InvalidRequest(f"The model '{model.public_id}' does not support image edits.", param="model",
-                                 code="unsupported_model")
-        images = [uploads.image_open(image_bytes_from_reference(ref, param="image", max_bytes=20 * MB),
-                                     param="image", max_bytes=20 * MB, formats=("png", "jpeg", "webp"))
-                  for ref in references]
-        return self.submit_with_images(request, data=data, model=model, images=images, mask=None,
-                                       strength=edit_strength(data=data, model=model),
-                                       idempotency_record_id=idempotency_record_id)
+        return value
 
 
-class ResellerGenerationView(ImageGenerationView):
-    """POST /api/v1/image/generation (seed 003): GPT-image parameters, `model` fixed by
-    that page to gpt-image-1.5; answers in its own envelope
-    `{code, data{urls, usage{images, seconds, input_tokens, output_tokens, total_tokens},
-    expired, task_id, task_status}, message, request_id}`, errors too (code = HTTP status).
-    `stream: true` answers with the OpenAI event stream (reference §7)."""
+def aigne_mapper(request: Request) -> GenerationRequest:
+    fields = validated(AigneRequestSerializer, request.data)
+    references = fields.pop("image", None)
+    if not references:
+        return GenerationRequest(endpoint="/api/images/generations", fields=fields)
+    fields.pop("style", None)
+    return GenerationRequest(endpoint="/api/images/generations", kind=Job.Kind.EDIT, fields=fields,
+                             images=[InputImage(param="image", reference=ref) for ref in references])
 
-    endpoint = "/api/v1/image/generation"
-    default_model = "gpt-image-1.5"
 
-    def prepare(self, data: dict[str, Any]) -> dict[str, Any]:
-        data = {**data, "model": data.get("model") or self.default_model}
-        if not isinstance(data.get("partial_images"), int):
-            data.pop("partial_images", None)  # that page documents it as a quality string
-        return data
+class AigneViewSet(ChargedViewSet):
+    """POST /api/images/generations: OpenAI's ImagesResponse; an `image` makes it an edit."""
 
-    def render(self, request: Request, job: Job) -> Response:
-        base = request.build_absolute_uri("/")
-        images = list(job.images.all())
-        expires = job.finished_at + timedelta(seconds=settings.IMAGE_URL_TTL_SECONDS)
-        text_tokens = job.prompt_tokens or 0
-        out = output_tokens(job.size, job.params["quality"]) * len(images)
-        seconds = round((job.finished_at - job.created_at).total_seconds(), 3)
-        return Response({"code": 0, "message": "success", "request_id": request._request.request_id, "data": {
-            "urls": [image_url(img, base_url=base) for img in images],
-            "usage": {"images": len(images), "seconds": seconds, "input_tokens": text_tokens, "output_tokens": out,
-                      "total_tokens": text_tokens + out},
-            "expired": expires.isoformat().replace("+00:00", "Z"), "task_id": str(job.pk),
-            "task_status": job.status}})
+    @charged_schema("Generate or edit (AIGNE Hub shape)", request=AigneRequestSerializer,
+                    response=ImagesResponseSerializer, tags=("vendors",))
+    def create(self, request: Request) -> Response:
+        return self.charged(request, aigne_mapper, OPENAI_GENERATION)
+
+
+# ---- Seed 003: a reseller, POST /api/v1/image/generation ----------------------------------
+
+class ResellerRequestSerializer(GenerationRequestSerializer):
+    """Seed 003's fields: OpenAI's generation fields; `partial_images` is documented there
+    as a string (a quality-like value), so a non-integer is accepted and ignored."""
+
+    partial_images = serializers.JSONField(required=False, allow_null=True)
+
+    def validate_partial_images(self, value: Any) -> int | None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value <= 3:
+                raise InvalidRequest(f"Invalid value: {value}. 'partial_images' must be between 0 and 3.",
+                                     param="partial_images", code="invalid_value")
+            return value
+        return None
+
+
+RESELLER_DEFAULT_MODEL = "gpt-image-1.5"
+
+
+def reseller_mapper(request: Request) -> GenerationRequest:
+    fields = validated(ResellerRequestSerializer, request.data)
+    return GenerationRequest(endpoint="/api/v1/image/generation", fields=fields, default_model=RESELLER_DEFAULT_MODEL)
+
+
+RESELLER = Renderer(body=lambda request, job: reseller_body(job=job, base_url=base_url(request),
+                                                            request_id=request._request.request_id))
+
+
+class ResellerViewSet(ChargedViewSet):
+    """POST /api/v1/image/generation: `{code, data{urls, usage, expired, task_id,
+    task_status}, message, request_id}`, errors in the same envelope (code = HTTP status,
+    with OpenAI's error object beside it); `stream: true` answers OpenAI's event stream."""
+
+    @charged_schema("Generate (reseller shape)", request=ResellerRequestSerializer,
+                    response=ResellerResponseSerializer, tags=("vendors",), error_serializer=ResellerErrorSerializer)
+    def create(self, request: Request) -> Response:
+        return self.charged(request, reseller_mapper, RESELLER)
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)
         if isinstance(getattr(response, "data", None), dict) and "error" in response.data:
-            error = response.data["error"]
-            response.data = {"code": response.status_code, "data": None, "message": error["message"],
-                             "error": error, "request_id": getattr(self.request._request, "request_id", "")}
+            response.data = reseller_error_body(error=response.data["error"], status=response.status_code,
+                                                request_id=getattr(self.request._request, "request_id", ""))
         return response

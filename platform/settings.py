@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -19,32 +20,60 @@ from django.core.exceptions import ImproperlyConfigured
 import broker_setup
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
 
 env = environ.Env()
 if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env")
 
+# Local state: the embedded secret key, the SQLite database, images, model folders.
+VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var"))).resolve()
+
 EMBEDDED = not env.str("DATABASE_URL", default="")
 
-# Embedded installs default to DEBUG; anything with a real database does not.
-DEBUG = env.bool("DEBUG", default=EMBEDDED)
+# Off unless asked for, embedded or not: the debug pages show settings, paths and URLs.
+DEBUG = env.bool("DEBUG", default=False)
 
 
-def _development_secret() -> str:
-    """A random key kept in var/ so sessions survive restarts of a dev install."""
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+def _private_var_dir() -> None:
+    """var/ holds the secret key (which signs image links and sessions), the SQLite
+    database and every tenant's images: readable by its owner only (0700). Created
+    that way in the embedded mode, and an existing one of ours is tightened."""
+    path = VAR_DIR
+    try:
+        if EMBEDDED:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.is_dir() and path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError:  # a read-only or foreign folder: leave it to the operator
+        pass
+
+
+_private_var_dir()
+
+
+def _embedded_secret() -> str:
+    """A random key kept in var/secret_key (0600) so sessions and signed links survive
+    restarts of an embedded install."""
     path = VAR_DIR / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
+        # O_EXCL: two processes starting at once cannot both write (one reads the other's).
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(50))
+    if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+        path.chmod(0o600)
     return path.read_text().strip()
 
 
 SECRET_KEY = env.str("SECRET_KEY", default="")
 if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
-    SECRET_KEY = _development_secret()
+    if not EMBEDDED:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DATABASE_URL is (production).")
+    SECRET_KEY = _embedded_secret()
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 PORT = env.int("PORT", default=8000)
@@ -58,6 +87,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "rest_framework",
     "rest_framework_api_key",
     "django_dramatiq",
@@ -79,6 +109,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "urls"
@@ -180,9 +212,20 @@ EMBEDDED_WORKER_THREADS = env.int("EMBEDDED_WORKER_THREADS", default=4)
 # ---- Limits (a tenant's or key's own value wins; 0 = no limit) ----
 DEFAULT_TENANT_RPM = env.int("DEFAULT_TENANT_RPM", default=600)
 DEFAULT_KEY_RPM = env.int("DEFAULT_KEY_RPM", default=0)
+# A signed-in dashboard member's own limit (the playground); the tenant's limit applies too.
+DEFAULT_MEMBER_RPM = env.int("DEFAULT_MEMBER_RPM", default=30)
 DEFAULT_MAX_CONCURRENT_JOBS = env.int("DEFAULT_MAX_CONCURRENT_JOBS", default=16)
 # Optional "module:function" taking a prompt and returning moderation category ids.
 MODERATION_CLASSIFIER = env.str("MODERATION_CLASSIFIER", default="")
+# What a classifier that raises means: "closed" refuses the request (503, x-should-retry:
+# false) unless the term lists already block it; "open" lets the term lists decide alone.
+# Closed by default: an operator who installs a classifier relies on it for what the
+# term lists miss, and failing open would pass exactly that whenever it is down (or
+# whenever a prompt is crafted to crash it).
+MODERATION_CLASSIFIER_FAILURE = env.str("MODERATION_CLASSIFIER_FAILURE", default="closed")
+if MODERATION_CLASSIFIER_FAILURE not in ("open", "closed"):
+    raise ImproperlyConfigured(f"MODERATION_CLASSIFIER_FAILURE must be 'open' or 'closed', "
+                               f"not {MODERATION_CLASSIFIER_FAILURE!r}")
 
 # ---- Generation -------------------------------------------------------------------
 # How long a synchronous request waits for its job before answering with the job id.
@@ -198,6 +241,9 @@ JOB_MAX_RETRIES = env.int("JOB_MAX_RETRIES", default=3)
 IMAGE_URL_TTL_SECONDS = env.int("IMAGE_URL_TTL_SECONDS", default=3600)
 # Image URLs in requests (seed 002's `image`): private/loopback hosts refused unless allowed.
 IMAGE_FETCH_ALLOW_PRIVATE = env.bool("IMAGE_FETCH_ALLOW_PRIVATE", default=False)
+# Decoded pixels one edit or variation may send in all (images and mask); past it, 400
+# `input_too_large` before anything is decoded. 64 Mi pixels = sixteen 2048x2048 images.
+INPUT_PIXEL_BUDGET = env.int("INPUT_PIXEL_BUDGET", default=64 * 1024 * 1024)
 IMAGE_FETCH_TIMEOUT_SECONDS = env.float("IMAGE_FETCH_TIMEOUT_SECONDS", default=10.0)
 # Allow hub downloads for models whose source is a hub id (off: air-gapped hosts).
 MODEL_ALLOW_DOWNLOADS = env.bool("MODEL_ALLOW_DOWNLOADS", default=False)
@@ -213,14 +259,16 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.server": {"level": "WARNING"}},
+    # axes.apps: django-axes' start-up banner, printed by every manage.py command otherwise.
+    "loggers": {"django.server": {"level": "WARNING"}, "axes.apps": {"level": "WARNING"}},
 }
 
 if not DEBUG:
     # Production hardening; `manage.py check --deploy` is clean with the values in
-    # docs/configuration.md (TLS is usually terminated by the proxy in front).
-    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
-    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
+    # docs/configuration.md (TLS is usually terminated by the proxy in front). The
+    # embedded mode serves plain http on this machine: secure cookies would never come back.
+    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not EMBEDDED)
+    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not EMBEDDED)
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
@@ -228,6 +276,28 @@ if not DEBUG:
     if env.bool("BEHIND_TLS_PROXY", default=False):
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# ---- Logins (admin and dashboard; API keys are not logins and are never locked) ----
+AUTHENTICATION_BACKENDS = [
+    # django-axes: refuses a username+address pair past AXES_FAILURE_LIMIT failures.
+    "accounts.backends.LoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+# Minutes a locked-out pair waits; each failure during the lockout starts it again.
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15))
+# Both together: a guesser from one address cannot lock a user out everywhere.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The lockout answer: django-axes' plain text message with 429 (no template, no redirect).
+AXES_HTTP_RESPONSE_CODE = 429
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},  # 8 characters
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 
 # ---- API schema (drf-spectacular) ----
 # OpenAPI 3 at /v1/openapi.json and Swagger UI at /docs/ (assets from the sidecar

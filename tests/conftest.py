@@ -93,6 +93,7 @@ def parked(registry, settings):
     from images.models import ImageModel
 
     ImageModel.objects.update(queue="parked")
+    settings.GPU_QUEUES = [*settings.GPU_QUEUES, "parked"]  # served (so accepted), but by no running worker
     settings.JOB_WAIT_SECONDS = 0.05
 
 

@@ -1,72 +1,290 @@
-"""The one path from a parsed request to a queued, paid job."""
+"""The one path from a parsed request to a queued, paid job: `generation_create`.
+
+Every entry point (the OpenAI generations, edits and variations, the vendor shapes of
+the seeds, the dashboard playground) parses its request into a `GenerationRequest`
+and calls `generation_create` with its `Caller`; it never decides anything itself.
+The checks run cheapest first, so a request that will be refused is refused before
+any image is decoded or fetched, and nothing is written before everything that can
+refuse has passed:
+
+ 1. the tenant's status (403 `tenant_suspended`);
+ 2. the model and the key's scope: model list (403 `model_not_allowed`), a monthly
+    budget already used up (402 `key_budget_exceeded`);
+ 3. rate limits (429, counted once per request) and the in-flight cap (429);
+ 4. the model's queue is served by this installation's workers (503, no retry);
+ 5. what the model can do (its profile's capabilities: 400 `unsupported_model`);
+ 6. input images, cheaply: counts, formats, byte and pixel limits, mask rules, read
+    from headers without decoding;
+ 7. strict parameters for the model's profile (400);
+ 8. moderation at the tenant's level (400, recorded);
+ 9. the price (fails closed for unpriced models) against the key's budget and the
+    available balance (402) — still before any fetch or decode;
+10. URL fetches and decoding of the inputs (in memory);
+11. one transaction: the in-flight cap under the account lock, the job, the credit
+    hold (402 if a concurrent request took the credits), the usage record and the
+    Idempotency-Key link;
+12. after commit: the inputs are stored, then the job is sent to its queue. A failure
+    there fails the job and releases its hold before the caller hears 503.
+"""
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import APIKey, Tenant
+from accounts.principals import Caller
+from accounts.ratelimit import rate_limit_check
 from billing import services as billing
-from billing.errors import InsufficientCredits
+from billing.errors import InsufficientCredits, KeyBudgetExceeded
 from billing.models import CreditAccount, UsageRecord
-from core.errors import RateLimited
+from core.errors import APIError, InvalidRequest, PermissionDeniedError, RateLimited, ServiceUnavailable
 from core.idempotency import idempotency_attach_job
-from images.dispatch import job_enqueue
+from images import selectors
+from images.dispatch import job_enqueue, queue_is_served
 from images.models import ImageModel, Job
-from images.validation import GenerationParams
+from images.profiles import PROFILES, input_image_tokens
+from images.services import inputs as inputs_service
+from images.services.inputs import InputImage
+from images.services.moderation import prompt_moderate
+from images.validation import GPT_ONLY, VARIATION_STRENGTH, GenerationParams, edit_strength, generation_params_resolve
+
+DEFAULT_MODEL = "dall-e-2"
+DEFAULT_GPT_MODEL = "gpt-image-1"
 
 
-def usage_record_refused(*, tenant: Tenant, api_key: APIKey | None, model: str, endpoint: str,
-                         params: GenerationParams | None, outcome: str, error_code: str) -> UsageRecord:
-    return UsageRecord.objects.create(
-        tenant=tenant, api_key=api_key, model=model, endpoint=endpoint, n=params.n if params else 1,
-        size=params.size if params else "", quality=params.quality if params else "",
-        steps=params.steps if params else 0, outcome=outcome, error_code=error_code)
+class ModelUnavailable(APIError):
+    """The model's queue is not served by this installation's workers (an operator's
+    configuration error): its jobs would sit until their deadline. A retry cannot
+    help, so the SDK is told not to retry."""
+
+    status_code = 503
+    type = "server_error"
+    code = "model_unavailable"
+    should_retry = False
 
 
-def generation_submit(*, tenant: Tenant, api_key: APIKey | None, model: ImageModel, params: GenerationParams,
-                      endpoint: str, kind: str = Job.Kind.GENERATE, idempotency_record_id: int | None = None) -> Job:
-    """Price the request, hold the credits and create the job in one transaction, then
-    hand the job to the GPU queue after commit. Raises InsufficientCredits (402)
-    before any job exists, and ServiceUnavailable (503) if the broker is down."""
-    quote = billing.price_quote(model=model, kind=kind, size=params.size, quality=params.quality, n=params.n)
+@dataclass
+class GenerationRequest:
+    """A parsed request, whatever its shape.
+
+    endpoint: the path it came in on (usage records, moderation log);
+    kind: Job.Kind (generate, edit, variation);
+    fields: the serializer's validated fields (OpenAI names; null = default);
+    images / mask: input images as sent (edits and variations);
+    default_model: the model when `fields` names none (a vendor's default);
+    json_references: the images came as JSON references (OpenAI's JSON edit body,
+      which only GPT image models take);
+    idempotency_record_id: links the job to its Idempotency-Key record."""
+
+    endpoint: str
+    kind: str = Job.Kind.GENERATE
+    fields: dict[str, Any] = field(default_factory=dict)
+    images: list[InputImage] = field(default_factory=list)
+    mask: InputImage | None = None
+    default_model: str = DEFAULT_MODEL
+    json_references: bool = False
+    idempotency_record_id: int | None = None
+
+
+def model_resolve(*, fields: dict[str, Any], default: str, api_key: APIKey | None) -> ImageModel:
+    """The requested model, or the default (`dall-e-2` switches to `gpt-image-1` when a
+    GPT-image parameter is used, reference §2). 400 `model_not_found`; 403
+    `model_not_allowed` when the key's model list excludes it."""
+    public_id = fields.get("model")
+    if not public_id:
+        gpt_used = any(fields.get(name) not in (None, False) for name in GPT_ONLY)
+        public_id = DEFAULT_GPT_MODEL if gpt_used and default == DEFAULT_MODEL else default
+    model = selectors.image_model_get(public_id=public_id)
+    if model is None:
+        raise InvalidRequest(f"The model '{public_id}' does not exist or you do not have access to it.",
+                             param="model", code="model_not_found")
+    if api_key is not None and api_key.allowed_models and public_id not in api_key.allowed_models:
+        raise PermissionDeniedError(f"This API key may not use the model '{public_id}'.", param="model",
+                                    code="model_not_allowed")
+    return model
+
+
+def _refused(*, caller: Caller, model: ImageModel, request: GenerationRequest, params: GenerationParams | None,
+             error: APIError) -> None:
+    """A usage record for a request refused for money or capacity (402, 429)."""
+    UsageRecord.objects.create(
+        tenant=caller.tenant, api_key=caller.api_key, model=model.public_id, endpoint=request.endpoint,
+        n=params.n if params else 1, size=params.size if params else "", quality=params.quality if params else "",
+        steps=params.steps if params else 0, outcome=UsageRecord.Outcome.REFUSED, error_code=error.code or "")
+
+
+def _in_flight_cap(tenant: Tenant) -> int:
+    return tenant.max_concurrent_jobs or settings.DEFAULT_MAX_CONCURRENT_JOBS
+
+
+def _in_flight_error(cap: int) -> RateLimited:
+    return RateLimited(f"Too many images in progress: your organization may have {cap} jobs queued or running at "
+                       "once. Retry when one finishes.", headers={"Retry-After": "2"})
+
+
+def _in_flight_count(tenant: Tenant) -> int:
+    return Job.objects.filter(tenant=tenant, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).count()
+
+
+def _money_precheck(*, caller: Caller, quote: int) -> None:
+    """Reads, no locks: refuse now what the hold would refuse anyway (key budget,
+    available balance), before any fetch or decode. The hold re-checks under lock."""
+    key = caller.api_key
+    if key is not None and key.monthly_credit_limit is not None:
+        spent = billing.key_month_spend(api_key=key)
+        if spent + quote > key.monthly_credit_limit:
+            raise KeyBudgetExceeded(
+                f"This API key's monthly budget of {key.monthly_credit_limit} credits is used up "
+                f"({spent} spent or held); this request costs {quote} credits.")
+    account = billing.account_for(tenant=caller.tenant)
+    if account.available < quote:
+        raise InsufficientCredits(
+            f"Insufficient credits: this request costs {quote} credits and your available balance is "
+            f"{account.available} credits ({account.balance} total, {account.held} held by requests in flight).")
+
+
+def _resolve(*, request: GenerationRequest, model: ImageModel) -> GenerationParams:
+    data = dict(request.fields)
+    profile = PROFILES[model.profile]
+    if request.kind == Job.Kind.VARIATION:
+        data["prompt"] = ""  # no prompt: the variation comes from the image alone
+    if request.kind != Job.Kind.GENERATE and profile.gpt and data.get("size") in (None, "", "auto"):
+        first = request.images[0]
+        # size=auto for GPT image edits: the size nearest the first input's aspect
+        # ratio (1024x1024 until a URL input has been fetched).
+        data["size"] = _nearest_gpt_size(first.width, first.height) if first.peeked else "1024x1024"
+    return generation_params_resolve(data=data, model=model, prompt_required=request.kind != Job.Kind.VARIATION)
+
+
+def _nearest_gpt_size(width: int, height: int) -> str:
+    ratio = width / height
+    if ratio > 1.25:
+        return "1536x1024"
+    if ratio < 0.8:
+        return "1024x1536"
+    return "1024x1024"
+
+
+def _quote(*, model: ImageModel, request: GenerationRequest, params: GenerationParams) -> int:
+    return billing.price_quote(model=model, kind=request.kind, size=params.size, quality=params.quality, n=params.n)
+
+
+def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
+    """Turn a parsed request into a queued job with its credits held (the order of the
+    checks is in this module's docstring). Returns the committed, enqueued Job.
+    Raises APIError subclasses: 400, 402, 403, 413, 429, 503; nothing is charged,
+    stored or queued when it raises."""
+    tenant = caller.tenant
+    if tenant.status != Tenant.Status.ACTIVE:
+        raise PermissionDeniedError("This organization is suspended. Contact your platform operator.",
+                                    code="tenant_suspended")
+    model = model_resolve(fields=request.fields, default=request.default_model, api_key=caller.api_key)
+    key = caller.api_key
+    if key is not None and key.monthly_credit_limit is not None:
+        spent = billing.key_month_spend(api_key=key)
+        if spent >= key.monthly_credit_limit:
+            raise KeyBudgetExceeded(f"This API key's monthly budget of {key.monthly_credit_limit} credits is used "
+                                    f"up ({spent} spent or held).")
+    rate_limit_check(caller=caller)
+    cap = _in_flight_cap(tenant)
+    if cap and _in_flight_count(tenant) >= cap:
+        error = _in_flight_error(cap)
+        _refused(caller=caller, model=model, request=request, params=None, error=error)
+        raise error
+    if not queue_is_served(model.queue):
+        raise ModelUnavailable(f"The model '{model.public_id}' is not being served right now (its queue "
+                               f"'{model.queue}' has no workers). Contact your platform operator.", param="model")
+
+    profile = PROFILES[model.profile]
+    rules = profile.inputs_for(request.kind)
+    if request.kind not in profile.kinds or (request.kind != Job.Kind.GENERATE and rules is None):
+        action = {"edit": "image edits", "variation": "image variations"}.get(request.kind, "image generation")
+        raise InvalidRequest(f"The model '{model.public_id}' does not support {action}.", param="model",
+                             code="unsupported_model")
+    if request.json_references and not rules.json_body:
+        raise InvalidRequest(f"JSON edit bodies (`images: [{{image_url}}]`) are only supported for GPT image models, "
+                             f"not '{model.public_id}'; send the image as multipart/form-data.", param="images",
+                             code="unsupported_parameter")
+    if rules is not None:
+        inputs_service.inputs_peek(request.images, request.mask, rules=rules)
+
+    params = _resolve(request=request, model=model)
+    if params.prompt.strip():
+        prompt_moderate(tenant=tenant, api_key=key, model=model, prompt=params.prompt,
+                        requested=params.moderation if request.kind == Job.Kind.GENERATE else None,
+                        endpoint=request.endpoint, request_id=caller.request_id)
+    quote = _quote(model=model, request=request, params=params)
+    try:
+        _money_precheck(caller=caller, quote=quote)
+    except InsufficientCredits as exc:
+        _refused(caller=caller, model=model, request=request, params=params, error=exc)
+        raise
+
+    job_id = uuid.uuid4()
+    prepared = None
+    if rules is not None:
+        size_pending = not request.images[0].peeked
+        inputs_service.inputs_fetch(request.images, request.mask, rules=rules)
+        if size_pending:
+            params = _resolve(request=request, model=model)
+            quote = _quote(model=model, request=request, params=params)
+        prepared = inputs_service.inputs_prepare(request.images, request.mask, rules=rules, width=params.width,
+                                                 height=params.height)
+        init_name, mask_name = inputs_service.input_names(job_id)
+        params.extra = {
+            "init_file": init_name, "mask_file": mask_name if prepared.mask is not None else None,
+            "strength": VARIATION_STRENGTH if request.kind == Job.Kind.VARIATION else edit_strength(
+                data=request.fields, model=model),
+            "inputs": len(request.images),
+            "image_tokens": sum(input_image_tokens(i.width, i.height) for i in request.images) if profile.gpt else 0,
+        }
+
+    def after_commit() -> None:
+        if prepared is not None:
+            try:
+                inputs_service.inputs_store(prepared, job_id=job_id)
+            except Exception as exc:
+                from images.services.jobs import job_fail
+
+                job_fail(job_id=job_id, code="storage_failed", message="The job's input images could not be stored.")
+                raise ServiceUnavailable("Storing the input images failed; nothing was charged. Retry shortly.",
+                                         headers={"Retry-After": "5"}) from exc
+        job_enqueue(job=job)
+
     try:
         with transaction.atomic():
-            _in_flight_check(tenant=tenant)
+            if cap:
+                _in_flight_locked_check(tenant=tenant, cap=cap)
             job = Job.objects.create(
-                tenant=tenant, api_key=api_key, model=model, kind=kind, endpoint=endpoint,
+                id=job_id, tenant=tenant, api_key=key, model=model, kind=request.kind, endpoint=request.endpoint,
                 params=params.as_json(), prompt=params.model_prompt, n=params.n, width=params.width,
-                height=params.height, steps=params.steps, guidance=params.guidance, seed=params.seed,
-                quote=quote, deadline=timezone.now() + timedelta(seconds=settings.JOB_DEADLINE_SECONDS))
-            billing.credits_hold(tenant=tenant, api_key=api_key, job=job, amount=quote)
+                height=params.height, steps=params.steps, guidance=params.guidance, seed=params.seed, quote=quote,
+                deadline=timezone.now() + timedelta(seconds=settings.JOB_DEADLINE_SECONDS))
+            billing.credits_hold(tenant=tenant, api_key=key, job=job, amount=quote)
             UsageRecord.objects.create(
-                tenant=tenant, api_key=api_key, job=job, model=model.public_id, endpoint=endpoint, n=params.n,
+                tenant=tenant, api_key=key, job=job, model=model.public_id, endpoint=request.endpoint, n=params.n,
                 size=params.size, quality=params.quality, steps=params.steps)
-            if idempotency_record_id is not None:
-                idempotency_attach_job(record_id=idempotency_record_id, job_id=job.pk)
+            if request.idempotency_record_id is not None:
+                idempotency_attach_job(record_id=request.idempotency_record_id, job_id=job.pk)
+            transaction.on_commit(after_commit)
     except (InsufficientCredits, RateLimited) as exc:
-        usage_record_refused(tenant=tenant, api_key=api_key, model=model.public_id, endpoint=endpoint,
-                             params=params, outcome=UsageRecord.Outcome.REFUSED, error_code=exc.code or "")
+        _refused(caller=caller, model=model, request=request, params=params, error=exc)
         raise
-    job_enqueue(job=job)
     return job
 
 
-def _in_flight_check(*, tenant: Tenant) -> None:
-    """Cap a tenant's queued and running jobs. The account row lock serialises the
-    tenant's submissions, so two requests cannot both take the last slot."""
-    cap = tenant.max_concurrent_jobs or settings.DEFAULT_MAX_CONCURRENT_JOBS
-    if not cap:
-        return
+def _in_flight_locked_check(*, tenant: Tenant, cap: int) -> None:
+    """The authoritative in-flight cap: the account row lock serialises the tenant's
+    submissions, so two requests cannot both take the last slot."""
     locked = CreditAccount.objects.select_for_update().filter(tenant=tenant)
     if locked.first() is None:  # (a tenant without an account row yet gets one)
         billing.account_for(tenant=tenant)
         locked.first()
-    in_flight = Job.objects.filter(tenant=tenant, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).count()
-    if in_flight >= cap:
-        raise RateLimited(f"Too many images in progress: your organization may have {cap} jobs queued or "
-                          "running at once. Retry when one finishes.", headers={"Retry-After": "2"})
-
-
+    if _in_flight_count(tenant) >= cap:
+        raise _in_flight_error(cap)

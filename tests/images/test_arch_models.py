@@ -1,4 +1,4 @@
-"""SD 1.5- and SDXL-architecture configs (images/arch_configs/) for GPU benchmarks: they
+"""SD 1.5- and SDXL-architecture configs (tools/arch_configs/) for GPU benchmarks: they
 must be the real architectures, so the exact parameter counts of the published models
 are checked, and the FLOP count of a denoising step must behave like one. Everything
 runs on the meta device: no weights, no memory."""
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from images import arch_models
+from tools import arch_models
 
 # Parameter counts of runwayml/stable-diffusion-v1-5 and stabilityai/stable-diffusion-xl-base-1.0.
 PUBLISHED = {

@@ -1,10 +1,16 @@
+from datetime import timezone as dt_timezone
+
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 from django.utils import timezone
 
 from accounts.models import Tenant
 from accounts.services import api_key_create
-from images.models import ImageModel
+from core.errors import APIError
+
+# The columns' ranges (PostgreSQL integer and bigint).
+RPM_MAX = 2**31 - 1
+CREDITS_MAX = 2**63 - 1
 
 
 class Command(BaseCommand):
@@ -23,23 +29,27 @@ class Command(BaseCommand):
         found = Tenant.objects.filter(name=tenant).first()
         if found is None:
             raise CommandError(f"No tenant named {tenant!r}.")
-        if rpm is not None and rpm < 1:
-            raise CommandError("--rpm must be at least 1.")
-        if monthly_credits is not None and monthly_credits < 0:
-            raise CommandError("--monthly-credits must be zero or positive.")
+        if rpm is not None and not 1 <= rpm <= RPM_MAX:
+            raise CommandError(f"--rpm must be 1 to {RPM_MAX}.")
+        if monthly_credits is not None and not 0 <= monthly_credits <= CREDITS_MAX:
+            raise CommandError(f"--monthly-credits must be 0 to {CREDITS_MAX}.")
         expiry = None
         if expires:
-            expiry = parse_datetime(expires)
+            try:
+                expiry = parse_datetime(expires)
+                if expiry is not None:
+                    expiry = (timezone.make_aware(expiry, dt_timezone.utc) if timezone.is_naive(expiry)
+                              else expiry.astimezone(dt_timezone.utc))
+            except (ValueError, OverflowError):  # well-formed but impossible: month 13, past year 9999 in UTC
+                expiry = None
             if expiry is None:
                 raise CommandError(f"--expires must be an ISO 8601 date-time, not {expires!r}.")
-            if timezone.is_naive(expiry):
-                expiry = timezone.make_aware(expiry, timezone.utc)
-        allowed = [m.strip() for m in (models or "").split(",") if m.strip()]
-        unknown = set(allowed) - set(ImageModel.objects.filter(public_id__in=allowed).values_list("public_id", flat=True))
-        if unknown:
-            raise CommandError(f"Unknown model(s): {', '.join(sorted(unknown))}.")
-        key, raw = api_key_create(tenant=found, name=name, created_by="manage.py", rpm_limit=rpm,
-                                  expiry_date=expiry, allowed_models=allowed, monthly_credit_limit=monthly_credits,
-                                  is_admin=admin)
+        allowed = (models or "").split(",")
+        try:  # the service checks the model ids, as it does for /v1/keys and the admin site
+            key, raw = api_key_create(tenant=found, name=name, created_by="manage.py", rpm_limit=rpm,
+                                      expiry_date=expiry, allowed_models=allowed,
+                                      monthly_credit_limit=monthly_credits, is_admin=admin)
+        except APIError as exc:
+            raise CommandError(exc.message) from exc
         self.stdout.write(f"Created key {key.prefix} ({key.name!r}) for {found.name}; shown once:")
         self.stdout.write(raw)

@@ -1,4 +1,6 @@
 from django.contrib.auth import get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
@@ -20,9 +22,17 @@ class Command(BaseCommand):
         if found is None:
             raise CommandError(f"No tenant named {tenant!r}.")
         User = get_user_model()
+        try:
+            username = User._meta.get_field(User.USERNAME_FIELD).clean(username, None)
+        except ValidationError as exc:
+            raise CommandError("The username was refused: " + " ".join(exc.messages)) from exc
         with transaction.atomic():
             user, created = User.objects.get_or_create(username=username, defaults={"email": email})
             if password:
+                try:  # AUTH_PASSWORD_VALIDATORS, as the admin's password forms apply them
+                    validate_password(password, user)
+                except ValidationError as exc:  # rolls back a user created just now
+                    raise CommandError("The password was refused: " + " ".join(exc.messages)) from exc
                 user.set_password(password)
                 user.save(update_fields=["password"])
             elif created:

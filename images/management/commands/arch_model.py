@@ -1,5 +1,6 @@
 """`manage.py arch_model sd15|sdxl`: FLOPs of one denoising step, or a random-weight
-build of the architecture for GPU benchmarks (images/arch_models.py, docs/benchmarks.md)."""
+build of the architecture for GPU benchmarks (tools/arch_models.py, docs/benchmarks.md).
+Arguments only: the work is in tools.arch_models."""
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
 
     def handle(self, *args, architecture: str, flops: list[str], build: str | None, dtype: str, **options):
-        from images import arch_models  # imports torch: worker side only
+        from tools import arch_models  # imports torch: worker side only
 
         if not flops and not build:
             raise CommandError("say --flops WxH and/or --build DIR")

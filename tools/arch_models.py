@@ -1,5 +1,5 @@
 """Stable Diffusion 1.5- and SDXL-architecture pipelines with random weights, built from
-the configs in images/arch_configs/, and the FLOPs of one of their denoising steps.
+the configs in tools/arch_configs/, and the FLOPs of one of their denoising steps.
 
 They exist for GPU benchmarks (docs/benchmarks.md) on machines that reach no model hub:
 the architecture, and so the cost of a step, is the real one; the images are noise. The
@@ -8,6 +8,7 @@ below the real 49 408-entry vocabulary). FLOPs are counted on PyTorch's meta dev
 counting needs no weights, no memory and no GPU.
 
 Like images.demo_model, this module imports torch and diffusers: worker side only.
+`manage.py arch_model` is its command line.
 """
 from __future__ import annotations
 

@@ -1,0 +1,7 @@
+"""Image-generation backends: what runs the models behind a job.
+
+`images.backends.base` is the interface the worker calls (tasks in, images and timings
+out). It imports neither torch nor Django, so the web tier and the job services may use
+its types freely. `images.backends.local` runs diffusers pipelines in this process; it
+and its modules are the only importers of torch and diffusers in the project.
+"""

@@ -1,0 +1,174 @@
+"""The interface between a job and whatever runs its model: tasks in, images out.
+
+Torch-free on purpose (house style rule 4): the web tier, the job services and the
+management commands may import these types and helpers without paying for torch. A
+worker asks `get_backend()` for its process's backend; today that is always the local
+one (diffusers in this process, `images.backends.local`). Another backend (a remote GPU
+pool, a vendor API) would implement `Backend` and nothing else would change.
+
+Stopping. A task may carry `should_stop`, asked before each pipeline call and after
+each denoising step. When it answers a reason the backend stops working for that task
+and returns a result with `stopped` set and no images. Tasks batched into one call stop
+that call only when every one of them wants to stop; until then the call runs on and
+the stopping task's share of it is dropped (see images.backends.local.runner).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "Backend",
+    "GenerationResult",
+    "GenerationTask",
+    "PipelineError",
+    "PipelineSource",
+    "effective_steps",
+    "error_summary",
+    "get_backend",
+    "preview_steps_for",
+]
+
+
+@dataclass(frozen=True)
+class PipelineSource:
+    source: str  # local directory or hub id
+    dtype: str = "auto"  # "auto" | "float16" | "bfloat16" | "float32"; auto = fp16 on CUDA/MPS, fp32 on CPU
+    local_files_only: bool = True  # the operator may set False to allow hub downloads
+
+
+@dataclass
+class GenerationTask:
+    source: PipelineSource
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seeds: list[int]  # one seed per image
+    # Called (steps_done, steps_total) after each denoising step. Exceptions it raises
+    # are logged and swallowed. It runs on the lane, holding its lock: keep it quick
+    # and never call into the backend from it (that would deadlock).
+    on_step: Callable[[int, int], None] | None = None
+    # Image-to-image source, RGB, exactly width x height (the caller resizes). When set,
+    # the task is image-to-image (or inpainting, with mask_image).
+    init_image: Image.Image | None = None
+    # Inpainting mask, L, exactly width x height, diffusers convention: white (255) =
+    # repaint, black (0) = keep. Requires init_image.
+    mask_image: Image.Image | None = None
+    # 0 < strength <= 1, img2img/inpaint only: how far the result may move away from the
+    # input. diffusers runs min(int(steps * strength), steps) steps (see effective_steps).
+    strength: float = 0.75
+    # 1-based step numbers (counted in steps actually run) after which the current
+    # latents are decoded into small previews and handed to on_preview.
+    preview_steps: tuple[int, ...] = ()
+    # Called (preview_index, previews): preview_index counts 0, 1, 2... per task; one
+    # small RGB preview per image of the task, in seed order. Called after on_step for
+    # the same step. Same rules as on_step: exceptions are logged and swallowed; runs on
+    # the lane, holding its lock.
+    on_preview: Callable[[int, list[Image.Image]], None] | None = None
+    # Asked before each pipeline call of the task and after each of its denoising steps
+    # (before that step's on_step and previews): a non-empty string (the reason, e.g.
+    # "time_limit") stops the task there; None or "" carries on. Must be cheap (it runs
+    # on the lane every step: read a flag or a clock, never the database). Exceptions are
+    # logged and count as "carry on".
+    should_stop: Callable[[], str | None] | None = None
+
+    @property
+    def kind(self) -> str:
+        """The task's kind: "text2img", "img2img" or "inpaint"."""
+        if self.init_image is None:
+            return "text2img"
+        return "img2img" if self.mask_image is None else "inpaint"
+
+
+@dataclass
+class GenerationResult:
+    # len == len(task.seeds), RGB, exactly width x height, in seed order; [] when stopped.
+    images: list[Image.Image]
+    seconds: float  # wall time of the pipeline call(s) attributable to this task
+    # Denoising steps run for this task, in on_step's units (all of its calls together:
+    # effective_steps(task) per call).
+    steps_done: int = 0
+    # None when the task ran to the end; else the reason its should_stop gave.
+    stopped: str | None = None
+
+
+class PipelineError(Exception):
+    """A load or generation failure; the message is short and meant for humans."""
+
+
+class Backend(Protocol):
+    """What the worker needs from whatever runs the models. Implementations are
+    thread-safe: one worker process calls them from many threads at once."""
+
+    def run(self, task: GenerationTask, *, max_batch: int | None = None,
+            window_ms: float = 0.0) -> GenerationResult:
+        """Run one task, maybe batched with other threads' compatible tasks (waiting up
+        to `window_ms` for company; at most `max_batch` images per call, None: the
+        backend's default). Raises PipelineError when the task cannot be run; a task
+        stopped by its should_stop returns normally with `stopped` set."""
+        ...
+
+    def count_tokens(self, source: PipelineSource, text: str) -> int | None:
+        """Tokens the model's (first) tokenizer makes of `text`, untruncated; None when
+        it has none or counting failed (counting never fails a generation)."""
+        ...
+
+    def warm_up(self, source: PipelineSource) -> None:
+        """Load the model and run one tiny generation, so the first request doesn't pay."""
+        ...
+
+    def device_info(self) -> dict[str, Any]:
+        """What the backend runs on, for logs and benchmarks: at least "device"."""
+        ...
+
+
+def get_backend() -> Backend:
+    """The process's backend (imported on first use: the local one imports torch)."""
+    from images.backends.local import backend
+
+    return backend
+
+
+def error_summary(exc: BaseException, limit: int = 200) -> str:
+    """A one-line description of an exception, with no traceback: "Type: first line"."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def effective_steps(task: GenerationTask) -> int:
+    """How many denoising steps the task's pipeline call actually runs: `steps` for
+    text-to-image; max(1, min(int(steps * strength), steps)) for img2img/inpaint
+    (diffusers' count, but at least one step: see runner.pipeline_strength). on_step
+    totals and preview_steps count in these steps."""
+    if task.init_image is None:
+        return task.steps
+    return max(1, min(int(task.steps * task.strength), task.steps))
+
+
+def preview_steps_for(total_steps: int, count: int) -> tuple[int, ...]:
+    """`count` step numbers spread evenly over 1..total_steps-1 (never the last step,
+    whose result is the final image): e.g. (4, 2) -> (1, 3), (20, 3) -> (5, 10, 15),
+    (30, 1) -> (15,). When fewer than `count` steps come before the last one, all of
+    them: (3, 3) -> (1, 2); (1, n) -> (). For img2img/inpaint pass effective_steps(task).
+    Raises ValueError for a negative or non-integer argument.
+    """
+    for name, value in (("total_steps", total_steps), ("count", count)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer (got {value!r})")
+    before_last = max(0, total_steps - 1)
+    if before_last <= count:
+        return tuple(range(1, before_last + 1))
+    # Steps total*(i+1)/(count+1), rounded half up: more than one step apart, so unique.
+    return tuple(
+        min(before_last, max(1, (2 * total_steps * (i + 1) + count + 1) // (2 * (count + 1))))
+        for i in range(count)
+    )

@@ -1,0 +1,54 @@
+"""The local backend: diffusers pipelines run in this process, on its lanes.
+
+This package (and `images.demo_model`, `tools/arch_models.py`, which build random-weight
+models) is the only code that imports torch and diffusers; nothing in it imports Django
+(config.py reads Django's settings when they are configured, and works without), so it
+can be used and tested on its own. Modules, each one concern:
+
+    config    LocalConfig: every knob, read once (PLATFORM_DEVICE, PIPELINE_*...)
+    device    device and dtype choice, device_info
+    lanes     lane threads, their locks, torch thread counts
+    cache     loading models; the LRU cache of pipelines, per kind and lane
+    families  per-architecture loading, call arguments, previews (a registry)
+    runner    validation, grouping into calls, step callbacks, stopping, warm-up
+    batcher   batching tasks of different threads (requests) into one call
+    previews  decoding intermediate latents into small previews
+    tokens    counting a prompt's tokens
+"""
+from __future__ import annotations
+
+import os
+
+# No telemetry pings from the hub clients (set before diffusers/transformers are
+# imported). HF_HUB_OFFLINE is deliberately NOT forced: `local_files_only=True` (the
+# default of PipelineSource) already keeps from_pretrained off the network, and forcing
+# offline mode process-wide would silently break an operator's `local_files_only=False`.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DISABLE_TELEMETRY", "1")
+
+from typing import Any  # noqa: E402
+
+from images.backends.base import GenerationResult, GenerationTask, PipelineSource  # noqa: E402
+from images.backends.local import device, lanes, runner, tokens  # noqa: E402
+from images.backends.local.batcher import batcher  # noqa: E402
+
+
+class LocalBackend:
+    """`images.backends.base.Backend` on this process's lanes (see the modules above)."""
+
+    def run(self, task: GenerationTask, *, max_batch: int | None = None,
+            window_ms: float = 0.0) -> GenerationResult:
+        return batcher.run(task, max_batch=max_batch, window_ms=window_ms)
+
+    def count_tokens(self, source: PipelineSource, text: str) -> int | None:
+        return tokens.count_tokens(source, text)
+
+    def warm_up(self, source: PipelineSource) -> None:
+        """Warm up every lane (runner.warm_up), from one lane thread."""
+        lanes.gpu_call(runner.warm_up, source)
+
+    def device_info(self) -> dict[str, Any]:
+        return device.device_info()
+
+
+backend = LocalBackend()

@@ -1,0 +1,110 @@
+"""Batching across requests: a per-process batcher that groups compatible jobs from
+different customers into one pipeline call.
+
+Worker threads hand their task to `batcher.run(task)`. When batching is on (the
+model's or device's maximum batch is above 1) the thread waits up to `window_ms` for
+company, then takes every pending task with the same batch key (model source, size,
+steps, guidance; text-to-image only) up to the maximum number of images, and runs them
+as one `runner.run_batch` call; each task gets its own result (its own seeds, progress,
+previews and stopping). A thread whose task was taken by another simply waits for it.
+With a maximum of 1 (the CPU default: batching measured slower there) a task runs
+alone at once, with no wait. Calls run on the process's lanes, so with several lanes
+(CPU) several calls run side by side.
+
+A group is run, and its members' results handed out, entirely on the lane: the thread
+that formed the group only waits like the others, so if it is interrupted (Dramatiq's
+time limit) its companions still get their results.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from images.backends.base import GenerationResult, GenerationTask, PipelineError
+from images.backends.local import lanes, runner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Entry:
+    key: tuple
+    task: GenerationTask
+    images: int
+    future: Future = field(default_factory=Future)
+
+
+def batch_key(task: GenerationTask) -> tuple | None:
+    """Tasks with equal keys may share a pipeline call; None: always alone."""
+    if task.init_image is not None:
+        return None
+    return (task.source, task.width, task.height, task.steps, float(task.guidance))
+
+
+class Batcher:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[_Entry] = []
+
+    def run(self, task: GenerationTask, *, max_batch: int | None = None,
+            window_ms: float = 0.0) -> GenerationResult:
+        """Run `task` (maybe with other threads' compatible tasks) and wait for its
+        result. Raises PipelineError; a stopped task returns with `stopped` set."""
+        limit = runner.resolve_max_batch(max_batch)
+        key = batch_key(task)
+        if key is None or limit <= 1 or len(task.seeds) >= limit:
+            return lanes.gpu_call(runner.run_batch, [task], max_batch=limit)[0]
+        entry = _Entry(key, task, len(task.seeds))
+        with self._lock:
+            self._pending.append(entry)
+        if window_ms > 0:
+            time.sleep(window_ms / 1000)
+        group = self._take(entry, limit)
+        if group:
+            lanes.pool().submit(self._run_group, group, limit)
+        return lanes.wait(entry.future)
+
+    def _take(self, entry: _Entry, limit: int) -> list[_Entry]:
+        """Claim this entry (if nobody has) and compatible company up to `limit` images."""
+        with self._lock:
+            if entry not in self._pending:
+                return []  # another thread took it into its batch
+            group, images = [], 0
+            for other in [entry] + [e for e in self._pending if e is not entry and e.key == entry.key]:
+                if group and images + other.images > limit:
+                    continue
+                group.append(other)
+                images += other.images
+            for member in group:
+                self._pending.remove(member)
+            return group
+
+    @staticmethod
+    def _run_group(group: list[_Entry], limit: int) -> None:
+        """On a lane: run the group and resolve every member's future, whatever happens."""
+        try:
+            try:
+                results = runner.run_batch([e.task for e in group], max_batch=limit)
+            except Exception as exc:
+                if len(group) == 1:
+                    group[0].future.set_exception(exc)
+                    return
+                # One bad task must not fail its companions: run each alone.
+                for member in group:
+                    try:
+                        member.future.set_result(runner.run_batch([member.task], max_batch=limit)[0])
+                    except Exception as exc:
+                        member.future.set_exception(exc)
+                return
+            for member, result in zip(group, results):
+                member.future.set_result(result)
+        finally:
+            for member in group:  # (only after a BaseException: never leave a waiter hanging)
+                if not member.future.done():
+                    member.future.set_exception(PipelineError("generation failed: the batch was aborted"))
+
+
+batcher = Batcher()

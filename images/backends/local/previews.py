@@ -1,0 +1,57 @@
+"""Step previews: intermediate latents decoded into small images while a call runs."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from images.backends.base import PipelineError, error_summary
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+PREVIEW_MAX_SIZE = 256  # longest side of a preview, in pixels
+
+
+@dataclass
+class PreviewState:
+    """One task's previews across the pipeline calls of one run_batch."""
+
+    delivered: int = 0  # previews handed to on_preview so far
+    # step number -> {image index: preview}, while a task split over several calls
+    # has not yet reached that step in all of them
+    pending: dict[int, dict[int, Any]] = field(default_factory=dict)
+
+
+def decode_latents_preview(pipe: Any, latents: torch.Tensor, *, max_size: int = 256) -> list[Image.Image]:
+    """Decode intermediate latents (e.g. callback_kwargs["latents"]) into small RGB previews.
+
+    Latents are shrunk first so that the preview's longest side is about `max_size`
+    pixels: the VAE decode is the expensive part, and it scales with the area. Meant to
+    be called from inside a step callback (i.e. on the lane, holding its lock). Works
+    for pipelines with a `vae` (with `scaling_factor`, optionally `shift_factor`) and
+    unpacked 4-D latents; families with other latents override Family.decode_preview.
+    Raises PipelineError.
+    """
+    try:
+        vae = pipe.vae
+        with torch.no_grad():
+            lat = latents.detach()
+            height, width = lat.shape[-2:]
+            longest = max(1, max_size // pipe.vae_scale_factor)
+            if max(height, width) > longest:
+                scale = longest / max(height, width)
+                size = (max(1, round(height * scale)), max(1, round(width * scale)))
+                lat = F.interpolate(lat.float(), size=size, mode="area")
+            lat = lat.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+            shift = getattr(vae.config, "shift_factor", None)
+            if shift:
+                lat = lat + shift
+            decoded = vae.decode(lat, return_dict=False)[0]
+            decoded = torch.nan_to_num(decoded.float())
+        images = pipe.image_processor.postprocess(decoded, output_type="pil")
+    except Exception as exc:
+        raise PipelineError(f"preview decode failed: {error_summary(exc)}") from exc
+    return [image if image.mode == "RGB" else image.convert("RGB") for image in images]

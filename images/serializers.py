@@ -1,0 +1,225 @@
+"""Output serializers of the images app: every response body is rendered through one
+of these, and the OpenAPI schema documents the same classes, so the schema and the
+behaviour are one thing. `*_body` functions build a job's data and return the
+serializer's `.data` (fields a serializer does not declare are never rendered).
+
+Shapes: ImagesResponse (reference §6), the task object, the model object (OpenAI's
+`/v1/models`), AlphaEdge's `vision.image` (seed 000) and the reseller envelope (seed 003).
+"""
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import inline_serializer
+from rest_framework import serializers
+
+from core.schema import ErrorDetailSerializer
+from images.files import image_read, image_url
+from images.models import ImageModel, Job
+from images.profiles import PROFILES, output_tokens
+
+
+class ImageDataSerializer(serializers.Serializer):
+    url = serializers.URLField(required=False, help_text="Signed link, readable without the key, one hour")
+    b64_json = serializers.CharField(required=False)
+    revised_prompt = serializers.CharField(required=False, help_text="dall-e-3 only")
+
+
+class InputTokensDetailsSerializer(serializers.Serializer):
+    text_tokens = serializers.IntegerField()
+    image_tokens = serializers.IntegerField(help_text="Input images of edits (docs/api.md: the tile rule)")
+
+
+class ImageUsageSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    input_tokens_details = InputTokensDetailsSerializer()
+
+
+class ImagesResponseSerializer(serializers.Serializer):
+    created = serializers.IntegerField(help_text="Unix seconds")
+    data = ImageDataSerializer(many=True)
+    background = serializers.CharField(required=False, help_text="GPT-image models only")
+    output_format = serializers.CharField(required=False, help_text="GPT-image models only")
+    size = serializers.CharField(required=False, help_text="GPT-image models only")
+    quality = serializers.CharField(required=False, help_text="GPT-image models only")
+    usage = ImageUsageSerializer(required=False, help_text="GPT-image models only")
+
+
+class TaskProgressSerializer(serializers.Serializer):
+    steps_done = serializers.IntegerField()
+    steps_total = serializers.IntegerField()
+    fraction = serializers.FloatField()
+
+
+class TaskSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="image.task")
+    status = serializers.ChoiceField(choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    model = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["generate", "edit", "variation"])
+    created_at = serializers.IntegerField()
+    started_at = serializers.IntegerField(allow_null=True)
+    finished_at = serializers.IntegerField(allow_null=True)
+    progress = TaskProgressSerializer()
+    credits_charged = serializers.IntegerField(
+        help_text="Credits charged so far (a cancelled task pays for the steps it ran)")
+    result = ImagesResponseSerializer(allow_null=True)
+    error = ErrorDetailSerializer(allow_null=True)
+
+
+class ModelSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="model")
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField()
+
+
+class ModelListSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = ModelSerializer(many=True)
+
+
+class VisionImageSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="vision.image")
+    created = serializers.IntegerField()
+    data = inline_serializer("VisionImageData", {"url": serializers.URLField(), "b64_json": serializers.CharField()},
+                             many=True)
+
+
+class ResellerUsageSerializer(serializers.Serializer):
+    images = serializers.IntegerField()
+    seconds = serializers.FloatField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class ResellerDataSerializer(serializers.Serializer):
+    urls = serializers.ListField(child=serializers.URLField())
+    usage = ResellerUsageSerializer()
+    expired = serializers.CharField(help_text="ISO 8601, UTC")
+    task_id = serializers.CharField()
+    task_status = serializers.CharField()
+
+
+class ResellerResponseSerializer(serializers.Serializer):
+    code = serializers.IntegerField(help_text="0 on success, else the HTTP status")
+    message = serializers.CharField()
+    request_id = serializers.CharField()
+    data = ResellerDataSerializer(allow_null=True)
+
+
+class ResellerErrorSerializer(serializers.Serializer):
+    code = serializers.IntegerField(help_text="The HTTP status")
+    data = serializers.JSONField(allow_null=True)
+    message = serializers.CharField()
+    request_id = serializers.CharField()
+    error = ErrorDetailSerializer()
+
+
+# ---- Builders ------------------------------------------------------------------------
+
+def input_tokens(job: Job) -> tuple[int, int]:
+    """(text tokens, image tokens) of a job's input: the prompt as the model's tokenizer
+    counted it, and the input images of an edit (profiles.input_image_tokens)."""
+    return job.prompt_tokens or 0, int((job.params.get("extra") or {}).get("image_tokens") or 0)
+
+
+def usage_body(job: Job, *, images: int | None = None, with_input: bool = True) -> dict[str, Any]:
+    """GPT-image `usage`: input = text + image tokens (`with_input=False`: none, for
+    the second and later images of a stream); output = OpenAI's per-image token table
+    for the size and quality, times `images` (default: the images the job made)."""
+    text, image_tokens = input_tokens(job) if with_input else (0, 0)
+    count = job.images.count() if images is None else images
+    out = output_tokens(job.size, job.params["quality"]) * count
+    return {"input_tokens": text + image_tokens, "output_tokens": out, "total_tokens": text + image_tokens + out,
+            "input_tokens_details": {"text_tokens": text, "image_tokens": image_tokens}}
+
+
+def images_response_body(*, job: Job, base_url: str) -> dict[str, Any]:
+    """ImagesResponse (reference §6): DALL·E profiles get created+data only; GPT-image
+    ones also the resolved size/quality/background/output_format and usage."""
+    params = job.params
+    profile = PROFILES[params["profile"]]
+    data = []
+    for image in job.images.all():
+        item: dict[str, Any] = {}
+        if params["response_format"] == "url":
+            item["url"] = image_url(image, base_url=base_url)
+        else:
+            item["b64_json"] = base64.b64encode(image_read(image)).decode("ascii")
+        if profile.style:
+            item["revised_prompt"] = job.prompt
+        data.append(item)
+    body: dict[str, Any] = {"created": int(job.created_at.timestamp()), "data": data}
+    if profile.gpt:
+        body.update(background=params["background"], output_format=params["output_format"],
+                    size=params["size"], quality=params["quality"], usage=usage_body(job))
+    return ImagesResponseSerializer(body).data
+
+
+def _ts(value) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def task_body(*, job: Job, base_url: str) -> dict[str, Any]:
+    """A job as a task: status, progress, timestamps, credits charged, and the result or the error."""
+    total = max(1, job.steps)
+    done = min(job.steps_done, total) if job.status != Job.Status.SUCCEEDED else total
+    hold = getattr(job, "hold", None) if hasattr(job, "hold") else None
+    body: dict[str, Any] = {
+        "id": str(job.pk), "object": "image.task", "status": job.status, "model": job.model.public_id,
+        "kind": job.kind, "created_at": _ts(job.created_at), "started_at": _ts(job.started_at),
+        "finished_at": _ts(job.finished_at),
+        "progress": {"steps_done": done, "steps_total": total, "fraction": round(done / total, 3)},
+        "credits_charged": hold.captured if hold is not None else 0,
+        "result": None, "error": None,
+    }
+    if job.status == Job.Status.SUCCEEDED:
+        body["result"] = images_response_body(job=job, base_url=base_url)
+    elif job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
+        body["error"] = {"message": job.error_message, "type": "server_error" if job.status == Job.Status.FAILED
+                         else "invalid_request_error", "param": None, "code": job.error_code or None}
+    return TaskSerializer(body).data
+
+
+def model_body(model: ImageModel) -> dict[str, Any]:
+    return ModelSerializer({"id": model.public_id, "object": "model", "created": int(model.created_at.timestamp()),
+                            "owned_by": model.owned_by}).data
+
+
+def model_list_body(models: list[ImageModel]) -> dict[str, Any]:
+    return ModelListSerializer({"object": "list", "data": [model_body(m) for m in models]}).data
+
+
+def vision_body(*, job: Job, base_url: str) -> dict[str, Any]:
+    """Seed 000: every image with both `url` and `b64_json`."""
+    data = [{"url": image_url(img, base_url=base_url), "b64_json": base64.b64encode(image_read(img)).decode("ascii")}
+            for img in job.images.all()]
+    return VisionImageSerializer({"id": f"img-{job.pk.hex}", "object": "vision.image",
+                                  "created": int(job.created_at.timestamp()), "data": data}).data
+
+
+def reseller_body(*, job: Job, base_url: str, request_id: str) -> dict[str, Any]:
+    """Seed 003's envelope: `{code: 0, message, request_id, data{urls, usage, expired, task_id, task_status}}`."""
+    images = list(job.images.all())
+    expires = job.finished_at + timedelta(seconds=settings.IMAGE_URL_TTL_SECONDS)
+    usage = usage_body(job, images=len(images))
+    seconds = round((job.finished_at - job.created_at).total_seconds(), 3)
+    return ResellerResponseSerializer({"code": 0, "message": "success", "request_id": request_id, "data": {
+        "urls": [image_url(img, base_url=base_url) for img in images],
+        "usage": {"images": len(images), "seconds": seconds, "input_tokens": usage["input_tokens"],
+                  "output_tokens": usage["output_tokens"], "total_tokens": usage["total_tokens"]},
+        "expired": expires.isoformat().replace("+00:00", "Z"), "task_id": str(job.pk),
+        "task_status": job.status}}).data
+
+
+def reseller_error_body(*, error: dict[str, Any], status: int, request_id: str) -> dict[str, Any]:
+    return ResellerErrorSerializer({"code": status, "data": None, "message": error["message"], "error": error,
+                                    "request_id": request_id}).data

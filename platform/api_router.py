@@ -1,0 +1,24 @@
+"""The API's routes: DRF ViewSets on routers (no trailing slashes, as OpenAI's paths).
+
+`v1_router` serves /v1/...; `api_router` serves the vendor shapes under /api/...
+(seeds 002 and 003). Lookups accept any character but `/` (model ids contain dots:
+`gpt-image-1.5`)."""
+from __future__ import annotations
+
+from rest_framework.routers import SimpleRouter
+
+from accounts.api import KeyViewSet
+from images.api import ImageFileViewSet, ImageModelViewSet, ImagesViewSet, TaskViewSet
+from images.vendors import AigneViewSet, ResellerViewSet, VisionViewSet
+
+v1_router = SimpleRouter(trailing_slash=False)
+v1_router.register("images/tasks", TaskViewSet, basename="task")
+v1_router.register("images", ImagesViewSet, basename="images")
+v1_router.register("models", ImageModelViewSet, basename="model")
+v1_router.register("files", ImageFileViewSet, basename="file")
+v1_router.register("keys", KeyViewSet, basename="key")
+v1_router.register("vision/generate", VisionViewSet, basename="vision")
+
+api_router = SimpleRouter(trailing_slash=False)
+api_router.register("images/generations", AigneViewSet, basename="aigne")
+api_router.register("v1/image/generation", ResellerViewSet, basename="reseller")
