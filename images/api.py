@@ -24,6 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.models import Tenant
 from accounts.principals import Caller
 from accounts.ratelimit import caller_from_request
 from billing.selectors import credits_available
@@ -342,6 +343,9 @@ class ImagesViewSet(ChargedViewSet):
 def tenant_job(request: Request, task_id: str) -> Job:
     """The caller's tenant's job, or 404 (another tenant's job looks exactly like a missing one)."""
     caller = caller_from_request(request)
+    if caller is not None and caller.tenant.status != Tenant.Status.ACTIVE:  # (keys are refused at authentication)
+        raise PermissionDeniedError("This organization is suspended. Contact your platform operator.",
+                                    code="tenant_suspended")
     job = selectors.job_get(tenant=caller.tenant, job_id=task_id) if caller else None
     if job is None:
         raise NotFound("No such task.", param="id", code="not_found")

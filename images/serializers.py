@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import inline_serializer
+from drf_spectacular.utils import extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 
 from core.schema import ErrorDetailSerializer
@@ -79,6 +79,7 @@ class ModelSerializer(serializers.Serializer):
     owned_by = serializers.CharField()
 
 
+@extend_schema_serializer(many=False)  # the list action answers one object, not an array
 class ModelListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
     data = ModelSerializer(many=True)

@@ -69,6 +69,7 @@ extend_schema_view(get=extend_schema(
         OpenApiParameter("group_by", OpenApiTypes.STR, enum=["day", "model", "key"], required=False),
         OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"], required=False),
     ],
-    responses={200: OpenApiResponse(UsageSerializer, description="JSON, or text/csv with format=csv"),
+    responses={(200, "application/json"): OpenApiResponse(UsageSerializer, description="JSON (the default)"),
+               (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="CSV, with format=csv"),
                **errors(400, *AUTH_ERRORS)},
 ))(billing_api.UsageView)
