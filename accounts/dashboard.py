@@ -29,6 +29,7 @@ from accounts import selectors as account_selectors
 from accounts import services as account_services
 from accounts.models import Membership, Tenant
 from accounts.principals import caller_for_member
+from core.charts import bar_chart
 
 LOGIN_URL = "/dashboard/login/"
 PLAYGROUND_ENDPOINT = "/dashboard/playground"
@@ -122,20 +123,6 @@ def _usage_rows(request: HttpRequest) -> tuple[date, date, list[dict]]:
     start = end - timedelta(days=USAGE_DAYS - 1)
     rows = usage_summary(tenant=request.tenant, start=start, end=end, group_by="day")
     return start, end, rows
-
-
-def bar_chart(rows: list[dict], *, start: date, days: int, field: str, width: int = 720, height: int = 160) -> dict:
-    """Bars for a server-rendered SVG: one slot per day, zero-filled."""
-    by_day = {row["day"]: row[field] for row in rows}
-    values = [(start + timedelta(days=i), by_day.get((start + timedelta(days=i)).isoformat(), 0)) for i in range(days)]
-    peak = max([v for _, v in values] + [1])
-    slot = width / days
-    bars = []
-    for i, (day, value) in enumerate(values):
-        h = round((height - 20) * value / peak, 1)
-        bars.append({"x": round(i * slot + 1, 1), "y": round(height - 16 - h, 1), "w": round(slot - 2, 1), "h": h,
-                     "day": day.isoformat(), "value": value, "label": day.day if day.day in (1, 15) or i == 0 else ""})
-    return {"bars": bars, "peak": peak, "width": width, "height": height, "field": field}
 
 
 @member_required

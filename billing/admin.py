@@ -56,7 +56,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         from django.db.models.functions import TruncDate
         from django.utils import timezone
 
-        from accounts.dashboard import bar_chart
+        from core.charts import bar_chart
 
         response = super().changelist_view(request, extra_context)
         changelist = getattr(response, "context_data", {}).get("cl") if hasattr(response, "context_data") else None
