@@ -67,7 +67,7 @@ class TenantAdmin(admin.ModelAdmin):
 class APIKeyForm(forms.ModelForm):
     class Meta:
         model = APIKey
-        fields = "__all__"
+        fields = ("name", "expiry_date", "allowed_models", "rpm_limit", "monthly_credit_limit", "is_admin")
 
     def clean_allowed_models(self) -> list[str]:
         """The same check as /v1/keys and `key_create` (accounts.services)."""

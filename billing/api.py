@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date, timedelta
+import re
+from datetime import date
 
 from django.http import HttpResponse
 from django.utils import timezone
@@ -11,9 +12,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import InvalidRequest
 from billing.selectors import USAGE_GROUPS, usage_summary
 from billing.services import account_for
+from core.errors import InvalidRequest
 
 
 class BalanceView(APIView):
@@ -25,33 +26,55 @@ class BalanceView(APIView):
                          "available": account.available, "currency": "credits"})
 
 
-def _date_param(request: Request, name: str, default: date) -> date:
+USAGE_FORMATS = ("json", "csv")
+# The widest span one request may cover: `end - start` in days.
+USAGE_MAX_DAYS = 366
+USAGE_DEFAULT_DAYS = 30
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _date_param(request: Request, name: str) -> date | None:
+    """A `YYYY-MM-DD` query parameter (ASCII digits only), or None when absent or empty;
+    anything else is a 400 naming it, never an exception the caller did not cause."""
     raw = request.query_params.get(name)
     if not raw:
-        return default
-    try:
-        return date.fromisoformat(raw[:10])
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be a date like 2026-11-21.", param=name, code="invalid_value") from None
+        return None
+    if _ISO_DATE.fullmatch(raw):
+        try:
+            return date.fromisoformat(raw)
+        except ValueError:
+            pass
+    raise InvalidRequest(f"'{name}' must be a date like 2026-11-21.", param=name, code="invalid_value")
+
+
+def _choice_param(request: Request, name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of `choices`; absent or empty is the default, anything else a 400 naming it."""
+    value = request.query_params.get(name) or default
+    if value not in choices:
+        raise InvalidRequest(f"'{name}' must be one of {', '.join(choices)}.", param=name, code="invalid_value")
+    return value
+
+
+def _days_before(day: date, days: int) -> date:
+    """`day - days`, stopping at date.min instead of overflowing."""
+    return date.fromordinal(max(1, day.toordinal() - days))
 
 
 class UsageView(APIView):
     """GET /v1/usage?start=&end=&group_by=day|model|key[&format=csv]"""
 
     def get(self, request: Request):
-        today = timezone.now().date()
-        end = _date_param(request, "end", today)
-        start = _date_param(request, "start", end - timedelta(days=29))
+        end = _date_param(request, "end") or timezone.now().date()
+        start = _date_param(request, "start") or _days_before(end, USAGE_DEFAULT_DAYS - 1)
         if start > end:
             raise InvalidRequest("'start' must not be after 'end'.", param="start", code="invalid_value")
-        if (end - start).days > 366:
-            raise InvalidRequest("The range may span at most 366 days.", param="start", code="invalid_value")
-        group_by = request.query_params.get("group_by", "day")
-        if group_by not in USAGE_GROUPS:
-            raise InvalidRequest(f"'group_by' must be one of {', '.join(USAGE_GROUPS)}.", param="group_by",
+        if (end - start).days > USAGE_MAX_DAYS:
+            raise InvalidRequest(f"The range may span at most {USAGE_MAX_DAYS} days.", param="start",
                                  code="invalid_value")
+        group_by = _choice_param(request, "group_by", USAGE_GROUPS, "day")
+        output = _choice_param(request, "format", USAGE_FORMATS, "json")
         rows = usage_summary(tenant=request.auth.tenant, start=start, end=end, group_by=group_by)
-        if request.query_params.get("format") == "csv":
+        if output == "csv":
             buffer = io.StringIO()
             columns = [group_by, "requests", "succeeded", "failed", "refused", "images", "pixels", "credits"]
             writer = csv.DictWriter(buffer, fieldnames=columns)

@@ -32,7 +32,7 @@ def image_get(*, tenant_id: int, image_id: str) -> GeneratedImage | None:
     except ValueError:
         return None
     return GeneratedImage.objects.select_related("job").filter(
-        pk=image_uuid, job__tenant_id=tenant_id).first()
+        pk=image_uuid, job__tenant_id=tenant_id, job__tenant__status=Tenant.Status.ACTIVE).first()
 
 
 def jobs_in_flight_count(*, tenant: Tenant) -> int:

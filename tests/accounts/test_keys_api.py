@@ -214,3 +214,13 @@ def test_keys_schema_matches_the_bodies(api, db):
     assert fields == {"object", "id", "name", "created_at", "last_used_at", "expires_at", "revoked", "allowed_models",
                       "rpm_limit", "monthly_credit_limit", "is_admin", "key"}
     assert "is_admin" in schema["components"]["schemas"]["KeyCreateRequest"]["properties"]
+
+
+def test_admin_site_refuses_unknown_model_ids_like_the_api(registry, tenant):
+    User.objects.create_superuser("ops", "ops@example.com", PASSWORD)
+    client = Client()
+    client.force_login(User.objects.get(username="ops"))
+    refused = client.post("/admin/accounts/apikey/add/", {"tenant": tenant.tenant.pk, "name": "x",
+                                                           "allowed_models": '["dall-e-9"]'})
+    assert refused.status_code == 200 and "dall-e-9" in refused.content.decode()
+    assert not APIKey.objects.filter(name="x").exists()

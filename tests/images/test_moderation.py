@@ -62,6 +62,56 @@ def test_normalize(text, words):
     assert normalize(text) == words
 
 
+# --- invisible and look-alike characters (issue #13 item 15) ----------------------------------
+
+# Each spelling of "porn" below reads as "porn" to a person (and to the model's text
+# encoder); each used to pass every level.
+DISGUISED_PORN = {
+    "zero-width space": "po\u200brn", "zero-width non-joiner": "po\u200crn", "zero-width joiner": "po\u200drn",
+    "word joiner": "po\u2060rn", "byte order mark": "po\ufeffrn", "soft hyphen": "p\u00ador\u00adn",
+    "left-to-right mark": "po\u200ern", "right-to-left override": "po\u202ern\u202c", "isolate": "\u2066po\u2069rn",
+    "arabic letter mark": "po\u061crn", "mongolian vowel separator": "po\u180ern", "tag character": "po\U000e0041rn",
+    "interlinear annotation": "po\ufff9rn", "hangul filler": "po\u3164rn", "halfwidth hangul filler": "po\uffa0rn",
+    "combining grapheme joiner": "po\u034frn", "variation selector": "po\ufe0frn",
+    "enclosing circle": "p\u20ddo\u20ddr\u20ddn\u20dd", "strikethrough": "p\u0336o\u0336r\u0336n\u0336",
+    "fullwidth": "\uff50\uff4f\uff52\uff4e", "fullwidth capitals": "\uff30\uff2f\uff32\uff2e",
+    "mathematical bold": "\U0001d429\U0001d428\U0001d42b\U0001d427",
+    "double-struck capital": "\u2119\U0001d560\U0001d563\U0001d55f", "circled": "\u24df\u24de\u24e1\u24dd",
+    "superscript": "\u1d56\u1d52\u02b3\u207f", "mixed": "\uff30\u200bo\u0301\u00adr\u20ddn",
+}
+
+
+@pytest.mark.parametrize("spelling", DISGUISED_PORN.values(), ids=DISGUISED_PORN.keys())
+def test_invisible_and_compatibility_characters_do_not_hide_a_term(spelling):
+    assert normalize(spelling) == ["porn"]
+    assert blocked_levels(f"a {spelling} photo") == blocked_levels("a porn photo") == ("strict", "standard")
+
+
+def test_invisible_characters_inside_multi_word_and_minor_terms():
+    assert blocked_levels("how to make m\u200beth") == ALL
+    assert blocked_levels("se\u00adxual inter\u200dcourse") == ("strict", "standard")
+    verdict = moderation_check("n\u200bude ch\u2060ild", level="low")
+    assert verdict.blocked and verdict.categories == ("sexual_minors",)
+
+
+def test_an_invisible_character_between_words_still_separates_them():
+    # Read both ways: dropping it must not unblock what reading it as a break blocked.
+    assert moderation_check("nude\u200bchild", level="low").categories == ("sexual_minors",)
+
+
+@pytest.mark.parametrize("text", [
+    "a \u200btherapist\u200b in Scun\u00adthorpe", "ther\u00adapist",
+    "\uff33\uff43\uff55\uff4e\uff54\uff48\uff4f\uff52\uff50\uff45",
+    "\U0001f469\u200d\U0001f4bb a woman coding, \U0001f1eb\U0001f1f7 flag, \u2764\ufe0f",
+    "\u0e41\u0e21\u0e27\u200b\u0e19\u0e48\u0e32\u0e23\u0e31\u0e01",  # Thai, a zero-width space between words
+    "\u0928\u092e\u0938\u094d\u0924\u0947 \u0926\u0941\u0928\u093f\u092f\u093e",  # Hindi: marks dropped, letters kept
+    "\u0645\u0631\u062d\u0628\u0627\u061c \u0628\u0627\u0644\u0639\u0627\u0644\u0645",  # Arabic with a letter mark
+    "\u05e9\u05b8\u05c1\u05dc\u05d5\u05b9\u05dd", "caf\u0065\u0301 na\u00efve \ufb01ne \u2460 \u00bd",
+])
+def test_innocent_text_with_invisible_or_compatibility_characters_passes(text):
+    assert blocked_levels(text) == ()
+
+
 # --- effective_level -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("tenant, requested, expected", [

@@ -1,6 +1,9 @@
 """Moderation through the API: levels per tenant and request, bodies per profile, no charge."""
 from __future__ import annotations
 
+import os
+
+import pytest
 from django.core.management import call_command
 
 from billing.models import CreditAccount, UsageRecord
@@ -58,10 +61,72 @@ def test_innocent_words_pass(api, worker, tenant):
 
 
 def test_terms_are_editable(api, parked, tenant):
-    from images.services import moderation as services
     from images.models import ModerationTerm
+    from images.services import moderation as services
 
     ModerationTerm.objects.create(category="illicit", tier="explicit", term="purple unicorn")
     services._terms_cache["terms"] = None
     response = post_json(api, URL, {"model": "dall-e-2", "prompt": "A PURPLE Unicorn"}, tenant)
     assert response.status_code == 400 and response.json()["error"]["code"] == "content_policy_violation"
+
+
+# --- a classifier that fails (issue #13 item 15): MODERATION_CLASSIFIER_FAILURE -------------------
+
+CLASSIFIER_CALLS: list[str] = []
+
+
+def broken_classifier(text: str):
+    """Loaded by path ("tests.images.test_moderation_api:broken_classifier"), like an operator's."""
+    CLASSIFIER_CALLS.append(text)
+    raise ConnectionError("classifier backend down")
+
+
+def broken_classifier_settings(settings, policy: str) -> None:
+    settings.MODERATION_CLASSIFIER = f"{__name__}:broken_classifier"
+    settings.MODERATION_CLASSIFIER_FAILURE = policy
+    CLASSIFIER_CALLS.clear()
+
+
+def test_failing_classifier_fails_closed_with_a_503_the_sdk_does_not_retry(api, parked, tenant, settings):
+    broken_classifier_settings(settings, "closed")
+    response = post_json(api, URL, gpt("a lighthouse at dusk"), tenant)
+    assert response.status_code == 503, response.content
+    assert response["x-should-retry"] == "false"
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "moderation_unavailable")
+    assert CLASSIFIER_CALLS == ["a lighthouse at dusk"]
+    assert not Job.objects.exists()
+    assert CreditAccount.objects.get(tenant=tenant.tenant).held == 0
+
+
+def test_closed_classifier_failure_still_blocks_by_the_term_lists(api, parked, tenant, settings):
+    broken_classifier_settings(settings, "closed")
+    response = post_json(api, URL, {"model": "dall-e-2", "prompt": "explicit porn"}, tenant)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "content_policy_violation"
+    assert BlockedPrompt.objects.get().categories == ["sexual"]
+
+
+def test_closed_is_the_default():
+    import settings as project_settings  # platform/settings.py, as read at start-up
+
+    if "MODERATION_CLASSIFIER_FAILURE" in os.environ:
+        pytest.skip("MODERATION_CLASSIFIER_FAILURE is set in this environment")
+    assert project_settings.MODERATION_CLASSIFIER_FAILURE == "closed"
+
+
+def test_unloadable_classifier_fails_closed_too(api, parked, tenant, settings):
+    broken_classifier_settings(settings, "closed")
+    settings.MODERATION_CLASSIFIER = "no_such_module_xyz:classify"
+    response = post_json(api, URL, gpt("a lighthouse at dusk"), tenant)
+    assert response.status_code == 503 and response["x-should-retry"] == "false"
+
+
+def test_failing_classifier_fails_open_to_the_term_lists(api, parked, tenant, settings):
+    broken_classifier_settings(settings, "open")
+    accepted = post_json(api, URL, gpt("a lighthouse at dusk"), tenant)
+    # Accepted and queued (parked: the request stops waiting at once with the job id).
+    assert accepted.json()["error"]["code"] == "job_wait_timeout", accepted.content
+    assert CLASSIFIER_CALLS == ["a lighthouse at dusk"] and Job.objects.count() == 1
+    blocked = post_json(api, URL, {"model": "dall-e-2", "prompt": "explicit porn"}, tenant)
+    assert blocked.status_code == 400 and blocked.json()["error"]["code"] == "content_policy_violation"
+    assert Job.objects.count() == 1

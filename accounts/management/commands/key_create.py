@@ -1,8 +1,8 @@
-from datetime import timezone as dt_timezone
+from datetime import UTC
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils.dateparse import parse_datetime
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from accounts.models import Tenant
 from accounts.services import api_key_create
@@ -38,8 +38,8 @@ class Command(BaseCommand):
             try:
                 expiry = parse_datetime(expires)
                 if expiry is not None:
-                    expiry = (timezone.make_aware(expiry, dt_timezone.utc) if timezone.is_naive(expiry)
-                              else expiry.astimezone(dt_timezone.utc))
+                    expiry = (timezone.make_aware(expiry, UTC) if timezone.is_naive(expiry)
+                              else expiry.astimezone(UTC))
             except (ValueError, OverflowError):  # well-formed but impossible: month 13, past year 9999 in UTC
                 expiry = None
             if expiry is None:
