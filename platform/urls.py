@@ -7,7 +7,7 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 import api_router
 import api_schema  # noqa: F401  (annotates the API views for the OpenAPI schema)
 from accounts import dashboard
-from core.errors import APIError, NotFound, json_error_response
+from core.errors import APIError, InvalidRequest, NotFound, json_error_response
 from billing import api as billing_api
 from health import healthz
 from images import api as images_api
@@ -45,3 +45,12 @@ def handler500(request: HttpRequest):
         return defaults.server_error(request)
     return json_error_response(APIError("The server had an error while processing your request.",
                                         status_code=500, type="server_error", code="internal_error"))
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None):
+    """Django's own 400s (a Host header not in ALLOWED_HOSTS, other suspicious requests)
+    in the envelope on the API; never a debug page."""
+    if not request.path.startswith(API_PREFIXES):
+        return defaults.bad_request(request, exception)
+    return json_error_response(InvalidRequest("The request was malformed (for example its Host header is not one "
+                                              "this server answers to).", code="bad_request"))

@@ -70,3 +70,10 @@ def test_healthz_names_the_failing_database(api, db, monkeypatch):
     monkeypatch.setattr(health, "_database_ok", lambda: False)
     response = api.get("/healthz")
     assert response.status_code == 503 and response.json()["failing"] == ["database"]
+
+
+def test_an_unknown_host_on_the_api_is_a_400_in_the_envelope(client):
+    response = client.get("/v1/models", HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_request"
+    assert b"Traceback" not in response.content and b"ALLOWED_HOSTS" not in response.content
