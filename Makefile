@@ -12,7 +12,7 @@ WORKER_THREADS ?= auto
 QUEUES ?=
 comma := ,
 
-.PHONY: setup run serve worker test bench clean
+.PHONY: setup run serve worker test lint bench clean
 
 $(STAMP): requirements/*.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
@@ -33,6 +33,11 @@ worker: setup
 
 test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+# Lint and formatting check (ruff, configured in pyproject.toml); changes nothing.
+lint: $(STAMP)
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
 
 bench: setup
 	@$(PY) manage.py bench $(BENCH_ARGS)

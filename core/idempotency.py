@@ -37,7 +37,9 @@ def request_fingerprint(*, method: str, path: str, data: Any, files: Any = None)
     digest.update(json.dumps(data, sort_keys=True, default=str).encode())
     for name, upload in sorted((files or {}).items()) if hasattr(files, "items") else []:
         for item in files.getlist(name) if hasattr(files, "getlist") else [upload]:
-            digest.update(name.encode())
+            # Each part framed by its name and byte length, so bytes cannot move
+            # from one part into the next and hash the same.
+            digest.update(f"\n{name}:{item.size}\n".encode())
             for chunk in item.chunks():
                 digest.update(chunk)
             item.seek(0)

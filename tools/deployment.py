@@ -83,7 +83,8 @@ class Deployment:
         if db["ENGINE"] == "django.db.backends.postgresql":
             self.pg_database = f"{db['NAME']}_{name}_{os.getpid()}_{uuid.uuid4().hex[:6]}"[-63:]
             user = f"{db['USER']}" + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-            env["DATABASE_URL"] = f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{self.pg_database}"
+            host = f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
+            env["DATABASE_URL"] = f"postgres://{user}@{host}/{self.pg_database}"
         else:
             env["DATABASE_URL"] = f"sqlite:///{tmp / (name + '.sqlite3')}"
         if settings.BROKER_URL:

@@ -64,7 +64,7 @@ def run_direct(*, model_path: str, n: int, repeats: int, width: int, height: int
                 pipe_s.append(p)
                 encode_s.append(e)
             rates.append(n / (time.perf_counter() - started))
-    del pipe
+    pipe = None  # free the model's memory before the platform phase
     gc.collect()
     return {
         "images": n * repeats, "images_per_s": rounded(statistics.median(rates), 3),

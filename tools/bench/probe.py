@@ -76,8 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _django_setup()
     if args.action == "model":
-        out: Any = model_configure(public_id=args.public_id, quality=args.quality, steps=args.steps,
-                                   source=args.source)
+        from images.models import ImageModel
+
+        try:
+            out: Any = model_configure(public_id=args.public_id, quality=args.quality, steps=args.steps,
+                                       source=args.source)
+        except ImageModel.DoesNotExist:
+            parser.exit(1, f"no model {args.public_id!r} in the deployment's registry\n")
     else:
         out = job_timings(prompt_prefix=args.prefix)
     sys.stdout.write(json.dumps(out) + "\n")

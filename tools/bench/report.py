@@ -66,8 +66,8 @@ def table(r: dict[str, Any]) -> str:
     ]
     dp = r.get("direct_processes")
     if dp:
-        lines.append(f"{'direct, %d proc x %d thread' % (dp['processes'], dp['torch_threads_each']):<28}"
-                     f"{dp['images_per_s']:>10}")
+        label = f"direct, {dp['processes']} proc x {dp['torch_threads_each']} thread"
+        lines.append(f"{label:<28}{dp['images_per_s']:>10}")
     lines += [
         f"{'platform C=' + str(p['concurrency']):<28}{s['images_per_s']:>10}{s['latency_ms_p50']:>10}"
         f"{s['latency_ms_p95']:>10}{s['pipeline_ms_p50']:>10}{s['overhead_ms_p50']:>10}{s['overhead_ms_p95']:>10}",
