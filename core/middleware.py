@@ -40,3 +40,25 @@ class BodySizeLimitMiddleware:
             return json_error_response(PayloadTooLarge(
                 f"The request body is {length} bytes; the limit is {settings.DATA_UPLOAD_MAX_MEMORY_SIZE}."))
         return self.get_response(request)
+
+
+class NullByteGuardMiddleware:
+    """400 for a NUL byte anywhere in the path or the query string, before any view:
+    PostgreSQL refuses NUL in text, so such a value reaching a lookup would be a 500.
+    (Bodies are covered by DRF's CharField, which refuses NUL characters.)"""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        from django.http import HttpResponseBadRequest
+
+        from core.errors import InvalidRequest, json_error_response
+
+        query = request.META.get("QUERY_STRING", "")
+        if "\x00" in request.path or "%00" in query.lower() or "\x00" in query:
+            if request.path.startswith(("/v1/", "/api/")):
+                return json_error_response(InvalidRequest("The URL must not contain NUL characters.",
+                                                          code="invalid_url"))
+            return HttpResponseBadRequest("The URL must not contain NUL characters.")
+        return self.get_response(request)

@@ -100,6 +100,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "core.middleware.RequestIdMiddleware",
     "core.middleware.BodySizeLimitMiddleware",
+    "core.middleware.NullByteGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, /docs/, dashboard) from the app folders, DEBUG or not, no CDN.
     "whitenoise.middleware.WhiteNoiseMiddleware",
