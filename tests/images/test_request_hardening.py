@@ -305,3 +305,17 @@ def test_json_edit_body_is_sniffed_not_trusted(api, parked, tenant):
     text = "data:image/png;base64," + base64.b64encode(json.dumps({"not": "an image"}).encode()).decode()
     response = post_json(api, EDITS, {"model": "gpt-image-1", "prompt": "x", "images": [{"image_url": text}]}, tenant)
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_image_format"
+
+
+# ---- A model whose queue no worker serves ---------------------------------------------------------
+
+def test_a_model_on_a_queue_no_worker_serves_is_refused_at_once(api, registry, tenant):
+    from images.models import ImageModel
+
+    ImageModel.objects.filter(public_id="dall-e-2").update(queue="gpu-nowhere")
+    response = post_json(api, "/v1/images/generations", {"model": "dall-e-2", "prompt": "x", "size": "256x256"},
+                         tenant)
+    assert response.status_code == 503 and response["x-should-retry"] == "false"
+    assert response.json()["error"]["code"] == "model_unavailable"
+    assert not Job.objects.exists()
+    assert CreditAccount.objects.get(tenant=tenant.tenant).held == 0
