@@ -52,14 +52,15 @@ class WorkerLifecycle(dramatiq.Middleware):
         if not settings.WARM_UP_MODELS:
             return
         try:
-            from images import pipelines
-            from images.batcher import gpu_call
+            from images.backends.base import get_backend
             from images.models import ImageModel
             from images.worker import pipeline_source
 
-            sources = {pipeline_source(m) for m in ImageModel.objects.filter(enabled=True, queue__in=settings.GPU_QUEUES)}
+            backend = get_backend()
+            models = ImageModel.objects.filter(enabled=True, queue__in=settings.GPU_QUEUES)
+            sources = {pipeline_source(m) for m in models}
             for source in list(sources)[: settings.PIPELINE_CACHE_SIZE]:
-                gpu_call(pipelines.warm_up, source)
+                backend.warm_up(source)
                 logger.info("warmed up %s", source.source)
         except Exception:
             logger.exception("warm-up failed; models will load on first use")

@@ -15,12 +15,12 @@ from images.backends.base import (
     effective_steps,
     preview_steps_for,
 )
-from images.backends.local.cache import clear_cache as _clear_cache
+from images.backends.local.cache import clear_cache as _clear_cache  # noqa: F401 (old private name)
 from images.backends.local.cache import get_pipeline
 from images.backends.local.device import device_info, select_device
 from images.backends.local.lanes import configure_threads, current_lane, lane_count, set_lane, usable_cores
 from images.backends.local.previews import decode_latents_preview
-from images.backends.local.runner import resolve_max_batch as _resolve_max_batch
+from images.backends.local.runner import resolve_max_batch as _resolve_max_batch  # noqa: F401 (old private name)
 from images.backends.local.runner import run_batch, warm_up
 from images.backends.local.tokens import count_tokens
 

@@ -1,21 +1,50 @@
-"""The worker side of a job: run the pipeline, encode and store, then settle.
+"""The worker side of a job: run it on the backend, encode and store, then settle.
 
-Imported only by worker processes (and the embedded worker): it imports
-images.pipelines, so torch. The web tier never imports this module.
+Imported only by worker processes (and the embedded worker): the backend it runs on
+(images.backends.local) imports torch. The web tier never imports this module.
+
+Which errors end a job, and which are retried (the rule; images/actors.py hands the
+rest to Dramatiq, docs/operations.md lists it for operators):
+- Anything about the job itself fails it here and releases its hold in full, never
+  retried (a retry would fail the same way, or run into the same limit): the pipeline
+  raising (PipelineError or any other exception out of the backend), input images that
+  cannot be read, images that cannot be stored, the time limit or the deadline reached.
+- A job settled by someone else while it runs (cancelled by its client, failed by the
+  deadline sweep) stops its pipeline at the next step and is left as they settled it.
+- Errors outside the pipeline call (the database lost while claiming or settling the
+  job) propagate to Dramatiq, which retries transient ones (images.actors).
+
+Time. The pipeline gets PIPELINE_TIME_SHARE of the message's time limit
+(JOB_TIME_LIMIT_MS), counted from when the job is claimed, and never runs past the
+job's deadline: `should_stop` stops it cooperatively at the next step (see
+images.backends.local.runner for how that works with batching). Dramatiq's own limit is
+only a backstop; if it fires while the pipeline runs, the job is failed and released too.
 """
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
+from django.utils import timezone
+from dramatiq.middleware import TimeLimitExceeded
 
-from images import notify, pipelines
-from images.batcher import batcher
+from images import notify
+from images.backends.base import (
+    GenerationTask,
+    PipelineError,
+    PipelineSource,
+    effective_steps,
+    get_backend,
+    preview_steps_for,
+)
 from images.files import CONTENT_TYPES, image_delete_files, image_encode, image_save
 from images.models import ImageModel, Job
 from images.services.jobs import job_complete, job_fail, job_progress, job_start
@@ -29,16 +58,80 @@ _encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
 _side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="side")
 # Progress is written to the database at most this often per job (seconds).
 PROGRESS_INTERVAL = 0.5
+# How often the status of the jobs running in this process is read back to notice a
+# cancellation (seconds): one query for all of them, none while none runs.
+SETTLED_POLL_INTERVAL = 0.25
+# The share of JOB_TIME_LIMIT_MS the pipeline may use. The rest is left for encoding,
+# storing and settling, so that our own stop comes before Dramatiq's (an asynchronous
+# exception that could land anywhere, even in the middle of settling).
+PIPELINE_TIME_SHARE = 0.9
+
+# should_stop's reasons (GenerationResult.stopped)
+STOP_SETTLED = "settled"  # the job is no longer running: cancelled, or failed by the sweep
+STOP_TIME_LIMIT = "time_limit"
+STOP_DEADLINE = "deadline"
 
 
-def pipeline_source(model: ImageModel) -> pipelines.PipelineSource:
+class _SettledWatch:
+    """Which of this process's running jobs were settled by someone else (a client's
+    cancel, the deadline sweep): a thread reads their status back every
+    SETTLED_POLL_INTERVAL and sets their event. The thread runs only while some job is
+    watched and closes its database connection when it stops."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, threading.Event] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, job_id: Any) -> threading.Event:
+        with self._lock:
+            event = self._events.setdefault(str(job_id), threading.Event())
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="job-settled-watch", daemon=True)
+                self._thread.start()
+            return event
+
+    def unwatch(self, job_id: Any) -> None:
+        with self._lock:
+            self._events.pop(str(job_id), None)
+
+    def _loop(self) -> None:
+        from django.db import connection
+
+        try:
+            while True:
+                time.sleep(SETTLED_POLL_INTERVAL)
+                with self._lock:
+                    ids = list(self._events)
+                    if not ids:
+                        self._thread = None
+                        return
+                try:
+                    settled = Job.objects.filter(pk__in=ids).exclude(status=Job.Status.RUNNING).values_list(
+                        "pk", flat=True)
+                    settled = {str(pk) for pk in settled}
+                except Exception:  # the database is away: the time limit and deadline still apply
+                    logger.warning("could not read back running jobs' status", exc_info=True)
+                    close_old_connections()
+                    continue
+                with self._lock:
+                    for job_id in settled:
+                        if job_id in self._events:
+                            self._events[job_id].set()
+        finally:
+            connection.close()
+
+
+_settled_watch = _SettledWatch()
+
+
+def pipeline_source(model: ImageModel) -> PipelineSource:
     """The model row's source as a path under MODEL_DIR, an absolute path, or a hub id."""
     source = model.source
     candidate = Path(source) if Path(source).is_absolute() else Path(settings.MODEL_DIR) / source
     if candidate.exists():
         source = str(candidate)
-    return pipelines.PipelineSource(source=source, dtype=model.dtype,
-                                    local_files_only=not settings.MODEL_ALLOW_DOWNLOADS)
+    return PipelineSource(source=source, dtype=model.dtype, local_files_only=not settings.MODEL_ALLOW_DOWNLOADS)
 
 
 def _encode_and_store(job: Job, index: int, image: Any) -> dict[str, Any]:
@@ -74,20 +167,58 @@ def _progress_write(job_id: Any, steps_done: int) -> None:
         close_old_connections()
 
 
-def _publish_preview(job: Job, index: int, image: Any) -> None:
-    """Encode a partial preview at the job's size and hand it to the waiting stream."""
+def _publish_preview(job: Job, index: int, image: Any, steps_done: int) -> None:
+    """Record the preview's step as done, then encode the preview at the job's size and
+    hand it to the waiting stream. The order matters for money: a delivered preview
+    counts as work done when the client cancels (job_cancel), so the step is recorded
+    first, and a job no longer running (cancelled meanwhile) delivers nothing more."""
     import base64
 
     from PIL import Image
 
+    try:
+        running = job_progress(job_id=job.pk, steps_done=steps_done)
+    except Exception:
+        logger.warning("could not record the preview step of job %s; preview dropped", job.pk, exc_info=True)
+        return
+    finally:
+        close_old_connections()
+    if not running:
+        return
     fmt = job.params.get("output_format", "png")
     preview = image.resize((job.width, job.height), Image.Resampling.BILINEAR)
     data = image_encode(preview, output_format=fmt, compression=min(80, int(job.params.get("output_compression", 100))))
     notify.job_event_publish(job.pk, {"type": "partial", "index": index, "b64": base64.b64encode(data).decode("ascii")})
 
 
+def _stop_rule(job: Job, settled: threading.Event, expired: threading.Event) -> Callable[[], str | None]:
+    """The task's should_stop: cheap (a flag and a clock), asked on the lane every step."""
+    now = time.monotonic()
+    limit_at = now + settings.JOB_TIME_LIMIT_MS / 1000 * PIPELINE_TIME_SHARE
+    deadline_at = now + (job.deadline - timezone.now()).total_seconds() if job.deadline else math.inf
+
+    def should_stop() -> str | None:
+        if settled.is_set():
+            return STOP_SETTLED
+        if expired.is_set():
+            return STOP_TIME_LIMIT
+        now = time.monotonic()
+        if now >= deadline_at:
+            return STOP_DEADLINE
+        if now >= limit_at:
+            return STOP_TIME_LIMIT
+        return None
+
+    return should_stop
+
+
 def job_run(*, job_id: str) -> None:
-    """Run one job to a terminal state. Safe to call twice for the same job."""
+    """Run one job to a terminal state. Safe to call twice for the same job.
+
+    Settles the job itself whenever the job is at fault (module docstring); raises only
+    for errors outside the pipeline call (e.g. the database lost), which Dramatiq may
+    retry: every transition is conditional and the charge keyed by the job.
+    """
     job = job_start(job_id=job_id)
     if job is None:
         logger.info("job %s already settled; duplicate delivery ignored", job_id)
@@ -97,14 +228,20 @@ def job_run(*, job_id: str) -> None:
         return
 
     last_write = [0.0]
+    last_step = [0, 1]  # the latest on_step (done, total), for the previews that follow it
+
+    def job_steps(done: int, total: int) -> int:
+        # img2img runs fewer steps than asked; progress is recorded on the job's scale.
+        return round(done * job.steps / max(1, total))
 
     def on_step(done: int, total: int) -> None:
+        last_step[:] = [done, total]
         now = time.monotonic()
         if done == total or now - last_write[0] >= PROGRESS_INTERVAL:
             last_write[0] = now
-            # img2img runs fewer steps than asked; progress is reported on the job's scale.
-            _side.submit(_progress_write, job.pk, round(done * job.steps / max(1, total)))
+            _side.submit(_progress_write, job.pk, job_steps(done, total))
 
+    backend = get_backend()
     source = pipeline_source(job.model)
     extra = job.params.get("extra") or {}
     try:
@@ -115,28 +252,41 @@ def job_run(*, job_id: str) -> None:
         return
     strength = float(extra.get("strength") or 0.75)
     partials = int(job.params.get("partial_images") or 0) if job.params.get("stream") else 0
-    task = pipelines.GenerationTask(
+    settled, expired = _settled_watch.watch(job.pk), threading.Event()
+    task = GenerationTask(
         source=source, prompt=job.prompt, negative_prompt=job.params.get("negative_prompt") or None,
         width=job.width, height=job.height, steps=job.steps, guidance=job.guidance,
         seeds=[job.seed + i for i in range(job.n)], on_step=on_step, init_image=init_image,
-        mask_image=mask_image, strength=strength)
+        mask_image=mask_image, strength=strength, should_stop=_stop_rule(job, settled, expired))
     if partials:  # streaming: previews at steps spread over the steps actually run
-        task.preview_steps = pipelines.preview_steps_for(pipelines.effective_steps(task), partials)
-        task.on_preview = lambda index, images: _encoder.submit(_publish_preview, job, index, images[0])
-    tokens = _side.submit(pipelines.count_tokens, source, job.prompt)  # while the pipeline runs
+        task.preview_steps = preview_steps_for(effective_steps(task), partials)
+        task.on_preview = lambda index, images: _encoder.submit(
+            _publish_preview, job, index, images[0], job_steps(*last_step))
+    tokens = _side.submit(backend.count_tokens, source, job.prompt)  # while the pipeline runs
     try:
-        result = batcher.run(task, max_batch=job.model.max_batch or None, window_ms=settings.BATCH_WINDOW_MS)
+        result = backend.run(task, max_batch=job.model.max_batch or None, window_ms=settings.BATCH_WINDOW_MS)
         prompt_tokens = tokens.result()
-    except pipelines.PipelineError as exc:
+    except PipelineError as exc:
         logger.warning("job %s failed: %s", job.pk, exc)
         job_fail(job_id=job.pk, code="generation_failed", message=f"Image generation failed: {exc}")
+        return
+    except TimeLimitExceeded:  # Dramatiq's backstop fired first: stop the lane, settle, no retry
+        expired.set()
+        logger.warning("job %s: Dramatiq's time limit interrupted it; its pipeline stops at the next step", job.pk)
+        _fail_stopped(job, STOP_TIME_LIMIT)
         return
     except Exception as exc:  # a bug or an unexpected library error: fail now, never hang the caller
         logger.exception("job %s failed unexpectedly", job.pk)
         job_fail(job_id=job.pk, code="generation_failed",
                  message=f"Image generation failed ({exc.__class__.__name__}).")
         return
+    finally:
+        _settled_watch.unwatch(job.pk)
 
+    if result.stopped or settled.is_set():
+        logger.info("job %s stopped after %d step(s): %s", job.pk, result.steps_done, result.stopped or STOP_SETTLED)
+        _fail_stopped(job, result.stopped or STOP_SETTLED)
+        return
     futures = [_encoder.submit(_encode_and_store, job, i, image) for i, image in enumerate(result.images)]
     try:
         stored = [future.result() for future in futures]
@@ -147,3 +297,14 @@ def job_run(*, job_id: str) -> None:
         return
     if not job_complete(job=job, stored=stored, gpu_ms=int(result.seconds * 1000), prompt_tokens=prompt_tokens):
         image_delete_files([row["file"] for row in stored])
+
+
+def _fail_stopped(job: Job, reason: str) -> None:
+    """Settle a job whose pipeline was stopped: release it for our limits; leave it as
+    it is when it was settled by someone else (job_fail is conditional anyway)."""
+    if reason == STOP_DEADLINE:
+        job_fail(job_id=job.pk, code="deadline_exceeded",
+                 message="The job did not finish before its deadline; its credits were released.")
+    elif reason == STOP_TIME_LIMIT:
+        job_fail(job_id=job.pk, code="time_limit_exceeded",
+                 message="The job ran past its time limit; its credits were released.")

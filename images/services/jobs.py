@@ -13,9 +13,9 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import F
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from billing import services as billing
@@ -55,8 +55,12 @@ def job_start(*, job_id: Any) -> Job | None:
     return Job.objects.select_related("model").get(pk=job_id)
 
 
-def job_progress(*, job_id: Any, steps_done: int) -> None:
-    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(steps_done=steps_done)
+def job_progress(*, job_id: Any, steps_done: int) -> bool:
+    """Record that at least `steps_done` of the job's steps are done (never lowers it:
+    progress writes and preview steps arrive from different threads). Returns False
+    when the job is no longer running (then nothing is written)."""
+    return bool(Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(
+        steps_done=Greatest(F("steps_done"), steps_done)))
 
 
 def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_tokens: int | None) -> bool:
@@ -124,8 +128,39 @@ def jobs_sweep(*, now=None) -> int:
     return count
 
 
-def job_cancel(*, job: Job) -> bool:
-    """Cancel a queued or running job and release its hold. A running pipeline call
-    finishes on the GPU, but its result is discarded and nothing is charged."""
-    return job_fail(job_id=job.pk, code="cancelled", message="The job was cancelled by the client.",
-                    status=Job.Status.CANCELLED)
+def job_cancel(*, job: Job) -> int:
+    """Cancel a queued or running job for its client; returns the credits charged.
+
+    The client pays for the work done: ceil(quote * steps_done / steps) credits,
+    captured from the hold (the rest released), where steps_done is what the worker
+    recorded, delivered previews included (a preview at step k is recorded as k steps
+    done before it is sent; see images.worker). A job that had not started (or had done
+    no step) is charged 0 and its hold released in full. The job turns `cancelled` at
+    once; its worker notices within a step or so, stops its pipeline and settles
+    nothing more (job_complete and job_fail are conditional on a live status).
+
+    Idempotent: a job already finished (cancelled, failed, succeeded) is left alone and
+    0 returned; the capture is keyed by the job, so it happens at most once.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        won = Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+            status=Job.Status.CANCELLED, finished_at=now, error_code="cancelled",
+            error_message="The job was cancelled by the client.")
+        if not won:
+            return 0
+        # Read after the update: progress writes need status RUNNING, so steps_done is final.
+        row = Job.objects.get(pk=job.pk)
+        steps_done = min(row.steps_done, row.steps)
+        charge = -(-row.quote * steps_done // row.steps) if row.steps else 0  # ceil, in integers
+        if charge:
+            billing.hold_capture(job=row, charge=charge)
+        else:
+            billing.hold_release(job=row)
+        UsageRecord.objects.filter(job=row).update(
+            outcome=UsageRecord.Outcome.CANCELLED, error_code="cancelled", credits_charged=charge,
+            latency_ms=_ms(now - row.created_at),
+            queue_wait_ms=_ms(row.started_at - row.created_at) if row.started_at else None)
+    _inputs_delete(row)
+    notify.job_notify(row.pk)
+    return charge

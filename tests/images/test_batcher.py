@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from images import batcher as batcher_module
-from images import pipelines
-from images.batcher import Batcher
-from images.pipelines import GenerationTask
+from images.backends.base import GenerationTask, PipelineError
+from images.backends.local import cache, lanes, runner
+from images.backends.local.batcher import Batcher
 
 
 def task(source, seeds, prompt="a red fox", width=256):
@@ -22,13 +21,13 @@ def task(source, seeds, prompt="a red fox", width=256):
 
 def counting_run_batch(monkeypatch):
     calls: list[int] = []
-    real = pipelines.run_batch
+    real = runner.run_batch
 
     def run_batch(tasks, *, max_batch=None):
         calls.append(len(tasks))
         return real(tasks, max_batch=max_batch)
 
-    monkeypatch.setattr(batcher_module.pipelines, "run_batch", run_batch)
+    monkeypatch.setattr(runner, "run_batch", run_batch)
     return calls
 
 
@@ -51,10 +50,10 @@ def test_jobs_from_two_threads_share_one_call_and_match_alone(source, monkeypatc
     a, b = task(source, [11, 12], "a lighthouse"), task(source, [13], "a red fox")
     together = run_together(Batcher(), [a, b], max_batch=4, window_ms=300)
     assert calls == [2]  # one pipeline call for both customers' jobs
-    alone = [pipelines.run_batch([t], max_batch=1)[0] for t in (a, b)]
-    for batched, single in zip(together, alone):
+    alone = [runner.run_batch([t], max_batch=1)[0] for t in (a, b)]
+    for batched, single in zip(together, alone, strict=True):
         assert len(batched.images) == len(single.images)
-        for x, y in zip(batched.images, single.images):
+        for x, y in zip(batched.images, single.images, strict=True):
             assert np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 2
 
 
@@ -85,7 +84,7 @@ def test_a_bad_job_does_not_fail_its_companions(source):
     def one(name, t):
         try:
             results[name] = Batcher.run(shared, t, max_batch=4, window_ms=300)
-        except pipelines.PipelineError as exc:
+        except PipelineError as exc:
             results[name] = exc
 
     shared = Batcher()
@@ -95,7 +94,7 @@ def test_a_bad_job_does_not_fail_its_companions(source):
     for thread in threads:
         thread.join()
     assert len(results["good"].images) == 1
-    assert isinstance(results["bad"], pipelines.PipelineError)
+    assert isinstance(results["bad"], PipelineError)
 
 
 # ---------------------------------------------------------------------------
@@ -103,33 +102,33 @@ def test_a_bad_job_does_not_fail_its_companions(source):
 # ---------------------------------------------------------------------------
 
 @pytest.fixture
-def two_lanes(monkeypatch):
+def two_lanes(monkeypatch, pipeline_config):
     """A fresh two-lane pool for this test (the process's own pool is put back after)."""
-    monkeypatch.setenv("PIPELINE_LANES", "2")
-    monkeypatch.setattr(batcher_module, "_lanes", None)
+    pipeline_config(lanes=2)
+    monkeypatch.setattr(lanes, "_pool", None)
     threads = torch.get_num_threads()
     yield
-    if batcher_module._lanes is not None:
-        batcher_module._lanes.shutdown(wait=True)
+    if lanes._pool is not None:
+        lanes._pool.shutdown(wait=True)
     torch.set_num_threads(threads)
 
 
 def test_lane_pipelines_share_weights_but_not_call_state(source):
-    zero, one = pipelines.get_pipeline(source, lane=0), pipelines.get_pipeline(source, lane=1)
-    assert one is not zero and pipelines.get_pipeline(source, lane=1) is one
+    zero, one = cache.get_pipeline(source, lane=0), cache.get_pipeline(source, lane=1)
+    assert one is not zero and cache.get_pipeline(source, lane=1) is one
     assert one.unet is zero.unet and one.vae is zero.vae and one.text_encoder is zero.text_encoder
     assert one.scheduler is not zero.scheduler and one.tokenizer is not zero.tokenizer
-    derived = pipelines.get_pipeline(source, "img2img", lane=1)
+    derived = cache.get_pipeline(source, "img2img", lane=1)
     assert derived.scheduler is one.scheduler and derived.unet is zero.unet
 
 
 def test_two_lanes_run_two_jobs_at_once_with_the_same_images_as_alone(source, two_lanes):
-    assert pipelines.lane_count() == 2
+    assert lanes.lane_count() == 2
     meeting = threading.Barrier(2, timeout=20)
     met, lanes_seen, threads_seen = [], set(), set()
 
     def on_step(done, total):
-        lanes_seen.add(pipelines.current_lane())
+        lanes_seen.add(lanes.current_lane())
         threads_seen.add(torch.get_num_threads())
         if done == 1:  # both calls must be inside the pipeline at the same time to pass
             meeting.wait()
@@ -139,15 +138,15 @@ def test_two_lanes_run_two_jobs_at_once_with_the_same_images_as_alone(source, tw
     a.on_step = b.on_step = on_step
     together = run_together(Batcher(), [a, b], max_batch=1)
     assert met == [True, True] and lanes_seen == {0, 1}
-    assert threads_seen == {max(1, pipelines.usable_cores() // 2)}  # the cores shared out between lanes
+    assert threads_seen == {max(1, lanes.usable_cores() // 2)}  # the cores shared out between lanes
     a.on_step = b.on_step = None
-    for batched, t in zip(together, (a, b)):
-        single = pipelines.run_batch([t], max_batch=1, lane=0)[0]
-        for x, y in zip(batched.images, single.images):
+    for batched, t in zip(together, (a, b), strict=True):
+        single = runner.run_batch([t], max_batch=1, lane=0)[0]
+        for x, y in zip(batched.images, single.images, strict=True):
             assert np.abs(np.asarray(x, dtype=int) - np.asarray(y, dtype=int)).max() <= 2
 
 
 def test_warm_up_prepares_every_lane(source, two_lanes):
-    pipelines.warm_up(source, lanes=2)
-    key = pipelines._cache_key(source)
-    assert (key, "text2img", 1) in pipelines._VARIANTS
+    runner.warm_up(source, lanes=2)
+    key = cache.cache_key(source)
+    assert (key, "text2img", 1) in cache._VARIANTS

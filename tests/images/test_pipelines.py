@@ -12,21 +12,13 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from images import pipelines  # noqa: E402
+from images.backends.base import GenerationTask, PipelineError, PipelineSource  # noqa: E402
+from images.backends.local import cache, config, lanes  # noqa: E402
+from images.backends.local.cache import get_pipeline  # noqa: E402
+from images.backends.local.device import device_info, select_device  # noqa: E402
+from images.backends.local.previews import decode_latents_preview  # noqa: E402
+from images.backends.local.runner import run_batch, warm_up  # noqa: E402
 from images.demo_model import build_demo_model  # noqa: E402
-from images.pipelines import (  # noqa: E402
-    GenerationTask,
-    PipelineError,
-    PipelineSource,
-    decode_latents_preview,
-    device_info,
-    get_pipeline,
-    run_batch,
-    select_device,
-    warm_up,
-)
-
-
 
 
 def task(source, seeds, *, prompt="a red fox", negative=None, width=256, height=256, steps=4,
@@ -71,13 +63,13 @@ def test_get_pipeline_loads_locally_and_caches(source):
     assert device_info()["device"] == "cpu" and device_info()["cuda_name"] is None
 
 
-def test_cache_is_lru_bounded(source, monkeypatch):
-    monkeypatch.setenv("PIPELINE_CACHE_SIZE", "1")
+def test_cache_is_lru_bounded(source, pipeline_config):
+    pipeline_config(cache_size=1)
     first = get_pipeline(source)
     other = get_pipeline(PipelineSource(source.source, dtype="bfloat16"))
     assert other.unet.dtype == torch.bfloat16
     assert get_pipeline(source) is not first  # evicted, then loaded again
-    assert len(pipelines._CACHE) == 1
+    assert len(cache._CACHE) == 1
 
 
 def test_missing_models_fail_fast_without_network(tmp_path):
@@ -113,8 +105,8 @@ def test_batched_equals_unbatched(source):
     tasks = [task(source, [11, 12], prompt="a cat"), task(source, [13, 14], prompt="a dog", negative="blurry")]
     batched = run_batch(tasks, max_batch=4)
     single = run_batch(tasks, max_batch=1)
-    for one, other in zip(batched, single):
-        for x, y in zip(one.images, other.images):
+    for one, other in zip(batched, single, strict=True):
+        for x, y in zip(one.images, other.images, strict=True):
             assert np.abs(pixels(x) - pixels(y)).max() <= 2
     # Different seeds/prompts in one call still give different images.
     assert np.abs(pixels(batched[0].images[0]) - pixels(batched[1].images[0])).mean() > 1
@@ -154,12 +146,11 @@ def test_invalid_tasks_raise(source, changes):
         run_batch([task(source, [2]), bad])
 
 
-def test_device_selection_errors(monkeypatch):
-    monkeypatch.setenv("PLATFORM_DEVICE", "tpu")
-    with pytest.raises(PipelineError):
-        select_device()
+def test_device_selection_errors(pipeline_config):
+    with pytest.raises(PipelineError, match="PLATFORM_DEVICE"):
+        config.LocalConfig.from_values({"PLATFORM_DEVICE": "tpu"})
     if not torch.cuda.is_available():
-        monkeypatch.setenv("PLATFORM_DEVICE", "cuda")
+        pipeline_config(device="cuda")
         with pytest.raises(PipelineError):
             select_device()
 
@@ -190,7 +181,7 @@ def test_concurrent_callers_are_serialised(source):
     assert np.array_equal(pixels(got[22]), pixels(expected[1].images[0]))
 
 
-def test_compile_setting_compiles_the_unet_at_warm_up_with_the_same_images(source, monkeypatch):
+def test_compile_setting_compiles_the_unet_at_warm_up_with_the_same_images(source, pipeline_config):
     """PIPELINE_COMPILE wraps the UNet in torch.compile and warm_up compiles it for the
     warm-up sizes, so the first real call at such a size compiles nothing. The eager
     backend keeps this test fast; inductor (the default) was checked by hand on this
@@ -200,20 +191,136 @@ def test_compile_setting_compiles_the_unet_at_warm_up_with_the_same_images(sourc
     task = GenerationTask(source=source, prompt="a lighthouse", negative_prompt=None, width=64, height=64,
                           steps=2, guidance=5.0, seeds=[5])
     eager = run_batch([task])[0].images[0]
-    pipelines._clear_cache()
-    monkeypatch.setenv("PIPELINE_COMPILE", "1")
-    monkeypatch.setenv("PIPELINE_COMPILE_BACKEND", "eager")
-    monkeypatch.setenv("PIPELINE_WARMUP_SIZES", "64x64")
+    cache.clear_cache()
+    pipeline_config(compile=True, compile_backend="eager", warmup_sizes=((64, 64),))
     torch._dynamo.reset()
     try:
-        assert pipelines.lane_count() == 1  # compiled graphs are run by one lane
-        pipelines.warm_up(source)
+        assert lanes.lane_count() == 1  # compiled graphs are run by one lane
+        warm_up(source)
         assert isinstance(get_pipeline(source).unet, torch._dynamo.eval_frame.OptimizedModule)
         frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         assert frames > 0  # compiled during the warm-up
         compiled = run_batch([task])[0].images[0]
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames  # nothing new to compile
     finally:
-        pipelines._clear_cache()
+        cache.clear_cache()
         torch._dynamo.reset()
     assert np.abs(np.asarray(eager, dtype=int) - np.asarray(compiled, dtype=int)).max() <= 2
+
+
+# ---------------------------------------------------------------------------
+# Configuration: one object, read once
+# ---------------------------------------------------------------------------
+
+def test_config_parses_every_variable():
+    parsed = config.LocalConfig.from_values({
+        "PLATFORM_DEVICE": "CUDA:1", "PIPELINE_LANES": "3", "PIPELINE_MAX_BATCH": "6", "PIPELINE_CACHE_SIZE": 4,
+        "PIPELINE_COMPILE": "yes", "PIPELINE_COMPILE_MODE": "max-autotune", "PIPELINE_COMPILE_BACKEND": "eager",
+        "PIPELINE_VAE_TILING": "on", "PIPELINE_WARMUP_SIZES": "512x512, 1024X768", "PLATFORM_WORKER_PROCESSES": "2",
+        "OMP_NUM_THREADS": "1"})
+    assert parsed == config.LocalConfig(
+        device="cuda:1", lanes=3, max_batch=6, cache_size=4, compile=True, compile_mode="max-autotune",
+        compile_backend="eager", vae_tiling=True, warmup_sizes=((512, 512), (1024, 768)), worker_processes=2,
+        omp_num_threads="1")
+    defaults = config.LocalConfig.from_values({"PIPELINE_LANES": "", "PIPELINE_COMPILE": "0"})
+    assert defaults == config.LocalConfig() and defaults.warmup_sizes == ((64, 64),)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("PIPELINE_LANES", "0"), ("PIPELINE_MAX_BATCH", "two"), ("PIPELINE_CACHE_SIZE", "-1"),
+    ("PIPELINE_WARMUP_SIZES", "big"), ("PLATFORM_WORKER_PROCESSES", "1.5"), ("PLATFORM_DEVICE", "tpu"),
+])
+def test_config_names_the_bad_variable(name, value):
+    with pytest.raises(PipelineError, match=name):
+        config.LocalConfig.from_values({name: value})
+
+
+def test_config_is_read_once_and_django_settings_win(monkeypatch, settings):
+    monkeypatch.setattr(config, "_current", None)  # (put back after the test)
+    monkeypatch.setenv("PIPELINE_LANES", "3")
+    monkeypatch.setenv("PIPELINE_CACHE_SIZE", "7")
+    settings.PIPELINE_CACHE_SIZE = 5
+    first = config.current()
+    assert (first.lanes, first.cache_size) == (3, 5)
+    monkeypatch.setenv("PIPELINE_LANES", "2")
+    assert config.current() is first  # not read again
+    with config.override(lanes=1) as changed:
+        assert config.current() is changed and changed.cache_size == 5
+    assert config.current() is first
+    config.reset()
+    assert config.current().lanes == 2
+
+
+def test_families_registry_defaults_to_the_unet_family(source):
+    from images.backends.local import families
+
+    pipe = get_pipeline(source)
+    assert families.family_of(pipe) is families.DEFAULT
+    assert families.family_for("SomeFuturePipeline") is families.DEFAULT
+
+    class Marked(families.Family):
+        name = "marked"
+
+    marked = Marked()
+    families.register(marked, "SomeFuturePipeline")
+    try:
+        assert families.family_for("SomeFuturePipeline") is marked
+    finally:
+        families._REGISTRY.pop("SomeFuturePipeline")
+
+
+# ---------------------------------------------------------------------------
+# Stopping (should_stop)
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def denoiser_calls(source):
+    """How many times the UNet ran (one forward per step, CFG included)."""
+    calls: list[int] = []
+    handle = get_pipeline(source).unet.register_forward_hook(lambda *args: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+def test_should_stop_ends_the_call_at_the_next_step(source, denoiser_calls):
+    steps: list[int] = []
+    one = task(source, [1], steps=8, on_step=lambda done, total: steps.append(done))
+    one.should_stop = lambda: "enough" if len(steps) >= 3 else None
+    (result,) = run_batch([one])
+    assert result.stopped == "enough" and result.images == []
+    assert result.steps_done == 4 and steps == [1, 2, 3]  # asked after step 4, before its on_step
+    assert len(denoiser_calls) == 4 < one.steps  # the pipeline itself stopped
+
+
+def test_a_stopping_task_leaves_its_batch_companions_alone(source, denoiser_calls):
+    alone = run_batch([task(source, [2])])[0].images[0]
+    denoiser_calls.clear()
+    steps: list[int] = []
+    stopping = task(source, [1], on_step=lambda done, total: steps.append(done))
+    stopping.should_stop = lambda: "cancelled" if len(steps) >= 2 else None
+    stopped, other = run_batch([stopping, task(source, [2])], max_batch=2)
+    assert (stopped.stopped, stopped.images, stopped.steps_done) == ("cancelled", [], 3)
+    assert other.stopped is None and other.steps_done == 4 and len(other.images) == 1
+    assert len(denoiser_calls) == 4  # one call for both, run to the end for the companion
+    assert np.abs(pixels(other.images[0]) - pixels(alone)).max() <= 2
+
+
+def test_the_call_stops_when_every_task_in_it_wants_to(source, denoiser_calls):
+    flag: list[bool] = []
+    a = task(source, [1], steps=6, on_step=lambda done, total: flag.append(done >= 2))
+    b = task(source, [2], steps=6)
+    a.should_stop = b.should_stop = lambda: "time_limit" if any(flag) else None
+    results = run_batch([a, b], max_batch=2)
+    assert [(r.stopped, r.steps_done, r.images) for r in results] == [("time_limit", 3, [])] * 2
+    assert len(denoiser_calls) == 3
+
+
+def test_a_stopped_task_makes_no_further_calls(source, denoiser_calls):
+    steps: list[int] = []
+    split = task(source, [1, 2], steps=2, on_step=lambda done, total: steps.append(done))
+    split.should_stop = lambda: "settled" if len(steps) >= 2 else None
+    never = task(source, [3], steps=2)
+    never.should_stop = lambda: "settled"
+    results = run_batch([split, never], max_batch=1)
+    assert steps == [1, 2] and len(denoiser_calls) == 2  # its second call, and never's, not made
+    assert [(r.stopped, r.steps_done) for r in results] == [("settled", 2), ("settled", 0)]

@@ -18,17 +18,16 @@ pytest.importorskip("diffusers")
 
 from PIL import Image  # noqa: E402
 
-from images import pipelines  # noqa: E402
-from images.demo_model import build_demo_model  # noqa: E402
-from images.pipelines import (  # noqa: E402
+from images.backends.base import (  # noqa: E402
     GenerationTask,
     PipelineError,
     PipelineSource,
     effective_steps,
-    get_pipeline,
     preview_steps_for,
-    run_batch,
 )
+from images.backends.local import cache, previews  # noqa: E402
+from images.backends.local.cache import get_pipeline  # noqa: E402
+from images.backends.local.runner import run_batch  # noqa: E402
 
 SIZE = 256
 HALF_LATENT = SIZE // 8 // 2  # latent columns of the left half
@@ -65,13 +64,13 @@ def diff(a, b) -> float:
 def final_latents(monkeypatch):
     """Run a task and return the latents of its last step (via a preview at that step)."""
     captured: list[torch.Tensor] = []
-    real = pipelines.decode_latents_preview
+    real = previews.decode_latents_preview
 
     def spy(pipe, latents, **kwargs):
         captured.append(latents.detach().clone())
         return real(pipe, latents, **kwargs)
 
-    monkeypatch.setattr(pipelines, "decode_latents_preview", spy)
+    monkeypatch.setattr(previews, "decode_latents_preview", spy)
 
     def run(one: GenerationTask) -> torch.Tensor:
         captured.clear()
@@ -112,14 +111,14 @@ def test_derived_pipelines_share_components_and_are_cached(source):
         get_pipeline(source, "upscale")
 
 
-def test_evicting_a_model_evicts_its_derived_pipelines(source, monkeypatch):
-    monkeypatch.setenv("PIPELINE_CACHE_SIZE", "1")
+def test_evicting_a_model_evicts_its_derived_pipelines(source, pipeline_config):
+    pipeline_config(cache_size=1)
     old = get_pipeline(source, "img2img")
     bf16 = PipelineSource(source.source, dtype="bfloat16")
     other = get_pipeline(bf16, "inpaint")
     # from_pipe must not cast the shared modules: both keep their own dtype.
     assert other.unet.dtype == torch.bfloat16 and get_pipeline(bf16).unet is other.unet
-    assert len(pipelines._CACHE) == 1 and len(pipelines._VARIANTS) == 1
+    assert len(cache._CACHE) == 1 and len(cache._VARIANTS) == 1
     again = get_pipeline(source, "img2img")
     assert again is not old and again.unet is get_pipeline(source).unet
     assert again.unet.dtype == torch.float32
@@ -143,7 +142,7 @@ def test_img2img_sizes_counts_and_seeds(source, init_image):
     assert np.array_equal(pixels(a.images[0]), pixels(b.images[0]))  # same seed, same pixels
     assert diff(a.images[0], a.images[1]) > 1  # other seed, other image
     (again,) = run_batch([task(source, [5, 6], init_image=init_image, strength=0.5)], max_batch=2)
-    for x, y in zip(a.images, again.images):  # batched == one per call
+    for x, y in zip(a.images, again.images, strict=True):  # batched == one per call
         assert np.abs(pixels(x) - pixels(y)).max() <= 2
 
 
@@ -272,8 +271,8 @@ def test_previews_follow_tasks_across_batches_and_calls(source):
         assert [i for i, _ in seen[0]] == [0] and len(seen[0][0][1]) == 2
         assert [i for i, _ in seen[1]] == [0, 1] and len(seen[1][0][1]) == 1
     for t in (0, 1):
-        for (_, x), (_, y) in zip(batched[t], single[t]):
-            for a, b in zip(x, y):
+        for (_, x), (_, y) in zip(batched[t], single[t], strict=True):
+            for a, b in zip(x, y, strict=True):
                 assert np.abs(pixels(a) - pixels(b)).max() <= 2  # each task got its own slice
     assert diff(batched[0][0][1][0], batched[0][0][1][1]) > 0.5  # seeds 11 and 12 differ
 
@@ -290,7 +289,7 @@ def test_no_decode_without_a_preview_callback(source, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("decoded a preview nobody asked for")
 
-    monkeypatch.setattr(pipelines, "decode_latents_preview", fail)
+    monkeypatch.setattr(previews, "decode_latents_preview", fail)
     run_batch([task(source, [1], steps=2, preview_steps=(1,))])
 
 

@@ -99,7 +99,7 @@ class Batcher:
                     except Exception as exc:
                         member.future.set_exception(exc)
                 return
-            for member, result in zip(group, results):
+            for member, result in zip(group, results, strict=True):
                 member.future.set_result(result)
         finally:
             for member in group:  # (only after a BaseException: never leave a waiter hanging)

@@ -88,7 +88,8 @@ def validate(task: GenerationTask, index: int) -> None:
             raise fail(f"{name} must be a positive multiple of 8 (got {value!r})")
     if isinstance(task.steps, bool) or not isinstance(task.steps, int) or task.steps < 1:
         raise fail(f"steps must be an integer >= 1 (got {task.steps!r})")
-    if isinstance(task.guidance, bool) or not isinstance(task.guidance, (int, float)) or not math.isfinite(task.guidance):
+    guidance = task.guidance
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance):
         raise fail(f"guidance must be a finite number (got {task.guidance!r})")
     if not task.seeds:
         raise fail("seeds must not be empty")
@@ -190,7 +191,7 @@ def _send_previews(family: families.Family, pipeline: Any, number: int, latents:
         for t in due:
             _log_once(failed, t, "decode", "preview decode for task %d failed; generation continues", t)
         return
-    by_row = dict(zip(needed, decoded))
+    by_row = dict(zip(needed, decoded, strict=False))  # (a short decode leaves rows out)
     for t in due:
         state = states[t].previews
         pending = state.pending.setdefault(number, {})

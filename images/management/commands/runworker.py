@@ -11,7 +11,8 @@ one process per usable core (at most 4) on CPU, where processes beat threads (ea
 pipeline call holds the GIL for its Python-side work), and one process on a GPU, where
 one process owns the device and batches. The count is exported to the processes as
 PLATFORM_WORKER_PROCESSES so that each takes its share of the cores
-(images/pipelines.py, lane_count and configure_threads).
+(images/backends/local: config.worker_processes, lanes.lane_count and
+lanes.configure_threads).
 
 `--threads auto` gives each process two jobs per image slot of its pipeline lanes
 (lanes x default max batch x 2: 2 on CPU, 16 on CUDA): one set running while the next
@@ -50,17 +51,18 @@ def processes_arg(value: str) -> int | str:
 
 def auto_threads(processes: int) -> int:
     """Two jobs per image slot of the process's lanes (see the module docstring)."""
-    from images import pipelines
+    from images.backends.local import lanes, runner
 
-    return 2 * pipelines.lane_count(processes) * pipelines._resolve_max_batch(None)
+    return 2 * lanes.lane_count(processes) * runner.resolve_max_batch(None)
 
 
 def auto_processes() -> int:
     """One per usable core (at most 4) on CPU; one on CUDA/MPS."""
-    from images import pipelines  # imports torch; this process is exec'd over right after
+    # Imports torch; this process is exec'd over right after.
+    from images.backends.local import device, lanes
 
-    device, _ = pipelines.select_device()
-    return min(pipelines.usable_cores(), 4) if device == "cpu" else 1
+    kind, _ = device.select_device()
+    return min(lanes.usable_cores(), 4) if kind == "cpu" else 1
 
 
 class Command(RunDramatiq):
