@@ -52,7 +52,7 @@ class WorkerLifecycle(dramatiq.Middleware):
         if not settings.WARM_UP_MODELS:
             return
         try:
-            from images.backends.base import get_backend
+            from images.backends import get_backend
             from images.models import ImageModel
             from images.worker import pipeline_source
 

@@ -37,12 +37,12 @@ from django.utils import timezone
 from dramatiq.middleware import TimeLimitExceeded
 
 from images import notify
+from images.backends import get_backend
 from images.backends.base import (
     GenerationTask,
     PipelineError,
     PipelineSource,
     effective_steps,
-    get_backend,
     preview_steps_for,
 )
 from images.files import CONTENT_TYPES, image_delete_files, image_encode, image_save

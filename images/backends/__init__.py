@@ -5,3 +5,11 @@ out). It imports neither torch nor Django, so the web tier and the job services 
 its types freely. `images.backends.local` runs diffusers pipelines in this process; it
 and its modules are the only importers of torch and diffusers in the project.
 """
+
+
+def get_backend():
+    """The process's backend (`images.backends.base.Backend`), imported on first use: the
+    local one imports torch, so the web tier never calls this."""
+    from images.backends.local import backend
+
+    return backend

@@ -29,8 +29,7 @@ __all__ = [
     "PipelineSource",
     "effective_steps",
     "error_summary",
-    "get_backend",
-    "preview_steps_for",
+        "preview_steps_for",
 ]
 
 
@@ -127,13 +126,6 @@ class Backend(Protocol):
     def device_info(self) -> dict[str, Any]:
         """What the backend runs on, for logs and benchmarks: at least "device"."""
         ...
-
-
-def get_backend() -> Backend:
-    """The process's backend (imported on first use: the local one imports torch)."""
-    from images.backends.local import backend
-
-    return backend
 
 
 def error_summary(exc: BaseException, limit: int = 200) -> str:

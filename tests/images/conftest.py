@@ -6,7 +6,7 @@ import pytest
 from images.backends.base import PipelineSource
 from images.backends.local import config
 from images.backends.local.cache import clear_cache
-from images.demo_model import build_demo_model
+from images.backends.local.demo import build_demo_model
 
 
 @pytest.fixture(scope="module")

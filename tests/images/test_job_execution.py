@@ -52,7 +52,7 @@ class SlowBackend:
 @pytest.fixture
 def slow(worker, monkeypatch) -> SlowBackend:
     from images import worker as worker_module
-    from images.backends.base import get_backend
+    from images.backends import get_backend
 
     ImageModel.objects.filter(public_id="dall-e-2").update(
         steps_by_quality={"standard": STEPS, "default": STEPS})

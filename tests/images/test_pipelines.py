@@ -18,7 +18,7 @@ from images.backends.local.cache import get_pipeline  # noqa: E402
 from images.backends.local.device import device_info, select_device  # noqa: E402
 from images.backends.local.previews import decode_latents_preview  # noqa: E402
 from images.backends.local.runner import run_batch, warm_up  # noqa: E402
-from images.demo_model import build_demo_model  # noqa: E402
+from images.backends.local.demo import build_demo_model  # noqa: E402
 
 
 def task(source, seeds, *, prompt="a red fox", negative=None, width=256, height=256, steps=4,
@@ -166,17 +166,25 @@ def test_warm_up_and_preview(source):
 def test_concurrent_callers_are_serialised(source):
     import threading
 
+    import torch
+
     expected = run_batch([task(source, [21], steps=2), task(source, [22], steps=2)])
     got: dict[int, object] = {}
+    torch_threads = torch.get_num_threads()  # pixels depend on the intra-op thread count: use the same in every thread
 
     def worker(seed: int) -> None:
-        got[seed] = run_batch([task(source, [seed], steps=2)])[0].images[0]
+        try:
+            torch.set_num_threads(torch_threads)
+            got[seed] = run_batch([task(source, [seed], steps=2)])[0].images[0]
+        except BaseException as exc:  # shown in the assertion below
+            got[seed] = exc
 
     threads = [threading.Thread(target=worker, args=(seed,)) for seed in (21, 22)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert not any(isinstance(value, BaseException) for value in got.values()), got
     assert np.array_equal(pixels(got[21]), pixels(expected[0].images[0]))
     assert np.array_equal(pixels(got[22]), pixels(expected[1].images[0]))
 

@@ -1,6 +1,6 @@
 """The local backend: diffusers pipelines run in this process, on its lanes.
 
-This package (and `images.demo_model`, `tools/arch_models.py`, which build random-weight
+This package (and `images.backends.local.demo`, `tools/arch_models.py`, which build random-weight
 models) is the only code that imports torch and diffusers; nothing in it imports Django
 (config.py reads Django's settings when they are configured, and works without), so it
 can be used and tested on its own. Modules, each one concern:

@@ -64,14 +64,24 @@ def lane_count(processes: int | None = None) -> int:
     return max(1, min(4, usable_cores() // (processes or settings.worker_processes)))
 
 
-def configure_threads(lanes: int) -> int:
-    """On CPU, give each lane of each worker process an equal share of the cores as
-    torch intra-op threads (unless the operator set OMP_NUM_THREADS, which torch
-    honours itself). Returns torch's thread count for threads started from now on."""
+def lane_threads(lanes: int) -> int | None:
+    """On CPU, each lane of each worker process gets an equal share of the cores as
+    torch intra-op threads; None when the operator set OMP_NUM_THREADS (torch honours
+    it itself) or on an accelerator."""
     settings = config.current()
     device, _ = select_device()
     if device == "cpu" and not settings.omp_num_threads:
-        torch.set_num_threads(max(1, usable_cores() // (settings.worker_processes * max(1, lanes))))
+        return max(1, usable_cores() // (settings.worker_processes * max(1, lanes)))
+    return None
+
+
+def configure_threads(lanes: int) -> int:
+    """Set the calling thread's torch intra-op threads to its lane share (OpenMP keeps
+    the count per thread, so each lane thread calls this for itself, and callers that
+    are not lanes keep theirs). Returns the calling thread's thread count."""
+    threads = lane_threads(lanes)
+    if threads is not None:
+        torch.set_num_threads(threads)
     return torch.get_num_threads()
 
 
@@ -97,11 +107,14 @@ def pool() -> ThreadPoolExecutor:
     with _pool_guard:
         if _pool is None:
             count = lane_count()
-            threads = configure_threads(count)
             numbers = itertools.count()
-            _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="lane",
-                                       initializer=lambda: set_lane(next(numbers)))
-            logger.info("%d pipeline lane(s), %d torch thread(s)", count, threads)
+
+            def start_lane() -> None:
+                set_lane(next(numbers))
+                configure_threads(count)
+
+            _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="lane", initializer=start_lane)
+            logger.info("%d pipeline lane(s), %s torch thread(s) each", count, lane_threads(count) or "default")
         return _pool
 
 

@@ -17,7 +17,7 @@ class Command(BaseCommand):
         path = Path(settings.MODEL_DIR) / DEMO_SOURCE
         if (path / "model_index.json").exists() and not force:
             return
-        from images.demo_model import build_demo_model  # imports torch: worker side only
+        from images.backends.local.demo import build_demo_model  # imports torch: worker side only
 
         if force and path.exists():
             import shutil
