@@ -7,7 +7,7 @@ tokenizers are the demo model's byte-level CLIP tokenizer (any prompt tokenizes;
 below the real 49 408-entry vocabulary). FLOPs are counted on PyTorch's meta device, so
 counting needs no weights, no memory and no GPU.
 
-Like images.demo_model, this module imports torch and diffusers: worker side only.
+Like images.backends.local.demo, this module imports torch and diffusers: worker side only.
 `manage.py arch_model` is its command line.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from images.demo_model import _MAX_TOKENS, _write_tokenizer_files
+from images.backends.local.demo import _MAX_TOKENS, _write_tokenizer_files
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "arch_configs"
 ARCHITECTURES = ("sd15", "sdxl")
