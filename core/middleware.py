@@ -12,7 +12,11 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        from core.logging import log_context_bind, log_context_clear
+
         request.request_id = "req_" + uuid.uuid4().hex
+        log_context_clear()  # a gunicorn thread serves many requests: nothing carries over
+        log_context_bind(request_id=request.request_id)
         response = self.get_response(request)
         response["x-request-id"] = request.request_id
         for name, value in getattr(request, "ratelimit_headers", {}).items():
@@ -43,22 +47,31 @@ class BodySizeLimitMiddleware:
 
 
 class NullByteGuardMiddleware:
-    """400 for a NUL byte anywhere in the path or the query string, before any view:
-    PostgreSQL refuses NUL in text, so such a value reaching a lookup would be a 500.
-    (Bodies are covered by DRF's CharField, which refuses NUL characters.)"""
+    """A NUL byte in the path is a 404 and one in a query parameter a 400 naming it,
+    before any view: PostgreSQL refuses NUL in text, so such a value reaching a lookup
+    would be a 500. (Bodies are covered by DRF's CharField, which refuses NUL.)"""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        from django.http import HttpResponseBadRequest
+        from django.http import HttpResponseBadRequest, HttpResponseNotFound
 
-        from core.errors import InvalidRequest, json_error_response
+        from core.errors import InvalidRequest, NotFound, json_error_response
 
+        api = request.path.startswith(("/v1/", "/api/"))
+        if "\x00" in request.path:
+            if api:
+                return json_error_response(NotFound("The requested resource was not found.", code="not_found"))
+            return HttpResponseNotFound("Not found.")
         query = request.META.get("QUERY_STRING", "")
-        if "\x00" in request.path or "%00" in query.lower() or "\x00" in query:
-            if request.path.startswith(("/v1/", "/api/")):
-                return json_error_response(InvalidRequest("The URL must not contain NUL characters.",
-                                                          code="invalid_url"))
-            return HttpResponseBadRequest("The URL must not contain NUL characters.")
+        if "%00" in query.lower() or "\x00" in query:
+            names = [name for name, values in request.GET.lists()
+                     if "\x00" in name or any("\x00" in value for value in values)]
+            param = names[0].replace("\x00", "") if names else None
+            message = f"The query parameter '{param}' must not contain NUL characters." if param else \
+                "The query string must not contain NUL characters."
+            if api:
+                return json_error_response(InvalidRequest(message, param=param, code="invalid_value"))
+            return HttpResponseBadRequest(message)
         return self.get_response(request)

@@ -174,11 +174,17 @@ def test_hostile_key_ids_are_404(api, registry, tenant, prefix):
     assert response.status_code == 404 and response.json()["error"]["code"] in ("not_found", "unknown_url")
 
 
-@pytest.mark.parametrize("name", ["\x00", "t" * 5000, "été", "🔑"])
+@pytest.mark.parametrize("name", ["t" * 5000, "été", "🔑"])
 def test_hostile_tenant_parameter_is_403_for_a_session(registry, tenant, name):
     owner = session_client(tenant.tenant, "owner", Membership.Role.OWNER)
     response = owner.get("/v1/keys", {"tenant": name})
     assert response.status_code == 403 and response.json()["error"]["code"] == "insufficient_permissions"
+
+
+def test_a_nul_in_the_tenant_parameter_is_a_400_naming_it(registry, tenant):
+    owner = session_client(tenant.tenant, "owner", Membership.Role.OWNER)
+    response = owner.get("/v1/keys", {"tenant": "\x00"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "tenant"
 
 
 @pytest.mark.parametrize("body", [{"rpm_limit": 2**40}, {"monthly_credit_limit": 2**70}, {"allowed_models": "dall-e-2"},
