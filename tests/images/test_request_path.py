@@ -203,7 +203,7 @@ def test_every_entry_point_refuses_alike_and_charges_nothing(who, entry, rule, s
                           headers=headers)
     assert response.status_code == status, response.content[:500]
     error = _error(response)
-    assert set(error) == {"message", "type", "param", "code"}
+    assert {"message", "type", "param", "code"} <= set(error)  # (a 402 may add top_up_url)
     assert error["code"] == code, error
     _nothing_charged_or_stored(who, jobs_before=jobs_before, media=Path(settings.MEDIA_ROOT), balance=balance)
 
