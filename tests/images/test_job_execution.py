@@ -112,6 +112,7 @@ def test_cancelling_a_running_job_charges_the_steps_done_and_stops_its_pipeline(
     assert job.status == "cancelled" and record.outcome == "cancelled" and not job.images.exists()
     assert 0 < charged < job.quote
     assert charged == math.ceil(job.quote * job.steps_done / job.steps)
+    assert response.json()["credits_charged"] == charged  # the DELETE answer says the amount
     assert balance(tenant) == (10_000 - charged, 0)
     assert job.hold.status == "captured" and job.hold.captured == charged
     assert LedgerEntry.objects.filter(job=job, kind="capture").count() == 1
