@@ -35,8 +35,11 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def image_open(data: bytes, *, param: str, max_bytes: int, formats: tuple[str, ...]) -> Image.Image:
-    """Decode an uploaded image fully (so truncation shows now), or raise 400/413."""
+def image_header(data: bytes, *, param: str, max_bytes: int, formats: tuple[str, ...]) -> Image.Image:
+    """Check an uploaded image without decoding it: byte size (413), format sniffed from
+    the bytes, a readable header, at most MAX_SIDE pixels a side, not a decompression
+    bomb (400). Returns the lazily opened image (its size and mode are known; its pixels
+    are not read until `.load()`)."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"Invalid file '{param}': the file is {len(data) // MB} MB; the limit is "
                               f"{max_bytes // MB} MB.", param=param)
@@ -49,19 +52,33 @@ def image_open(data: bytes, *, param: str, max_bytes: int, formats: tuple[str, .
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            if image.width > MAX_SIDE or image.height > MAX_SIDE:
-                raise InvalidRequest(f"Invalid file '{param}': images may be at most {MAX_SIDE} pixels a side.",
-                                     param=param, code="invalid_image")
-            image.load()
-    except InvalidRequest:
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidRequest(f"Invalid file '{param}': the image is too large once decoded.", param=param,
                              code="invalid_image") from None
     except Exception:
         raise InvalidRequest(f"Invalid file '{param}': the image is corrupt or truncated.", param=param,
                              code="invalid_image") from None
+    if image.width > MAX_SIDE or image.height > MAX_SIDE:
+        raise InvalidRequest(f"Invalid file '{param}': images may be at most {MAX_SIDE} pixels a side.",
+                             param=param, code="invalid_image")
     image.info["format"] = kind
+    return image
+
+
+def image_open(data: bytes, *, param: str, max_bytes: int, formats: tuple[str, ...]) -> Image.Image:
+    """Check (`image_header`) and decode an uploaded image fully, so truncation shows
+    now; raises 400/413 naming `param`."""
+    image = image_header(data, param=param, max_bytes=max_bytes, formats=formats)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidRequest(f"Invalid file '{param}': the image is too large once decoded.", param=param,
+                             code="invalid_image") from None
+    except Exception:
+        raise InvalidRequest(f"Invalid file '{param}': the image is corrupt or truncated.", param=param,
+                             code="invalid_image") from None
     return image
 
 

@@ -98,7 +98,16 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
-class ImageRequestSerializer(StrictSerializer):
+class ExtensionFields(StrictSerializer):
+    """Our extensions to every generation shape (not in OpenAI's API; docs/api.md):
+    reproducibility (`seed`: image i uses seed + i) and negative prompts."""
+
+    seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
+    negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000,
+                                      trim_whitespace=False)
+
+
+class ImageRequestSerializer(ExtensionFields):
     """Fields shared by generations and edits. Every field nullable: null means the default."""
 
     prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
@@ -113,10 +122,6 @@ class ImageRequestSerializer(StrictSerializer):
     size = StrictCharField(required=False, allow_null=True)
     background = _choice("transparent", "opaque", "auto")
     user = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=256)
-    # Extensions (not in OpenAI's API, documented in docs/api.md): reproducibility and negative prompts.
-    seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
-    negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000,
-                                      trim_whitespace=False)
 
 
 class GenerationRequestSerializer(ImageRequestSerializer):

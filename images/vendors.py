@@ -19,13 +19,12 @@ from images.serializers import (ImagesResponseSerializer, ResellerErrorSerialize
                                 VisionImageSerializer, reseller_body, reseller_error_body, vision_body)
 from images.services.generation import GenerationRequest
 from images.services.inputs import InputImage
-from images.validation import (MAX_SEED, GenerationRequestSerializer, StrictCharField, StrictIntegerField,
-                               StrictSerializer)
+from images.validation import ExtensionFields, GenerationRequestSerializer, StrictCharField, StrictIntegerField
 
 
 # ---- Seed 000: AlphaEdge, POST /v1/vision/generate -----------------------------------------
 
-class VisionRequestSerializer(StrictSerializer):
+class VisionRequestSerializer(ExtensionFields):
     """Seed 000's fields: model, prompt, size, n (plus our extensions). `response_format`
     is accepted and ignored: every image carries both a URL and base64."""
 
@@ -34,9 +33,6 @@ class VisionRequestSerializer(StrictSerializer):
     prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
     size = StrictCharField(required=False, allow_null=True)
     n = StrictIntegerField(required=False, allow_null=True)
-    seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
-    negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000,
-                                      trim_whitespace=False)
 
 
 VISION_DEFAULT_MODEL = "alphaedge-vision-3-1-2505"
@@ -61,7 +57,7 @@ class VisionViewSet(ChargedViewSet):
 
 # ---- Seed 002: AIGNE Hub, POST /api/images/generations ------------------------------------
 
-class AigneRequestSerializer(StrictSerializer):
+class AigneRequestSerializer(ExtensionFields):
     """Seed 002's fields: prompt, model (default dall-e-2), image (a URL, base64 or data
     URI, or a list of them: the call becomes an edit), n, size, response_format,
     quality, style; plus our extensions."""
@@ -75,9 +71,6 @@ class AigneRequestSerializer(StrictSerializer):
     response_format = StrictCharField(required=False, allow_null=True)
     quality = StrictCharField(required=False, allow_null=True)
     style = StrictCharField(required=False, allow_null=True)
-    seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
-    negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000,
-                                      trim_whitespace=False)
 
     def validate_image(self, value: Any) -> list[str] | None:
         if value in (None, "", []):

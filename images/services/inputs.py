@@ -16,7 +16,6 @@ bad input is refused before anything is charged or stored.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,30 +56,9 @@ class InputImage:
 
 def _peek_bytes(item: InputImage, data: bytes, *, max_bytes: int, formats: tuple[str, ...]) -> None:
     """Format and size from the bytes and the header; nothing is decoded."""
-    param = item.param
-    if len(data) > max_bytes:
-        raise uploads.PayloadTooLarge(f"Invalid file '{param}': the file is {len(data) // uploads.MB} MB; the limit "
-                                      f"is {max_bytes // uploads.MB} MB.", param=param)
-    kind = uploads.sniff(data[:16])
-    if kind is None or kind not in formats:
-        allowed = ", ".join(f"'image/{f}'" for f in formats)
-        raise InvalidRequest(f"Invalid file '{param}': unsupported file type. Supported file formats are {allowed}.",
-                             param=param, code="invalid_image_format")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            header = Image.open(io.BytesIO(data))  # lazy: reads the header only
-            width, height, alpha = header.width, header.height, uploads.has_alpha(header)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidRequest(f"Invalid file '{param}': the image is too large once decoded.", param=param,
-                             code="invalid_image") from None
-    except Exception:
-        raise InvalidRequest(f"Invalid file '{param}': the image is corrupt or truncated.", param=param,
-                             code="invalid_image") from None
-    if width > uploads.MAX_SIDE or height > uploads.MAX_SIDE:
-        raise InvalidRequest(f"Invalid file '{param}': images may be at most {uploads.MAX_SIDE} pixels a side.",
-                             param=param, code="invalid_image")
-    item.data, item.format, item.width, item.height, item.alpha = data, kind, width, height, alpha
+    header = uploads.image_header(data, param=item.param, max_bytes=max_bytes, formats=formats)
+    item.data, item.format = data, header.info["format"]
+    item.width, item.height, item.alpha = header.width, header.height, uploads.has_alpha(header)
 
 
 def _peek(item: InputImage, *, rules: Inputs) -> None:
