@@ -15,9 +15,34 @@ class PriceInline(admin.TabularInline):
 
 @admin.register(ImageModel)
 class ImageModelAdmin(admin.ModelAdmin):
-    list_display = ("public_id", "profile", "source", "queue", "dtype", "enabled", "is_free", "price_rows")
+    list_display = ("public_id", "profile", "family", "source", "queue", "dtype", "enabled", "is_free", "price_rows")
     list_filter = ("profile", "enabled", "is_free", "queue")
     inlines = [PriceInline]
+    actions = ["capabilities_refresh"]
+
+    @admin.display(description="family")
+    def family(self, obj: ImageModel) -> str:
+        return (obj.capabilities or {}).get("family", "unknown")
+
+    @admin.action(description="Recognise the family from the model folder (model_index.json)")
+    def capabilities_refresh(self, request, queryset) -> None:
+        """What `manage.py model_add --update` records, for rows added by hand: the
+        capabilities the web tier checks before holding credits."""
+        from pathlib import Path
+
+        from django.conf import settings
+
+        from images.families_catalog import FamilyError, recognise_folder
+
+        for model in queryset:
+            folder = Path(model.source) if Path(model.source).is_absolute() else Path(settings.MODEL_DIR) / model.source
+            try:
+                _, capabilities = recognise_folder(folder)
+            except FamilyError as exc:
+                self.message_user(request, f"{model.public_id}: {exc}", level="error")
+                continue
+            ImageModel.objects.filter(pk=model.pk).update(capabilities=capabilities)
+            self.message_user(request, f"{model.public_id}: {capabilities['family']} family recorded")
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(price_count=Count("prices"))

@@ -29,6 +29,10 @@ class ImageModel(models.Model):
     # Images per pipeline call when batching jobs across requests; null = the device's
     # default (PIPELINE_MAX_BATCH, else 1 on CPU, 8 on CUDA). Measure before raising.
     max_batch = models.PositiveSmallIntegerField(null=True, blank=True)
+    # What the architecture can do (images/families_catalog.py `capabilities_of`): family,
+    # guidance mode, negative prompts, edit modes, size multiple. Filled by `manage.py
+    # model_add` or by the worker that loads the model; {} = unknown (nothing refused).
+    capabilities = models.JSONField(default=dict, blank=True)
     enabled = models.BooleanField(default=True)
     # A model without price rows is refused (fail closed) unless the operator marks it free on purpose.
     is_free = models.BooleanField(default=False, help_text="Serve without price rows, charging 0 credits.")

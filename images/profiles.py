@@ -108,3 +108,59 @@ def input_image_tokens(width: int, height: int) -> int:
     w, h = w * scale, h * scale
     tiles = math.ceil(w / 512) * math.ceil(h / 512)
     return IMAGE_TOKENS_BASE + IMAGE_TOKENS_PER_TILE * tiles
+
+
+# ---------------------------------------------------------------------------
+# What the model's architecture can do (its family, images/families_catalog.py), recorded
+# on the model row (ImageModel.capabilities) by `manage.py model_add` or by the worker that
+# loads it. Checked before any credit is held; an empty record (unknown) refuses nothing.
+# ---------------------------------------------------------------------------
+
+def edit_mode_for(capabilities: dict, *, masked: bool) -> str | None:
+    """The family's edit mode serving an edit (masked: inpainting) or a variation; None
+    when it has none. An unknown model (empty capabilities) is assumed to have them all."""
+    if not capabilities:
+        return "inpaint" if masked else "img2img"
+    modes = capabilities.get("edit_modes") or []
+    if masked:
+        return "inpaint" if "inpaint" in modes else None
+    for mode in ("img2img", "reference"):
+        if mode in modes:
+            return mode
+    return None
+
+
+def capabilities_check(*, model, kind: str, masked: bool, fields: dict) -> None:
+    """Refuse (400, naming the parameter) a request the model's family cannot serve:
+    an edit or variation without such an edit mode, a mask without inpainting, a
+    negative prompt it would ignore, an explicit size that is not a multiple of its rule.
+    `masked`: a mask was sent (a dall-e-2 image's transparent pixels are checked again
+    once decoded, see generation_create)."""
+    from core.errors import InvalidRequest
+
+    caps = model.capabilities or {}
+    if not caps:
+        return
+    family = caps.get("family", "this")
+    if kind != "generate" and edit_mode_for(caps, masked=masked) is None:
+        if masked and edit_mode_for(caps, masked=False) is not None:
+            raise InvalidRequest(f"The model '{model.public_id}' ({family} family) cannot inpaint: send the edit "
+                                 "without a mask (or without transparent pixels).", param="mask",
+                                 code="unsupported_parameter")
+        action = "image variations" if kind == "variation" else "image edits"
+        raise InvalidRequest(f"The model '{model.public_id}' ({family} family) does not support {action}.",
+                             param="image", code="unsupported_parameter")
+    if (fields.get("negative_prompt") or "").strip() and not caps.get("negative_prompt", True):
+        raise InvalidRequest(f"The model '{model.public_id}' ({family} family) does not use negative prompts; "
+                             "remove 'negative_prompt'.", param="negative_prompt", code="unsupported_parameter")
+    size = fields.get("size")
+    multiple = int(caps.get("size_multiple") or 0)
+    if multiple > 1 and isinstance(size, str) and "x" in size:
+        try:
+            width, height = (int(v) for v in size.split("x"))
+        except ValueError:
+            return  # not a size: the profile's rules refuse it with their own message
+        if width % multiple or height % multiple:
+            raise InvalidRequest(f"The size '{size}' cannot be rendered by '{model.public_id}' ({family} family): "
+                                 f"width and height must be multiples of {multiple}.", param="size",
+                                 code="invalid_size")

@@ -29,14 +29,16 @@ __all__ = [
     "PipelineSource",
     "effective_steps",
     "error_summary",
-        "preview_steps_for",
+    "preview_steps_for",
 ]
 
 
 @dataclass(frozen=True)
 class PipelineSource:
     source: str  # local directory or hub id
-    dtype: str = "auto"  # "auto" | "float16" | "bfloat16" | "float32"; auto = fp16 on CUDA/MPS, fp32 on CPU
+    # "auto" | "float16" | "bfloat16" | "float32"; auto = the family's published dtype on CUDA
+    # (bf16 for transformer families), fp16 on MPS, fp32 on CPU
+    dtype: str = "auto"
     local_files_only: bool = True  # the operator may set False to allow hub downloads
 
 
@@ -117,6 +119,11 @@ class Backend(Protocol):
     def count_tokens(self, source: PipelineSource, text: str) -> int | None:
         """Tokens the model's (first) tokenizer makes of `text`, untruncated; None when
         it has none or counting failed (counting never fails a generation)."""
+        ...
+
+    def capabilities(self, source: PipelineSource) -> dict[str, Any]:
+        """What the model's family can do (images.families_catalog.capabilities_of), from
+        its model_index.json, without loading it; {} when the family is unknown."""
         ...
 
     def warm_up(self, source: PipelineSource) -> None:

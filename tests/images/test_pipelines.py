@@ -259,11 +259,11 @@ def test_config_is_read_once_and_django_settings_win(monkeypatch, settings):
     assert config.current().lanes == 2
 
 
-def test_families_registry_defaults_to_the_unet_family(source):
+def test_families_registry_names_the_demo_sd_and_defaults_unknown_classes(source):
     from images.backends.local import families
 
     pipe = get_pipeline(source)
-    assert families.family_of(pipe) is families.DEFAULT
+    assert families.family_of(pipe).name == "sd" and families.family_for_source(source).name == "sd"
     assert families.family_for("SomeFuturePipeline") is families.DEFAULT
 
     class Marked(families.Family):

@@ -29,7 +29,7 @@ os.environ.setdefault("DISABLE_TELEMETRY", "1")
 from typing import Any  # noqa: E402
 
 from images.backends.base import GenerationResult, GenerationTask, PipelineSource  # noqa: E402
-from images.backends.local import device, lanes, runner, tokens  # noqa: E402
+from images.backends.local import device, families, lanes, runner, tokens  # noqa: E402
 from images.backends.local.batcher import batcher  # noqa: E402
 
 
@@ -42,6 +42,15 @@ class LocalBackend:
 
     def count_tokens(self, source: PipelineSource, text: str) -> int | None:
         return tokens.count_tokens(source, text)
+
+    def capabilities(self, source: PipelineSource) -> dict[str, Any]:
+        from images.families_catalog import capabilities_of, folder_capabilities
+
+        location = os.path.expanduser(source.source)
+        if os.path.isdir(location):
+            return folder_capabilities(location)
+        spec = families.family_for_source(source).spec  # a hub id in the local hub cache
+        return capabilities_of(spec) if spec else {}
 
     def warm_up(self, source: PipelineSource) -> None:
         """Warm up every lane (runner.warm_up), from one lane thread."""

@@ -4,7 +4,7 @@ different customers into one pipeline call.
 Worker threads hand their task to `batcher.run(task)`. When batching is on (the
 model's or device's maximum batch is above 1) the thread waits up to `window_ms` for
 company, then takes every pending task with the same batch key (model source, size,
-steps, guidance; text-to-image only) up to the maximum number of images, and runs them
+steps, guidance, the family's isolation key; text-to-image only) up to the maximum number of images, and runs them
 as one `runner.run_batch` call; each task gets its own result (its own seeds, progress,
 previews and stopping). A thread whose task was taken by another simply waits for it.
 With a maximum of 1 (the CPU default: batching measured slower there) a task runs
@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from images.backends.base import GenerationResult, GenerationTask, PipelineError
-from images.backends.local import lanes, runner
+from images.backends.local import families, lanes, runner
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,10 @@ def batch_key(task: GenerationTask) -> tuple | None:
     """Tasks with equal keys may share a pipeline call; None: always alone."""
     if task.init_image is not None:
         return None
-    return (task.source, task.width, task.height, task.steps, float(task.guidance))
+    # The family adds what companions must share so that they cannot change each
+    # other's images (a negative prompt's presence; for some families the prompt).
+    return (task.source, task.width, task.height, task.steps, float(task.guidance),
+            *families.family_for_source(task.source).batch_key(task))
 
 
 class Batcher:

@@ -12,7 +12,7 @@ import torch
 
 from images.backends.base import PipelineError, PipelineSource, error_summary
 from images.backends.local import config, families
-from images.backends.local.device import dtype_name, free_memory, resolve_dtype, select_device
+from images.backends.local.device import DTYPES, dtype_name, free_memory, resolve_dtype, select_device
 from images.backends.local.lanes import current_lane
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _load(source: PipelineSource, device: str, dtype: torch.dtype) -> Any:
         family = families.family_for(model_config.get("_class_name"))
         kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": source.local_files_only}
         kwargs.update(family.load_kwargs(model_config))
-        pipe = family.load(location, **kwargs)
+        pipe = family.load(location, model_config, **kwargs)
         pipe.to(device)
     except Exception as exc:
         raise PipelineError(f"could not load model {source.source!r}: {error_summary(exc)}") from exc
@@ -67,8 +67,9 @@ def _load(source: PipelineSource, device: str, dtype: torch.dtype) -> Any:
 
 
 def _derive(base: Any, kind: str, source: PipelineSource) -> Any:
+    family = families.family_of(base)
     try:
-        pipe = families.family_of(base).derive(base, kind)
+        pipe = family.derive(base, family.mode_for(kind))
     except Exception as exc:
         label = "image-to-image" if kind == "img2img" else "inpainting"
         raise PipelineError(f"model {source.source!r} does not support {label}: {error_summary(exc)}") from exc
@@ -77,8 +78,14 @@ def _derive(base: Any, kind: str, source: PipelineSource) -> Any:
 
 
 def cache_key(source: PipelineSource) -> tuple:
-    """(source, local_files_only, device, dtype): what makes two loads the same."""
+    """(source, local_files_only, device, dtype): what makes two loads the same. dtype
+    "auto" on CUDA is the family's published dtype (bf16 for the transformer families:
+    T5 overflows in fp16), else the device's default."""
     device, default_dtype = select_device()
+    if source.dtype == "auto" and device.startswith("cuda"):
+        preferred = DTYPES[families.family_for_source(source).cuda_dtype]
+        if preferred != torch.bfloat16 or torch.cuda.is_bf16_supported():  # (pre-Ampere: fp16)
+            default_dtype = preferred
     return (source.source, source.local_files_only, device, resolve_dtype(source.dtype, default_dtype))
 
 
@@ -136,16 +143,23 @@ def get_pipeline(source: PipelineSource, kind: str = "text2img", *, lane: int | 
 
 def counting_tokenizer(source: PipelineSource) -> tuple[threading.Lock, Any] | None:
     """(lock, a private copy of the model's first tokenizer) for counting tokens off the
-    lanes, made once per cached model; None when the pipeline has no tokenizer."""
+    lanes, made once per cached model; None when the pipeline has no tokenizer. A
+    processor (FLUX.2-dev's `tokenizer` is one, and its first argument is *images*: a
+    URL prompt would be fetched) is never called: its text tokenizer is used."""
     import copy
 
+    from transformers import PreTrainedTokenizerBase
+
     pipe = get_pipeline(source, lane=0)
-    if getattr(pipe, "tokenizer", None) is None:
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        tokenizer = getattr(tokenizer, "tokenizer", None)  # a processor's text tokenizer
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
         return None
     key = cache_key(source)
     with _CACHE_LOCK:
         if key not in _COUNTING:
-            _COUNTING[key] = (threading.Lock(), copy.deepcopy(pipe.tokenizer))
+            _COUNTING[key] = (threading.Lock(), copy.deepcopy(tokenizer))
         return _COUNTING[key]
 
 

@@ -9,7 +9,8 @@ the next use read again. Field by field (also in docs/configuration.md):
 
 device (PLATFORM_DEVICE; "auto")
     "auto" picks CUDA (fp16) > MPS (fp16) > CPU (fp32); or "cpu", "cuda", "cuda:N",
-    "mps". Asking for a device that is not there fails at first use.
+    "mps". Asking for a device that is not there fails at first use. On CUDA a model's
+    dtype "auto" is its family's published dtype instead (cache.cache_key).
 lanes (PIPELINE_LANES; None = automatic)
     Pipeline calls one process runs side by side, >= 1. Automatic: 1 on CUDA/MPS or
     when compiling; on CPU the process's share of the usable cores, at most 4.

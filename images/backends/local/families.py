@@ -1,28 +1,39 @@
-"""Per-architecture differences, one class per family of diffusers pipelines.
+"""Per-architecture differences: one `Family` per family of diffusers pipelines.
 
-Everything that depends on the architecture lives here: how a model is loaded and
-prepared, how the image-to-image / inpainting / per-lane pipelines are made from it,
-which call arguments a pipeline call takes, and how intermediate latents become a
-preview. The rest of the backend asks `family_of(pipe)` (or `family_for(class_name)`
-before loading) and never looks at the architecture itself.
+What a family *is* (guidance mode, negative prompts, edit modes, size rule, preferred
+CUDA dtype, denoiser, latent layout, batch isolation) is data, in the torch-free
+`images.families_catalog` (the web tier and `manage.py model_add` read the same
+records). This module turns those records into behaviour: how a model is loaded and
+prepared, how the image-to-image / inpainting / reference-edit and per-lane pipelines
+are made from it, which arguments one pipeline call takes, which tasks may share a call,
+and how intermediate latents become a preview. The rest of the backend asks
+`family_of(pipe)` (or `family_for(class_name)`, `family_for_source(source)` before
+loading) and never looks at the architecture itself.
+
+Call arguments are read from the pipeline's own `__call__` signature: an argument the
+pipeline does not take is never passed (FLUX.2 has no `negative_prompt`), and a prompt
+left out keeps the pipeline's default (PixArt-Σ and Sana default to "", SDXL to None).
 
 The registry is keyed by the diffusers pipeline class name (`model_index.json`'s
-`_class_name`, `type(pipe).__name__`); unknown names get `DEFAULT`, the SD-style UNet
-family, which is what every model served today uses (the demo model, SD 1.5, SDXL).
-To add a family (FLUX: a transformer, packed latents, no negative prompt; SD3: three
-text encoders...), subclass `Family`, override what differs and `register()` it under
-every class name it covers, the derived image-to-image and inpainting classes included.
+`_class_name`, `type(pipe).__name__`); names no family claims get `DEFAULT`, the
+SD-style UNet behaviour with diffusers' Auto* classes.
 """
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
+import json
 import logging
+import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from images.backends.base import GenerationTask
+from images.backends.base import GenerationTask, PipelineError, PipelineSource
 from images.backends.local import previews
+from images.families_catalog import CFG, DISTILLED, FAMILIES, NO_GUIDANCE, TRUE_CFG, FamilySpec
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -31,15 +42,62 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
+StepCallback = Callable[[Any, int, Any, dict], dict]  # diffusers' callback_on_step_end
+
+
+@functools.lru_cache(maxsize=64)
+def _call_parameters(pipeline_class: type) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(pipeline_class.__call__).parameters)
+
+
+def call_parameters(pipe: Any) -> dict[str, inspect.Parameter]:
+    """The named arguments the pipeline's __call__ accepts (with their defaults)."""
+    return _call_parameters(type(pipe))
+
+
+def assemble(pipeline_class: type, base: Any, **overrides: Any) -> Any:
+    """A `pipeline_class` over `base`'s components (no copies, no dtype cast: diffusers'
+    from_pipe casts the shared modules to float32 unless told otherwise), with
+    `overrides` replacing some (a lane's own scheduler and tokenizers)."""
+    components = dict(base.components)
+    config = dict(base.config)
+    kwargs: dict[str, Any] = {}
+    for name, parameter in inspect.signature(pipeline_class.__init__).parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+            continue
+        if name in overrides:
+            kwargs[name] = overrides[name]
+        elif name in components:
+            kwargs[name] = components[name]
+        elif name in config and not name.startswith("_"):
+            kwargs[name] = config[name]
+        elif parameter.default is inspect.Parameter.empty:
+            raise PipelineError(f"{pipeline_class.__name__} needs a {name!r} the model does not have")
+    pipe = pipeline_class(**kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 class Family:
-    """The SD-style UNet family (Stable Diffusion 1.x/2.x, SDXL, the demo model): the
-    default, and the base class of other families."""
+    """A family's behaviour over its catalog record. `Family()` (no record) is the
+    generic SD-style UNet behaviour used for pipeline classes no record names."""
 
-    name = "unet"
-    denoiser = "unet"  # the pipeline attribute holding the denoising network
+    def __init__(self, spec: FamilySpec | None = None) -> None:
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.spec else "unet"
+
+    @property
+    def denoiser(self) -> str:
+        return self.spec.denoiser if self.spec else "unet"
+
+    @property
+    def cuda_dtype(self) -> str:
+        return self.spec.cuda_dtype if self.spec else "float16"
+
+    # -- loading ---------------------------------------------------------------------
 
     def load_kwargs(self, model_config: dict[str, Any]) -> dict[str, Any]:
         """Extra from_pretrained arguments, given the folder's model_index.json."""
@@ -47,75 +105,176 @@ class Family:
             return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
         return {}
 
-    def load(self, location: str, **kwargs: Any) -> Any:
-        """The text-to-image pipeline of the folder or hub id `location`."""
-        from diffusers import AutoPipelineForText2Image
+    def load(self, location: str, model_config: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """The text-to-image pipeline of the folder or hub id `location`: the family's
+        own class when the folder names it (HiDream is not in diffusers' auto mapping),
+        else diffusers' auto mapping, else whatever class the folder names."""
+        import diffusers
 
-        return AutoPipelineForText2Image.from_pretrained(location, **kwargs)
+        class_name = (model_config or {}).get("_class_name")
+        own = getattr(diffusers, class_name, None) if self.spec and class_name in self.spec.pipelines else None
+        if own is not None:
+            return own.from_pretrained(location, **kwargs)
+        try:
+            return diffusers.AutoPipelineForText2Image.from_pretrained(location, **kwargs)
+        except ValueError:  # "AutoPipeline can't find a pipeline linked to ..."
+            return diffusers.DiffusionPipeline.from_pretrained(location, **kwargs)
 
     def prepare(self, pipe: Any, *, device: str, settings: LocalConfig) -> None:
-        """Tune a freshly loaded pipeline (on its device) for serving."""
+        """Tune a freshly loaded pipeline (on its device) for serving: compile and the
+        memory format apply to the family's denoiser (the UNet or the transformer)."""
         pipe.set_progress_bar_config(disable=True)
-        # diffusers already uses torch's scaled_dot_product_attention (AttnProcessor2_0)
-        # by default on torch >= 2, so nothing to enable for SDPA.
         denoiser = getattr(pipe, self.denoiser, None)
-        if device.startswith("cuda") and denoiser is not None:
+        if device.startswith("cuda") and denoiser is not None and self.denoiser == "unet":
+            # channels-last helps convolutions; a transformer's linear layers gain nothing.
             denoiser.to(memory_format=torch.channels_last)
         if settings.compile and denoiser is not None:
             # Compiled lazily, on the first call at each shape: warm_up makes those calls at
-            # start for warmup_sizes. Lanes clone the pipeline, so they share this.
+            # start for warmup_sizes. Lanes share the pipeline's modules, so they share this.
             setattr(pipe, self.denoiser, torch.compile(denoiser, mode=settings.compile_mode,
                                                        backend=settings.compile_backend))
         vae = getattr(pipe, "vae", None)
-        if vae is not None and settings.vae_tiling:
+        if vae is not None and settings.vae_tiling and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()  # lower peak memory for large images; changes pixels slightly
 
-    def derive(self, base: Any, kind: str) -> Any:
-        """The img2img/inpaint pipeline sharing base's components (no extra weights).
-        Raises whatever diffusers raises when the architecture has no such pipeline."""
-        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+    # -- derived pipelines -------------------------------------------------------------
 
-        auto = AutoPipelineForImage2Image if kind == "img2img" else AutoPipelineForInpainting
-        # The Auto* classes map e.g. StableDiffusionPipeline -> StableDiffusionImg2ImgPipeline
-        # / StableDiffusionInpaintPipeline (SDXL etc. likewise). Unlike
-        # DiffusionPipeline.from_pipe they do not cast the (shared!) modules to a dtype.
+    def mode_for(self, kind: str) -> str:
+        """The pipeline mode serving a task kind: text2img, img2img, inpaint or, for
+        families whose edits are reference edits (Kontext, FLUX.2), reference. Raises
+        PipelineError when the family has none."""
+        if kind == "text2img" or self.spec is None:
+            return kind
+        modes = self.spec.edit_modes
+        if kind == "inpaint" and "inpaint" in modes:
+            return "inpaint"
+        if kind == "img2img":
+            for mode in ("img2img", "reference"):
+                if mode in modes:
+                    return mode
+        label = "inpainting" if kind == "inpaint" else "image-to-image"
+        raise PipelineError(f"the {self.spec.title} family does not support {label}")
+
+    def derive(self, base: Any, mode: str) -> Any:
+        """The img2img/inpaint/reference pipeline sharing base's components (no extra
+        weights). Raises whatever diffusers raises when the architecture has none."""
+        import diffusers
+
+        if mode == "reference":
+            return base  # the text-to-image pipeline itself, given `image=`
+        class_name = self.spec.pipeline_for(mode) if self.spec else None
+        if class_name:
+            return assemble(getattr(diffusers, class_name), base)
+        auto = diffusers.AutoPipelineForImage2Image if mode == "img2img" else diffusers.AutoPipelineForInpainting
+        # Unlike DiffusionPipeline.from_pipe the Auto* classes do not cast the shared modules.
         pipe = auto.from_pipe(base)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     def lane_clone(self, base: Any) -> Any:
         """A text-to-image pipeline sharing base's modules, with its own scheduler and
-        tokenizers (both keep per-call state), for another lane."""
-        from diffusers import AutoPipelineForText2Image
-
+        tokenizers/processors (both keep per-call state), for another lane."""
         overrides: dict[str, Any] = {"scheduler": base.scheduler.__class__.from_config(base.scheduler.config)}
-        for name in _TOKENIZERS:
-            if getattr(base, name, None) is not None:
-                overrides[name] = copy.deepcopy(getattr(base, name))
-        pipe = AutoPipelineForText2Image.from_pipe(base, **overrides)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        for name, component in base.components.items():
+            if component is not None and (name.startswith("tokenizer") or name == "processor"):
+                overrides[name] = copy.deepcopy(component)
+        return assemble(type(base), base, **overrides)
 
-    def call_kwargs(self, kind: str, first: GenerationTask, size: int, strength: float) -> dict[str, Any]:
-        """The image inputs of one pipeline call of `size` images of task `first`'s kind
-        (`strength`: what the pipeline is given, see runner.pipeline_strength)."""
-        if kind == "text2img":
-            return {"width": first.width, "height": first.height}
+    # -- one call ----------------------------------------------------------------------
+
+    def batch_key(self, task: GenerationTask) -> tuple:
+        """What tasks must share, besides source, size, steps and guidance, to run in one
+        call without changing each other's images (catalog `batch_isolation`)."""
+        # An architecture no record describes: only identical prompts share a call.
+        isolation = self.spec.batch_isolation if self.spec else ("negative_presence", "prompt")
+        key: tuple = ()
+        if "negative_presence" in isolation:
+            key += (task.negative_prompt is not None,)
+        if "prompt" in isolation:
+            key += (task.prompt, task.negative_prompt)
+        return key
+
+    def call_kwargs(self, pipe: Any, mode: str, tasks: list[GenerationTask], rows: list[int], *,
+                    strength: float, generators: list[Any], on_step_end: StepCallback) -> dict[str, Any]:
+        """The arguments of one pipeline call over `rows` (task index per image), only
+        those the pipeline's signature accepts."""
+        params = call_parameters(pipe)
+        first = tasks[rows[0]]
+        guidance = float(first.guidance)
+        kwargs: dict[str, Any] = {
+            "prompt": [tasks[t].prompt for t in rows],
+            "num_inference_steps": first.steps,
+            "num_images_per_prompt": 1,
+            "generator": generators,
+            "output_type": "pil",
+            "width": first.width,
+            "height": first.height,
+        }
+        mode_of_guidance = self.spec.guidance if self.spec else CFG
+        if mode_of_guidance == DISTILLED and not self._has_guidance(pipe):
+            mode_of_guidance = NO_GUIDANCE  # a step-distilled checkpoint (FLUX.1-schnell, FLUX.2-klein)
+        if mode_of_guidance in (CFG, DISTILLED):
+            kwargs["guidance_scale"] = guidance
+        elif mode_of_guidance == TRUE_CFG:
+            kwargs["true_cfg_scale"] = guidance
+        # NO_GUIDANCE: the pipeline's default (distilled models ignore it anyway).
+        kwargs.update(self._negative_kwargs(params, [tasks[t].negative_prompt for t in rows], guidance))
+        if "clean_caption" in params:
+            kwargs["clean_caption"] = False  # needs bs4/ftfy, and rewrites what the customer sent
+        if "_auto_resize" in params:  # Kontext: render at the size asked, not a preferred one
+            kwargs["_auto_resize"] = False
+            kwargs["max_area"] = first.width * first.height
+        kwargs.update(self._image_kwargs(mode, first, len(rows), strength))
+        if "callback_on_step_end" in params:
+            kwargs["callback_on_step_end"] = on_step_end
+        elif "callback" in params:  # the legacy callback(step, timestep, latents) (PixArt)
+            kwargs["callback"] = lambda step, timestep, latents: on_step_end(pipe, step, timestep,
+                                                                             {"latents": latents})
+            kwargs["callback_steps"] = 1
+        return {name: value for name, value in kwargs.items() if name in params}
+
+    @staticmethod
+    def _has_guidance(pipe: Any) -> bool:
+        """Whether this checkpoint uses guidance at all (families_catalog.folder_variant_guidance)."""
+        if getattr(pipe, "config", {}).get("is_distilled"):
+            return False
+        transformer = getattr(pipe, "transformer", None)
+        return bool(getattr(getattr(transformer, "config", None), "guidance_embeds", True))
+
+    def _negative_kwargs(self, params: dict[str, inspect.Parameter], negatives: list[str | None],
+                         guidance: float) -> dict[str, Any]:
+        if "negative_prompt" not in params or (self.spec is not None and not self.spec.negative_prompt):
+            return {}
+        default = params["negative_prompt"].default
+        fill = default if isinstance(default, str) else ""
+        true_cfg = self.spec is not None and self.spec.guidance == TRUE_CFG and guidance > 1
+        if true_cfg and not fill.strip():
+            fill = " "  # Qwen-Image applies true CFG only when a negative prompt is given
+        if not true_cfg and all(n is None for n in negatives):
+            return {}  # the pipeline's own default (None for SDXL, "" for PixArt-Σ and Sana)
+        return {"negative_prompt": [fill if n is None else n for n in negatives]}
+
+    @staticmethod
+    def _image_kwargs(mode: str, first: GenerationTask, size: int, strength: float) -> dict[str, Any]:
+        if mode == "text2img":
+            return {}
         init = first.init_image if first.init_image.mode == "RGB" else first.init_image.convert("RGB")
+        if mode == "reference":
+            return {"image": init}
         # One copy per image: with a list of generators diffusers encodes each copy with
         # its own generator, so an image depends only on its seed.
         kwargs: dict[str, Any] = {"image": [init] * size, "strength": strength}
-        if kind == "inpaint":
+        if mode == "inpaint":
             mask = first.mask_image if first.mask_image.mode == "L" else first.mask_image.convert("L")
-            kwargs.update(mask_image=[mask] * size, width=first.width, height=first.height)
+            kwargs["mask_image"] = [mask] * size
         return kwargs
 
-    def finish(self, kind: str, first: GenerationTask, images: list[Image.Image]) -> list[Image.Image]:
+    def finish(self, mode: str, first: GenerationTask, images: list[Image.Image]) -> list[Image.Image]:
         """Post-process a call's RGB images. Inpainting pastes the input back where the
         mask is black (softly where it is grey): the pipeline already keeps the black
         region at the input's latents, but a VAE round trip is lossy (colour shifts, blur;
-        with the random demo VAE: garbage), so the composite makes "keep" mean keep."""
-        if kind != "inpaint":
+        with random weights: garbage), so the composite makes "keep" mean keep."""
+        if mode != "inpaint":
             return images
         from PIL import Image as PILImage
 
@@ -123,9 +282,21 @@ class Family:
         mask = first.mask_image if first.mask_image.mode == "L" else first.mask_image.convert("L")
         return [PILImage.composite(image, init, mask) for image in images]
 
-    def decode_preview(self, pipe: Any, latents: torch.Tensor, *, max_size: int) -> list[Image.Image]:
-        """Small RGB previews of a step's latents (rows = images). Raises PipelineError."""
-        return previews.decode_latents_preview(pipe, latents, max_size=max_size)
+    # -- previews ----------------------------------------------------------------------
+
+    def decode_preview(self, pipe: Any, latents: torch.Tensor, *, width: int, height: int,
+                       max_size: int) -> list[Image.Image]:
+        """Small RGB previews of a step's latents (rows = images), decoded the way the
+        family's pipeline decodes. Raises PipelineError."""
+        layout = self.spec.latents if self.spec else "spatial"
+        if layout == "spatial":
+            return previews.decode_latents_preview(pipe, latents, max_size=max_size)
+        if layout == "packed":
+            return previews.decode_packed_preview(pipe, latents, width=width, height=height, max_size=max_size)
+        if layout == "packed_video":
+            return previews.decode_packed_video_preview(pipe, latents, width=width, height=height,
+                                                        max_size=max_size)
+        raise PipelineError(f"no preview decoder for {self.name} latents")
 
 
 DEFAULT = Family()
@@ -148,6 +319,28 @@ def family_of(pipe: Any) -> Family:
     return family_for(type(pipe).__name__)
 
 
-register(DEFAULT,
-         "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
-         "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
+@functools.lru_cache(maxsize=256)
+def _source_class(location: str) -> str | None:
+    if os.path.isdir(location):
+        try:
+            with open(os.path.join(location, "model_index.json"), encoding="utf-8") as handle:
+                return json.load(handle).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            return None
+    try:  # a hub id: its model_index.json in the local hub cache, never fetched here
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.load_config(location, local_files_only=True).get("_class_name")
+    except Exception:
+        return None
+
+
+def family_for_source(source: PipelineSource) -> Family:
+    """The family of a model before (or without) loading it, from its model_index.json
+    (a folder, or a hub id already in the local hub cache); DEFAULT when unknown."""
+    return family_for(_source_class(os.path.expanduser(source.source)))
+
+
+for _spec in FAMILIES:
+    register(Family(_spec), *(c for c in (*_spec.pipelines, _spec.img2img_pipeline, _spec.inpaint_pipeline,
+                                           _spec.reference_pipeline) if c))

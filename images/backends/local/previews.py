@@ -55,3 +55,43 @@ def decode_latents_preview(pipe: Any, latents: torch.Tensor, *, max_size: int = 
     except Exception as exc:
         raise PipelineError(f"preview decode failed: {error_summary(exc)}") from exc
     return [image if image.mode == "RGB" else image.convert("RGB") for image in images]
+
+
+def decode_packed_preview(pipe: Any, latents: torch.Tensor, *, width: int, height: int,
+                          max_size: int = 256) -> list[Image.Image]:
+    """Previews of FLUX-style packed latents (B, H/2*W/2, C*4): unpacked with the
+    pipeline's own `_unpack_latents` (FLUX.1, Kontext, Chroma), then decoded as 4-D
+    latents (scaling and shift factor). Raises PipelineError."""
+    try:
+        spatial = pipe._unpack_latents(latents.detach(), height, width, pipe.vae_scale_factor)
+    except Exception as exc:
+        raise PipelineError(f"preview decode failed: {error_summary(exc)}") from exc
+    return decode_latents_preview(pipe, spatial, max_size=max_size)
+
+
+def decode_packed_video_preview(pipe: Any, latents: torch.Tensor, *, width: int, height: int,
+                                max_size: int = 256) -> list[Image.Image]:
+    """Previews of Qwen-Image's packed latents: unpacked to (B, C, 1, H, W) by the
+    pipeline, de-normalised with the VAE's latent statistics, decoded by its 5-D
+    video-style VAE, first frame. Raises PipelineError."""
+    try:
+        vae = pipe.vae
+        with torch.no_grad():
+            lat = pipe._unpack_latents(latents.detach(), height, width, pipe.vae_scale_factor)
+            frames, lat_h, lat_w = lat.shape[-3:]
+            longest = max(1, max_size // pipe.vae_scale_factor)
+            if max(lat_h, lat_w) > longest:
+                scale = longest / max(lat_h, lat_w)
+                size = (frames, max(1, round(lat_h * scale)), max(1, round(lat_w * scale)))
+                lat = F.interpolate(lat.float(), size=size, mode="area")
+            lat = lat.to(device=vae.device, dtype=vae.dtype)
+            channels = lat.shape[1]
+            mean = torch.tensor(vae.config.latents_mean).view(1, channels, 1, 1, 1).to(lat.device, lat.dtype)
+            std = 1.0 / torch.tensor(vae.config.latents_std).view(1, channels, 1, 1, 1).to(lat.device, lat.dtype)
+            lat = lat / std + mean
+            decoded = vae.decode(lat, return_dict=False)[0][:, :, 0]
+            decoded = torch.nan_to_num(decoded.float())
+        images = pipe.image_processor.postprocess(decoded, output_type="pil")
+    except Exception as exc:
+        raise PipelineError(f"preview decode failed: {error_summary(exc)}") from exc
+    return [image if image.mode == "RGB" else image.convert("RGB") for image in images]

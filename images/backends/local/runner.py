@@ -186,7 +186,9 @@ def _send_previews(family: families.Family, pipeline: Any, number: int, latents:
     its previews once all of its images (maybe split over calls) reached that step."""
     needed = sorted(r for t in due for r in rows[t])
     try:
-        decoded = family.decode_preview(pipeline, latents[needed], max_size=PREVIEW_MAX_SIZE)
+        first = tasks[chunk[0][0]]
+        decoded = family.decode_preview(pipeline, latents[needed], width=first.width, height=first.height,
+                                        max_size=PREVIEW_MAX_SIZE)
     except PipelineError:
         for t in due:
             _log_once(failed, t, "decode", "preview decode for task %d failed; generation continues", t)
@@ -218,9 +220,7 @@ def _run_chunk(
     call was ended early) and its wall time in seconds."""
     family = families.family_of(pipe)
     first = tasks[chunk[0][0]]
-    kind = first.kind
-    prompts = [tasks[t].prompt for t, _ in chunk]
-    negatives = [tasks[t].negative_prompt for t, _ in chunk]
+    mode = family.mode_for(first.kind)
     gen_device = generator_device(pipe)
     generators = [torch.Generator(device=gen_device).manual_seed(tasks[t].seeds[j]) for t, j in chunk]
     task_ids = list(dict.fromkeys(t for t, _ in chunk))
@@ -261,19 +261,11 @@ def _run_chunk(
 
     started = time.perf_counter()
     try:
-        output = pipe(
-            prompt=prompts,
-            # None and "" are the same unconditional prompt for diffusers; only pass a
-            # list when some task has a negative prompt.
-            negative_prompt=None if all(n is None for n in negatives) else [n or "" for n in negatives],
-            num_inference_steps=first.steps,
-            guidance_scale=float(first.guidance),
-            num_images_per_prompt=1,
-            generator=generators,
-            output_type="pil",
-            callback_on_step_end=on_step_end,
-            **family.call_kwargs(kind, first, len(chunk), pipeline_strength(first)),
-        )
+        # Only arguments the pipeline takes, with the family's guidance and negative
+        # prompt rules (images.backends.local.families.Family.call_kwargs).
+        output = pipe(**family.call_kwargs(pipe, mode, tasks, [t for t, _ in chunk],
+                                           strength=pipeline_strength(first), generators=generators,
+                                           on_step_end=on_step_end))
     except _StopCall:
         return None, time.perf_counter() - started
     except torch.cuda.OutOfMemoryError as exc:
@@ -287,7 +279,7 @@ def _run_chunk(
     images = [image if image.mode == "RGB" else image.convert("RGB") for image in output.images]
     if len(images) != len(chunk) or any(im.size != (first.width, first.height) for im in images):
         raise PipelineError("generation failed: the pipeline returned unexpected images")
-    return family.finish(kind, first, images), time.perf_counter() - started
+    return family.finish(mode, first, images), time.perf_counter() - started
 
 
 # ---------------------------------------------------------------------------
@@ -298,7 +290,8 @@ def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None,
               lane: int | None = None) -> list[GenerationResult]:
     """Run tasks, batching images of compatible tasks; one result per task, in order.
 
-    Text-to-image tasks sharing (source, width, height, steps, guidance) are run
+    Text-to-image tasks sharing (source, width, height, steps, guidance and the
+    family's batch key: families.Family.batch_key) are run
     together, at most `max_batch` images per pipeline call (None: the configured
     max_batch, PIPELINE_MAX_BATCH, else 1 on CPU, 4 on MPS, 8 on CUDA). Image-to-image
     and inpainting tasks run on their own (their images still `max_batch` per call), on
@@ -318,7 +311,10 @@ def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None,
     groups: dict[tuple, list[int]] = {}
     for index, task in enumerate(tasks):
         if task.kind == "text2img":
-            key: tuple = (task.source, "text2img", task.width, task.height, task.steps, float(task.guidance))
+            # Plus what the family needs shared so that companions cannot change each
+            # other's images (families.Family.batch_key: negative prompt presence, prompt).
+            key: tuple = (task.source, "text2img", task.width, task.height, task.steps, float(task.guidance),
+                          *families.family_for_source(task.source).batch_key(task))
         else:
             key = ("own call", index)  # each img2img/inpaint task has its own input image(s)
         groups.setdefault(key, []).append(index)

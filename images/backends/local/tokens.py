@@ -20,7 +20,7 @@ def count_tokens(source: PipelineSource, text: str) -> int | None:
     lock, tokenizer = counting
     try:
         with lock:
-            return len(tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"])
+            return len(tokenizer(text=text, truncation=False, add_special_tokens=False)["input_ids"])
     except Exception:  # a tokenizer quirk must never fail a finished generation
         logger.warning("could not count tokens for %s", source.source, exc_info=True)
         return None

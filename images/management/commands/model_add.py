@@ -1,0 +1,116 @@
+"""`manage.py model_add <public_id> <folder> --profile gpt-image`: offer a model in one step.
+
+Recognises the family from the folder's model_index.json (torch-free, see
+images/families_catalog.py), records its capabilities on the row, fills the family's
+recommended steps per quality, guidance and dtype, and copies the prices of a template
+model of the same profile (only for the sizes the family can render). A folder it cannot
+serve is refused with the reason. docs/models.md lists the families.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from billing.models import Price
+from images.families_catalog import NO_GUIDANCE, FamilyError, recognise_folder
+from images.models import ImageModel
+from images.profiles import PROFILES
+
+
+def _resolve_folder(source: str) -> Path:
+    """The folder of `source`: absolute, under MODEL_DIR, or a hub id already in the
+    local hub cache (never downloaded here)."""
+    path = Path(source).expanduser()
+    candidates = [path] if path.is_absolute() else [Path(settings.MODEL_DIR) / source, path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    if source.count("/") == 1 and not path.is_absolute():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "model_index.json")
+        except Exception:
+            cached = None
+        if isinstance(cached, str):
+            return Path(cached).parent
+        raise CommandError(f"{source} looks like a hub id but is not in the local hub cache; download it first "
+                           f"(huggingface-cli download {source}) or pass its folder")
+    raise CommandError(f"{source}: no such folder (relative paths are looked up under MODEL_DIR={settings.MODEL_DIR})")
+
+
+class Command(BaseCommand):
+    help = "Add (or with --update, refresh) an image model from a diffusers pipeline folder or cached hub id."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("public_id", help="the model id clients send, e.g. flux-schnell")
+        parser.add_argument("source", help="a folder (absolute or under MODEL_DIR) or a cached hub id")
+        parser.add_argument("--profile", required=True, choices=sorted(PROFILES),
+                            help="the OpenAI API shape it is offered with")
+        parser.add_argument("--queue", default="gpu", help="the Dramatiq queue its jobs go to (default gpu)")
+        parser.add_argument("--price-template", dest="template",
+                            help="copy the prices of this model (default: the first priced model of the profile)")
+        parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
+        parser.add_argument("--free", action="store_true", help="serve without prices (0 credits)")
+        parser.add_argument("--update", action="store_true", help="refresh an existing row (prices are replaced)")
+
+    def handle(self, *args, public_id: str, source: str, profile: str, queue: str, template: str | None,
+               dtype: str, free: bool, update: bool, **options) -> None:
+        folder = _resolve_folder(source)
+        try:
+            spec, capabilities = recognise_folder(folder)
+        except FamilyError as exc:
+            raise CommandError(f"cannot serve {source}: {exc}") from None
+        existing = ImageModel.objects.filter(public_id=public_id).first()
+        if existing is not None and not update:
+            raise CommandError(f"model {public_id!r} already exists (pass --update to refresh it)")
+
+        multiple = capabilities["size_multiple"]
+        sizes = [s for s in PROFILES[profile].sizes if all(int(v) % multiple == 0 for v in s.split("x"))]
+        if not sizes:
+            raise CommandError(f"cannot serve {source} as {profile}: none of its sizes "
+                               f"({', '.join(PROFILES[profile].sizes)}) is a multiple of {multiple}")
+        prices = [] if free else self._template_prices(profile=profile, template=template, exclude=public_id)
+        steps = dict(spec.steps)
+        guidance = spec.default_guidance
+        if capabilities["guidance"] == NO_GUIDANCE:  # step-distilled (FLUX.1-schnell, FLUX.2-klein)
+            steps = {quality: min(value, 4) for quality, value in steps.items()}
+            guidance = 0.0
+
+        with transaction.atomic():
+            model, _ = ImageModel.objects.update_or_create(public_id=public_id, defaults={
+                "profile": profile, "source": source, "dtype": dtype, "queue": queue, "steps_by_quality": steps,
+                "guidance": guidance, "capabilities": capabilities, "is_free": free, "enabled": True})
+            if existing is not None:
+                model.prices.all().delete()
+            Price.objects.bulk_create([
+                Price(model=model, kind=p.kind, size=p.size, quality=p.quality, credits_per_image=p.credits_per_image)
+                for p in prices if not p.size or p.size in sizes])
+        skipped = sorted(set(PROFILES[profile].sizes) - set(sizes))
+        self.stdout.write(
+            f"{'updated' if existing else 'added'} {public_id}: {spec.title} ({capabilities['family']}), "
+            f"profile {profile}, queue {queue}, guidance {capabilities['guidance']} {guidance}, steps {steps}, "
+            f"edit modes {capabilities['edit_modes'] or 'none'}, negative prompts "
+            f"{'yes' if capabilities['negative_prompt'] else 'no'}"
+            + (f"; sizes not served: {', '.join(skipped)}" if skipped else ""))
+
+    @staticmethod
+    def _template_prices(*, profile: str, template: str | None, exclude: str) -> list[Price]:
+        if template:
+            model = ImageModel.objects.filter(public_id=template).first()
+            if model is None:
+                raise CommandError(f"price template {template!r} does not exist")
+            if model.profile != profile:
+                raise CommandError(f"price template {template!r} is a {model.profile} model, not {profile}")
+        else:
+            model = (ImageModel.objects.filter(profile=profile, prices__isnull=False).exclude(public_id=exclude)
+                     .order_by("created_at", "pk").first())
+            if model is None:
+                raise CommandError(f"no priced {profile} model to copy prices from: pass --price-template or --free")
+        prices = list(model.prices.all())
+        if not prices:
+            raise CommandError(f"price template {model.public_id!r} has no prices")
+        return prices
