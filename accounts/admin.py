@@ -143,3 +143,39 @@ from rest_framework_api_key.models import APIKey as _LibraryAPIKey  # noqa: E402
 
 if admin.site.is_registered(_LibraryAPIKey):
     admin.site.unregister(_LibraryAPIKey)
+
+
+from accounts.models import Invitation  # noqa: E402
+
+
+class InvitationForm(forms.ModelForm):
+    class Meta:
+        model = Invitation
+        fields = ("email", "tenant", "role")
+        help_texts = {"tenant": "Empty: the operator invites a new customer, who gets a tenant of their own "
+                                "(with trial credits) at sign-up."}
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Invitations by email; adding one here sends it (accounts.services.invitation_create)."""
+
+    list_display = ("email", "tenant", "role", "invited_by", "created_at", "expires_at", "accepted_at")
+    list_filter = ("tenant",)
+    search_fields = ("email",)
+    form = InvitationForm
+
+    def get_readonly_fields(self, request, obj=None):
+        return () if obj is None else ("email", "tenant", "role", "invited_by", "expires_at", "accepted_at",
+                                       "accepted_by")
+
+    def save_model(self, request, obj: Invitation, form, change: bool) -> None:
+        if change:
+            return super().save_model(request, obj, form, change)
+        from accounts.services import invitation_create
+
+        invitation, _ = invitation_create(email=obj.email, tenant=obj.tenant, role=obj.role,
+                                          invited_by=request.user.get_username(),
+                                          base_url=request.build_absolute_uri("/"))
+        obj.pk = invitation.pk
+        obj._state.adding = False

@@ -18,3 +18,14 @@ class LoginLockoutBackend(AxesStandaloneBackend):
         if request is None:
             return None
         return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+def login_identity(request, credentials: dict | None) -> str:
+    """django-axes' username for a login attempt: the username (admin, /dashboard/login/)
+    or the email (allauth's /accounts/login/, whose form field is `login`), lower case,
+    so one lockout covers a user whichever form is used."""
+    credentials = credentials or {}
+    post = getattr(request, "POST", {}) or {}
+    value = (credentials.get("username") or credentials.get("email") or post.get("username")
+             or post.get("login") or "")
+    return str(value).strip().lower()

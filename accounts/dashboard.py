@@ -68,8 +68,25 @@ def _base_url(request: HttpRequest) -> str:
     return request.build_absolute_uri("/")
 
 
+class PasswordOnlyLoginForm(auth_views.AuthenticationForm):
+    """The username + password form (members made by the operator may have no email).
+    A user with two-factor authentication on must sign in through allauth's login
+    (/accounts/login/), which asks for the code; this form never bypasses it."""
+
+    def confirm_login_allowed(self, user) -> None:
+        super().confirm_login_allowed(user)
+        from allauth.mfa.models import Authenticator
+
+        if Authenticator.objects.filter(user=user).exists():
+            from django import forms
+
+            raise forms.ValidationError("This account uses two-factor authentication: sign in at /accounts/login/.",
+                                        code="mfa_required")
+
+
 class LoginView(auth_views.LoginView):
     template_name = "dashboard/login.html"
+    authentication_form = PasswordOnlyLoginForm
     redirect_authenticated_user = True
     next_page = "/dashboard/"
 
@@ -191,6 +208,7 @@ def playground(request: HttpRequest) -> HttpResponse:
 def overview_stats(now=None) -> dict[str, Any]:
     """Today's and this month's traffic (UTC), the queue, and GPU time per model."""
     from billing.selectors import usage_window
+    from core.heartbeats import worker_heartbeats
     from images.selectors import gpu_time_by_model, jobs_by_status
 
     now = now or timezone.now()
@@ -201,9 +219,139 @@ def overview_stats(now=None) -> dict[str, Any]:
         "today": usage_window(since=today), "month": usage_window(since=month),
         "queued": counts.get("queued", 0), "running": counts.get("running", 0),
         "gpu": gpu_time_by_model(since=month), "month_start": month.date(), "now": now,
+        "workers": worker_heartbeats(now=now),  # core/heartbeats.py: each worker process, quiet ones flagged
     }
 
 
 def admin_overview(request: HttpRequest) -> HttpResponse:
     context = {**admin_site.each_context(request), "title": "Overview", "stats": overview_stats()}
     return render(request, "admin/overview.html", context)
+
+
+# ---- Billing: balance, packs, vouchers, receipts, low-balance alert (owners pay) ----
+
+def _is_owner(request: HttpRequest) -> bool:
+    return request.membership.role == Membership.Role.OWNER
+
+
+def _billing_context(request: HttpRequest) -> dict[str, Any]:
+    from billing import selectors as billing_selectors
+    from billing.models import BalanceAlert, CreditPack, VoucherRedemption
+    from billing.payments.gateway import payments_enabled
+    from billing.payments.services import payments_for
+    from billing.services import account_for
+
+    alert = BalanceAlert.objects.filter(tenant=request.tenant).first()
+    return {
+        "account": account_for(tenant=request.tenant), "nav": "billing", "is_owner": _is_owner(request),
+        "payments_on": payments_enabled(), "vouchers_on": billing_selectors.vouchers_enabled(),
+        "packs": list(CreditPack.objects.filter(active=True)) if payments_enabled() else [],
+        "payments": payments_for(tenant=request.tenant),
+        "redemptions": list(VoucherRedemption.objects.filter(tenant=request.tenant).select_related("voucher")[:50]),
+        "threshold": alert.threshold if alert else 0,
+    }
+
+
+@member_required
+@require_GET
+def billing(request: HttpRequest) -> HttpResponse:
+    return render(request, "dashboard/billing.html", _billing_context(request))
+
+
+@member_required
+@require_POST
+def billing_redeem(request: HttpRequest) -> HttpResponse:
+    from billing.vouchers import voucher_redeem
+    from core.errors import APIError
+
+    try:
+        done = voucher_redeem(tenant=request.tenant, code=request.POST.get("code", ""),
+                              actor=f"member:{request.user.pk}", client_address=request.META.get("REMOTE_ADDR", ""))
+    except APIError as exc:
+        messages.error(request, exc.message)
+        return render(request, "dashboard/billing.html", _billing_context(request),
+                      status=429 if exc.status_code == 429 else 400)
+    messages.success(request, f"+{done.redemption.credits} credits; your balance is now {done.balance}.")
+    return redirect("dashboard:billing")
+
+
+@member_required
+@require_POST
+def billing_alert(request: HttpRequest) -> HttpResponse:
+    from billing.alerts import balance_alert_set
+
+    if not _can_manage(request):
+        return render(request, "dashboard/forbidden.html", status=403)
+    from core.errors import APIError
+
+    try:
+        threshold = int(request.POST.get("threshold", "0") or 0)
+        balance_alert_set(tenant=request.tenant, threshold=threshold)
+    except (ValueError, APIError) as exc:
+        messages.error(request, getattr(exc, "message", "The threshold must be a whole number of credits."))
+        return redirect("dashboard:billing")
+    messages.success(request, f"Low-balance alert set at {threshold} credits." if threshold
+                     else "Low-balance alert turned off.")
+    return redirect("dashboard:billing")
+
+
+@member_required
+@require_POST
+def billing_pay(request: HttpRequest) -> HttpResponse:
+    """An owner picks a pack: a PaymentIntent is created and the page confirms it with
+    Stripe.js. Credits arrive only with Stripe's signed webhook."""
+    from django.conf import settings
+
+    from billing.payments.services import payment_start
+    from core.errors import APIError
+
+    if not _is_owner(request):
+        return render(request, "dashboard/forbidden.html", status=403)
+    try:
+        payment, client_secret = payment_start(tenant=request.tenant, pack_id=int(request.POST.get("pack", "0") or 0),
+                                               created_by=request.user.get_username())
+    except (ValueError, APIError) as exc:
+        messages.error(request, getattr(exc, "message", "Pick a credit pack."))
+        return redirect("dashboard:billing")
+    return render(request, "dashboard/pay.html", {
+        "payment": payment, "client_secret": client_secret, "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
+        "stripe_js": settings.STRIPE_JS_URL, "nav": "billing",
+        "return_url": request.build_absolute_uri(f"/dashboard/billing/?paid={payment.external_id}")})
+
+
+# ---- Members and invitations (owners) ----
+
+@member_required
+def members(request: HttpRequest) -> HttpResponse:
+    from accounts.models import Invitation
+    from core.errors import APIError
+
+    if request.method == "POST":
+        if not _is_owner(request):
+            return render(request, "dashboard/forbidden.html", status=403)
+        try:
+            invitation, _ = account_services.invitation_create(
+                email=request.POST.get("email", ""), tenant=request.tenant, role=request.POST.get("role", "member"),
+                invited_by=request.user.get_username(), base_url=_base_url(request))
+        except APIError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, f"Invitation sent to {invitation.email}.")
+        return redirect("dashboard:members")
+    return render(request, "dashboard/members.html", {
+        "members": Membership.objects.filter(tenant=request.tenant).select_related("user").order_by("id"),
+        "invitations": Invitation.objects.filter(tenant=request.tenant, accepted_at__isnull=True).order_by("-id"),
+        "is_owner": _is_owner(request), "roles": Membership.Role.values, "nav": "members"})
+
+
+@require_GET
+def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
+    """The emailed link: remembers the invitation in the session (it opens sign-up in
+    `invite` mode) and goes on to allauth's sign-up page."""
+    from accounts.adapters import INVITATION_SESSION_KEY
+
+    invitation = account_services.invitation_find(token=token)
+    if invitation is None:
+        return render(request, "dashboard/invitation_invalid.html", status=404)
+    request.session[INVITATION_SESSION_KEY] = token
+    return redirect(f"/accounts/signup/?email={invitation.email}")

@@ -16,4 +16,10 @@ urlpatterns = [
     path("jobs/", dashboard.jobs, name="jobs"),
     path("jobs/<str:job_id>/", dashboard.job_detail, name="job_detail"),
     path("playground/", dashboard.playground, name="playground"),
+    path("billing/", dashboard.billing, name="billing"),
+    path("billing/redeem/", dashboard.billing_redeem, name="billing_redeem"),
+    path("billing/alert/", dashboard.billing_alert, name="billing_alert"),
+    path("billing/pay/", dashboard.billing_pay, name="billing_pay"),
+    path("members/", dashboard.members, name="members"),
+    path("invite/<str:token>/", dashboard.invitation_accept, name="invitation_accept"),
 ]

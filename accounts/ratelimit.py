@@ -127,4 +127,8 @@ def caller_from_request(request: Request):
     else:
         caller = caller_for_member(user=getattr(request, "user", None), request_id=request_id)
     django_request.caller = caller
+    if caller is not None:  # every later log line of this request says whose it is (core/logging.py)
+        from core.logging import log_context_bind
+
+        log_context_bind(tenant=caller.tenant.pk, key_prefix=caller.api_key.prefix if caller.api_key else None)
     return caller

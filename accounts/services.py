@@ -132,3 +132,120 @@ def tenant_create_with_key(*, name: str, created_by: str = "") -> tuple[Tenant, 
     tenant = tenant_create(name=name)
     key, raw = api_key_create(tenant=tenant, name="default", created_by=created_by)
     return tenant, key, raw
+
+
+# ---- Self-service sign-up and invitations ----
+
+def _token_hash(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def invitation_find(*, token: str):
+    """The open (not accepted, not expired) invitation for a raw token, or None."""
+    from django.utils import timezone
+
+    from accounts.models import Invitation
+
+    if not token or len(token) > 200:
+        return None
+    return (Invitation.objects.filter(token_hash=_token_hash(token), accepted_at__isnull=True,
+                                      expires_at__gt=timezone.now()).select_related("tenant").first())
+
+
+def invitation_create(*, email: str, tenant: Tenant | None, role: str = "member", invited_by: str = "",
+                      base_url: str = "") -> tuple[Invitation, str]:  # noqa: F821
+    """Invite `email` to `tenant` (None: the operator invites a customer, who gets a
+    tenant of their own). Emails the link after commit; returns the invitation and its
+    raw token (shown to whoever invites, never stored)."""
+    import secrets
+    from datetime import timedelta
+
+    from django.core.mail import send_mail
+    from django.utils import timezone
+
+    from accounts.models import Invitation, Membership
+
+    email = (email or "").strip().lower()
+    if "@" not in email or len(email) > 254:
+        raise InvalidRequest("Enter a valid email address.", param="email", code="invalid_value")
+    if role not in Membership.Role.values:
+        raise InvalidRequest("Unknown role.", param="role", code="invalid_value")
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation.objects.create(
+        tenant=tenant, email=email, role=role if tenant is not None else Membership.Role.OWNER,
+        token_hash=_token_hash(token), invited_by=invited_by,
+        expires_at=timezone.now() + timedelta(days=settings.INVITATION_DAYS))
+    link = f"{base_url.rstrip('/')}/dashboard/invite/{token}/"
+    where = f"the team {tenant.name}" if tenant is not None else "the Image API"
+    transaction.on_commit(lambda: send_mail(
+        f"{settings.ACCOUNT_EMAIL_SUBJECT_PREFIX}You are invited to {where}",
+        f"{invited_by or 'The operator'} invited you to {where}.\n\nSign up with this email address "
+        f"({email}) here:\n{link}\n\nThe invitation expires in {settings.INVITATION_DAYS} days.\n",
+        None, [email]))
+    return invitation, token
+
+
+def _unique_tenant_name(base: str) -> str:
+    import secrets
+
+    base = (base or "team").strip()[:80] or "team"
+    name = base
+    while Tenant.objects.filter(name=name).exists():
+        name = f"{base}-{secrets.token_hex(3)}"
+    return name
+
+
+def tenant_create_for_signup(*, user, email: str) -> Tenant:
+    """A new customer's tenant: the user as owner, the operator's default moderation
+    level and limits, and SIGNUP_TRIAL_CREDITS through the ledger (note "trial", one
+    grant per user whatever happens twice)."""
+    from accounts.models import Membership
+    from billing.services import credits_grant
+
+    tenant = Tenant.objects.create(
+        name=_unique_tenant_name(email.split("@")[0]), moderation_level=settings.SIGNUP_MODERATION_LEVEL,
+        rpm_limit=settings.SIGNUP_RPM_LIMIT or None, max_concurrent_jobs=settings.SIGNUP_MAX_CONCURRENT_JOBS or None)
+    Membership.objects.create(tenant=tenant, user=user, role=Membership.Role.OWNER)
+    if settings.SIGNUP_TRIAL_CREDITS > 0:
+        credits_grant(tenant=tenant, amount=settings.SIGNUP_TRIAL_CREDITS, actor="signup", note="trial",
+                      idempotency_key=f"trial:user:{user.pk}")
+    return tenant
+
+
+@transaction.atomic
+def signup_complete(*, user, email: str):
+    """Called once a sign-up's email is verified. An open invitation for the address
+    makes the user a member of the inviting tenant (or, from the operator, the owner of
+    a new one); otherwise, when SIGNUP_MODE is open, the user gets a new tenant with
+    trial credits. Idempotent: a user who already belongs to a tenant keeps it.
+    Returns the membership, or None (sign-ups closed and no invitation)."""
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from accounts.models import Invitation, Membership
+
+    # Serialise completions of one user (a double-clicked confirmation link).
+    get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+    existing = Membership.objects.filter(user=user).order_by("tenant_id").first()
+    if existing is not None:
+        return existing
+    email = email.strip().lower()
+    invitation = (Invitation.objects.select_for_update()
+                  .filter(email__iexact=email, accepted_at__isnull=True, expires_at__gt=timezone.now())
+                  .order_by("-created_at").first())
+    if invitation is not None:
+        if invitation.tenant is not None:
+            membership = Membership.objects.create(tenant=invitation.tenant, user=user, role=invitation.role)
+        else:
+            tenant = tenant_create_for_signup(user=user, email=email)
+            membership = Membership.objects.get(tenant=tenant, user=user)
+        invitation.accepted_at = timezone.now()
+        invitation.accepted_by = user
+        invitation.save(update_fields=["accepted_at", "accepted_by"])
+        return membership
+    if settings.SIGNUP_MODE != "open":
+        return None
+    tenant = tenant_create_for_signup(user=user, email=email)
+    return Membership.objects.get(tenant=tenant, user=user)

@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin
 
 from billing.models import CreditAccount, Hold, LedgerEntry, Price, UsageRecord
@@ -88,3 +89,112 @@ class PriceAdmin(admin.ModelAdmin):
     @admin.display(description="model is free", boolean=True, ordering="model__is_free")
     def model_is_free(self, obj: Price) -> bool:
         return obj.model.is_free
+
+
+# ---- Self-service: packs, payments, vouchers ----
+from billing.models import BalanceAlert, CreditPack, Payment, Voucher, VoucherBatch, VoucherRedemption  # noqa: E402
+
+
+@admin.register(CreditPack)
+class CreditPackAdmin(admin.ModelAdmin):
+    """What the billing page sells: `price` is in the currency's minor unit (cents)."""
+
+    list_display = ("name", "credits", "price", "currency", "active")
+    list_filter = ("active", "currency")
+    list_editable = ("active",)
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdmin):
+    """Card payments. `credits unrecovered`: credits a refund or lost dispute should have
+    taken back but could not (already spent or held): settle them with the customer."""
+
+    list_display = ("created_at", "tenant", "external_id", "amount", "currency", "credits", "status",
+                    "amount_refunded", "amount_disputed", "credits_reversed", "credits_unrecovered", "receipt")
+    list_filter = ("status", "provider", "currency", ("credits_unrecovered", admin.EmptyFieldListFilter))
+    search_fields = ("external_id", "tenant__name")
+    list_select_related = ("tenant",)
+    date_hierarchy = "created_at"
+
+    @admin.display(description="receipt")
+    def receipt(self, obj: Payment) -> str:
+        from django.utils.html import format_html
+
+        return format_html('<a href="{}">receipt</a>', obj.receipt_url) if obj.receipt_url else "—"
+
+
+class VoucherBatchForm(forms.Form):
+    credits = forms.IntegerField(min_value=1, help_text="Credits per redemption.")
+    count = forms.IntegerField(min_value=1, max_value=10_000, initial=10, help_text="How many codes.")
+    max_uses = forms.IntegerField(min_value=1, initial=1, help_text="Redemptions per code (each tenant once).")
+    expires_at = forms.DateTimeField(required=False, help_text="Optional, e.g. 2026-12-31 23:59.")
+    note = forms.CharField(max_length=200, required=False)
+
+
+@admin.register(VoucherBatch)
+class VoucherBatchAdmin(admin.ModelAdmin):
+    """Adding a batch generates its codes and downloads them as CSV, once: only hashes
+    are stored, so the codes cannot be shown again."""
+
+    list_display = ("id", "created_at", "count", "credits", "max_uses", "expires_at", "note", "created_by",
+                    "redeemed")
+    readonly_fields = ("credits", "max_uses", "expires_at", "count", "created_by", "created_at")
+
+    @admin.display(description="redemptions")
+    def redeemed(self, obj: VoucherBatch) -> int:
+        return VoucherRedemption.objects.filter(voucher__batch=obj).count()
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def add_view(self, request, form_url="", extra_context=None):
+        import csv
+        import io
+
+        from django.http import HttpResponse
+        from django.template.response import TemplateResponse
+
+        from billing.vouchers import vouchers_create
+
+        if not self.has_add_permission(request):
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied
+        form = VoucherBatchForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            batch, codes = vouchers_create(credits=data["credits"], count=data["count"], max_uses=data["max_uses"],
+                                           expires_at=data["expires_at"], note=data["note"] or "",
+                                           created_by=request.user.get_username())
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            writer.writerow(["code", "credits", "max_uses", "expires_at", "batch", "note"])
+            for code in codes:
+                writer.writerow([code, batch.credits, batch.max_uses, batch.expires_at.isoformat() if batch.expires_at
+                                 else "", batch.pk, batch.note])
+            response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = f'attachment; filename="vouchers-batch-{batch.pk}.csv"'
+            response["Cache-Control"] = "no-store"
+            return response
+        return TemplateResponse(request, "admin/billing/voucherbatch/generate.html", {
+            **self.admin_site.each_context(request), "title": "Generate voucher codes", "form": form,
+            "opts": self.model._meta})
+
+
+@admin.register(Voucher)
+class VoucherAdmin(ReadOnlyAdmin):
+    list_display = ("prefix", "batch", "credits", "uses", "max_uses", "expires_at", "note")
+    list_filter = ("batch",)
+    search_fields = ("prefix", "note")
+
+
+@admin.register(VoucherRedemption)
+class VoucherRedemptionAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "tenant", "voucher", "credits", "redeemed_by")
+    search_fields = ("tenant__name", "voucher__prefix")
+    list_select_related = ("tenant", "voucher")
+
+
+@admin.register(BalanceAlert)
+class BalanceAlertAdmin(admin.ModelAdmin):
+    list_display = ("tenant", "threshold", "armed", "last_fired_at", "last_sent_at")

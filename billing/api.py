@@ -8,6 +8,8 @@ from datetime import date
 
 from django.http import HttpResponse
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -15,6 +17,7 @@ from rest_framework.views import APIView
 from billing.selectors import USAGE_GROUPS, usage_summary
 from billing.services import account_for
 from core.errors import InvalidRequest
+from core.schema import AUTH_ERRORS, errors
 
 
 class BalanceView(APIView):
@@ -86,3 +89,35 @@ class UsageView(APIView):
         totals = {k: sum(r[k] for r in rows) for k in ("requests", "images", "pixels", "credits")}
         return Response({"object": "usage", "start": start.isoformat(), "end": end.isoformat(),
                          "group_by": group_by, "currency": "credits", "totals": totals, "data": rows})
+
+
+class RedeemRequest(serializers.Serializer):
+    code = serializers.CharField(max_length=100, help_text="The voucher code, as printed (any case; dashes optional).")
+
+
+class RedeemResponse(serializers.Serializer):
+    object = serializers.CharField(default="credit_redemption")
+    credits = serializers.IntegerField(help_text="Credits granted by this redemption.")
+    balance = serializers.IntegerField(help_text="The balance after it, in credits.")
+    available = serializers.IntegerField(help_text="Balance minus credits held by jobs in flight.")
+    currency = serializers.CharField(default="credits")
+
+
+class RedeemView(APIView):
+    """POST /v1/credits/redeem {"code": "..."}: a voucher's credits for the caller's tenant."""
+
+    @extend_schema(request=RedeemRequest, responses={200: RedeemResponse, **errors(400, *AUTH_ERRORS)},
+                   operation_id="credits_redeem", summary="Redeem a voucher code", tags=["billing"],
+                   description="400 `invalid_voucher` (counted: 429 `voucher_attempts_exceeded` past the limit), "
+                               "`voucher_expired`, `voucher_used_up` or `voucher_already_redeemed`.")
+    def post(self, request: Request) -> Response:
+        from billing.vouchers import voucher_redeem
+
+        data = RedeemRequest(data=request.data)
+        data.is_valid(raise_exception=True)
+        key = request.auth
+        done = voucher_redeem(tenant=key.tenant, code=data.validated_data["code"], actor=f"key:{key.prefix}",
+                              client_address=request.META.get("REMOTE_ADDR", ""))
+        return Response(RedeemResponse({"object": "credit_redemption", "credits": done.redemption.credits,
+                                        "balance": done.balance, "available": done.available,
+                                        "currency": "credits"}).data)

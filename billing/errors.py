@@ -3,6 +3,21 @@ from core.errors import APIError, InsufficientCredits
 
 class KeyBudgetExceeded(InsufficientCredits):
     code = "key_budget_exceeded"
+    offers_top_up = False  # the key's own monthly budget: buying credits would not help
+
+
+class InvalidVoucher(APIError):
+    """Unknown code (or a wrong secret part): counts towards the failure limit."""
+
+    code = "invalid_voucher"
+    param = "code"
+
+
+class VoucherNotRedeemable(APIError):
+    """A real code that cannot be used (expired, used up, already redeemed by this
+    tenant): 400, never 409 (a retry cannot succeed). `code` says which."""
+
+    param = "code"
 
 
 class InvalidAmount(APIError):
@@ -27,4 +42,5 @@ class PriceNotConfigured(APIError):
     param = "model"
 
 
-__all__ = ["InsufficientCredits", "KeyBudgetExceeded", "InvalidAmount", "PriceNotConfigured"]
+__all__ = ["InsufficientCredits", "KeyBudgetExceeded", "InvalidAmount", "PriceNotConfigured", "InvalidVoucher",
+           "VoucherNotRedeemable"]

@@ -119,3 +119,117 @@ class UsageRecord(models.Model):
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING, db_index=True)
     error_code = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+
+class CreditPack(models.Model):
+    """What a customer can buy by card: `credits` for `price` (integer, the currency's
+    minor unit: cents for usd, yen for jpy). Defined by the operator in the admin."""
+
+    name = models.CharField(max_length=100)
+    credits = models.PositiveBigIntegerField()  # credits granted
+    price = models.PositiveIntegerField()  # minor units of `currency`
+    currency = models.CharField(max_length=3, default="usd")  # ISO 4217, lower case (Stripe's spelling)
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["price", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.credits} credits for {self.price} {self.currency} (minor units)"
+
+
+class Payment(models.Model):
+    """One payment at a provider (a Stripe PaymentIntent). Credits enter the ledger only
+    from the provider's signed webhook, keyed `stripe:<external_id>`."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # created, not paid yet
+        SUCCEEDED = "succeeded"  # paid and credited
+        FAILED = "failed"
+        REFUNDED = "refunded"  # wholly refunded, or a dispute lost
+        PARTIALLY_REFUNDED = "partially_refunded"
+        MISMATCH = "mismatch"  # paid, but not the amount or currency asked: not credited, see the operator
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="payments")
+    pack = models.ForeignKey(CreditPack, null=True, blank=True, on_delete=models.SET_NULL, related_name="payments")
+    provider = models.CharField(max_length=16, default="stripe")
+    external_id = models.CharField(max_length=255, unique=True)  # the PaymentIntent id
+    amount = models.PositiveIntegerField()  # minor units of `currency`
+    currency = models.CharField(max_length=3)
+    credits = models.PositiveBigIntegerField()  # credits this payment grants
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.PENDING, db_index=True)
+    receipt_url = models.URLField(max_length=500, blank=True, default="")
+    amount_refunded = models.PositiveIntegerField(default=0)  # minor units refunded (Stripe's running total)
+    amount_disputed = models.PositiveIntegerField(default=0)  # minor units lost in a dispute
+    credits_reversed = models.BigIntegerField(default=0)  # credits taken back through the ledger
+    # Credits a refund or lost dispute should have taken back but could not (already
+    # spent or held): shown to the operator in the admin, never silently dropped.
+    credits_unrecovered = models.BigIntegerField(default=0)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+
+class VoucherBatch(models.Model):
+    """Codes generated together in the admin or by `vouchers_create`."""
+
+    note = models.CharField(max_length=200, blank=True, default="")
+    credits = models.PositiveBigIntegerField()  # credits per redemption
+    max_uses = models.PositiveIntegerField(default=1)  # per code
+    expires_at = models.DateTimeField(null=True, blank=True)
+    count = models.PositiveIntegerField()
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "voucher batches"
+
+    def __str__(self) -> str:
+        return f"batch {self.pk}: {self.count} x {self.credits} credits {self.note}".strip()
+
+
+class Voucher(models.Model):
+    """A redeemable code, stored like an API key: a prefix to find it and a SHA-256 of
+    the secret part (the codes are random, 160 bits: a slow hash would add nothing)."""
+
+    batch = models.ForeignKey(VoucherBatch, on_delete=models.PROTECT, related_name="vouchers")
+    prefix = models.CharField(max_length=16, unique=True)
+    code_hash = models.CharField(max_length=64)
+    credits = models.PositiveBigIntegerField()  # credits per redemption
+    max_uses = models.PositiveIntegerField(default=1)
+    uses = models.PositiveIntegerField(default=0)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    note = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(uses__lte=F("max_uses")), name="voucher_uses_within_max")]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.uses}/{self.max_uses})"
+
+
+class VoucherRedemption(models.Model):
+    voucher = models.ForeignKey(Voucher, on_delete=models.PROTECT, related_name="redemptions")
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="voucher_redemptions")
+    credits = models.PositiveBigIntegerField()  # credits granted
+    redeemed_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["voucher", "tenant"], name="voucher_once_per_tenant")]
+
+
+class BalanceAlert(models.Model):
+    """A tenant's low-balance alert: one email each time the available balance falls
+    below `threshold` (credits); `armed` is cleared when it fires and set again once the
+    available balance is back at or above the threshold."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, primary_key=True, related_name="balance_alert")
+    threshold = models.PositiveBigIntegerField(default=0)  # credits; 0 = off
+    armed = models.BooleanField(default=True)
+    last_fired_at = models.DateTimeField(null=True, blank=True)  # when it last fell below
+    last_sent_at = models.DateTimeField(null=True, blank=True)  # the firing last emailed (= last_fired_at once sent)

@@ -100,3 +100,9 @@ def usage_window(*, since) -> dict:
     finished = row["succeeded"] + row["failed"]
     row["failure_rate"] = f"{100 * row['failed'] / finished:.1f} %" if finished else "–"
     return row
+
+
+def vouchers_enabled() -> bool:
+    from django.conf import settings
+
+    return bool(settings.VOUCHERS_ENABLED)

@@ -12,6 +12,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from accounts.models import APIKey, Tenant
+from billing.alerts import balance_alert_check
 from billing.errors import InsufficientCredits, InvalidAmount, KeyBudgetExceeded, PriceNotConfigured
 from billing.models import CreditAccount, Hold, LedgerEntry, Price
 
@@ -56,7 +57,9 @@ def credits_grant(*, tenant: Tenant, amount: int, actor: str = "operator", note:
             raise InvalidAmount(f"Cannot remove {-amount} credits: only {account.available} are available "
                                 f"({account.held} are held by jobs in flight).", param="amount")
         kind = LedgerEntry.Kind.GRANT if amount > 0 else LedgerEntry.Kind.ADJUSTMENT
-        return _append(tenant_id=tenant.pk, kind=kind, amount=amount, held_delta=0, key=key, actor=actor, note=note)
+        entry = _append(tenant_id=tenant.pk, kind=kind, amount=amount, held_delta=0, key=key, actor=actor, note=note)
+        balance_alert_check(tenant_id=tenant.pk, available=entry.balance_after - entry.held_after)
+        return entry
 
 
 def price_quote(*, model, kind: str, size: str, quality: str, n: int) -> int:
@@ -147,14 +150,15 @@ def _settle(*, job, charge: int | None) -> Hold | None:
             balance=F("balance") + amount, held=F("held") - hold.amount)
         try:
             with transaction.atomic(savepoint=False):
-                _append(tenant_id=hold.tenant_id, kind=kind, amount=amount, held_delta=-hold.amount,
-                        key=f"{kind}:{job.pk}", job=job)
+                entry = _append(tenant_id=hold.tenant_id, kind=kind, amount=amount, held_delta=-hold.amount,
+                                key=f"{kind}:{job.pk}", job=job)
         except IntegrityError:
             raise RuntimeError(f"ledger already has a {kind} for job {job.pk} but its hold was open") from None
         hold.status = status
         hold.captured = -amount
         hold.settled_at = timezone.now()
         hold.save(update_fields=["status", "captured", "settled_at"])
+        balance_alert_check(tenant_id=hold.tenant_id, available=entry.balance_after - entry.held_after)
         return hold
 
 
