@@ -13,6 +13,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
 # database work would race pytest-django's per-test database access rules.
 os.environ.setdefault("JOB_SWEEP_SECONDS", "0")
 os.environ.setdefault("WARM_UP_MODELS", "false")
+os.environ.setdefault("WORKER_HEARTBEAT_SECONDS", "0")  # (heartbeats and retention: tests drive them)
+os.environ.setdefault("RETENTION_SWEEP_SECONDS", "0")
 
 from django.conf import settings  # noqa: E402
 

@@ -87,9 +87,36 @@ class NotFound(APIError):
 
 
 class InsufficientCredits(APIError):
+    """402. While payments or vouchers are on (settings.TOP_UP_URL), every one names
+    where to top up, in the message and as `top_up_url` (an extra field: the four
+    envelope fields stay as they are), as AIGNE Hub's 402 carries a payment link."""
+
     status_code = 402
     type = "insufficient_quota"
     code = "insufficient_quota"
+    offers_top_up = True  # False where buying credits would not help (a key's own budget)
+
+    def body(self) -> dict[str, Any]:
+        from django.conf import settings
+
+        body = super().body()
+        url = getattr(settings, "TOP_UP_URL", "") if self.offers_top_up else ""
+        if url:
+            if url.startswith("/"):
+                url = getattr(settings, "PUBLIC_BASE_URL", "") + url  # still relative: the handler completes it
+            body["error"]["message"] = f"{self.message} Add credits at {url}"
+            body["error"]["top_up_url"] = url
+        return body
+
+
+def _absolute_top_up(body: dict[str, Any], request: Any) -> None:
+    """A relative top_up_url (no PUBLIC_BASE_URL) made absolute with the request's host."""
+    error = body.get("error", {})
+    url = error.get("top_up_url")
+    if url and url.startswith("/") and request is not None:
+        absolute = request.build_absolute_uri(url)
+        error["top_up_url"] = absolute
+        error["message"] = error["message"].replace(f"Add credits at {url}", f"Add credits at {absolute}")
 
 
 class RateLimited(APIError):
@@ -191,7 +218,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         logger.exception("Unhandled error in %s", context.get("view").__class__.__name__)
         error = APIError("The server had an error while processing your request.", status_code=500,
                          type="server_error", code="internal_error")
-    response = Response(error.body(), status=error.status_code, headers=error_headers(error))
+    from core.metrics import api_error_count
+
+    api_error_count(status=error.status_code, code=error.code)  # 402s, 429s, moderation refusals...
+    body = error.body()
+    _absolute_top_up(body, context.get("request"))
+    response = Response(body, status=error.status_code, headers=error_headers(error))
     if error.status_code == 401:
         response["WWW-Authenticate"] = 'Bearer realm="api"'
     return response

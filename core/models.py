@@ -30,3 +30,25 @@ class IdempotencyRecord(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["scope", "key"], name="idempotency_scope_key_unique")]
+
+
+class WorkerHeartbeat(models.Model):
+    """The latest heartbeat of one worker process (core/heartbeats.py): written every
+    WORKER_HEARTBEAT_SECONDS by each Dramatiq process, read by the admin overview and
+    /metrics. One silent for WORKER_QUIET_SECONDS has gone quiet; rows silent past the
+    retention period are pruned."""
+
+    worker_id = models.CharField(max_length=200, unique=True)  # "<host>:<pid>"
+    host = models.CharField(max_length=150)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list)
+    device = models.CharField(max_length=100, blank=True, default="")  # "cuda: NVIDIA H200", "cpu"
+    memory_bytes = models.BigIntegerField(default=0)  # resident memory of the process, bytes
+    device_memory_bytes = models.BigIntegerField(default=0)  # accelerator memory allocated, bytes (0: none)
+    jobs_running = models.PositiveIntegerField(default=0)
+    jobs_done = models.BigIntegerField(default=0)  # messages this process finished since it started
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.worker_id

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.http import FileResponse, HttpRequest
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, viewsets
@@ -32,7 +32,8 @@ from core import idempotency
 from core.errors import APIError, InvalidRequest, NotFound, PermissionDeniedError, ServiceUnavailable, UpstreamError
 from core.schema import AUTH_ERRORS, CHARGED_ERRORS, errors
 from images import selectors
-from images.files import image_token_read
+from images.files import (StorageUnavailable, image_presigned_url, image_read, image_token_read_with_age,
+                          storage_is_remote)
 from images.models import Job
 from images.serializers import (ImagesResponseSerializer, ModelListSerializer, ModelSerializer, TaskSerializer,
                                 images_response_body, model_body, model_list_body, task_body)
@@ -413,13 +414,29 @@ class ImageFileViewSet(viewsets.ViewSet):
     @extend_schema(summary="Download an image by its signed link", tags=["images"], auth=[],
                    responses={(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY,
                                                                   description="PNG, JPEG or WebP bytes"),
-                              **errors(404, 405)})
-    def retrieve(self, request: Request, token: str) -> FileResponse:
-        found = image_token_read(token)
+                              302: OpenApiResponse(description="With object storage: a redirect to a presigned "
+                                                               "URL of the image, valid for the rest of the hour"),
+                              **errors(404, 405, 503)})
+    def retrieve(self, request: Request, token: str) -> HttpResponse:
+        """Local storage: the bytes. An object store: a 302 to a presigned URL of the
+        object, valid for what is left of the token's hour (images/files.py says why),
+        or the bytes streamed from the store when S3_PRESIGNED_REDIRECT is off."""
+        found = image_token_read_with_age(token)
         image = selectors.image_get(tenant_id=found[1], image_id=found[0]) if found else None
-        if image is None or not default_storage.exists(image.file):
+        if image is None:
             raise NotFound("The requested image was not found or its link has expired.", code="not_found")
-        response = FileResponse(default_storage.open(image.file, "rb"), content_type=image.content_type)
+        if storage_is_remote() and settings.S3_PRESIGNED_REDIRECT:
+            response = HttpResponseRedirect(image_presigned_url(image.file, expires_in=int(found[2])))
+            response["Cache-Control"] = "private, no-store"
+            return response
+        try:
+            handle = default_storage.open(image.file, "rb")
+        except Exception as exc:
+            if isinstance(exc, FileNotFoundError) or getattr(exc, "response", None):
+                image_read(image)  # raises ImagesExpired (gone) or StorageUnavailable (away)
+            raise StorageUnavailable("The image store is unavailable; retry shortly.",
+                                     headers={"Retry-After": "5"}) from exc
+        response = FileResponse(handle, content_type=image.content_type)
         response["Cache-Control"] = "private, max-age=3600"
         return response
 

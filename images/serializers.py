@@ -17,7 +17,7 @@ from drf_spectacular.utils import extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 
 from core.schema import ErrorDetailSerializer
-from images.files import image_read, image_url
+from images.files import ImagesExpired, image_read, image_url, job_images_check, job_images_expired
 from images.models import ImageModel, Job
 from images.profiles import PROFILES, output_tokens
 
@@ -146,6 +146,7 @@ def usage_body(job: Job, *, images: int | None = None, with_input: bool = True) 
 def images_response_body(*, job: Job, base_url: str) -> dict[str, Any]:
     """ImagesResponse (reference §6): DALL·E profiles get created+data only; GPT-image
     ones also the resolved size/quality/background/output_format and usage."""
+    job_images_check(job)  # purged by retention: 410 images_expired, never links to nothing
     params = job.params
     profile = PROFILES[params["profile"]]
     data = []
@@ -182,7 +183,10 @@ def task_body(*, job: Job, base_url: str) -> dict[str, Any]:
         "credits_charged": hold.captured if hold is not None else 0,
         "result": None, "error": None,
     }
-    if job.status == Job.Status.SUCCEEDED:
+    if job.status == Job.Status.SUCCEEDED and job_images_expired(job):
+        body["error"] = {"message": f"The images were deleted after {settings.RETENTION_DAYS} days (retention).",
+                         "type": ImagesExpired.type, "param": None, "code": ImagesExpired.code}
+    elif job.status == Job.Status.SUCCEEDED:
         body["result"] = images_response_body(job=job, base_url=base_url)
     elif job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
         body["error"] = {"message": job.error_message, "type": "server_error" if job.status == Job.Status.FAILED
@@ -201,6 +205,7 @@ def model_list_body(models: list[ImageModel]) -> dict[str, Any]:
 
 def vision_body(*, job: Job, base_url: str) -> dict[str, Any]:
     """Seed 000: every image with both `url` and `b64_json`."""
+    job_images_check(job)
     data = [{"url": image_url(img, base_url=base_url), "b64_json": base64.b64encode(image_read(img)).decode("ascii")}
             for img in job.images.all()]
     return VisionImageSerializer({"id": f"img-{job.pk.hex}", "object": "vision.image",
@@ -209,6 +214,7 @@ def vision_body(*, job: Job, base_url: str) -> dict[str, Any]:
 
 def reseller_body(*, job: Job, base_url: str, request_id: str) -> dict[str, Any]:
     """Seed 003's envelope: `{code: 0, message, request_id, data{urls, usage, expired, task_id, task_status}}`."""
+    job_images_check(job)
     images = list(job.images.all())
     expires = job.finished_at + timedelta(seconds=settings.IMAGE_URL_TTL_SECONDS)
     usage = usage_body(job, images=len(images))

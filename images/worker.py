@@ -243,6 +243,7 @@ def job_run(*, job_id: str) -> None:
 
     backend = get_backend()
     source = pipeline_source(job.model)
+    _capabilities_record(job.model, backend, source)
     extra = job.params.get("extra") or {}
     try:
         init_image, mask_image = _inputs(extra)
@@ -297,6 +298,21 @@ def job_run(*, job_id: str) -> None:
         return
     if not job_complete(job=job, stored=stored, gpu_ms=int(result.seconds * 1000), prompt_tokens=prompt_tokens):
         image_delete_files([row["file"] for row in stored])
+
+
+def _capabilities_record(model: ImageModel, backend: Any, source: PipelineSource) -> None:
+    """Record what the model's family can do the first time a worker runs it, so that
+    the web tier refuses what it cannot serve before holding credits (the row's
+    `capabilities`; `manage.py model_add` fills it up front)."""
+    if model.capabilities:
+        return
+    try:
+        capabilities = backend.capabilities(source)
+        if capabilities:
+            ImageModel.objects.filter(pk=model.pk).update(capabilities=capabilities)
+            model.capabilities = capabilities
+    except Exception:  # informative: the job runs whatever happens here
+        logger.warning("could not record the capabilities of model %s", model.public_id, exc_info=True)
 
 
 def _fail_stopped(job: Job, reason: str) -> None:

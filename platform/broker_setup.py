@@ -26,6 +26,7 @@ MIDDLEWARE = [
     "dramatiq.middleware.ShutdownNotifications",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
     "images.middleware.WorkerLifecycle",
+    "core.logging.LogContextMiddleware",  # job id on every log line of a message
 ]
 
 

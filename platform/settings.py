@@ -165,6 +165,68 @@ WHITENOISE_USE_FINDERS = True  # serve straight from the apps' static folders: n
 STATIC_ROOT = env.path("STATIC_ROOT", default=VAR_DIR / "static")
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
 MEDIA_URL = "media/"
+
+# ---- Object storage (docs/deploy.md) ----
+# Generated images and stored edit inputs go through Django's storage API: local files
+# under MEDIA_ROOT by default (the embedded mode, one machine), or any S3-compatible store
+# (AWS S3, MinIO, Cloudflare R2, Backblaze B2...) through django-storages when
+# AWS_STORAGE_BUCKET_NAME is set: then nothing is kept on the local disk, and the web tier
+# and every GPU worker share only the database, the broker and the bucket.
+AWS_STORAGE_BUCKET_NAME = env.str("AWS_STORAGE_BUCKET_NAME", default="")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+if AWS_STORAGE_BUCKET_NAME:
+    from botocore.config import Config as _BotoConfig
+
+    STORAGES["default"] = {"BACKEND": "storages.backends.s3.S3Storage"}
+    AWS_S3_ENDPOINT_URL = env.str("AWS_S3_ENDPOINT_URL", default="") or None  # None: AWS itself
+    AWS_ACCESS_KEY_ID = env.str("AWS_ACCESS_KEY_ID", default="") or None  # None: boto3's own chain (roles)
+    AWS_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="") or None
+    AWS_S3_REGION_NAME = env.str("AWS_S3_REGION_NAME", default="") or None
+    AWS_LOCATION = env.str("AWS_LOCATION", default="")  # a key prefix inside the bucket
+    AWS_S3_ADDRESSING_STYLE = env.str("AWS_S3_ADDRESSING_STYLE", default="") or None  # "path" for some stores
+    AWS_S3_SIGNATURE_VERSION = "s3v4"
+    AWS_DEFAULT_ACL = None  # the bucket stays private: objects are read through presigned URLs
+    AWS_QUERYSTRING_AUTH = True
+    AWS_S3_FILE_OVERWRITE = True  # our names are unique per job: save without a HEAD first
+    # Fail fast when the store is away (a job fails and is released; the caller hears 502/503)
+    # instead of botocore's 60 s connect timeout and its legacy retries.
+    # (A client config replaces django-storages' own: signature and addressing style go in it.)
+    AWS_S3_CLIENT_CONFIG = _BotoConfig(
+        signature_version="s3v4", s3={"addressing_style": AWS_S3_ADDRESSING_STYLE} if AWS_S3_ADDRESSING_STYLE else {},
+        connect_timeout=env.float("S3_CONNECT_TIMEOUT", default=5.0),
+        read_timeout=env.float("S3_READ_TIMEOUT", default=30.0),
+        retries={"max_attempts": env.int("S3_MAX_ATTEMPTS", default=3), "mode": "standard"})
+# The store's address as clients see it, for presigned links, when it differs from the
+# one the platform uses (e.g. http://minio:9000 inside a compose network).
+S3_PUBLIC_ENDPOINT_URL = env.str("S3_PUBLIC_ENDPOINT_URL", default="").rstrip("/")
+# /v1/files/<token> on an object store: redirect to a presigned URL (true; bytes never pass
+# through the web tier) or stream the object through the web tier (false: the store is not
+# reachable from clients at all).
+S3_PRESIGNED_REDIRECT = env.bool("S3_PRESIGNED_REDIRECT", default=True)
+
+# ---- Retention (images_purge; the workers' periodic sweep) ----
+# Days generated images and edit inputs are kept (0: forever); idempotency records,
+# expired sessions, old login records and silent worker heartbeats are pruned on the
+# same schedule.
+RETENTION_DAYS = env.int("RETENTION_DAYS", default=30)
+# How often each worker runs the retention sweep (seconds; 0: never, rely on the command).
+RETENTION_SWEEP_SECONDS = env.int("RETENTION_SWEEP_SECONDS", default=3600)
+
+# ---- Observability ----
+# /metrics answers only `Authorization: Bearer $METRICS_TOKEN`; unset: /metrics is a 404.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# How long the platform's database-derived metrics are reused between scrapes (seconds).
+METRICS_CACHE_SECONDS = env.float("METRICS_CACHE_SECONDS", default=5.0)
+# Workers write a heartbeat this often (seconds); one silent for WORKER_QUIET_SECONDS is "quiet".
+WORKER_HEARTBEAT_SECONDS = env.int("WORKER_HEARTBEAT_SECONDS", default=15)
+WORKER_QUIET_SECONDS = env.int("WORKER_QUIET_SECONDS", default=60)
+# Log lines: "json" (one object per line; the production default) or "plain".
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if EMBEDDED else "json")
+# Prompts are never logged unless the operator turns this on.
+LOG_PROMPTS = env.bool("LOG_PROMPTS", default=False)
 # Where built or downloaded model folders live (the demo model is built here).
 MODEL_DIR = env.path("MODEL_DIR", default=VAR_DIR / "models")
 
@@ -257,8 +319,10 @@ PIPELINE_CACHE_SIZE = env.int("PIPELINE_CACHE_SIZE", default=2)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+                   "json": {"()": "core.logging.JSONFormatter"}},  # structlog; core/logging.py
+    "handlers": {"console": {"class": "logging.StreamHandler",
+                             "formatter": "json" if LOG_FORMAT == "json" else "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # axes.apps: django-axes' start-up banner, printed by every manage.py command otherwise.
     "loggers": {"django.server": {"level": "WARNING"}, "axes.apps": {"level": "WARNING"}},
@@ -300,6 +364,70 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# ---- Self-service: sign-up (django-allauth), email, card payments, vouchers ----
+INSTALLED_APPS += ["allauth", "allauth.account", "allauth.mfa"]
+# Social logins are settings only: SOCIAL_PROVIDERS=google,github adds allauth's provider
+# apps; their client ids and secrets go in SOCIALACCOUNT_PROVIDERS_JSON (allauth's format).
+SOCIAL_PROVIDERS = env.list("SOCIAL_PROVIDERS", default=[])
+if SOCIAL_PROVIDERS:
+    INSTALLED_APPS += ["allauth.socialaccount",
+                       *[f"allauth.socialaccount.providers.{name}" for name in SOCIAL_PROVIDERS]]
+    SOCIALACCOUNT_PROVIDERS = env.json("SOCIALACCOUNT_PROVIDERS_JSON", default={})
+# Before axes' middleware, which stays last.
+MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+                  "allauth.account.middleware.AccountMiddleware")
+# allauth signs in by email; the lockout backend stays first, so its lockout covers
+# /accounts/login/ too (the identity is the username or the email: accounts.backends).
+AUTHENTICATION_BACKENDS += ["allauth.account.auth_backends.AuthenticationBackend"]
+AXES_USERNAME_CALLABLE = "accounts.backends.login_identity"
+LOGIN_URL = "/dashboard/login/"
+LOGIN_REDIRECT_URL = "/dashboard/"
+ACCOUNT_LOGOUT_REDIRECT_URL = "/dashboard/login/"
+ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+ACCOUNT_CONFIRM_EMAIL_ON_GET = False
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Image API] ")
+# Failed logins are django-axes' (429 past AXES_FAILURE_LIMIT, the same on every login
+# page); allauth's own login_failed limit would answer first, with a form error.
+ACCOUNT_RATE_LIMITS = {"login_failed": None}
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+# open: anyone may sign up; invite: only people invited by an owner or the operator;
+# closed: nobody (members are made with manage.py member_create or the admin).
+SIGNUP_MODE = env.str("SIGNUP_MODE", default="open" if EMBEDDED else "closed")
+if SIGNUP_MODE not in ("open", "invite", "closed"):
+    raise ImproperlyConfigured(f"SIGNUP_MODE must be open, invite or closed, not {SIGNUP_MODE!r}")
+SIGNUP_TRIAL_CREDITS = env.int("SIGNUP_TRIAL_CREDITS", default=1000)  # credits, granted at verification
+SIGNUP_MODERATION_LEVEL = env.str("SIGNUP_MODERATION_LEVEL", default="standard")
+SIGNUP_RPM_LIMIT = env.int("SIGNUP_RPM_LIMIT", default=0)  # 0 = the installation default
+SIGNUP_MAX_CONCURRENT_JOBS = env.int("SIGNUP_MAX_CONCURRENT_JOBS", default=0)  # 0 = the installation default
+INVITATION_DAYS = env.int("INVITATION_DAYS", default=14)
+# Email through Django's API: the console backend (the server's output) unless EMAIL_URL
+# names SMTP (smtp+tls://user:password@host:587) or another django-environ email URL.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Image API <noreply@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Stripe (PaymentIntents): card payments are on when the secret key is set. STRIPE_API_BASE
+# points the SDK elsewhere (localstripe in tests); STRIPE_JS_URL is where the page loads Stripe.js.
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
+STRIPE_JS_URL = env.str("STRIPE_JS_URL", default="https://js.stripe.com/v3/")
+# Empty: Stripe offers the methods turned on in its dashboard (cards, Alipay, WeChat Pay...)
+# through the Payment Element; e.g. "card" restricts the PaymentIntents to cards.
+STRIPE_PAYMENT_METHOD_TYPES = env.list("STRIPE_PAYMENT_METHOD_TYPES", default=[])
+VOUCHERS_ENABLED = env.bool("VOUCHERS_ENABLED", default=True)
+# Wrong voucher codes allowed per tenant and per client address in the window, then 429.
+VOUCHER_FAILURE_LIMIT = env.int("VOUCHER_FAILURE_LIMIT", default=10)
+VOUCHER_FAILURE_WINDOW_SECONDS = env.int("VOUCHER_FAILURE_WINDOW_SECONDS", default=900)
+# Where a 402 sends the customer; "" = the dashboard's billing page while payments or vouchers are on.
+TOP_UP_URL = env.str("TOP_UP_URL", default="") or (
+    "/dashboard/billing/" if (STRIPE_SECRET_KEY or VOUCHERS_ENABLED) else "")
+
 # ---- API schema (drf-spectacular) ----
 # OpenAPI 3 at /v1/openapi.json and Swagger UI at /docs/ (assets from the sidecar
 # package, served by this installation: no CDN). Annotations: platform/api_schema.py.
@@ -320,3 +448,18 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {},
     "DISABLE_ERRORS_AND_WARNINGS": True,
 }
+
+# ---- Metrics (core/metrics.py: GET /metrics with METRICS_TOKEN) ----
+# django-prometheus: requests by view and status, latencies, response sizes; with several
+# gunicorn processes, PROMETHEUS_MULTIPROC_DIR (an empty folder per host) makes every
+# process's counters add up in one scrape. With metrics on, database queries, errors and
+# connection counts too, through its wrapping database engine (same driver underneath).
+INSTALLED_APPS += ["django_prometheus"]
+# Scrape-time collectors of the platform's own numbers (from the database; images/metrics.py).
+METRICS_COLLECTORS = ["images.metrics.PlatformCollector"]
+MIDDLEWARE = ["django_prometheus.middleware.PrometheusBeforeMiddleware", *MIDDLEWARE[:-1],
+              "django_prometheus.middleware.PrometheusAfterMiddleware", MIDDLEWARE[-1]]  # axes stays last
+if METRICS_TOKEN and DATABASES["default"]["ENGINE"] in ("django.db.backends.postgresql",
+                                                         "django.db.backends.sqlite3"):
+    DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace("django.db.backends.",
+                                                                            "django_prometheus.db.backends.")

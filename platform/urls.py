@@ -9,11 +9,15 @@ import api_schema  # noqa: F401  (annotates the API views for the OpenAPI schema
 from accounts import dashboard
 from core.errors import APIError, InvalidRequest, NotFound, json_error_response
 from billing import api as billing_api
-from health import healthz
+from billing.payments.webhook import stripe_webhook
+from core.metrics import metrics_view
+from health import healthz, readyz
 from images import api as images_api
 
 urlpatterns = [
     path("healthz", healthz),
+    path("readyz", readyz),
+    path("metrics", metrics_view),
     path("admin/overview/", admin.site.admin_view(dashboard.admin_overview), name="admin-overview"),
     path("admin/", admin.site.urls),
     path("dashboard/", include("accounts.dashboard_urls")),
@@ -21,6 +25,9 @@ urlpatterns = [
     path("v1/openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-schema"),
     path("v1/balance", billing_api.BalanceView.as_view()),
     path("v1/usage", billing_api.UsageView.as_view()),
+    path("v1/credits/redeem", billing_api.RedeemView.as_view(), name="credits-redeem"),
+    path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
+    path("accounts/", include("allauth.urls")),
     path("v1/", include(api_router.v1_router.urls)),
     path("api/", include(api_router.api_router.urls)),
     path("dashboard/api/generations", images_api.PlaygroundViewSet.as_view({"post": "create"}),

@@ -69,7 +69,8 @@ class Deployment:
         self.processes: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         self.web: subprocess.Popen | None = None
-        self.worker: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None  # the latest started
+        self.workers: list[subprocess.Popen] = []
         self.pg_database: str | None = None
         self.namespace: str | None = None
         env: dict = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
@@ -80,7 +81,7 @@ class Deployment:
             "SESSION_COOKIE_SECURE": "false", "CSRF_COOKIE_SECURE": "false",
         })
         db = settings.DATABASES["default"]
-        if db["ENGINE"] == "django.db.backends.postgresql":
+        if db["ENGINE"].endswith("postgresql"):  # (django_prometheus' wrapper too)
             self.pg_database = f"{db['NAME']}_{name}_{os.getpid()}_{uuid.uuid4().hex[:6]}"[-63:]
             user = f"{db['USER']}" + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
             host = f"{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
@@ -145,9 +146,13 @@ class Deployment:
         self.web = self.start_process("web", command, env)
         return self.web
 
-    def start_worker(self, *, processes: int = 1, threads: int = 2) -> subprocess.Popen:
+    def start_worker(self, *, processes: int = 1, threads: int = 2,
+                     env: Mapping[str, str] | None = None) -> subprocess.Popen:
+        """One more `runworker` (several may run: the distributed test starts two, each
+        with a MEDIA_ROOT of its own through `env`)."""
         self.worker = self.start_process("worker", [sys.executable, "manage.py", "runworker", "--processes",
-                                                    str(processes), "--threads", str(threads)])
+                                                    str(processes), "--threads", str(threads)], env)
+        self.workers.append(self.worker)
         return self.worker
 
     def kill(self, proc: subprocess.Popen, sig: int = signal.SIGKILL, wait: float = 60) -> None:

@@ -48,7 +48,7 @@ from core.idempotency import idempotency_attach_job
 from images import selectors
 from images.dispatch import job_enqueue, queue_is_served
 from images.models import ImageModel, Job
-from images.profiles import PROFILES, input_image_tokens
+from images.profiles import PROFILES, capabilities_check, input_image_tokens
 from images.services import inputs as inputs_service
 from images.services.inputs import InputImage
 from images.services.moderation import prompt_moderate
@@ -211,6 +211,7 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
         raise InvalidRequest(f"JSON edit bodies (`images: [{{image_url}}]`) are only supported for GPT image models, "
                              f"not '{model.public_id}'; send the image as multipart/form-data.", param="images",
                              code="unsupported_parameter")
+    capabilities_check(model=model, kind=request.kind, masked=request.mask is not None, fields=request.fields)
     if rules is not None:
         inputs_service.inputs_peek(request.images, request.mask, rules=rules)
 
@@ -236,6 +237,8 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
             quote = _quote(model=model, request=request, params=params)
         prepared = inputs_service.inputs_prepare(request.images, request.mask, rules=rules, width=params.width,
                                                  height=params.height)
+        if prepared.mask is not None:  # (a dall-e-2 image's transparent pixels are a mask too)
+            capabilities_check(model=model, kind=request.kind, masked=True, fields={})
         init_name, mask_name = inputs_service.input_names(job_id)
         params.extra = {
             "init_file": init_name, "mask_file": mask_name if prepared.mask is not None else None,

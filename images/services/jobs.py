@@ -33,6 +33,9 @@ def _ms(delta: timedelta | None) -> int | None:
 
 def job_wait(*, job_id: Any, timeout: float) -> Job:
     """Block until the job is terminal or `timeout` seconds pass; returns the fresh row."""
+    from core.logging import log_context_bind
+
+    log_context_bind(job_id=str(job_id))  # the rest of this request's log lines name the job
     deadline = time.monotonic() + timeout
     while True:
         # The signal is a hint (kept until collected, so one sent before this call still

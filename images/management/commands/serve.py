@@ -70,12 +70,26 @@ class Command(BaseCommand):
         def worker_exit(server, worker) -> None:
             broker_setup.stop_embedded_worker()
 
+        # Several gunicorn processes: prometheus_client's multiprocess mode (core/metrics.py).
+        # The folder starts empty; an exited process's live gauges are dropped.
+        multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if multiproc_dir:
+            Path(multiproc_dir).mkdir(parents=True, exist_ok=True)
+            for stale in Path(multiproc_dir).glob("*.db"):
+                stale.unlink()
+
+        def child_exit(server, worker) -> None:
+            if multiproc_dir:
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(worker.pid)
+
         class App(BaseApplication):
             def load_config(self) -> None:
                 for key, value in {
                     "bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
                     "timeout": 120, "graceful_timeout": 30, "accesslog": os.environ.get("ACCESS_LOG") or None,
-                    "post_worker_init": post_worker_init, "worker_exit": worker_exit,
+                    "post_worker_init": post_worker_init, "worker_exit": worker_exit, "child_exit": child_exit,
                 }.items():
                     self.cfg.set(key, value)
 
