@@ -7,8 +7,8 @@ from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
-from core.errors import InvalidAPIKey, PermissionDeniedError
 from accounts.models import APIKey, Tenant
+from core.errors import InvalidAPIKey, PermissionDeniedError
 
 # last_used_at is written at most this often per key, not on every request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)

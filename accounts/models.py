@@ -44,6 +44,9 @@ class Membership(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="membership_unique")]
 
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.tenant_id} ({self.role})"
+
 
 class APIKey(AbstractAPIKey):
     """A tenant's key: prefix kept for display, the rest stored as a hash, shown once."""

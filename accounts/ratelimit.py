@@ -78,7 +78,7 @@ def rate_limit_check(*, caller, now: float | None = None) -> Window | None:
         return None
     counts, reset = _count_all([bucket for bucket, _ in limits], now)
     tightest: Window | None = None
-    for (bucket, limit), used in zip(limits, counts):
+    for (bucket, limit), used in zip(limits, counts, strict=True):
         window = Window(limit=limit, remaining=max(0, limit - used), reset=max(1, reset))
         if used > limit:
             who = "organization" if bucket.startswith("t:") else "API key" if bucket.startswith("k:") else "member"

@@ -23,10 +23,12 @@ class CreditAccount(models.Model):
             models.CheckConstraint(condition=Q(balance__gte=F("held")), name="account_held_covered"),
         ]
 
+    def __str__(self) -> str:
+        return f"account of tenant {self.tenant_id}: {self.balance} credits ({self.held} held)"
+
     @property
     def available(self) -> int:
         return self.balance - self.held
-
 
 class LedgerEntry(models.Model):
     """Append-only: one row per grant, hold, capture, release, refund or adjustment."""
@@ -55,6 +57,9 @@ class LedgerEntry(models.Model):
         ordering = ["-id"]
         verbose_name_plural = "ledger entries"
 
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount:+d} (tenant {self.tenant_id})"
+
 
 class Hold(models.Model):
     """Credits reserved for one job; captured on success, released on failure. One per job."""
@@ -72,6 +77,9 @@ class Hold(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     settled_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"hold of {self.amount} for job {self.job_id} ({self.status})"
 
 
 class Price(models.Model):
@@ -119,6 +127,9 @@ class UsageRecord(models.Model):
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING, db_index=True)
     error_code = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} {self.model} ({self.outcome})"
 
 
 class CreditPack(models.Model):
@@ -172,6 +183,9 @@ class Payment(models.Model):
     class Meta:
         ordering = ["-id"]
 
+    def __str__(self) -> str:
+        return f"{self.provider} {self.external_id} ({self.status})"
+
 
 class VoucherBatch(models.Model):
     """Codes generated together in the admin or by `vouchers_create`."""
@@ -222,6 +236,9 @@ class VoucherRedemption(models.Model):
         ordering = ["-id"]
         constraints = [models.UniqueConstraint(fields=["voucher", "tenant"], name="voucher_once_per_tenant")]
 
+    def __str__(self) -> str:
+        return f"voucher {self.voucher_id} by tenant {self.tenant_id}"
+
 
 class BalanceAlert(models.Model):
     """A tenant's low-balance alert: one email each time the available balance falls
@@ -233,3 +250,7 @@ class BalanceAlert(models.Model):
     armed = models.BooleanField(default=True)
     last_fired_at = models.DateTimeField(null=True, blank=True)  # when it last fell below
     last_sent_at = models.DateTimeField(null=True, blank=True)  # the firing last emailed (= last_fired_at once sent)
+
+    def __str__(self) -> str:
+        return f"alert below {self.threshold} for tenant {self.tenant_id}"
+

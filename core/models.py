@@ -31,6 +31,9 @@ class IdempotencyRecord(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["scope", "key"], name="idempotency_scope_key_unique")]
 
+    def __str__(self) -> str:
+        return f"{self.scope} {self.key} ({self.status})"
+
 
 class WorkerHeartbeat(models.Model):
     """The latest heartbeat of one worker process (core/heartbeats.py): written every

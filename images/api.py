@@ -9,8 +9,9 @@ about models, money or limits.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -32,17 +33,36 @@ from core import idempotency
 from core.errors import APIError, InvalidRequest, NotFound, PermissionDeniedError, ServiceUnavailable, UpstreamError
 from core.schema import AUTH_ERRORS, CHARGED_ERRORS, errors
 from images import selectors
-from images.files import (StorageUnavailable, image_presigned_url, image_read, image_token_read_with_age,
-                          storage_is_remote)
+from images.files import (
+    StorageUnavailable,
+    image_presigned_url,
+    image_read,
+    image_token_read_with_age,
+    storage_is_remote,
+)
 from images.models import Job
-from images.serializers import (ImagesResponseSerializer, ModelListSerializer, ModelSerializer, TaskSerializer,
-                                images_response_body, model_body, model_list_body, task_body)
+from images.serializers import (
+    ImagesResponseSerializer,
+    ModelListSerializer,
+    ModelSerializer,
+    TaskSerializer,
+    images_response_body,
+    model_body,
+    model_list_body,
+    task_body,
+)
 from images.services import jobs as job_services
 from images.services.generation import GenerationRequest, generation_create
 from images.services.inputs import InputImage
 from images.streaming import sse_response
-from images.validation import (EditJSONRequestSerializer, EditRequestSerializer, GenerationRequestSerializer,
-                               StrictCharField, StrictSerializer, VariationRequestSerializer)
+from images.validation import (
+    EditJSONRequestSerializer,
+    EditRequestSerializer,
+    GenerationRequestSerializer,
+    StrictCharField,
+    StrictSerializer,
+    VariationRequestSerializer,
+)
 
 
 class JobWaitTimeout(APIError):

@@ -34,7 +34,7 @@ CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _SALT = "images.link"
 
 
-def image_encode(image: "Image", *, output_format: str, compression: int = 100) -> bytes:
+def image_encode(image: Image, *, output_format: str, compression: int = 100) -> bytes:
     """PNG (lossless; compression ignored), or JPEG/WEBP at quality = compression (0-100)."""
     buffer = io.BytesIO()
     if output_format == "png":
@@ -95,7 +95,7 @@ def _missing(exc: BaseException) -> bool:
     return code in ("404", "NoSuchKey", "NotFound")
 
 
-def image_read(image: "GeneratedImage") -> bytes:
+def image_read(image: GeneratedImage) -> bytes:
     """The stored bytes: ImagesExpired when the object is gone, StorageUnavailable (503)
     when the store cannot be reached; never an unhandled 500."""
     try:
@@ -155,7 +155,7 @@ def _public_client():
     return _public_clients[config_key]
 
 
-def image_token(image: "GeneratedImage") -> str:
+def image_token(image: GeneratedImage) -> str:
     """A signed, expiring token naming one image of one tenant; not guessable."""
     return signing.TimestampSigner(salt=_SALT).sign_object(
         {"i": image.id.hex, "t": image.job.tenant_id}, compress=False)
@@ -183,6 +183,6 @@ def _signed_at(token: str) -> float:
     return float(signing.b62_decode(token.rsplit(":", 2)[-2]))
 
 
-def image_url(image: "GeneratedImage", *, base_url: str) -> str:
+def image_url(image: GeneratedImage, *, base_url: str) -> str:
     base = settings.PUBLIC_BASE_URL or base_url.rstrip("/")
     return f"{base}/v1/files/{image_token(image)}"

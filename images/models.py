@@ -92,10 +92,12 @@ class Job(models.Model):
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["tenant", "-created_at"])]
 
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.status})"
+
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
-
 
 class GeneratedImage(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -111,6 +113,9 @@ class GeneratedImage(models.Model):
     class Meta:
         ordering = ["index"]
         constraints = [models.UniqueConstraint(fields=["job", "index"], name="image_job_index_unique")]
+
+    def __str__(self) -> str:
+        return f"image {self.index} of job {self.job_id}"
 
 
 class ModerationTerm(models.Model):
@@ -155,3 +160,7 @@ class BlockedPrompt(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"blocked on {self.endpoint} ({', '.join(self.categories)})"
+

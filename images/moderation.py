@@ -31,9 +31,9 @@ from __future__ import annotations
 import importlib
 import re
 import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable
 
 CATEGORIES: tuple[str, ...] = ("sexual", "sexual_minors", "violence", "self_harm", "hate", "illicit")
 LEVELS: tuple[str, ...] = ("strict", "standard", "low")

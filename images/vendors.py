@@ -12,15 +12,20 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.errors import InvalidRequest
-
 from images.api import OPENAI_GENERATION, ChargedViewSet, Renderer, base_url, charged_schema, validated
 from images.models import Job
-from images.serializers import (ImagesResponseSerializer, ResellerErrorSerializer, ResellerResponseSerializer,
-                                VisionImageSerializer, reseller_body, reseller_error_body, vision_body)
+from images.serializers import (
+    ImagesResponseSerializer,
+    ResellerErrorSerializer,
+    ResellerResponseSerializer,
+    VisionImageSerializer,
+    reseller_body,
+    reseller_error_body,
+    vision_body,
+)
 from images.services.generation import GenerationRequest
 from images.services.inputs import InputImage
 from images.validation import ExtensionFields, GenerationRequestSerializer, StrictCharField, StrictIntegerField
-
 
 # ---- Seed 000: AlphaEdge, POST /v1/vision/generate -----------------------------------------
 

@@ -7,9 +7,9 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 import api_router
 import api_schema  # noqa: F401  (annotates the API views for the OpenAPI schema)
 from accounts import dashboard
-from core.errors import APIError, InvalidRequest, NotFound, json_error_response
 from billing import api as billing_api
 from billing.payments.webhook import stripe_webhook
+from core.errors import APIError, InvalidRequest, NotFound, json_error_response
 from core.metrics import metrics_view
 from health import healthz, readyz
 from images import api as images_api

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import post_json
-
 
 def assert_envelope(response, status: int) -> dict:
     assert response.status_code == status, response.content

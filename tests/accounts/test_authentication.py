@@ -4,8 +4,8 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from core.errors import NO_KEY_MESSAGE
 from accounts.models import APIKey
+from core.errors import NO_KEY_MESSAGE
 from tests.conftest import post_json
 
 URL = "/v1/images/generations"

@@ -177,7 +177,7 @@ def test_img2img_runs_at_least_one_step(source, init_image):
         calls: list[tuple[int, int]] = []
         got, on_preview = collect()
         one = task(source, [1], steps=steps, init_image=init_image, strength=strength, preview_steps=(1,),
-                   on_preview=on_preview, on_step=lambda d, t: calls.append((d, t)))
+                   on_preview=on_preview, on_step=lambda d, t, calls=calls: calls.append((d, t)))
         assert effective_steps(one) == 1
         (result,) = run_batch([one])
         assert calls == [(1, 1)] and [index for index, _ in got] == [0]

@@ -50,11 +50,11 @@ def wait_task(server, key: str, task_id: str, until, timeout: float = 150) -> di
 
 
 def ledger(server, task_id: str) -> dict:
-    out = server.shell((
+    out = server.shell(
         "import json; from billing.models import LedgerEntry; from images.models import Job; "
         f"j = Job.objects.get(pk='{task_id}'); "
         "print(json.dumps({'attempts': j.attempts, 'kinds': sorted(LedgerEntry.objects.filter(job=j)"
-        ".values_list('kind', flat=True))}))"))
+        ".values_list('kind', flat=True))}))")
     return json.loads(out)
 
 
