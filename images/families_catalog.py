@@ -28,6 +28,9 @@ TRUE_CFG = "true_cfg"  # `true_cfg_scale`, with a negative prompt always sent (Q
 NO_GUIDANCE = "none"  # step-distilled models: the value is not used
 
 EDIT_MODES = ("img2img", "inpaint", "reference")
+# FLUX.2 [klein]: step-distilled checkpoints (`is_distilled`) ignore guidance; the base
+# checkpoints use it as a classifier-free guidance scale (no guidance embedding).
+KLEIN_PIPELINES = ("Flux2KleinPipeline",)
 
 
 class FamilyError(ValueError):
@@ -57,6 +60,9 @@ class FamilySpec:
     # zeroed negatives, CFG switched on for the whole call); "prompt": prompts are padded
     # to the longest one without an attention mask (CogView4), so only equal prompts batch.
     batch_isolation: tuple[str, ...] = ("negative_presence",)
+    # The pipeline rescales every request to one area, (default_sample_size x VAE factor)^2
+    # (HiDream): the backend sets that area to the requested one per call.
+    fixed_area: bool = False
     steps: dict[str, int] = field(default_factory=dict)  # recommended steps per quality
     default_guidance: float = 5.0
     hub_ids: tuple[str, ...] = ()
@@ -142,9 +148,10 @@ FAMILIES: tuple[FamilySpec, ...] = (
         steps=_steps(6, 8, 12), default_guidance=1.0, hub_ids=("Tongyi-MAI/Z-Image-Turbo",),
         notes="Turbo is distilled: guidance 1.0 (no CFG), 8 steps."),
     FamilySpec(
-        "hidream", "HiDream-I1", ("HiDreamImagePipeline",), steps=_steps(16, 28, 50), default_guidance=5.0,
-        hub_ids=("HiDream-ai/HiDream-I1-Full", "HiDream-ai/HiDream-I1-Fast"),
-        notes="Not in diffusers' auto mapping: loaded through its own class."),
+        "hidream", "HiDream-I1", ("HiDreamImagePipeline",), fixed_area=True, steps=_steps(16, 28, 50),
+        default_guidance=5.0, hub_ids=("HiDream-ai/HiDream-I1-Full", "HiDream-ai/HiDream-I1-Fast"),
+        notes="Not in diffusers' auto mapping: loaded through its own class. Rendered at the requested size "
+              "(the pipeline alone rescales every request to a 1024x1024 area)."),
     FamilySpec(
         "qwen-image", "Qwen-Image", ("QwenImagePipeline",), guidance=TRUE_CFG,
         img2img_pipeline="QwenImageImg2ImgPipeline", inpaint_pipeline="QwenImageInpaintPipeline",
@@ -210,6 +217,8 @@ def folder_variant_guidance(spec: FamilySpec, folder: str | Path, model_index: d
         return spec.guidance if config.get("guidance_embeds", True) else NO_GUIDANCE
     if spec.name == "flux2" and model_index.get("is_distilled"):
         return NO_GUIDANCE
+    if spec.name == "flux2" and model_index.get("_class_name") in KLEIN_PIPELINES:
+        return CFG
     return spec.guidance
 
 

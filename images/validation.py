@@ -12,6 +12,7 @@ from typing import Any
 from rest_framework import serializers
 
 from core.errors import InvalidRequest
+from images.families_catalog import CFG, TRUE_CFG
 from images.models import ImageModel
 from images.profiles import MODELS_WITHOUT_FIDELITY, PROFILES, STYLE_TEMPLATES, Profile
 
@@ -245,7 +246,11 @@ def generation_params_resolve(*, data: dict[str, Any], model: ImageModel, prompt
                                  param="style", code="invalid_value")
         template, factor = STYLE_TEMPLATES[style]
         model_prompt = template.format(prompt=prompt)
-        guidance = round(guidance * factor, 3)
+        # The factor scales a classifier-free guidance scale; a guidance embedding (FLUX.1-dev)
+        # or a step-distilled model's unused value is not a CFG scale, so it stays as set.
+        # Unknown families (no capabilities recorded) are treated as CFG, as before.
+        if (model.capabilities or {}).get("guidance", CFG) in (CFG, TRUE_CFG):
+            guidance = round(guidance * factor, 3)
 
     output_format = data.get("output_format") or "png"
     compression = data.get("output_compression")

@@ -41,6 +41,13 @@ EXPECTED = {
     "flux-kontext": ("flux-kontext", ["reference"], False, "distilled"),
     "chroma": ("chroma", ["img2img"], True, "cfg"),
     "pixart-sigma": ("pixart-sigma", [], True, "cfg"),
+    "sana": ("sana", [], True, "cfg"),
+    "lumina2": ("lumina2", [], True, "cfg"),
+    "z-image": ("z-image", ["img2img"], True, "cfg"),
+    "cogview4": ("cogview4", [], True, "cfg"),
+    "qwen-image": ("qwen-image", ["img2img", "inpaint"], True, "true_cfg"),
+    "flux2-klein": ("flux2", ["reference"], False, "none"),
+    "hidream": ("hidream", [], True, "cfg"),
 }
 assert set(EXPECTED) == set(TINY_FAMILIES)
 
@@ -92,6 +99,18 @@ def test_family_generates_batch_independent_with_progress_and_previews(name, fam
     if has_negative:  # the other request's negative prompt changed its own image only
         without = run_batch([task(source, [13], prompt="a blue whale in a storm, oil painting")], max_batch=1)[0]
         assert np.abs(pixels(without.images) - pixels(shared[1].images)).max() > 3
+
+
+@pytest.mark.parametrize("name", ["flux", "qwen-image", "flux2-klein"])  # packed, 5-D video VAE, batch-norm
+def test_preview_of_the_last_step_is_the_image(name, family_dirs):
+    # The preview decoder follows the pipeline's own decode: at the last step (same
+    # latents) the preview is the delivered image, here at a non-square size.
+    source = PipelineSource(str(family_dirs[name]))
+    previews = []
+    result = run_batch([task(source, [21, 22], width=128, height=64, preview_steps=(2,),
+                             on_preview=lambda index, images: previews.append(images))])[0]
+    assert len(previews) == 1 and [im.size for im in previews[0]] == [(128, 64)] * 2
+    assert_same(previews[0], result.images)
 
 
 @pytest.mark.parametrize("name", TINY_FAMILIES)
@@ -181,6 +200,53 @@ def test_size_rule_is_refused_naming_size():
     with pytest.raises(InvalidRequest) as info:
         capabilities_check(model=model, kind="generate", masked=False, fields={"size": "1000x1000"})
     assert info.value.param == "size"
+
+
+def test_token_counting_never_treats_a_url_prompt_as_an_image(family_dirs, monkeypatch):
+    # FLUX.2-dev's `tokenizer` is a processor (PixtralProcessor): its first argument is
+    # images, and an image that is a URL is fetched. Counting uses its text tokenizer.
+    import transformers.image_utils
+
+    from images.backends.local import cache
+    from images.backends.local.tokens import count_tokens
+
+    fetched, called = [], []
+    monkeypatch.setattr(transformers.image_utils, "load_image", lambda *a, **k: fetched.append(a))
+
+    class Processor:  # the shape of a transformers processor: images first, then text
+        def __init__(self, tokenizer):
+            self.tokenizer = tokenizer
+
+        def __call__(self, images=None, text=None, **kwargs):
+            called.append(images)
+            raise AssertionError("the processor must not be called to count tokens")
+
+    source = PipelineSource(str(family_dirs["flux2-klein"]))
+    pipe = cache.get_pipeline(source, lane=0)
+    text_tokenizer = pipe.tokenizer
+    monkeypatch.setattr(pipe, "tokenizer", Processor(text_tokenizer))
+    cache._COUNTING.pop(cache.cache_key(source), None)
+    try:
+        url = "https://example.com/cat.png"
+        assert count_tokens(source, url) == len(url)  # the byte-level tiny tokenizer: one token per byte
+    finally:
+        cache._COUNTING.pop(cache.cache_key(source), None)
+    assert called == [] and fetched == []
+
+
+@pytest.mark.parametrize(("guidance_mode", "vivid"), [("cfg", 2 * 1.2), ("true_cfg", 2 * 1.2), ("distilled", 2.0),
+                                                    ("none", 2.0), (None, 2 * 1.2)])
+def test_dall_e_3_style_scales_only_a_cfg_guidance(guidance_mode, vivid, registry):
+    from images.models import ImageModel
+    from images.profiles import STYLE_TEMPLATES
+    from images.validation import generation_params_resolve
+
+    assert STYLE_TEMPLATES["vivid"][1] == 1.2
+    model = ImageModel.objects.get(public_id="dall-e-3")
+    model.guidance = 2.0
+    model.capabilities = {"family": "x", "guidance": guidance_mode} if guidance_mode else {}
+    params = generation_params_resolve(data={"model": "dall-e-3", "prompt": "a fox", "style": "vivid"}, model=model)
+    assert params.guidance == pytest.approx(vivid)
 
 
 # ---------------------------------------------------------------------------

@@ -15,10 +15,10 @@ pytest.importorskip("diffusers")
 from images.backends.base import GenerationTask, PipelineError, PipelineSource  # noqa: E402
 from images.backends.local import cache, config, lanes  # noqa: E402
 from images.backends.local.cache import get_pipeline  # noqa: E402
+from images.backends.local.demo import build_demo_model  # noqa: E402
 from images.backends.local.device import device_info, select_device  # noqa: E402
 from images.backends.local.previews import decode_latents_preview  # noqa: E402
 from images.backends.local.runner import run_batch, warm_up  # noqa: E402
-from images.backends.local.demo import build_demo_model  # noqa: E402
 
 
 def task(source, seeds, *, prompt="a red fox", negative=None, width=256, height=256, steps=4,

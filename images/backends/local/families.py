@@ -25,6 +25,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ import torch
 
 from images.backends.base import GenerationTask, PipelineError, PipelineSource
 from images.backends.local import previews
-from images.families_catalog import CFG, DISTILLED, FAMILIES, NO_GUIDANCE, TRUE_CFG, FamilySpec
+from images.families_catalog import CFG, DISTILLED, FAMILIES, KLEIN_PIPELINES, NO_GUIDANCE, TRUE_CFG, FamilySpec
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -210,9 +211,7 @@ class Family:
             "width": first.width,
             "height": first.height,
         }
-        mode_of_guidance = self.spec.guidance if self.spec else CFG
-        if mode_of_guidance == DISTILLED and not self._has_guidance(pipe):
-            mode_of_guidance = NO_GUIDANCE  # a step-distilled checkpoint (FLUX.1-schnell, FLUX.2-klein)
+        mode_of_guidance = self.guidance_mode(pipe)
         if mode_of_guidance in (CFG, DISTILLED):
             kwargs["guidance_scale"] = guidance
         elif mode_of_guidance == TRUE_CFG:
@@ -221,6 +220,11 @@ class Family:
         kwargs.update(self._negative_kwargs(params, [tasks[t].negative_prompt for t in rows], guidance))
         if "clean_caption" in params:
             kwargs["clean_caption"] = False  # needs bs4/ftfy, and rewrites what the customer sent
+        if self.spec is not None and self.spec.fixed_area and hasattr(pipe, "default_sample_size"):
+            # HiDream scales every request to the area (default_sample_size * VAE factor)^2 and
+            # rounds each side down to its multiple: this lane's pipeline (one call at a time)
+            # is given the requested area, a hair above so that the rounding keeps each side.
+            pipe.default_sample_size = math.sqrt(first.width * first.height) * (1 + 1e-6) / pipe.vae_scale_factor
         if "_auto_resize" in params:  # Kontext: render at the size asked, not a preferred one
             kwargs["_auto_resize"] = False
             kwargs["max_area"] = first.width * first.height
@@ -232,6 +236,19 @@ class Family:
                                                                              {"latents": latents})
             kwargs["callback_steps"] = 1
         return {name: value for name, value in kwargs.items() if name in params}
+
+    def guidance_mode(self, pipe: Any) -> str:
+        """How this checkpoint uses the guidance value (families_catalog.folder_variant_guidance
+        says the same from the folder): step-distilled checkpoints ignore it (FLUX.1-schnell,
+        FLUX.2-klein), FLUX.2-klein's undistilled base uses it as a CFG scale."""
+        mode = self.spec.guidance if self.spec else CFG
+        if mode != DISTILLED:
+            return mode
+        if getattr(pipe, "config", {}).get("is_distilled"):
+            return NO_GUIDANCE
+        if type(pipe).__name__ in KLEIN_PIPELINES:
+            return CFG
+        return DISTILLED if self._has_guidance(pipe) else NO_GUIDANCE
 
     @staticmethod
     def _has_guidance(pipe: Any) -> bool:
@@ -296,6 +313,8 @@ class Family:
         if layout == "packed_video":
             return previews.decode_packed_video_preview(pipe, latents, width=width, height=height,
                                                         max_size=max_size)
+        if layout == "packed_flux2":
+            return previews.decode_flux2_preview(pipe, latents, width=width, height=height, max_size=max_size)
         raise PipelineError(f"no preview decoder for {self.name} latents")
 
 

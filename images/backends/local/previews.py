@@ -95,3 +95,37 @@ def decode_packed_video_preview(pipe: Any, latents: torch.Tensor, *, width: int,
     except Exception as exc:
         raise PipelineError(f"preview decode failed: {error_summary(exc)}") from exc
     return [image if image.mode == "RGB" else image.convert("RGB") for image in images]
+
+
+def decode_flux2_preview(pipe: Any, latents: torch.Tensor, *, width: int, height: int,
+                         max_size: int = 256) -> list[Image.Image]:
+    """Previews of FLUX.2's latents, decoded as Flux2Pipeline / Flux2KleinPipeline decode:
+    the sequence (B, h*w, 4C) of 2x2-patchified latents, in raster order for a
+    text-to-image or reference call (the reference image's tokens are not part of the
+    step latents), is laid out as (B, 4C, h, w), de-normalised with the VAE's batch-norm
+    running statistics, unpatchified to (B, C, 2h, 2w) and decoded (no scaling or shift
+    factor). Raises PipelineError."""
+    try:
+        vae = pipe.vae
+        with torch.no_grad():
+            lat = latents.detach()
+            rows, cols = height // (pipe.vae_scale_factor * 2), width // (pipe.vae_scale_factor * 2)
+            batch, tokens, channels = lat.shape
+            if tokens != rows * cols:
+                raise ValueError(f"{tokens} latent tokens for a {width}x{height} image")
+            lat = lat.reshape(batch, rows, cols, channels).permute(0, 3, 1, 2)
+            mean = vae.bn.running_mean.view(1, -1, 1, 1).to(lat.device, lat.dtype)
+            std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(lat.device, lat.dtype)
+            lat = pipe._unpatchify_latents(lat * std + mean)
+            lat_h, lat_w = lat.shape[-2:]
+            longest = max(1, max_size // pipe.vae_scale_factor)
+            if max(lat_h, lat_w) > longest:
+                scale = longest / max(lat_h, lat_w)
+                size = (max(1, round(lat_h * scale)), max(1, round(lat_w * scale)))
+                lat = F.interpolate(lat.float(), size=size, mode="area")
+            decoded = vae.decode(lat.to(device=vae.device, dtype=vae.dtype), return_dict=False)[0]
+            decoded = torch.nan_to_num(decoded.float())
+        images = pipe.image_processor.postprocess(decoded, output_type="pil")
+    except Exception as exc:
+        raise PipelineError(f"preview decode failed: {error_summary(exc)}") from exc
+    return [image if image.mode == "RGB" else image.convert("RGB") for image in images]
