@@ -1,6 +1,7 @@
 """Root conftest: put platform/ on sys.path by appending (it must never shadow the
 stdlib `platform` module), exactly as manage.py and the WSGI/ASGI entry points do,
 then load the settings so pytest-django sets Django up."""
+
 import os
 import sys
 from pathlib import Path

@@ -1,6 +1,7 @@
 """django-allauth's hooks: who may sign up (SIGNUP_MODE), and what a verified sign-up
 becomes (accounts.services.signup_complete: a tenant with trial credits, or the
 inviting tenant's membership)."""
+
 from __future__ import annotations
 
 from allauth.account.adapter import DefaultAccountAdapter

@@ -56,12 +56,24 @@ class TenantAdmin(admin.ModelAdmin):
                 except InvalidAmount as exc:
                     self.message_user(request, f"{tenant.name}: {exc.message}", messages.ERROR)
                 else:
-                    self.message_user(request, f"{tenant.name}: {amount:+d} credits, balance now "
-                                               f"{entry.balance_after}.", messages.SUCCESS)
+                    self.message_user(
+                        request,
+                        f"{tenant.name}: {amount:+d} credits, balance now {entry.balance_after}.",
+                        messages.SUCCESS,
+                    )
             return None
-        return TemplateResponse(request, "admin/grant_credits.html", {
-            **self.admin_site.each_context(request), "title": "Grant credits", "form": form, "tenants": queryset,
-            "opts": self.model._meta, "action_checkbox_name": ACTION_CHECKBOX_NAME})
+        return TemplateResponse(
+            request,
+            "admin/grant_credits.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Grant credits",
+                "form": form,
+                "tenants": queryset,
+                "opts": self.model._meta,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            },
+        )
 
 
 class APIKeyForm(forms.ModelForm):
@@ -100,8 +112,21 @@ class APIKeyAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return list(APIKeyAddForm.Meta.fields)
-        return ["tenant", "prefix", "name", "created", "created_by", "parent", "last_used_at", "revoked",
-                "expiry_date", "allowed_models", "rpm_limit", "monthly_credit_limit", "is_admin"]
+        return [
+            "tenant",
+            "prefix",
+            "name",
+            "created",
+            "created_by",
+            "parent",
+            "last_used_at",
+            "revoked",
+            "expiry_date",
+            "allowed_models",
+            "rpm_limit",
+            "monthly_credit_limit",
+            "is_admin",
+        ]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
@@ -114,10 +139,15 @@ class APIKeyAdmin(admin.ModelAdmin):
             return super().save_model(request, obj, form, change)
         data = form.cleaned_data
         key, raw = api_key_create(
-            tenant=data["tenant"], name=data.get("name") or "default", created_by=request.user.get_username(),
-            rpm_limit=data.get("rpm_limit"), expiry_date=data.get("expiry_date"),
-            allowed_models=data.get("allowed_models") or [], monthly_credit_limit=data.get("monthly_credit_limit"),
-            is_admin=bool(data.get("is_admin")))
+            tenant=data["tenant"],
+            name=data.get("name") or "default",
+            created_by=request.user.get_username(),
+            rpm_limit=data.get("rpm_limit"),
+            expiry_date=data.get("expiry_date"),
+            allowed_models=data.get("allowed_models") or [],
+            monthly_credit_limit=data.get("monthly_credit_limit"),
+            is_admin=bool(data.get("is_admin")),
+        )
         obj.pk, obj.prefix, obj.hashed_key, obj.created = key.pk, key.prefix, key.hashed_key, key.created
         obj._state.adding = False
         # Shown once, on the next page only: the raw key is stored nowhere.
@@ -152,8 +182,10 @@ class InvitationForm(forms.ModelForm):
     class Meta:
         model = Invitation
         fields = ("email", "tenant", "role")
-        help_texts = {"tenant": "Empty: the operator invites a new customer, who gets a tenant of their own "
-                                "(with trial credits) at sign-up."}
+        help_texts = {
+            "tenant": "Empty: the operator invites a new customer, who gets a tenant of their own "
+            "(with trial credits) at sign-up."
+        }
 
 
 @admin.register(Invitation)
@@ -166,16 +198,21 @@ class InvitationAdmin(admin.ModelAdmin):
     form = InvitationForm
 
     def get_readonly_fields(self, request, obj=None):
-        return () if obj is None else ("email", "tenant", "role", "invited_by", "expires_at", "accepted_at",
-                                       "accepted_by")
+        return (
+            () if obj is None else ("email", "tenant", "role", "invited_by", "expires_at", "accepted_at", "accepted_by")
+        )
 
     def save_model(self, request, obj: Invitation, form, change: bool) -> None:
         if change:
             return super().save_model(request, obj, form, change)
         from accounts.services import invitation_create
 
-        invitation, _ = invitation_create(email=obj.email, tenant=obj.tenant, role=obj.role,
-                                          invited_by=request.user.get_username(),
-                                          base_url=request.build_absolute_uri("/"))
+        invitation, _ = invitation_create(
+            email=obj.email,
+            tenant=obj.tenant,
+            role=obj.role,
+            invited_by=request.user.get_username(),
+            base_url=request.build_absolute_uri("/"),
+        )
         obj.pk = invitation.pk
         obj._state.adding = False

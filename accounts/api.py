@@ -4,6 +4,7 @@ An owner's (or admin member's) session manages the tenant without limits. An adm
 manages it within its own scope: the keys it creates inherit or narrow every limit of
 its own and are revoked with it (accounts.services.api_key_create / api_key_revoke).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,10 +39,14 @@ def _errors(*statuses: int):
 
 
 TENANT_PARAMETER = OpenApiParameter(
-    "tenant", OpenApiTypes.STR, required=False,
-    description="Sessions only: which of the signed-in user's tenants (default: the first one they manage)")
-PREFIX_PARAMETER = OpenApiParameter("prefix", OpenApiTypes.STR, OpenApiParameter.PATH,
-                                    description="The key's id (its prefix)")
+    "tenant",
+    OpenApiTypes.STR,
+    required=False,
+    description="Sessions only: which of the signed-in user's tenants (default: the first one they manage)",
+)
+PREFIX_PARAMETER = OpenApiParameter(
+    "prefix", OpenApiTypes.STR, OpenApiParameter.PATH, description="The key's id (its prefix)"
+)
 
 
 class KeyViewSet(viewsets.ViewSet):
@@ -57,13 +62,15 @@ class KeyViewSet(viewsets.ViewSet):
         key = request.auth if isinstance(request.auth, APIKey) else None
         if key is not None:
             if not key.is_admin:
-                raise PermissionDeniedError("Managing keys needs an admin key or an owner's session.",
-                                            code="insufficient_permissions")
+                raise PermissionDeniedError(
+                    "Managing keys needs an admin key or an owner's session.", code="insufficient_permissions"
+                )
             return KeyManager(key.tenant, f"key:{key.prefix}", key)
         tenant = selectors.tenant_managed_by(user=request.user, tenant_name=request.query_params.get("tenant"))
         if tenant is None:
-            raise PermissionDeniedError("Only a tenant's owners and admins may manage its keys.",
-                                        code="insufficient_permissions")
+            raise PermissionDeniedError(
+                "Only a tenant's owners and admins may manage its keys.", code="insufficient_permissions"
+            )
         return KeyManager(tenant, request.user.get_username(), None)
 
     def list(self, request: Request) -> Response:
@@ -76,10 +83,16 @@ class KeyViewSet(viewsets.ViewSet):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         key, raw = services.api_key_create(
-            tenant=manager.tenant, name=data.get("name") or "default", created_by=manager.actor,
-            rpm_limit=data.get("rpm_limit"), expiry_date=data.get("expires_at"),
-            allowed_models=data.get("allowed_models"), monthly_credit_limit=data.get("monthly_credit_limit"),
-            is_admin=data.get("is_admin", False), parent=manager.key)
+            tenant=manager.tenant,
+            name=data.get("name") or "default",
+            created_by=manager.actor,
+            rpm_limit=data.get("rpm_limit"),
+            expiry_date=data.get("expires_at"),
+            allowed_models=data.get("allowed_models"),
+            monthly_credit_limit=data.get("monthly_credit_limit"),
+            is_admin=data.get("is_admin", False),
+            parent=manager.key,
+        )
         return Response(APIKeyObjectSerializer(key, context={"raw_key": raw}).data, status=201)
 
     def destroy(self, request: Request, prefix: str) -> Response:
@@ -91,16 +104,30 @@ class KeyViewSet(viewsets.ViewSet):
 
 
 extend_schema_view(
-    list=extend_schema(summary="List the tenant's keys", tags=["keys"], operation_id="v1_keys_list",
-                       description="Needs an admin key (or an owner's session).", parameters=[TENANT_PARAMETER],
-                       responses={200: APIKeyListSerializer, **_errors(403)}),
-    create=extend_schema(summary="Create a key (the raw key is in this answer only)", tags=["keys"],
-                         operation_id="v1_keys_create", parameters=[TENANT_PARAMETER],
-                         description="A key creating a key: omitted limits are its own, none may be looser "
-                                     "(403 `key_scope_exceeded`), and the new key is revoked with it.",
-                         request=KeyCreateSerializer, responses={201: APIKeyObjectSerializer, **_errors(400, 403)}),
-    destroy=extend_schema(summary="Revoke a key", tags=["keys"], operation_id="v1_keys_destroy",
-                          parameters=[PREFIX_PARAMETER, TENANT_PARAMETER],
-                          description="Revokes the keys it created too.",
-                          responses={200: APIKeyObjectSerializer, **_errors(403, 404)}),
+    list=extend_schema(
+        summary="List the tenant's keys",
+        tags=["keys"],
+        operation_id="v1_keys_list",
+        description="Needs an admin key (or an owner's session).",
+        parameters=[TENANT_PARAMETER],
+        responses={200: APIKeyListSerializer, **_errors(403)},
+    ),
+    create=extend_schema(
+        summary="Create a key (the raw key is in this answer only)",
+        tags=["keys"],
+        operation_id="v1_keys_create",
+        parameters=[TENANT_PARAMETER],
+        description="A key creating a key: omitted limits are its own, none may be looser "
+        "(403 `key_scope_exceeded`), and the new key is revoked with it.",
+        request=KeyCreateSerializer,
+        responses={201: APIKeyObjectSerializer, **_errors(400, 403)},
+    ),
+    destroy=extend_schema(
+        summary="Revoke a key",
+        tags=["keys"],
+        operation_id="v1_keys_destroy",
+        parameters=[PREFIX_PARAMETER, TENANT_PARAMETER],
+        description="Revokes the keys it created too.",
+        responses={200: APIKeyObjectSerializer, **_errors(403, 404)},
+    ),
 )(KeyViewSet)

@@ -1,4 +1,5 @@
 """Bearer API-key authentication: the tenant comes from the key."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -50,10 +51,14 @@ class APIKeyAuthentication(BaseAuthentication):
         raw = parts[1].strip()
         key = self._verify(raw)
         if key is None:
-            raise InvalidAPIKey(f"Incorrect API key provided: {mask_key(raw)}. You can obtain a key from your platform operator.")
+            raise InvalidAPIKey(
+                f"Incorrect API key provided: {mask_key(raw)}. You can obtain a key from your platform operator."
+            )
         tenant = key.tenant
         if tenant.status != Tenant.Status.ACTIVE:
-            raise PermissionDeniedError("This organization is suspended. Contact your platform operator.", code="tenant_suspended")
+            raise PermissionDeniedError(
+                "This organization is suspended. Contact your platform operator.", code="tenant_suspended"
+            )
         now = timezone.now()
         if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
             APIKey.objects.filter(pk=key.pk).update(last_used_at=now)

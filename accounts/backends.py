@@ -4,6 +4,7 @@ Covers every login form that authenticates with the HTTP request (/admin/login/,
 /dashboard/login/). API keys never pass through `authenticate()` (they are checked by
 accounts.authentication), so a wrong key can never lock anybody out.
 """
+
 from __future__ import annotations
 
 from axes.backends import AxesStandaloneBackend
@@ -26,6 +27,5 @@ def login_identity(request, credentials: dict | None) -> str:
     so one lockout covers a user whichever form is used."""
     credentials = credentials or {}
     post = getattr(request, "POST", {}) or {}
-    value = (credentials.get("username") or credentials.get("email") or post.get("username")
-             or post.get("login") or "")
+    value = credentials.get("username") or credentials.get("email") or post.get("username") or post.get("login") or ""
     return str(value).strip().lower()

@@ -8,6 +8,7 @@ playground page posts to /dashboard/api/generations (images/api.PlaygroundViewSe
 which runs the same generation service, with the same rules, as the API. Reads go
 through the apps' selectors.
 """
+
 from __future__ import annotations
 
 import csv
@@ -81,8 +82,9 @@ class PasswordOnlyLoginForm(auth_views.AuthenticationForm):
         if Authenticator.objects.filter(user=user).exists():
             from django import forms
 
-            raise forms.ValidationError("This account uses two-factor authentication: sign in at /accounts/login/.",
-                                        code="mfa_required")
+            raise forms.ValidationError(
+                "This account uses two-factor authentication: sign in at /accounts/login/.", code="mfa_required"
+            )
 
 
 class LoginView(auth_views.LoginView):
@@ -113,12 +115,16 @@ def keys(request: HttpRequest) -> HttpResponse:
         if not _can_manage(request):
             return render(request, "dashboard/forbidden.html", status=403)
         name = (request.POST.get("name") or "").strip()[:50] or "default"
-        key, raw = account_services.api_key_create(tenant=request.tenant, name=name,
-                                                   created_by=request.user.get_username())
+        key, raw = account_services.api_key_create(
+            tenant=request.tenant, name=name, created_by=request.user.get_username()
+        )
         # Rendered, not redirected: the raw key exists in this response only.
         return render(request, "dashboard/key_created.html", {"key": key, "raw": raw, "nav": "keys"})
-    return render(request, "dashboard/keys.html", {
-        "keys": account_selectors.key_list(tenant=request.tenant), "can_manage": _can_manage(request), "nav": "keys"})
+    return render(
+        request,
+        "dashboard/keys.html",
+        {"keys": account_selectors.key_list(tenant=request.tenant), "can_manage": _can_manage(request), "nav": "keys"},
+    )
 
 
 @member_required
@@ -149,8 +155,11 @@ def usage(request: HttpRequest) -> HttpResponse:
     start, end, rows = _usage_rows(request)
     charts = [bar_chart(rows, start=start, days=USAGE_DAYS, field=field) for field in ("images", "credits")]
     totals = {k: sum(r[k] for r in rows) for k in ("requests", "images", "credits")}
-    return render(request, "dashboard/usage.html", {"rows": rows, "charts": charts, "totals": totals, "start": start,
-                                                    "end": end, "nav": "usage"})
+    return render(
+        request,
+        "dashboard/usage.html",
+        {"rows": rows, "charts": charts, "totals": totals, "start": start, "end": end, "nav": "usage"},
+    )
 
 
 @member_required
@@ -158,8 +167,9 @@ def usage(request: HttpRequest) -> HttpResponse:
 def usage_csv(request: HttpRequest) -> HttpResponse:
     start, end, rows = _usage_rows(request)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["day", "requests", "succeeded", "failed", "refused", "images",
-                                                "pixels", "credits"])
+    writer = csv.DictWriter(
+        buffer, fieldnames=["day", "requests", "succeeded", "failed", "refused", "images", "pixels", "credits"]
+    )
     writer.writeheader()
     writer.writerows(rows)
     response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
@@ -175,8 +185,10 @@ def jobs(request: HttpRequest) -> HttpResponse:
 
     recent = job_list_recent(tenant=request.tenant, limit=50)
     base = _base_url(request)
-    items = [{"job": job, "thumb": image_url(job.images.all()[0], base_url=base) if job.images.all() else None}
-             for job in recent]
+    items = [
+        {"job": job, "thumb": image_url(job.images.all()[0], base_url=base) if job.images.all() else None}
+        for job in recent
+    ]
     return render(request, "dashboard/jobs.html", {"items": items, "nav": "jobs"})
 
 
@@ -199,12 +211,19 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
 def playground(request: HttpRequest) -> HttpResponse:
     from images import selectors as image_selectors
 
-    return render(request, "dashboard/playground.html",
-                  {"models": image_selectors.image_model_list(), "nav": "playground",
-                   "sizes": ["256x256", "512x512", "1024x1024"]})
+    return render(
+        request,
+        "dashboard/playground.html",
+        {
+            "models": image_selectors.image_model_list(),
+            "nav": "playground",
+            "sizes": ["256x256", "512x512", "1024x1024"],
+        },
+    )
 
 
 # ---- Operator overview (/admin/overview/, staff only through admin.site.admin_view) ----
+
 
 def overview_stats(now=None) -> dict[str, Any]:
     """Today's and this month's traffic (UTC), the queue, and GPU time per model."""
@@ -217,9 +236,13 @@ def overview_stats(now=None) -> dict[str, Any]:
     month = today.replace(day=1)
     counts = jobs_by_status()
     return {
-        "today": usage_window(since=today), "month": usage_window(since=month),
-        "queued": counts.get("queued", 0), "running": counts.get("running", 0),
-        "gpu": gpu_time_by_model(since=month), "month_start": month.date(), "now": now,
+        "today": usage_window(since=today),
+        "month": usage_window(since=month),
+        "queued": counts.get("queued", 0),
+        "running": counts.get("running", 0),
+        "gpu": gpu_time_by_model(since=month),
+        "month_start": month.date(),
+        "now": now,
         "workers": worker_heartbeats(now=now),  # core/heartbeats.py: each worker process, quiet ones flagged
     }
 
@@ -230,6 +253,7 @@ def admin_overview(request: HttpRequest) -> HttpResponse:
 
 
 # ---- Billing: balance, packs, vouchers, receipts, low-balance alert (owners pay) ----
+
 
 def _is_owner(request: HttpRequest) -> bool:
     return request.membership.role == Membership.Role.OWNER
@@ -244,8 +268,11 @@ def _billing_context(request: HttpRequest) -> dict[str, Any]:
 
     alert = BalanceAlert.objects.filter(tenant=request.tenant).first()
     return {
-        "account": account_for(tenant=request.tenant), "nav": "billing", "is_owner": _is_owner(request),
-        "payments_on": payments_enabled(), "vouchers_on": billing_selectors.vouchers_enabled(),
+        "account": account_for(tenant=request.tenant),
+        "nav": "billing",
+        "is_owner": _is_owner(request),
+        "payments_on": payments_enabled(),
+        "vouchers_on": billing_selectors.vouchers_enabled(),
         "packs": list(CreditPack.objects.filter(active=True)) if payments_enabled() else [],
         "payments": payments_for(tenant=request.tenant),
         "redemptions": list(VoucherRedemption.objects.filter(tenant=request.tenant).select_related("voucher")[:50]),
@@ -266,12 +293,17 @@ def billing_redeem(request: HttpRequest) -> HttpResponse:
     from core.errors import APIError
 
     try:
-        done = voucher_redeem(tenant=request.tenant, code=request.POST.get("code", ""),
-                              actor=f"member:{request.user.pk}", client_address=request.META.get("REMOTE_ADDR", ""))
+        done = voucher_redeem(
+            tenant=request.tenant,
+            code=request.POST.get("code", ""),
+            actor=f"member:{request.user.pk}",
+            client_address=request.META.get("REMOTE_ADDR", ""),
+        )
     except APIError as exc:
         messages.error(request, exc.message)
-        return render(request, "dashboard/billing.html", _billing_context(request),
-                      status=429 if exc.status_code == 429 else 400)
+        return render(
+            request, "dashboard/billing.html", _billing_context(request), status=429 if exc.status_code == 429 else 400
+        )
     messages.success(request, f"+{done.redemption.credits} credits; your balance is now {done.balance}.")
     return redirect("dashboard:billing")
 
@@ -291,8 +323,9 @@ def billing_alert(request: HttpRequest) -> HttpResponse:
     except (ValueError, APIError) as exc:
         messages.error(request, getattr(exc, "message", "The threshold must be a whole number of credits."))
         return redirect("dashboard:billing")
-    messages.success(request, f"Low-balance alert set at {threshold} credits." if threshold
-                     else "Low-balance alert turned off.")
+    messages.success(
+        request, f"Low-balance alert set at {threshold} credits." if threshold else "Low-balance alert turned off."
+    )
     return redirect("dashboard:billing")
 
 
@@ -309,18 +342,30 @@ def billing_pay(request: HttpRequest) -> HttpResponse:
     if not _is_owner(request):
         return render(request, "dashboard/forbidden.html", status=403)
     try:
-        payment, client_secret = payment_start(tenant=request.tenant, pack_id=int(request.POST.get("pack", "0") or 0),
-                                               created_by=request.user.get_username())
+        payment, client_secret = payment_start(
+            tenant=request.tenant,
+            pack_id=int(request.POST.get("pack", "0") or 0),
+            created_by=request.user.get_username(),
+        )
     except (ValueError, APIError) as exc:
         messages.error(request, getattr(exc, "message", "Pick a credit pack."))
         return redirect("dashboard:billing")
-    return render(request, "dashboard/pay.html", {
-        "payment": payment, "client_secret": client_secret, "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
-        "stripe_js": settings.STRIPE_JS_URL, "nav": "billing",
-        "return_url": request.build_absolute_uri(f"/dashboard/billing/?paid={payment.external_id}")})
+    return render(
+        request,
+        "dashboard/pay.html",
+        {
+            "payment": payment,
+            "client_secret": client_secret,
+            "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
+            "stripe_js": settings.STRIPE_JS_URL,
+            "nav": "billing",
+            "return_url": request.build_absolute_uri(f"/dashboard/billing/?paid={payment.external_id}"),
+        },
+    )
 
 
 # ---- Members and invitations (owners) ----
+
 
 @member_required
 def members(request: HttpRequest) -> HttpResponse:
@@ -332,17 +377,28 @@ def members(request: HttpRequest) -> HttpResponse:
             return render(request, "dashboard/forbidden.html", status=403)
         try:
             invitation, _ = account_services.invitation_create(
-                email=request.POST.get("email", ""), tenant=request.tenant, role=request.POST.get("role", "member"),
-                invited_by=request.user.get_username(), base_url=_base_url(request))
+                email=request.POST.get("email", ""),
+                tenant=request.tenant,
+                role=request.POST.get("role", "member"),
+                invited_by=request.user.get_username(),
+                base_url=_base_url(request),
+            )
         except APIError as exc:
             messages.error(request, exc.message)
         else:
             messages.success(request, f"Invitation sent to {invitation.email}.")
         return redirect("dashboard:members")
-    return render(request, "dashboard/members.html", {
-        "members": Membership.objects.filter(tenant=request.tenant).select_related("user").order_by("id"),
-        "invitations": Invitation.objects.filter(tenant=request.tenant, accepted_at__isnull=True).order_by("-id"),
-        "is_owner": _is_owner(request), "roles": Membership.Role.values, "nav": "members"})
+    return render(
+        request,
+        "dashboard/members.html",
+        {
+            "members": Membership.objects.filter(tenant=request.tenant).select_related("user").order_by("id"),
+            "invitations": Invitation.objects.filter(tenant=request.tenant, accepted_at__isnull=True).order_by("-id"),
+            "is_owner": _is_owner(request),
+            "roles": Membership.Role.values,
+            "nav": "members",
+        },
+    )
 
 
 @require_GET

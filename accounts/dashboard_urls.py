@@ -1,4 +1,5 @@
 """/dashboard/: the tenant dashboard (session login, tenant members only)."""
+
 from django.urls import path
 
 from accounts import dashboard

@@ -4,6 +4,7 @@ An API request is its key's tenant; a dashboard request is the signed-in member'
 tenant (their first membership, as the dashboard shows it). Both go through the same
 rules; only the rate-limit identity differs (see `Caller.identity`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -52,8 +53,11 @@ class Caller:
 
 def caller_for_member(*, user, request_id: str = "") -> Caller | None:
     """The dashboard's caller for a signed-in user: their first membership's tenant."""
-    membership = (Membership.objects.filter(user=user).select_related("tenant").order_by("tenant_id").first()
-                  if getattr(user, "is_authenticated", False) else None)
+    membership = (
+        Membership.objects.filter(user=user).select_related("tenant").order_by("tenant_id").first()
+        if getattr(user, "is_authenticated", False)
+        else None
+    )
     if membership is None:
         return None
     return Caller(tenant=membership.tenant, member=membership, request_id=request_id)

@@ -5,6 +5,7 @@ Every authenticated response carries OpenAI's x-ratelimit-*-requests headers for
 tightest limit; past it the answer is 429 `rate_limit_exceeded` with Retry-After.
 Nothing has been priced or held at this point, so a refusal costs nothing.
 """
+
 from __future__ import annotations
 
 import time
@@ -68,11 +69,19 @@ def rate_limit_check(*, caller, now: float | None = None) -> Window | None:
         return None
     now = time.time() if now is None else now
     tenant = caller.tenant
-    own_limit = (caller.api_key.rpm_limit or settings.DEFAULT_KEY_RPM) if caller.api_key is not None \
+    own_limit = (
+        (caller.api_key.rpm_limit or settings.DEFAULT_KEY_RPM)
+        if caller.api_key is not None
         else settings.DEFAULT_MEMBER_RPM
-    limits = [(bucket, limit) for bucket, limit in (
-        (caller.identity, own_limit),
-        (f"t:{tenant.pk}", tenant.rpm_limit or settings.DEFAULT_TENANT_RPM)) if limit]
+    )
+    limits = [
+        (bucket, limit)
+        for bucket, limit in (
+            (caller.identity, own_limit),
+            (f"t:{tenant.pk}", tenant.rpm_limit or settings.DEFAULT_TENANT_RPM),
+        )
+        if limit
+    ]
     caller.rate_counted = True
     if not limits:
         return None
@@ -84,7 +93,8 @@ def rate_limit_check(*, caller, now: float | None = None) -> Window | None:
             who = "organization" if bucket.startswith("t:") else "API key" if bucket.startswith("k:") else "member"
             raise RateLimited(
                 f"Rate limit reached: {limit} requests per minute for this {who}. Retry in {window.reset} s.",
-                headers={"Retry-After": str(window.reset), **ratelimit_headers(window)})
+                headers={"Retry-After": str(window.reset), **ratelimit_headers(window)},
+            )
         if tightest is None or window.remaining < tightest.remaining:
             tightest = window
     if tightest is not None:
@@ -93,9 +103,11 @@ def rate_limit_check(*, caller, now: float | None = None) -> Window | None:
 
 
 def ratelimit_headers(window: Window) -> dict[str, str]:
-    return {"x-ratelimit-limit-requests": str(window.limit),
-            "x-ratelimit-remaining-requests": str(window.remaining),
-            "x-ratelimit-reset-requests": f"{window.reset}s"}
+    return {
+        "x-ratelimit-limit-requests": str(window.limit),
+        "x-ratelimit-remaining-requests": str(window.remaining),
+        "x-ratelimit-reset-requests": f"{window.reset}s",
+    }
 
 
 class RequestRateThrottle(BaseThrottle):

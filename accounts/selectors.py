@@ -1,4 +1,5 @@
 """Reads for tenants and keys; everything tenant-owned is filtered by tenant."""
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,9 @@ def key_get(*, tenant: Tenant, prefix: str) -> APIKey | None:
 
 def tenant_managed_by(*, user, tenant_name: str | None = None) -> Tenant | None:
     """The tenant a signed-in user may manage keys of (owner or admin role)."""
-    memberships = Membership.objects.filter(user=user, role__in=[Membership.Role.OWNER, Membership.Role.ADMIN],
-                                            tenant__status=Tenant.Status.ACTIVE).select_related("tenant")
+    memberships = Membership.objects.filter(
+        user=user, role__in=[Membership.Role.OWNER, Membership.Role.ADMIN], tenant__status=Tenant.Status.ACTIVE
+    ).select_related("tenant")
     if tenant_name:
         if len(tenant_name) > TENANT_NAME_MAX or "\x00" in tenant_name:
             return None  # names no tenant (and PostgreSQL refuses NUL in a query)

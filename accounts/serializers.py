@@ -1,5 +1,6 @@
 """/v1/keys bodies: the create request and the key object. The OpenAPI schema is
 generated from these same classes (accounts.api), so what is documented is what is sent."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -33,8 +34,9 @@ class APIKeyObjectSerializer(serializers.Serializer):
     rpm_limit = serializers.IntegerField(allow_null=True, read_only=True)
     monthly_credit_limit = serializers.IntegerField(allow_null=True, read_only=True)
     is_admin = serializers.BooleanField(read_only=True)
-    key = serializers.CharField(required=False, read_only=True,
-                                help_text="The raw key: only in the creation response, once")
+    key = serializers.CharField(
+        required=False, read_only=True, help_text="The raw key: only in the creation response, once"
+    )
 
     def to_representation(self, instance: APIKey) -> dict[str, Any]:
         body = super().to_representation(instance)
@@ -62,12 +64,11 @@ class KeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=50, required=False, default="default")
     rpm_limit = serializers.IntegerField(min_value=1, max_value=2**31 - 1, required=False, allow_null=True)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
-    allowed_models = serializers.ListField(child=serializers.CharField(max_length=100), required=False,
-                                           max_length=50)
-    monthly_credit_limit = serializers.IntegerField(min_value=0, max_value=2**63 - 1, required=False,
-                                                    allow_null=True)
-    is_admin = serializers.BooleanField(required=False, default=False,
-                                        help_text="May manage the tenant's keys; only an owner's session may ask")
+    allowed_models = serializers.ListField(child=serializers.CharField(max_length=100), required=False, max_length=50)
+    monthly_credit_limit = serializers.IntegerField(min_value=0, max_value=2**63 - 1, required=False, allow_null=True)
+    is_admin = serializers.BooleanField(
+        required=False, default=False, help_text="May manage the tenant's keys; only an owner's session may ask"
+    )
 
     def validate_expires_at(self, value):
         if value is not None and value <= timezone.now():

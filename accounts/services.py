@@ -1,4 +1,5 @@
 """Writes for tenants and keys."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,20 +22,23 @@ def key_models_validate(*, model_ids: list[str] | None) -> list[str]:
     from images.models import ImageModel
 
     if model_ids is not None and (not isinstance(model_ids, list) or not all(isinstance(m, str) for m in model_ids)):
-        raise InvalidRequest("'allowed_models' must be a list of model ids.", param="allowed_models",
-                             code="invalid_value")
+        raise InvalidRequest(
+            "'allowed_models' must be a list of model ids.", param="allowed_models", code="invalid_value"
+        )
     wanted = list(dict.fromkeys(m.strip() for m in (model_ids or []) if m.strip()))
     known = set(ImageModel.objects.filter(public_id__in=wanted).values_list("public_id", flat=True))
     unknown = [m for m in wanted if m not in known]
     if unknown:
-        raise InvalidRequest(f"Unknown model(s): {', '.join(repr(m) for m in unknown)}.", param="allowed_models",
-                             code="model_not_found")
+        raise InvalidRequest(
+            f"Unknown model(s): {', '.join(repr(m) for m in unknown)}.", param="allowed_models", code="model_not_found"
+        )
     return wanted
 
 
 def _beyond_scope(param: str, detail: str) -> PermissionDeniedError:
-    return PermissionDeniedError(f"A key can only create keys within its own scope: {detail}", param=param,
-                                 code="key_scope_exceeded")
+    return PermissionDeniedError(
+        f"A key can only create keys within its own scope: {detail}", param=param, code="key_scope_exceeded"
+    )
 
 
 @dataclass(frozen=True)
@@ -61,18 +65,27 @@ def key_scope_narrow(*, parent: APIKey, limits: KeyLimits) -> KeyLimits:
         raise _beyond_scope("rpm_limit", f"'rpm_limit' may be at most {parent_rpm}.")
     monthly = limits.monthly_credit_limit if limits.monthly_credit_limit is not None else parent.monthly_credit_limit
     if parent.monthly_credit_limit is not None and monthly > parent.monthly_credit_limit:
-        raise _beyond_scope("monthly_credit_limit",
-                            f"'monthly_credit_limit' may be at most {parent.monthly_credit_limit}.")
+        raise _beyond_scope(
+            "monthly_credit_limit", f"'monthly_credit_limit' may be at most {parent.monthly_credit_limit}."
+        )
     expiry = limits.expiry_date or parent.expiry_date
     if parent.expiry_date is not None and expiry > parent.expiry_date:
         raise _beyond_scope("expires_at", f"'expires_at' may be no later than {parent.expiry_date.isoformat()}.")
     return KeyLimits(rpm_limit=rpm, expiry_date=expiry, allowed_models=models, monthly_credit_limit=monthly)
 
 
-def api_key_create(*, tenant: Tenant, name: str = "default", created_by: str = "", rpm_limit: int | None = None,
-                   expiry_date: datetime | None = None, allowed_models: list[str] | None = None,
-                   monthly_credit_limit: int | None = None, is_admin: bool = False,
-                   parent: APIKey | None = None) -> tuple[APIKey, str]:
+def api_key_create(
+    *,
+    tenant: Tenant,
+    name: str = "default",
+    created_by: str = "",
+    rpm_limit: int | None = None,
+    expiry_date: datetime | None = None,
+    allowed_models: list[str] | None = None,
+    monthly_credit_limit: int | None = None,
+    is_admin: bool = False,
+    parent: APIKey | None = None,
+) -> tuple[APIKey, str]:
     """Create a key; the raw key is returned once and never stored (only prefix + hash).
 
     Every way of making a key comes here (/v1/keys, the dashboard, the admin site,
@@ -81,20 +94,31 @@ def api_key_create(*, tenant: Tenant, name: str = "default", created_by: str = "
     parent's scope (`key_scope_narrow`), is never an admin key itself, and is revoked
     with its parent. Owners' sessions and operators pass no parent: they are the
     tenant's and the installation's authority, not a key's."""
-    limits = KeyLimits(rpm_limit=rpm_limit, expiry_date=expiry_date,
-                       allowed_models=key_models_validate(model_ids=allowed_models),
-                       monthly_credit_limit=monthly_credit_limit)
+    limits = KeyLimits(
+        rpm_limit=rpm_limit,
+        expiry_date=expiry_date,
+        allowed_models=key_models_validate(model_ids=allowed_models),
+        monthly_credit_limit=monthly_credit_limit,
+    )
     if parent is not None:
         if parent.tenant_id != tenant.pk or not parent.is_admin or parent.revoked:
-            raise PermissionDeniedError("Managing keys needs an admin key or an owner's session.",
-                                        code="insufficient_permissions")
+            raise PermissionDeniedError(
+                "Managing keys needs an admin key or an owner's session.", code="insufficient_permissions"
+            )
         if is_admin:
             raise _beyond_scope("is_admin", "a key cannot create admin keys; an owner's session can.")
         limits = key_scope_narrow(parent=parent, limits=limits)
     key, raw = APIKey.objects.create_key(
-        tenant=tenant, name=name[:50] or "default", created_by=created_by, rpm_limit=limits.rpm_limit,
-        expiry_date=limits.expiry_date, allowed_models=limits.allowed_models,
-        monthly_credit_limit=limits.monthly_credit_limit, is_admin=is_admin, parent=parent)
+        tenant=tenant,
+        name=name[:50] or "default",
+        created_by=created_by,
+        rpm_limit=limits.rpm_limit,
+        expiry_date=limits.expiry_date,
+        allowed_models=limits.allowed_models,
+        monthly_credit_limit=limits.monthly_credit_limit,
+        is_admin=is_admin,
+        parent=parent,
+    )
     return key, raw
 
 
@@ -114,11 +138,21 @@ def api_key_revoke(*, key: APIKey) -> APIKey:
     return key
 
 
-def tenant_update(*, tenant: Tenant, moderation_level: str | None = None, status: str | None = None,
-                  rpm_limit: int | None = None, max_concurrent_jobs: int | None = None) -> Tenant:
+def tenant_update(
+    *,
+    tenant: Tenant,
+    moderation_level: str | None = None,
+    status: str | None = None,
+    rpm_limit: int | None = None,
+    max_concurrent_jobs: int | None = None,
+) -> Tenant:
     fields = []
-    for name, value in (("moderation_level", moderation_level), ("status", status), ("rpm_limit", rpm_limit),
-                        ("max_concurrent_jobs", max_concurrent_jobs)):
+    for name, value in (
+        ("moderation_level", moderation_level),
+        ("status", status),
+        ("rpm_limit", rpm_limit),
+        ("max_concurrent_jobs", max_concurrent_jobs),
+    ):
         if value is not None:
             setattr(tenant, name, value)
             fields.append(name)
@@ -136,6 +170,7 @@ def tenant_create_with_key(*, name: str, created_by: str = "") -> tuple[Tenant, 
 
 # ---- Self-service sign-up and invitations ----
 
+
 def _token_hash(token: str) -> str:
     import hashlib
 
@@ -150,12 +185,18 @@ def invitation_find(*, token: str):
 
     if not token or len(token) > 200:
         return None
-    return (Invitation.objects.filter(token_hash=_token_hash(token), accepted_at__isnull=True,
-                                      expires_at__gt=timezone.now()).select_related("tenant").first())
+    return (
+        Invitation.objects.filter(
+            token_hash=_token_hash(token), accepted_at__isnull=True, expires_at__gt=timezone.now()
+        )
+        .select_related("tenant")
+        .first()
+    )
 
 
-def invitation_create(*, email: str, tenant: Tenant | None, role: str = "member", invited_by: str = "",
-                      base_url: str = "") -> tuple[Invitation, str]:  # noqa: F821
+def invitation_create(
+    *, email: str, tenant: Tenant | None, role: str = "member", invited_by: str = "", base_url: str = ""
+) -> tuple[Invitation, str]:  # noqa: F821
     """Invite `email` to `tenant` (None: the operator invites a customer, who gets a
     tenant of their own). Emails the link after commit; returns the invitation and its
     raw token (shown to whoever invites, never stored)."""
@@ -174,16 +215,24 @@ def invitation_create(*, email: str, tenant: Tenant | None, role: str = "member"
         raise InvalidRequest("Unknown role.", param="role", code="invalid_value")
     token = secrets.token_urlsafe(32)
     invitation = Invitation.objects.create(
-        tenant=tenant, email=email, role=role if tenant is not None else Membership.Role.OWNER,
-        token_hash=_token_hash(token), invited_by=invited_by,
-        expires_at=timezone.now() + timedelta(days=settings.INVITATION_DAYS))
+        tenant=tenant,
+        email=email,
+        role=role if tenant is not None else Membership.Role.OWNER,
+        token_hash=_token_hash(token),
+        invited_by=invited_by,
+        expires_at=timezone.now() + timedelta(days=settings.INVITATION_DAYS),
+    )
     link = f"{base_url.rstrip('/')}/dashboard/invite/{token}/"
     where = f"the team {tenant.name}" if tenant is not None else "the Image API"
-    transaction.on_commit(lambda: send_mail(
-        f"{settings.ACCOUNT_EMAIL_SUBJECT_PREFIX}You are invited to {where}",
-        f"{invited_by or 'The operator'} invited you to {where}.\n\nSign up with this email address "
-        f"({email}) here:\n{link}\n\nThe invitation expires in {settings.INVITATION_DAYS} days.\n",
-        None, [email]))
+    transaction.on_commit(
+        lambda: send_mail(
+            f"{settings.ACCOUNT_EMAIL_SUBJECT_PREFIX}You are invited to {where}",
+            f"{invited_by or 'The operator'} invited you to {where}.\n\nSign up with this email address "
+            f"({email}) here:\n{link}\n\nThe invitation expires in {settings.INVITATION_DAYS} days.\n",
+            None,
+            [email],
+        )
+    )
     return invitation, token
 
 
@@ -205,12 +254,20 @@ def tenant_create_for_signup(*, user, email: str) -> Tenant:
     from billing.services import credits_grant
 
     tenant = Tenant.objects.create(
-        name=_unique_tenant_name(email.split("@")[0]), moderation_level=settings.SIGNUP_MODERATION_LEVEL,
-        rpm_limit=settings.SIGNUP_RPM_LIMIT or None, max_concurrent_jobs=settings.SIGNUP_MAX_CONCURRENT_JOBS or None)
+        name=_unique_tenant_name(email.split("@")[0]),
+        moderation_level=settings.SIGNUP_MODERATION_LEVEL,
+        rpm_limit=settings.SIGNUP_RPM_LIMIT or None,
+        max_concurrent_jobs=settings.SIGNUP_MAX_CONCURRENT_JOBS or None,
+    )
     Membership.objects.create(tenant=tenant, user=user, role=Membership.Role.OWNER)
     if settings.SIGNUP_TRIAL_CREDITS > 0:
-        credits_grant(tenant=tenant, amount=settings.SIGNUP_TRIAL_CREDITS, actor="signup", note="trial",
-                      idempotency_key=f"trial:user:{user.pk}")
+        credits_grant(
+            tenant=tenant,
+            amount=settings.SIGNUP_TRIAL_CREDITS,
+            actor="signup",
+            note="trial",
+            idempotency_key=f"trial:user:{user.pk}",
+        )
     return tenant
 
 
@@ -232,9 +289,12 @@ def signup_complete(*, user, email: str):
     if existing is not None:
         return existing
     email = email.strip().lower()
-    invitation = (Invitation.objects.select_for_update()
-                  .filter(email__iexact=email, accepted_at__isnull=True, expires_at__gt=timezone.now())
-                  .order_by("-created_at").first())
+    invitation = (
+        Invitation.objects.select_for_update()
+        .filter(email__iexact=email, accepted_at__isnull=True, expires_at__gt=timezone.now())
+        .order_by("-created_at")
+        .first()
+    )
     if invitation is not None:
         if invitation.tenant is not None:
             membership = Membership.objects.create(tenant=invitation.tenant, user=user, role=invitation.role)

@@ -1,4 +1,5 @@
 """Billing's Dramatiq actors: thin, ids in, a service does the work."""
+
 from __future__ import annotations
 
 import dramatiq

@@ -19,8 +19,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ReadOnlyAdmin):
-    list_display = ("id", "tenant", "kind", "amount", "held_delta", "balance_after", "held_after", "job", "actor",
-                    "note", "created_at")
+    list_display = (
+        "id",
+        "tenant",
+        "kind",
+        "amount",
+        "held_delta",
+        "balance_after",
+        "held_after",
+        "job",
+        "actor",
+        "note",
+        "created_at",
+    )
     list_filter = ("kind", "tenant", "created_at")
     search_fields = ("tenant__name", "actor", "note", "idempotency_key")
     date_hierarchy = "created_at"
@@ -40,10 +51,27 @@ class HoldAdmin(ReadOnlyAdmin):
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "tenant", "api_key", "model", "endpoint", "n", "images", "credits_charged",
-                    "gpu_ms", "outcome", "error_code")
-    list_filter = ("outcome", "model", "tenant", ("api_key", admin.RelatedOnlyFieldListFilter), "created_at",
-                   "endpoint")
+    list_display = (
+        "created_at",
+        "tenant",
+        "api_key",
+        "model",
+        "endpoint",
+        "n",
+        "images",
+        "credits_charged",
+        "gpu_ms",
+        "outcome",
+        "error_code",
+    )
+    list_filter = (
+        "outcome",
+        "model",
+        "tenant",
+        ("api_key", admin.RelatedOnlyFieldListFilter),
+        "created_at",
+        "endpoint",
+    )
     search_fields = ("tenant__name", "api_key__prefix", "error_code")
     date_hierarchy = "created_at"
     list_select_related = ("tenant", "api_key")
@@ -66,14 +94,21 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         records = changelist.queryset.order_by()
         end = timezone.now().date()
         start = end - timedelta(days=29)
-        per_day = [{"day": row["day"].isoformat(), "images": row["images"] or 0, "credits": row["credits"] or 0}
-                   for row in records.filter(created_at__date__gte=start).annotate(day=TruncDate("created_at"))
-                   .values("day").annotate(images=Sum("images"), credits=Sum("credits_charged"))]
-        response.context_data["usage_charts"] = [bar_chart(per_day, start=start, days=30, field=field)
-                                                 for field in ("images", "credits")]
+        per_day = [
+            {"day": row["day"].isoformat(), "images": row["images"] or 0, "credits": row["credits"] or 0}
+            for row in records.filter(created_at__date__gte=start)
+            .annotate(day=TruncDate("created_at"))
+            .values("day")
+            .annotate(images=Sum("images"), credits=Sum("credits_charged"))
+        ]
+        response.context_data["usage_charts"] = [
+            bar_chart(per_day, start=start, days=30, field=field) for field in ("images", "credits")
+        ]
         response.context_data["usage_per_model"] = list(
-            records.values("model").annotate(requests=Count("id"), images=Sum("images"), credits=Sum("credits_charged"),
-                                             gpu_ms=Sum("gpu_ms")).order_by("model"))
+            records.values("model")
+            .annotate(requests=Count("id"), images=Sum("images"), credits=Sum("credits_charged"), gpu_ms=Sum("gpu_ms"))
+            .order_by("model")
+        )
         return response
 
 
@@ -109,8 +144,20 @@ class PaymentAdmin(ReadOnlyAdmin):
     """Card payments. `credits unrecovered`: credits a refund or lost dispute should have
     taken back but could not (already spent or held): settle them with the customer."""
 
-    list_display = ("created_at", "tenant", "external_id", "amount", "currency", "credits", "status",
-                    "amount_refunded", "amount_disputed", "credits_reversed", "credits_unrecovered", "receipt")
+    list_display = (
+        "created_at",
+        "tenant",
+        "external_id",
+        "amount",
+        "currency",
+        "credits",
+        "status",
+        "amount_refunded",
+        "amount_disputed",
+        "credits_reversed",
+        "credits_unrecovered",
+        "receipt",
+    )
     list_filter = ("status", "provider", "currency", ("credits_unrecovered", admin.EmptyFieldListFilter))
     search_fields = ("external_id", "tenant__name")
     list_select_related = ("tenant",)
@@ -136,8 +183,7 @@ class VoucherBatchAdmin(admin.ModelAdmin):
     """Adding a batch generates its codes and downloads them as CSV, once: only hashes
     are stored, so the codes cannot be shown again."""
 
-    list_display = ("id", "created_at", "count", "credits", "max_uses", "expires_at", "note", "created_by",
-                    "redeemed")
+    list_display = ("id", "created_at", "count", "credits", "max_uses", "expires_at", "note", "created_by", "redeemed")
     readonly_fields = ("credits", "max_uses", "expires_at", "count", "created_by", "created_at")
 
     @admin.display(description="redemptions")
@@ -163,22 +209,42 @@ class VoucherBatchAdmin(admin.ModelAdmin):
         form = VoucherBatchForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
-            batch, codes = vouchers_create(credits=data["credits"], count=data["count"], max_uses=data["max_uses"],
-                                           expires_at=data["expires_at"], note=data["note"] or "",
-                                           created_by=request.user.get_username())
+            batch, codes = vouchers_create(
+                credits=data["credits"],
+                count=data["count"],
+                max_uses=data["max_uses"],
+                expires_at=data["expires_at"],
+                note=data["note"] or "",
+                created_by=request.user.get_username(),
+            )
             buffer = io.StringIO()
             writer = csv.writer(buffer)
             writer.writerow(["code", "credits", "max_uses", "expires_at", "batch", "note"])
             for code in codes:
-                writer.writerow([code, batch.credits, batch.max_uses, batch.expires_at.isoformat() if batch.expires_at
-                                 else "", batch.pk, batch.note])
+                writer.writerow(
+                    [
+                        code,
+                        batch.credits,
+                        batch.max_uses,
+                        batch.expires_at.isoformat() if batch.expires_at else "",
+                        batch.pk,
+                        batch.note,
+                    ]
+                )
             response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = f'attachment; filename="vouchers-batch-{batch.pk}.csv"'
             response["Cache-Control"] = "no-store"
             return response
-        return TemplateResponse(request, "admin/billing/voucherbatch/generate.html", {
-            **self.admin_site.each_context(request), "title": "Generate voucher codes", "form": form,
-            "opts": self.model._meta})
+        return TemplateResponse(
+            request,
+            "admin/billing/voucherbatch/generate.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Generate voucher codes",
+                "form": form,
+                "opts": self.model._meta,
+            },
+        )
 
 
 @admin.register(Voucher)

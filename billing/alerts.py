@@ -6,6 +6,7 @@ a grant, a release): a single conditional UPDATE disarms the alert and stamps it
 available balance is below the threshold, and the email is sent by a Dramatiq actor
 after that transaction commits; the alert re-arms (again one conditional UPDATE) once
 the available balance is back at or above the threshold."""
+
 from __future__ import annotations
 
 from django.db import transaction
@@ -20,7 +21,8 @@ def balance_alert_check(*, tenant_id: int, available: int) -> bool:
     UPDATE that matches nothing."""
     fired_at = timezone.now()
     fired = BalanceAlert.objects.filter(tenant_id=tenant_id, armed=True, threshold__gt=available).update(
-        armed=False, last_fired_at=fired_at)
+        armed=False, last_fired_at=fired_at
+    )
     if fired:
         from billing.actors import low_balance_notify
 

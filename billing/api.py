@@ -1,4 +1,5 @@
 """Customer endpoints for money: balance and usage."""
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,15 @@ class BalanceView(APIView):
 
     def get(self, request: Request) -> Response:
         account = account_for(tenant=request.auth.tenant)
-        return Response({"object": "balance", "balance": account.balance, "held": account.held,
-                         "available": account.available, "currency": "credits"})
+        return Response(
+            {
+                "object": "balance",
+                "balance": account.balance,
+                "held": account.held,
+                "available": account.available,
+                "currency": "credits",
+            }
+        )
 
 
 USAGE_FORMATS = ("json", "csv")
@@ -72,8 +80,9 @@ class UsageView(APIView):
         if start > end:
             raise InvalidRequest("'start' must not be after 'end'.", param="start", code="invalid_value")
         if (end - start).days > USAGE_MAX_DAYS:
-            raise InvalidRequest(f"The range may span at most {USAGE_MAX_DAYS} days.", param="start",
-                                 code="invalid_value")
+            raise InvalidRequest(
+                f"The range may span at most {USAGE_MAX_DAYS} days.", param="start", code="invalid_value"
+            )
         group_by = _choice_param(request, "group_by", USAGE_GROUPS, "day")
         output = _choice_param(request, "format", USAGE_FORMATS, "json")
         rows = usage_summary(tenant=request.auth.tenant, start=start, end=end, group_by=group_by)
@@ -87,8 +96,17 @@ class UsageView(APIView):
             response["Content-Disposition"] = f'attachment; filename="usage-{start}-{end}-{group_by}.csv"'
             return response
         totals = {k: sum(r[k] for r in rows) for k in ("requests", "images", "pixels", "credits")}
-        return Response({"object": "usage", "start": start.isoformat(), "end": end.isoformat(),
-                         "group_by": group_by, "currency": "credits", "totals": totals, "data": rows})
+        return Response(
+            {
+                "object": "usage",
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "group_by": group_by,
+                "currency": "credits",
+                "totals": totals,
+                "data": rows,
+            }
+        )
 
 
 class RedeemRequest(serializers.Serializer):
@@ -106,18 +124,35 @@ class RedeemResponse(serializers.Serializer):
 class RedeemView(APIView):
     """POST /v1/credits/redeem {"code": "..."}: a voucher's credits for the caller's tenant."""
 
-    @extend_schema(request=RedeemRequest, responses={200: RedeemResponse, **errors(400, *AUTH_ERRORS)},
-                   operation_id="credits_redeem", summary="Redeem a voucher code", tags=["billing"],
-                   description="400 `invalid_voucher` (counted: 429 `voucher_attempts_exceeded` past the limit), "
-                               "`voucher_expired`, `voucher_used_up` or `voucher_already_redeemed`.")
+    @extend_schema(
+        request=RedeemRequest,
+        responses={200: RedeemResponse, **errors(400, *AUTH_ERRORS)},
+        operation_id="credits_redeem",
+        summary="Redeem a voucher code",
+        tags=["billing"],
+        description="400 `invalid_voucher` (counted: 429 `voucher_attempts_exceeded` past the limit), "
+        "`voucher_expired`, `voucher_used_up` or `voucher_already_redeemed`.",
+    )
     def post(self, request: Request) -> Response:
         from billing.vouchers import voucher_redeem
 
         data = RedeemRequest(data=request.data)
         data.is_valid(raise_exception=True)
         key = request.auth
-        done = voucher_redeem(tenant=key.tenant, code=data.validated_data["code"], actor=f"key:{key.prefix}",
-                              client_address=request.META.get("REMOTE_ADDR", ""))
-        return Response(RedeemResponse({"object": "credit_redemption", "credits": done.redemption.credits,
-                                        "balance": done.balance, "available": done.available,
-                                        "currency": "credits"}).data)
+        done = voucher_redeem(
+            tenant=key.tenant,
+            code=data.validated_data["code"],
+            actor=f"key:{key.prefix}",
+            client_address=request.META.get("REMOTE_ADDR", ""),
+        )
+        return Response(
+            RedeemResponse(
+                {
+                    "object": "credit_redemption",
+                    "credits": done.redemption.credits,
+                    "balance": done.balance,
+                    "available": done.available,
+                    "currency": "credits",
+                }
+            ).data
+        )

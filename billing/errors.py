@@ -42,5 +42,11 @@ class PriceNotConfigured(APIError):
     param = "model"
 
 
-__all__ = ["InsufficientCredits", "KeyBudgetExceeded", "InvalidAmount", "PriceNotConfigured", "InvalidVoucher",
-           "VoucherNotRedeemable"]
+__all__ = [
+    "InsufficientCredits",
+    "KeyBudgetExceeded",
+    "InvalidAmount",
+    "PriceNotConfigured",
+    "InvalidVoucher",
+    "VoucherNotRedeemable",
+]

@@ -1,5 +1,6 @@
 """Money. Every amount is an integer number of credits (1 credit = the unit the
 operator sells; docs/configuration.md suggests 1 credit = US$0.001). No floats."""
+
 from __future__ import annotations
 
 from django.db import models
@@ -29,6 +30,7 @@ class CreditAccount(models.Model):
     @property
     def available(self) -> int:
         return self.balance - self.held
+
 
 class LedgerEntry(models.Model):
     """Append-only: one row per grant, hold, capture, release, refund or adjustment."""
@@ -253,4 +255,3 @@ class BalanceAlert(models.Model):
 
     def __str__(self) -> str:
         return f"alert below {self.threshold} for tenant {self.tenant_id}"
-

@@ -1,6 +1,7 @@
 """The money path. Lock, check, write: every change to a balance is one short
 transaction that updates CreditAccount with F() and appends a LedgerEntry whose
 idempotency key makes a repeat a no-op. No lock is ever held while a model runs."""
+
 from __future__ import annotations
 
 import logging
@@ -27,18 +28,36 @@ def account_for(*, tenant: Tenant) -> CreditAccount:
     return account
 
 
-def _append(*, tenant_id: int, kind: str, amount: int, held_delta: int, key: str,
-            job=None, actor: str = "system", note: str = "") -> LedgerEntry:
+def _append(
+    *,
+    tenant_id: int,
+    kind: str,
+    amount: int,
+    held_delta: int,
+    key: str,
+    job=None,
+    actor: str = "system",
+    note: str = "",
+) -> LedgerEntry:
     """Append a ledger row for an account row that the caller has just updated (so locked)."""
     balance, held = CreditAccount.objects.filter(tenant_id=tenant_id).values_list("balance", "held").get()
     return LedgerEntry.objects.create(
-        tenant_id=tenant_id, kind=kind, amount=amount, held_delta=held_delta,
-        balance_after=balance, held_after=held, job=job, actor=actor, note=note,
-        idempotency_key=key)
+        tenant_id=tenant_id,
+        kind=kind,
+        amount=amount,
+        held_delta=held_delta,
+        balance_after=balance,
+        held_after=held,
+        job=job,
+        actor=actor,
+        note=note,
+        idempotency_key=key,
+    )
 
 
-def credits_grant(*, tenant: Tenant, amount: int, actor: str = "operator", note: str = "",
-                  idempotency_key: str | None = None) -> LedgerEntry:
+def credits_grant(
+    *, tenant: Tenant, amount: int, actor: str = "operator", note: str = "", idempotency_key: str | None = None
+) -> LedgerEntry:
     """Add (or, negative, remove) credits through the ledger. Removing more than is
     available is refused: held credits belong to jobs in flight."""
     if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0 or abs(amount) > MAX_GRANT:
@@ -54,8 +73,11 @@ def credits_grant(*, tenant: Tenant, amount: int, actor: str = "operator", note:
             query = query.filter(balance__gte=F("held") - amount)
         if not query.update(balance=F("balance") + amount):
             account = CreditAccount.objects.get(tenant=tenant)
-            raise InvalidAmount(f"Cannot remove {-amount} credits: only {account.available} are available "
-                                f"({account.held} are held by jobs in flight).", param="amount")
+            raise InvalidAmount(
+                f"Cannot remove {-amount} credits: only {account.available} are available "
+                f"({account.held} are held by jobs in flight).",
+                param="amount",
+            )
         kind = LedgerEntry.Kind.GRANT if amount > 0 else LedgerEntry.Kind.ADJUSTMENT
         entry = _append(tenant_id=tenant.pk, kind=kind, amount=amount, held_delta=0, key=key, actor=actor, note=note)
         balance_alert_check(tenant_id=tenant.pk, available=entry.balance_after - entry.held_after)
@@ -88,12 +110,14 @@ def price_quote(*, model, kind: str, size: str, quality: str, n: int) -> int:
             best = (rank, row.credits_per_image)
     if best is not None:
         return best[1] * n
-    logger.warning("No price for model %s (kind %s, size %s, quality %s): request refused",
-                   model.public_id, kind, size, quality)
+    logger.warning(
+        "No price for model %s (kind %s, size %s, quality %s): request refused", model.public_id, kind, size, quality
+    )
     raise PriceNotConfigured(
         f"The model '{model.public_id}' has no price for {kind} requests of size {size} at quality {quality}, "
         "so it cannot be used for this request. Try another model or size, or ask your platform operator "
-        "to configure its price.")
+        "to configure its price."
+    )
 
 
 def _month_start(now: datetime) -> datetime:
@@ -120,7 +144,8 @@ def credits_hold(*, tenant: Tenant, api_key: APIKey | None, job, amount: int) ->
         if spent + amount > api_key.monthly_credit_limit:
             raise KeyBudgetExceeded(
                 f"This API key's monthly budget of {api_key.monthly_credit_limit} credits is used up "
-                f"({spent} spent or held); this request costs {amount} credits.")
+                f"({spent} spent or held); this request costs {amount} credits."
+            )
     # One conditional UPDATE: the check and the write cannot be separated by another request.
     query = CreditAccount.objects.filter(tenant=tenant, balance__gte=F("held") + amount)
     if not query.update(held=F("held") + amount):
@@ -129,7 +154,8 @@ def credits_hold(*, tenant: Tenant, api_key: APIKey | None, job, amount: int) ->
             account.refresh_from_db()
             raise InsufficientCredits(
                 f"Insufficient credits: this request costs {amount} credits and your available balance is "
-                f"{account.available} credits ({account.balance} total, {account.held} held by requests in flight).")
+                f"{account.available} credits ({account.balance} total, {account.held} held by requests in flight)."
+            )
     hold = Hold.objects.create(job=job, tenant=tenant, api_key=api_key, amount=amount)
     _append(tenant_id=tenant.pk, kind=LedgerEntry.Kind.HOLD, amount=0, held_delta=amount, key=f"hold:{job.pk}", job=job)
     return hold
@@ -147,11 +173,18 @@ def _settle(*, job, charge: int | None) -> Hold | None:
         else:
             kind, amount, status = LedgerEntry.Kind.CAPTURE, -min(charge, hold.amount), Hold.Status.CAPTURED
         CreditAccount.objects.filter(tenant_id=hold.tenant_id).update(
-            balance=F("balance") + amount, held=F("held") - hold.amount)
+            balance=F("balance") + amount, held=F("held") - hold.amount
+        )
         try:
             with transaction.atomic(savepoint=False):
-                entry = _append(tenant_id=hold.tenant_id, kind=kind, amount=amount, held_delta=-hold.amount,
-                                key=f"{kind}:{job.pk}", job=job)
+                entry = _append(
+                    tenant_id=hold.tenant_id,
+                    kind=kind,
+                    amount=amount,
+                    held_delta=-hold.amount,
+                    key=f"{kind}:{job.pk}",
+                    job=job,
+                )
         except IntegrityError:
             raise RuntimeError(f"ledger already has a {kind} for job {job.pk} but its hold was open") from None
         hold.status = status

@@ -7,6 +7,7 @@ conditional `UPDATE ... SET uses = uses + 1 WHERE uses < max_uses`) and at most 
 tenant (a unique constraint); the credits enter through the ledger keyed
 `voucher:<voucher id>:<tenant id>`. Wrong codes are counted per tenant and per client
 address; past VOUCHER_FAILURE_LIMIT in the window, redemption answers 429."""
+
 from __future__ import annotations
 
 import hashlib
@@ -51,32 +52,58 @@ def _normalise(code: str) -> tuple[str, str] | None:
 
 
 def _format(prefix: str, secret: str) -> str:
-    return f"{prefix}-" + "-".join(secret[i:i + 8] for i in range(0, len(secret), 8))
+    return f"{prefix}-" + "-".join(secret[i : i + 8] for i in range(0, len(secret), 8))
 
 
 @transaction.atomic
-def vouchers_create(*, credits: int, count: int, max_uses: int = 1, expires_at: datetime | None = None,
-                    note: str = "", created_by: str = "") -> tuple[VoucherBatch, list[str]]:
+def vouchers_create(
+    *,
+    credits: int,
+    count: int,
+    max_uses: int = 1,
+    expires_at: datetime | None = None,
+    note: str = "",
+    created_by: str = "",
+) -> tuple[VoucherBatch, list[str]]:
     """A batch of `count` codes worth `credits` each, `max_uses` redemptions per code.
     Returns the batch and the raw codes: they are shown (or downloaded) once and never
     stored."""
-    for name, value, top in (("credits", credits, MAX_GRANT), ("count", count, MAX_BATCH),
-                             ("uses", max_uses, 1_000_000)):
+    for name, value, top in (
+        ("credits", credits, MAX_GRANT),
+        ("count", count, MAX_BATCH),
+        ("uses", max_uses, 1_000_000),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
             raise InvalidAmount(f"'{name}' must be a whole number from 1 to {top}.", param=name)
-    batch = VoucherBatch.objects.create(credits=credits, count=count, max_uses=max_uses, expires_at=expires_at,
-                                        note=note[:200], created_by=created_by[:150])
+    batch = VoucherBatch.objects.create(
+        credits=credits,
+        count=count,
+        max_uses=max_uses,
+        expires_at=expires_at,
+        note=note[:200],
+        created_by=created_by[:150],
+    )
     codes, rows = [], []
     for _ in range(count):
         prefix, secret = _random(PREFIX_LENGTH), _random(SECRET_LENGTH)
         codes.append(_format(prefix, secret))
-        rows.append(Voucher(batch=batch, prefix=prefix, code_hash=_hash(secret), credits=credits,
-                            max_uses=max_uses, expires_at=expires_at, note=note[:200]))
+        rows.append(
+            Voucher(
+                batch=batch,
+                prefix=prefix,
+                code_hash=_hash(secret),
+                credits=credits,
+                max_uses=max_uses,
+                expires_at=expires_at,
+                note=note[:200],
+            )
+        )
     Voucher.objects.bulk_create(rows)
     return batch, codes
 
 
 # ---- wrong-code limits ----
+
 
 def _failure_keys(tenant: Tenant, address: str) -> list[str]:
     window = int(time.time() // settings.VOUCHER_FAILURE_WINDOW_SECONDS)
@@ -88,8 +115,11 @@ def _failures_check(tenant: Tenant, address: str) -> None:
     if limit and any((cache.get(key) or 0) >= limit for key in _failure_keys(tenant, address)):
         window = settings.VOUCHER_FAILURE_WINDOW_SECONDS
         retry = max(1, window - int(time.time()) % window)
-        raise RateLimited(f"Too many wrong voucher codes. Try again in {retry} s.", code="voucher_attempts_exceeded",
-                          headers={"Retry-After": str(retry)})
+        raise RateLimited(
+            f"Too many wrong voucher codes. Try again in {retry} s.",
+            code="voucher_attempts_exceeded",
+            headers={"Retry-After": str(retry)},
+        )
 
 
 def _failure_count(tenant: Tenant, address: str) -> None:
@@ -121,20 +151,27 @@ def voucher_redeem(*, tenant: Tenant, code: str, actor: str = "", client_address
     if voucher.expires_at is not None and voucher.expires_at <= timezone.now():
         raise VoucherNotRedeemable("This voucher code has expired.", code="voucher_expired")
     if VoucherRedemption.objects.filter(voucher=voucher, tenant=tenant).exists():
-        raise VoucherNotRedeemable("This voucher code was already redeemed for your account.",
-                                   code="voucher_already_redeemed")
+        raise VoucherNotRedeemable(
+            "This voucher code was already redeemed for your account.", code="voucher_already_redeemed"
+        )
     try:
         with transaction.atomic():
             # The one check-and-write: concurrent redemptions cannot both take the last use.
             if not Voucher.objects.filter(pk=voucher.pk, uses__lt=F("max_uses")).update(uses=F("uses") + 1):
                 raise VoucherNotRedeemable("This voucher code has been used up.", code="voucher_used_up")
-            redemption = VoucherRedemption.objects.create(voucher=voucher, tenant=tenant, credits=voucher.credits,
-                                                          redeemed_by=actor[:150])
-            credits_grant(tenant=tenant, amount=voucher.credits, actor=actor or "voucher",
-                          note=f"voucher {voucher.prefix} (batch {voucher.batch_id})",
-                          idempotency_key=f"voucher:{voucher.pk}:{tenant.pk}")
+            redemption = VoucherRedemption.objects.create(
+                voucher=voucher, tenant=tenant, credits=voucher.credits, redeemed_by=actor[:150]
+            )
+            credits_grant(
+                tenant=tenant,
+                amount=voucher.credits,
+                actor=actor or "voucher",
+                note=f"voucher {voucher.prefix} (batch {voucher.batch_id})",
+                idempotency_key=f"voucher:{voucher.pk}:{tenant.pk}",
+            )
     except IntegrityError:  # the same tenant redeeming the same code twice at once
-        raise VoucherNotRedeemable("This voucher code was already redeemed for your account.",
-                                   code="voucher_already_redeemed") from None
+        raise VoucherNotRedeemable(
+            "This voucher code was already redeemed for your account.", code="voucher_already_redeemed"
+        ) from None
     account = account_for(tenant=tenant)
     return Redeemed(redemption=redemption, balance=account.balance, available=account.available)

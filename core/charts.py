@@ -1,5 +1,6 @@
 """Server-rendered SVG bar charts (no JavaScript, no CDN), shared by the tenant
 dashboard and the operator admin."""
+
 from __future__ import annotations
 
 from datetime import date, timedelta
@@ -14,6 +15,15 @@ def bar_chart(rows: list[dict], *, start: date, days: int, field: str, width: in
     bars = []
     for i, (day, value) in enumerate(values):
         h = round((height - 20) * value / peak, 1)
-        bars.append({"x": round(i * slot + 1, 1), "y": round(height - 16 - h, 1), "w": round(slot - 2, 1), "h": h,
-                     "day": day.isoformat(), "value": value, "label": day.day if day.day in (1, 15) or i == 0 else ""})
+        bars.append(
+            {
+                "x": round(i * slot + 1, 1),
+                "y": round(height - 16 - h, 1),
+                "w": round(slot - 2, 1),
+                "h": h,
+                "day": day.isoformat(),
+                "value": value,
+                "label": day.day if day.day in (1, 15) or i == 0 else "",
+            }
+        )
     return {"bars": bars, "peak": peak, "width": width, "height": height, "field": field}

@@ -5,6 +5,7 @@ reference §8.3: anything a retry cannot fix is 4xx (never 408/409/429/5xx), and
 non-transient 5xx carry `x-should-retry: false` so the official SDK does not
 re-submit (and re-bill) the request.
 """
+
 from __future__ import annotations
 
 import logging
@@ -173,9 +174,11 @@ def _to_api_error(exc: Exception) -> APIError | None:
     if isinstance(exc, RecursionError):
         return InvalidRequest(MALFORMED_JSON_MESSAGE + " (The JSON is nested too deeply.)")
     if isinstance(exc, (OperationalError, InterfaceError)) or (
-            isinstance(exc, DatabaseError) and "connection" in str(exc).lower()):
-        return ServiceUnavailable("The service is temporarily unavailable; nothing was charged. Retry shortly.",
-                                  headers={"Retry-After": "5"})
+        isinstance(exc, DatabaseError) and "connection" in str(exc).lower()
+    ):
+        return ServiceUnavailable(
+            "The service is temporarily unavailable; nothing was charged. Retry shortly.", headers={"Retry-After": "5"}
+        )
     if isinstance(exc, drf.NotAuthenticated):
         return MissingAPIKey(NO_KEY_MESSAGE)
     if isinstance(exc, drf.AuthenticationFailed):
@@ -216,8 +219,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     error = _to_api_error(exc)
     if error is None:
         logger.exception("Unhandled error in %s", context.get("view").__class__.__name__)
-        error = APIError("The server had an error while processing your request.", status_code=500,
-                         type="server_error", code="internal_error")
+        error = APIError(
+            "The server had an error while processing your request.",
+            status_code=500,
+            type="server_error",
+            code="internal_error",
+        )
     from core.metrics import api_error_count
 
     api_error_count(status=error.status_code, code=error.code)  # 402s, 429s, moderation refusals...

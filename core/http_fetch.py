@@ -15,6 +15,7 @@ step can undo:
 Plain `http.client` over a socket we connect ourselves: it reads no environment,
 follows no redirects and lets us hand it the pinned socket.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -36,13 +37,16 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # Address ranges Python's `is_global` still calls global although they are not
 # (IANA special-purpose registries; RFC numbers beside each).
-_NOT_GLOBAL_V6 = tuple(ipaddress.IPv6Network(n) for n in (
-    "::/96",  # IPv4-compatible (deprecated, RFC 4291), with :: and ::1
-    "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
-    "fec0::/10",  # site-local (deprecated, RFC 3879)
-    "3fff::/20",  # documentation (RFC 9637)
-    "5f00::/16",  # SRv6 SIDs (RFC 9602)
-))
+_NOT_GLOBAL_V6 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/96",  # IPv4-compatible (deprecated, RFC 4291), with :: and ::1
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
+        "fec0::/10",  # site-local (deprecated, RFC 3879)
+        "3fff::/20",  # documentation (RFC 9637)
+        "5f00::/16",  # SRv6 SIDs (RFC 9602)
+    )
+)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known NAT64 prefix (RFC 6052): the IPv4 is the last 32 bits
 
 # A hung resolver must not hold the request past its deadline: lookups run on a small
@@ -70,15 +74,26 @@ class FetchResult:
 
 
 def _v4_is_global(address: ipaddress.IPv4Address) -> bool:
-    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified
-                                      or address.is_link_local or address.is_loopback
-                                      or address == ipaddress.IPv4Address("255.255.255.255"))
+    return address.is_global and not (
+        address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or address.is_link_local
+        or address.is_loopback
+        or address == ipaddress.IPv4Address("255.255.255.255")
+    )
 
 
 def _v6_is_global(address: ipaddress.IPv6Address) -> bool:
-    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified
-                                      or address.is_link_local or address.is_site_local or address.is_loopback
-                                      or any(address in net for net in _NOT_GLOBAL_V6))
+    return address.is_global and not (
+        address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or address.is_link_local
+        or address.is_site_local
+        or address.is_loopback
+        or any(address in net for net in _NOT_GLOBAL_V6)
+    )
 
 
 def address_connect_target(address: IPAddress, *, allow_private: bool = False) -> IPAddress | None:
@@ -151,8 +166,15 @@ class _Watchdog:
         self._timer.cancel()
 
 
-def http_fetch(url: str, *, max_bytes: int, timeout: float | None = None, allow_private: bool | None = None,
-               accept: str = "*/*", param: str | None = None) -> FetchResult:
+def http_fetch(
+    url: str,
+    *,
+    max_bytes: int,
+    timeout: float | None = None,
+    allow_private: bool | None = None,
+    accept: str = "*/*",
+    param: str | None = None,
+) -> FetchResult:
     """GET an http(s) URL: 200 and at most `max_bytes`, within `timeout` seconds in all
     (default IMAGE_FETCH_TIMEOUT_SECONDS), from a globally routable address unless
     `allow_private` (default IMAGE_FETCH_ALLOW_PRIVATE). Any failure is a FetchRefused
@@ -186,8 +208,9 @@ def http_fetch(url: str, *, max_bytes: int, timeout: float | None = None, allow_
     for answer in answers:
         target = address_connect_target(ipaddress.ip_address(answer), allow_private=allow_private)
         if target is None:
-            raise refuse(f"The URL{where} points at a private, loopback or otherwise non-public address, "
-                         "which is not allowed.")
+            raise refuse(
+                f"The URL{where} points at a private, loopback or otherwise non-public address, which is not allowed."
+            )
         targets.append(target)
     if not targets:
         raise refuse(f"Could not resolve the host of the URL{where}.")
@@ -203,8 +226,17 @@ def http_fetch(url: str, *, max_bytes: int, timeout: float | None = None, allow_
             sock = context.wrap_socket(sock, server_hostname=host)
             watchdog.sock = sock
         sock.settimeout(_remaining(deadline))
-        content, content_type = _get(sock, host=host, port=port, scheme=parts.scheme, parts=parts, accept=accept,
-                                     max_bytes=max_bytes, refuse=refuse, where=where)
+        content, content_type = _get(
+            sock,
+            host=host,
+            port=port,
+            scheme=parts.scheme,
+            parts=parts,
+            accept=accept,
+            max_bytes=max_bytes,
+            refuse=refuse,
+            where=where,
+        )
         if watchdog.fired or time.monotonic() > deadline:
             raise TimeoutError("deadline passed")  # a body cut short by the watchdog is not a body
     except FetchRefused:
@@ -236,8 +268,9 @@ def _connect(targets: list[IPAddress], port: int, deadline: float) -> tuple[sock
     raise error
 
 
-def _get(sock: socket.socket, *, host: str, port: int, scheme: str, parts, accept: str, max_bytes: int,
-         refuse, where: str) -> tuple[bytes, str]:
+def _get(
+    sock: socket.socket, *, host: str, port: int, scheme: str, parts, accept: str, max_bytes: int, refuse, where: str
+) -> tuple[bytes, str]:
     connection = http.client.HTTPConnection(host, port)
     connection.sock = sock  # already connected to the checked address: http.client never connects itself
     default_port = 443 if scheme == "https" else 80

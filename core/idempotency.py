@@ -6,6 +6,7 @@
 - the same key with a different body: 400 `idempotency_key_reused`;
 - the same key while the first is still running: 409 (the SDK retries 409 with backoff).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,8 +51,11 @@ def idempotency_begin(*, scope: str, key: str, fingerprint: str, mode: str = "js
     """(record, is_new) for `key` sent by `scope` (e.g. "tenant:42"). Raises 400 for a
     reused key with another body (the fingerprint covers the body and the path)."""
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise InvalidRequest(f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable characters.",
-                             param="Idempotency-Key", code="invalid_idempotency_key")
+        raise InvalidRequest(
+            f"The Idempotency-Key header must be 1 to {MAX_KEY_LENGTH} printable characters.",
+            param="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
     IdempotencyRecord.objects.filter(scope=scope, key=key, created_at__lt=timezone.now() - TTL).delete()
     try:
         with transaction.atomic():
@@ -59,8 +63,11 @@ def idempotency_begin(*, scope: str, key: str, fingerprint: str, mode: str = "js
     except IntegrityError:
         record = IdempotencyRecord.objects.get(scope=scope, key=key)
     if record.request_hash != fingerprint:
-        raise InvalidRequest("This Idempotency-Key was already used with a different request body.",
-                             param="Idempotency-Key", code="idempotency_key_reused")
+        raise InvalidRequest(
+            "This Idempotency-Key was already used with a different request body.",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
     return record, False
 
 
@@ -72,8 +79,11 @@ def idempotency_attach_job(*, record_id: int, job_id: Any) -> None:
 def idempotency_complete(*, record: IdempotencyRecord, status: int, body: Any, headers: dict[str, str]) -> None:
     """Store a final answer. Successful generations store no body: they replay from the job."""
     IdempotencyRecord.objects.filter(pk=record.pk).update(
-        status=IdempotencyRecord.Status.COMPLETED, response_status=status,
-        response_body=None if status == 200 and record.job_id else body, response_headers=headers)
+        status=IdempotencyRecord.Status.COMPLETED,
+        response_status=status,
+        response_body=None if status == 200 and record.job_id else body,
+        response_headers=headers,
+    )
 
 
 def idempotency_abandon(*, record: IdempotencyRecord) -> None:

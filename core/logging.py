@@ -11,6 +11,7 @@ Never logged: an API key, a secret, a password, an Authorization header (values 
 such names are replaced, and anything shaped like one of our keys is masked wherever it
 appears), nor a prompt unless the operator sets LOG_PROMPTS=true.
 """
+
 from __future__ import annotations
 
 import re
@@ -120,8 +121,9 @@ class LogContextMiddleware(dramatiq.Middleware):
             job_id = message.args[0]
         log_context_bind(job_id=str(job_id) if job_id else None, message_id=message.message_id)
 
-    def after_process_message(self, broker: Any, message: Any, *, result: Any = None,
-                              exception: BaseException | None = None) -> None:
+    def after_process_message(
+        self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
         clear_contextvars()
 
     after_skip_message = after_process_message

@@ -22,6 +22,7 @@ What one scrape of any web process returns, and why it is built this way:
    counted twice. (Dramatiq's own Prometheus middleware would need every worker host
    to be scraped on a port of its own.) Results are reused for METRICS_CACHE_SECONDS.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Request ids (the SDK reads x-request-id into exc.request_id) and rate-limit headers on every response."""
+
 from __future__ import annotations
 
 import uuid
@@ -41,8 +42,11 @@ class BodySizeLimitMiddleware:
         except ValueError:
             length = 0
         if length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
-            return json_error_response(PayloadTooLarge(
-                f"The request body is {length} bytes; the limit is {settings.DATA_UPLOAD_MAX_MEMORY_SIZE}."))
+            return json_error_response(
+                PayloadTooLarge(
+                    f"The request body is {length} bytes; the limit is {settings.DATA_UPLOAD_MAX_MEMORY_SIZE}."
+                )
+            )
         return self.get_response(request)
 
 
@@ -66,11 +70,17 @@ class NullByteGuardMiddleware:
             return HttpResponseNotFound("Not found.")
         query = request.META.get("QUERY_STRING", "")
         if "%00" in query.lower() or "\x00" in query:
-            names = [name for name, values in request.GET.lists()
-                     if "\x00" in name or any("\x00" in value for value in values)]
+            names = [
+                name
+                for name, values in request.GET.lists()
+                if "\x00" in name or any("\x00" in value for value in values)
+            ]
             param = names[0].replace("\x00", "") if names else None
-            message = f"The query parameter '{param}' must not contain NUL characters." if param else \
-                "The query string must not contain NUL characters."
+            message = (
+                f"The query parameter '{param}' must not contain NUL characters."
+                if param
+                else "The query string must not contain NUL characters."
+            )
             if api:
                 return json_error_response(InvalidRequest(message, param=param, code="invalid_value"))
             return HttpResponseBadRequest(message)

@@ -4,6 +4,7 @@ The client is built from the cache's configuration (CACHE_URL): its LOCATION and
 OPTIONS (e.g. `socket_timeout`, `socket_connect_timeout`, `db`) are honoured, so every
 part of the platform talks to the Redis the operator configured, the same way.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -42,7 +43,8 @@ def redis_client(url: str | None = None, **options: Any):
         if not cache_is_redis():
             return None
         url = _location()
-        cache_options = {k: v for k, v in (settings.CACHES["default"].get("OPTIONS") or {}).items()
-                         if k not in _CACHE_ONLY_OPTIONS}
+        cache_options = {
+            k: v for k, v in (settings.CACHES["default"].get("OPTIONS") or {}).items() if k not in _CACHE_ONLY_OPTIONS
+        }
         options = {**cache_options, **options}
     return _client(url, tuple(sorted(options.items())))

@@ -1,5 +1,6 @@
 """OpenAPI pieces shared by every app's views: the error envelope and the standard
 error responses (drf-spectacular). The envelope is what core.errors renders."""
+
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiResponse

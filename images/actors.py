@@ -17,6 +17,7 @@ same):
 When a message is not retried again, `generation_given_up` fails its job and releases
 its hold at once (not at the deadline sweep); for a job already settled it does nothing.
 """
+
 from __future__ import annotations
 
 import dramatiq
@@ -61,5 +62,8 @@ def generation_given_up(message_data: dict, retry_data: dict) -> None:
     from images.services.jobs import job_fail
 
     retries = retry_data.get("retries", 0)
-    job_fail(job_id=message_data["args"][0], code="generation_failed",
-             message=f"Image generation failed after {retries + 1} attempt(s).")
+    job_fail(
+        job_id=message_data["args"][0],
+        code="generation_failed",
+        message=f"Image generation failed after {retries + 1} attempt(s).",
+    )

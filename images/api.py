@@ -7,6 +7,7 @@ in images/vendors.py; the dashboard playground) is a *mapper* (request -> a
 lives there), then waiting, streaming or answering 202. Views never decide anything
 about models, money or limits.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -74,6 +75,7 @@ class JobWaitTimeout(APIError):
 
 # ---- Rendering -------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Renderer:
     """How an endpoint answers: `body(request, job)` renders a succeeded job (through an
@@ -99,8 +101,10 @@ OPENAI_EDIT = Renderer(body=openai_images_body, stream_prefix="image_edit")
 
 def credit_headers(job: Job) -> dict[str, str]:
     hold = getattr(job, "hold", None) if hasattr(job, "hold") else None
-    return {"x-credits-charged": str(hold.captured if hold else 0),
-            "x-credits-remaining": str(credits_available(tenant_id=job.tenant_id))}
+    return {
+        "x-credits-charged": str(hold.captured if hold else 0),
+        "x-credits-remaining": str(credits_available(tenant_id=job.tenant_id)),
+    }
 
 
 def job_result_response(*, job: Job, request: Request, renderer: Renderer) -> Response:
@@ -113,7 +117,8 @@ def job_result_response(*, job: Job, request: Request, renderer: Renderer) -> Re
         raise UpstreamError(f"{job.error_message} (job {job.pk}; nothing was charged)", code=job.error_code or None)
     raise JobWaitTimeout(
         f"The image is still being generated (job {job.pk}, status {job.status}) after "
-        f"{int(settings.JOB_WAIT_SECONDS)} s; it will be charged when it completes.")
+        f"{int(settings.JOB_WAIT_SECONDS)} s; it will be charged when it completes."
+    )
 
 
 def _replayable_headers(response: Response) -> dict[str, str]:
@@ -137,8 +142,9 @@ class ChargedViewSet(viewsets.ViewSet):
     def caller(self, request: Request) -> Caller:
         caller = caller_from_request(request)
         if caller is None:
-            raise PermissionDeniedError("Only members of an organization may generate images.",
-                                        code="permission_denied")
+            raise PermissionDeniedError(
+                "Only members of an organization may generate images.", code="permission_denied"
+            )
         return caller
 
     def charged(self, request: Request, mapper: Mapper, renderer: Renderer) -> Response:
@@ -147,11 +153,13 @@ class ChargedViewSet(viewsets.ViewSet):
         key = request.headers.get("Idempotency-Key")
         if key is None:
             return self._submit(request, caller, mapper, renderer, None)
-        fingerprint = idempotency.request_fingerprint(method=request.method, path=request.path,
-                                                      data=request.data, files=request.FILES)
+        fingerprint = idempotency.request_fingerprint(
+            method=request.method, path=request.path, data=request.data, files=request.FILES
+        )
         mode = "event-stream" if _wants_stream(request.data) and not renderer.always_async else "json"
-        record, is_new = idempotency.idempotency_begin(scope=caller.idempotency_scope, key=key,
-                                                       fingerprint=fingerprint, mode=mode)
+        record, is_new = idempotency.idempotency_begin(
+            scope=caller.idempotency_scope, key=key, fingerprint=fingerprint, mode=mode
+        )
         if not is_new:
             return self._replay(request, record, renderer)
         try:
@@ -165,12 +173,14 @@ class ChargedViewSet(viewsets.ViewSet):
             # Nothing started (validation, 402, 429, 503...): keep no result, as Stripe does.
             idempotency.idempotency_abandon(record=record)
         elif response.status_code not in (202, JobWaitTimeout.status_code):  # still running: replay later
-            idempotency.idempotency_complete(record=record, status=response.status_code, body=response.data,
-                                             headers=_replayable_headers(response))
+            idempotency.idempotency_complete(
+                record=record, status=response.status_code, body=response.data, headers=_replayable_headers(response)
+            )
         return response
 
-    def _submit(self, request: Request, caller: Caller, mapper: Mapper, renderer: Renderer,
-                record_id: int | None) -> Response:
+    def _submit(
+        self, request: Request, caller: Caller, mapper: Mapper, renderer: Renderer, record_id: int | None
+    ) -> Response:
         generation = mapper(request)
         generation.idempotency_record_id = record_id
         job = generation_create(caller=caller, request=generation)
@@ -200,18 +210,24 @@ class ChargedViewSet(viewsets.ViewSet):
             except APIError as exc:
                 response = self.handle_exception(exc)
             if record.status != record.Status.COMPLETED:
-                idempotency.idempotency_complete(record=record, status=response.status_code, body=response.data,
-                                                 headers=_replayable_headers(response))
+                idempotency.idempotency_complete(
+                    record=record,
+                    status=response.status_code,
+                    body=response.data,
+                    headers=_replayable_headers(response),
+                )
         else:
             job_note = f" (job {record.job_id})" if record.job_id else ""
             raise idempotency.IdempotencyConflict(
                 f"A request with this Idempotency-Key is still being processed{job_note}; retry shortly.",
-                headers={"Retry-After": "2"})
+                headers={"Retry-After": "2"},
+            )
         response["Idempotent-Replayed"] = "true"
         return response
 
 
 # ---- Request mappers (parse only) ----------------------------------------------------------
+
 
 def _is_form(request: Request) -> bool:
     return hasattr(request.data, "lists")
@@ -247,15 +263,17 @@ def validated(serializer_class, data: Any, *, form: bool = False) -> dict[str, A
 def generation_mapper(request: Request) -> GenerationRequest:
     """POST /v1/images/generations: JSON (or a form) with CreateImageRequest's fields."""
     form = _is_form(request)
-    fields = validated(GenerationRequestSerializer, form_fields(request, files=()) if form else request.data,
-                       form=form)
+    fields = validated(GenerationRequestSerializer, form_fields(request, files=()) if form else request.data, form=form)
     return GenerationRequest(endpoint="/v1/images/generations", fields=fields)
 
 
 def _reference(item: dict[str, Any], param: str) -> InputImage:
     if "file_id" in item:
-        raise InvalidRequest("File ids are not supported here; send the image as an 'image_url' (a data URL or an "
-                             "https URL).", param=param, code="unsupported_parameter")
+        raise InvalidRequest(
+            "File ids are not supported here; send the image as an 'image_url' (a data URL or an https URL).",
+            param=param,
+            code="unsupported_parameter",
+        )
     return InputImage(param=param, reference=item["image_url"])
 
 
@@ -266,40 +284,72 @@ def edit_mapper(request: Request) -> GenerationRequest:
         fields = validated(EditJSONRequestSerializer, request.data)
         images = [_reference(item, "images") for item in fields.pop("images")]
         mask = fields.pop("mask", None)
-        return GenerationRequest(endpoint="/v1/images/edits", kind=Job.Kind.EDIT, fields=fields, images=images,
-                                 mask=_reference(mask, "mask") if mask else None, json_references=True)
+        return GenerationRequest(
+            endpoint="/v1/images/edits",
+            kind=Job.Kind.EDIT,
+            fields=fields,
+            images=images,
+            mask=_reference(mask, "mask") if mask else None,
+            json_references=True,
+        )
     fields = validated(EditRequestSerializer, form_fields(request), form=True)
     mask_file = request.FILES.get("mask")
-    return GenerationRequest(endpoint="/v1/images/edits", kind=Job.Kind.EDIT, fields=fields,
-                             images=[InputImage(param="image", upload=f) for f in uploads(request, "image")],
-                             mask=InputImage(param="mask", upload=mask_file) if mask_file else None)
+    return GenerationRequest(
+        endpoint="/v1/images/edits",
+        kind=Job.Kind.EDIT,
+        fields=fields,
+        images=[InputImage(param="image", upload=f) for f in uploads(request, "image")],
+        mask=InputImage(param="mask", upload=mask_file) if mask_file else None,
+    )
 
 
 def variation_mapper(request: Request) -> GenerationRequest:
     """POST /v1/images/variations: multipart with one `image`."""
     fields = validated(VariationRequestSerializer, form_fields(request), form=_is_form(request))
     mask_file = request.FILES.get("mask")
-    return GenerationRequest(endpoint="/v1/images/variations", kind=Job.Kind.VARIATION, fields=fields,
-                             images=[InputImage(param="image", upload=f) for f in uploads(request, "image")],
-                             mask=InputImage(param="mask", upload=mask_file) if mask_file else None)
+    return GenerationRequest(
+        endpoint="/v1/images/variations",
+        kind=Job.Kind.VARIATION,
+        fields=fields,
+        images=[InputImage(param="image", upload=f) for f in uploads(request, "image")],
+        mask=InputImage(param="mask", upload=mask_file) if mask_file else None,
+    )
 
 
 # ---- Schema helpers ------------------------------------------------------------------------
 
-IDEMPOTENCY = OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
-                               description="Replays the first answer for 24 hours instead of charging twice")
-PREFER = OpenApiParameter("Prefer", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
-                          description="`respond-async`: answer 202 with the task at once")
+IDEMPOTENCY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Replays the first answer for 24 hours instead of charging twice",
+)
+PREFER = OpenApiParameter(
+    "Prefer",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="`respond-async`: answer 202 with the task at once",
+)
 ASYNC_202 = {202: OpenApiResponse(TaskSerializer, description="Accepted (Prefer: respond-async); poll the task")}
-STREAM = OpenApiResponse(ImagesResponseSerializer,
-                         description="The images; with `stream: true` a text/event-stream instead (reference §7)")
+STREAM = OpenApiResponse(
+    ImagesResponseSerializer, description="The images; with `stream: true` a text/event-stream instead (reference §7)"
+)
 
 
 def charged_schema(summary: str, *, request, response=STREAM, tags=("images",), error_serializer=None, **kwargs):
-    error_responses = errors(*CHARGED_ERRORS) if error_serializer is None else errors(
-        *CHARGED_ERRORS, serializer=error_serializer)
-    return extend_schema(summary=summary, tags=list(tags), request=request, parameters=[IDEMPOTENCY, PREFER],
-                         responses={200: response, **ASYNC_202, **error_responses}, **kwargs)
+    error_responses = (
+        errors(*CHARGED_ERRORS) if error_serializer is None else errors(*CHARGED_ERRORS, serializer=error_serializer)
+    )
+    return extend_schema(
+        summary=summary,
+        tags=list(tags),
+        request=request,
+        parameters=[IDEMPOTENCY, PREFER],
+        responses={200: response, **ASYNC_202, **error_responses},
+        **kwargs,
+    )
 
 
 class EditFormSchema(serializers.Serializer):
@@ -334,11 +384,13 @@ class VariationFormSchema(serializers.Serializer):
     seed = serializers.IntegerField(required=False, min_value=0)
 
 
-EXAMPLE = OpenApiExample("dall-e-2", value={"model": "dall-e-2", "prompt": "a lighthouse", "size": "256x256"},
-                         request_only=True)
+EXAMPLE = OpenApiExample(
+    "dall-e-2", value={"model": "dall-e-2", "prompt": "a lighthouse", "size": "256x256"}, request_only=True
+)
 
 
 # ---- ViewSets --------------------------------------------------------------------------------
+
 
 class ImagesViewSet(ChargedViewSet):
     """/v1/images/generations, /v1/images/edits, /v1/images/variations (reference §2-§4)."""
@@ -348,14 +400,16 @@ class ImagesViewSet(ChargedViewSet):
     def generations(self, request: Request) -> Response:
         return self.charged(request, generation_mapper, OPENAI_GENERATION)
 
-    @charged_schema("Edit images", request={"multipart/form-data": EditFormSchema,
-                                            "application/json": EditJSONRequestSerializer})
+    @charged_schema(
+        "Edit images", request={"multipart/form-data": EditFormSchema, "application/json": EditJSONRequestSerializer}
+    )
     @action(detail=False, methods=["post"])
     def edits(self, request: Request) -> Response:
         return self.charged(request, edit_mapper, OPENAI_EDIT)
 
-    @charged_schema("Create a variation", request={"multipart/form-data": VariationFormSchema},
-                    response=ImagesResponseSerializer)
+    @charged_schema(
+        "Create a variation", request={"multipart/form-data": VariationFormSchema}, response=ImagesResponseSerializer
+    )
     @action(detail=False, methods=["post"])
     def variations(self, request: Request) -> Response:
         return self.charged(request, variation_mapper, OPENAI_GENERATION)
@@ -365,8 +419,9 @@ def tenant_job(request: Request, task_id: str) -> Job:
     """The caller's tenant's job, or 404 (another tenant's job looks exactly like a missing one)."""
     caller = caller_from_request(request)
     if caller is not None and caller.tenant.status != Tenant.Status.ACTIVE:  # (keys are refused at authentication)
-        raise PermissionDeniedError("This organization is suspended. Contact your platform operator.",
-                                    code="tenant_suspended")
+        raise PermissionDeniedError(
+            "This organization is suspended. Contact your platform operator.", code="tenant_suspended"
+        )
     job = selectors.job_get(tenant=caller.tenant, job_id=task_id) if caller else None
     if job is None:
         raise NotFound("No such task.", param="id", code="not_found")
@@ -387,15 +442,19 @@ class TaskViewSet(viewsets.ViewSet):
     def retrieve(self, request: Request, task_id: str) -> Response:
         return Response(task_body(job=self._job(request, task_id), base_url=base_url(request)))
 
-    @extend_schema(summary="Cancel a task", tags=["tasks"],
-                   description="A task cancelled before its pipeline started costs nothing; one cancelled while "
-                               "running pays for the steps it ran (`credits_charged`; docs/api.md).",
-                   responses={200: TaskSerializer, **errors(400, 404, *AUTH_ERRORS)})
+    @extend_schema(
+        summary="Cancel a task",
+        tags=["tasks"],
+        description="A task cancelled before its pipeline started costs nothing; one cancelled while "
+        "running pays for the steps it ran (`credits_charged`; docs/api.md).",
+        responses={200: TaskSerializer, **errors(400, 404, *AUTH_ERRORS)},
+    )
     def destroy(self, request: Request, task_id: str) -> Response:
         job = self._job(request, task_id)
         if job.status in Job.TERMINAL:
-            raise InvalidRequest(f"The task is already {job.status} and cannot be cancelled.", param="id",
-                                 code="task_not_cancellable")
+            raise InvalidRequest(
+                f"The task is already {job.status} and cannot be cancelled.", param="id", code="task_not_cancellable"
+            )
         job_services.job_cancel(job=job)
         job = Job.objects.select_related("model", "hold").get(pk=job.pk)
         return Response(task_body(job=job, base_url=base_url(request)))
@@ -411,13 +470,20 @@ class ImageModelViewSet(viewsets.ViewSet):
     def list(self, request: Request) -> Response:
         return Response(model_list_body(selectors.image_model_list()))
 
-    @extend_schema(summary="Read a model", tags=["models"], operation_id="v1_models_get",
-                   responses={200: ModelSerializer, **errors(404, *AUTH_ERRORS)})
+    @extend_schema(
+        summary="Read a model",
+        tags=["models"],
+        operation_id="v1_models_get",
+        responses={200: ModelSerializer, **errors(404, *AUTH_ERRORS)},
+    )
     def retrieve(self, request: Request, model_id: str) -> Response:
         model = selectors.image_model_get(public_id=model_id)
         if model is None:
-            raise NotFound(f"The model '{model_id}' does not exist or you do not have access to it.",
-                           param="model", code="model_not_found")
+            raise NotFound(
+                f"The model '{model_id}' does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
         return Response(model_body(model))
 
 
@@ -431,12 +497,19 @@ class ImageFileViewSet(viewsets.ViewSet):
     lookup_field = "token"
     lookup_value_regex = "[^/]+"
 
-    @extend_schema(summary="Download an image by its signed link", tags=["images"], auth=[],
-                   responses={(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY,
-                                                                  description="PNG, JPEG or WebP bytes"),
-                              302: OpenApiResponse(description="With object storage: a redirect to a presigned "
-                                                               "URL of the image, valid for the rest of the hour"),
-                              **errors(404, 405, 503)})
+    @extend_schema(
+        summary="Download an image by its signed link",
+        tags=["images"],
+        auth=[],
+        responses={
+            (200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="PNG, JPEG or WebP bytes"),
+            302: OpenApiResponse(
+                description="With object storage: a redirect to a presigned "
+                "URL of the image, valid for the rest of the hour"
+            ),
+            **errors(404, 405, 503),
+        },
+    )
     def retrieve(self, request: Request, token: str) -> HttpResponse:
         """Local storage: the bytes. An object store: a 302 to a presigned URL of the
         object, valid for what is left of the token's hour (images/files.py says why),
@@ -454,14 +527,16 @@ class ImageFileViewSet(viewsets.ViewSet):
         except Exception as exc:
             if isinstance(exc, FileNotFoundError) or getattr(exc, "response", None):
                 image_read(image)  # raises ImagesExpired (gone) or StorageUnavailable (away)
-            raise StorageUnavailable("The image store is unavailable; retry shortly.",
-                                     headers={"Retry-After": "5"}) from exc
+            raise StorageUnavailable(
+                "The image store is unavailable; retry shortly.", headers={"Retry-After": "5"}
+            ) from exc
         response = FileResponse(handle, content_type=image.content_type)
         response["Cache-Control"] = "private, max-age=3600"
         return response
 
 
 # ---- The dashboard playground (session + CSRF; same flow, same rules) -------------------------
+
 
 class PlaygroundRequestSerializer(StrictSerializer):
     """The playground form: a prompt, a model and a size (one image)."""

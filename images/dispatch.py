@@ -1,5 +1,6 @@
 """Hands a created job to the GPU queue of its model. The only importer of
 images.actors on the web side; called after the job's transaction commits."""
+
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,6 @@ def job_enqueue(*, job: Job) -> None:
     except Exception as exc:
         logger.warning("could not enqueue job %s: %s", job.pk, exc)
         job_fail(job_id=job.pk, code="service_unavailable", message="The job queue is unavailable.")
-        raise ServiceUnavailable("The generation queue is unavailable; nothing was charged. Retry shortly.",
-                                 headers={"Retry-After": "5"}) from exc
-
-
+        raise ServiceUnavailable(
+            "The generation queue is unavailable; nothing was charged. Retry shortly.", headers={"Retry-After": "5"}
+        ) from exc

@@ -14,6 +14,7 @@ Edit modes: "img2img" (the input image noised by `strength`), "inpaint" (a mask 
 what to repaint), "reference" (the input is shown to the model as a reference, as FLUX.1
 Kontext and FLUX.2 do; no strength). An empty dict means "unknown": served as before.
 """
+
 from __future__ import annotations
 
 import json
@@ -86,77 +87,178 @@ def _steps(low: int, medium: int, high: int) -> dict[str, int]:
 
 FAMILIES: tuple[FamilySpec, ...] = (
     FamilySpec(
-        "sd", "Stable Diffusion 1.x / 2.x", ("StableDiffusionPipeline",), denoiser="unet",
-        img2img_pipeline="StableDiffusionImg2ImgPipeline", inpaint_pipeline="StableDiffusionInpaintPipeline",
-        size_multiple=8, cuda_dtype="float16", batch_isolation=(), steps=_steps(15, 25, 40), default_guidance=7.5,
+        "sd",
+        "Stable Diffusion 1.x / 2.x",
+        ("StableDiffusionPipeline",),
+        denoiser="unet",
+        img2img_pipeline="StableDiffusionImg2ImgPipeline",
+        inpaint_pipeline="StableDiffusionInpaintPipeline",
+        size_multiple=8,
+        cuda_dtype="float16",
+        batch_isolation=(),
+        steps=_steps(15, 25, 40),
+        default_guidance=7.5,
         hub_ids=("stable-diffusion-v1-5/stable-diffusion-v1-5",),
         notes="CLIP pads every prompt to 77 tokens and a missing negative prompt is the empty one, so any "
-              "requests batch together."),
+        "requests batch together.",
+    ),
     FamilySpec(
-        "sdxl", "Stable Diffusion XL", ("StableDiffusionXLPipeline",), denoiser="unet",
-        img2img_pipeline="StableDiffusionXLImg2ImgPipeline", inpaint_pipeline="StableDiffusionXLInpaintPipeline",
-        size_multiple=8, cuda_dtype="float16", steps=_steps(15, 25, 40), default_guidance=5.0,
+        "sdxl",
+        "Stable Diffusion XL",
+        ("StableDiffusionXLPipeline",),
+        denoiser="unet",
+        img2img_pipeline="StableDiffusionXLImg2ImgPipeline",
+        inpaint_pipeline="StableDiffusionXLInpaintPipeline",
+        size_multiple=8,
+        cuda_dtype="float16",
+        steps=_steps(15, 25, 40),
+        default_guidance=5.0,
         hub_ids=("stabilityai/stable-diffusion-xl-base-1.0",),
         notes="Without a negative prompt SDXL zeroes the unconditional embedding for the whole call, so "
-              "requests with and without one never share a call."),
+        "requests with and without one never share a call.",
+    ),
     FamilySpec(
-        "sd3", "Stable Diffusion 3 / 3.5", ("StableDiffusion3Pipeline",),
-        img2img_pipeline="StableDiffusion3Img2ImgPipeline", inpaint_pipeline="StableDiffusion3InpaintPipeline",
-        steps=_steps(16, 28, 40), default_guidance=4.5,
-        hub_ids=("stabilityai/stable-diffusion-3.5-large", "stabilityai/stable-diffusion-3.5-medium",
-                 "stabilityai/stable-diffusion-3-medium-diffusers")),
+        "sd3",
+        "Stable Diffusion 3 / 3.5",
+        ("StableDiffusion3Pipeline",),
+        img2img_pipeline="StableDiffusion3Img2ImgPipeline",
+        inpaint_pipeline="StableDiffusion3InpaintPipeline",
+        steps=_steps(16, 28, 40),
+        default_guidance=4.5,
+        hub_ids=(
+            "stabilityai/stable-diffusion-3.5-large",
+            "stabilityai/stable-diffusion-3.5-medium",
+            "stabilityai/stable-diffusion-3-medium-diffusers",
+        ),
+    ),
     FamilySpec(
-        "flux", "FLUX.1 [dev] / [schnell]", ("FluxPipeline",), guidance=DISTILLED, negative_prompt=False,
-        img2img_pipeline="FluxImg2ImgPipeline", inpaint_pipeline="FluxInpaintPipeline", latents="packed",
-        batch_isolation=(), steps=_steps(12, 28, 40), default_guidance=3.5,
+        "flux",
+        "FLUX.1 [dev] / [schnell]",
+        ("FluxPipeline",),
+        guidance=DISTILLED,
+        negative_prompt=False,
+        img2img_pipeline="FluxImg2ImgPipeline",
+        inpaint_pipeline="FluxInpaintPipeline",
+        latents="packed",
+        batch_isolation=(),
+        steps=_steps(12, 28, 40),
+        default_guidance=3.5,
         hub_ids=("black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-schnell"),
         notes="Guidance is an embedding (dev); schnell has none (guidance `none`, 4 steps). Negative prompts "
-              "are refused: they would be ignored."),
+        "are refused: they would be ignored.",
+    ),
     FamilySpec(
-        "flux-kontext", "FLUX.1 Kontext [dev]", ("FluxKontextPipeline",), guidance=DISTILLED,
-        negative_prompt=False, reference_pipeline="FluxKontextPipeline", latents="packed", batch_isolation=(),
-        steps=_steps(12, 28, 40), default_guidance=2.5, hub_ids=("black-forest-labs/FLUX.1-Kontext-dev",),
-        notes="Edits are reference edits at the requested size (no strength, no mask)."),
+        "flux-kontext",
+        "FLUX.1 Kontext [dev]",
+        ("FluxKontextPipeline",),
+        guidance=DISTILLED,
+        negative_prompt=False,
+        reference_pipeline="FluxKontextPipeline",
+        latents="packed",
+        batch_isolation=(),
+        steps=_steps(12, 28, 40),
+        default_guidance=2.5,
+        hub_ids=("black-forest-labs/FLUX.1-Kontext-dev",),
+        notes="Edits are reference edits at the requested size (no strength, no mask).",
+    ),
     FamilySpec(
-        "flux2", "FLUX.2 [dev] / [klein]", ("Flux2Pipeline", "Flux2KleinPipeline"), guidance=DISTILLED,
-        negative_prompt=False, reference_pipeline="Flux2Pipeline", latents="packed_flux2", batch_isolation=(),
-        steps=_steps(12, 28, 50), default_guidance=4.0,
+        "flux2",
+        "FLUX.2 [dev] / [klein]",
+        ("Flux2Pipeline", "Flux2KleinPipeline"),
+        guidance=DISTILLED,
+        negative_prompt=False,
+        reference_pipeline="Flux2Pipeline",
+        latents="packed_flux2",
+        batch_isolation=(),
+        steps=_steps(12, 28, 50),
+        default_guidance=4.0,
         hub_ids=("black-forest-labs/FLUX.2-dev", "black-forest-labs/FLUX.2-klein-4B"),
-        notes="Edits are reference edits. klein (step-distilled) ignores guidance."),
+        notes="Edits are reference edits. klein (step-distilled) ignores guidance.",
+    ),
     FamilySpec(
-        "chroma", "Chroma", ("ChromaPipeline",), img2img_pipeline="ChromaImg2ImgPipeline", latents="packed",
-        steps=_steps(16, 28, 40), default_guidance=4.0, hub_ids=("lodestones/Chroma1-HD",),
-        notes="Real CFG with negative prompts; img2img through ChromaImg2ImgPipeline (not auto-mapped)."),
+        "chroma",
+        "Chroma",
+        ("ChromaPipeline",),
+        img2img_pipeline="ChromaImg2ImgPipeline",
+        latents="packed",
+        steps=_steps(16, 28, 40),
+        default_guidance=4.0,
+        hub_ids=("lodestones/Chroma1-HD",),
+        notes="Real CFG with negative prompts; img2img through ChromaImg2ImgPipeline (not auto-mapped).",
+    ),
     FamilySpec(
-        "pixart-sigma", "PixArt-Σ", ("PixArtSigmaPipeline",), size_multiple=8, steps=_steps(12, 20, 30),
-        default_guidance=4.5, hub_ids=("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",),
-        notes="Legacy step callback; renders at the nearest resolution bin and resizes back."),
+        "pixart-sigma",
+        "PixArt-Σ",
+        ("PixArtSigmaPipeline",),
+        size_multiple=8,
+        steps=_steps(12, 20, 30),
+        default_guidance=4.5,
+        hub_ids=("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",),
+        notes="Legacy step callback; renders at the nearest resolution bin and resizes back.",
+    ),
     FamilySpec(
-        "sana", "Sana", ("SanaPipeline",), size_multiple=32, steps=_steps(12, 20, 30), default_guidance=4.5,
+        "sana",
+        "Sana",
+        ("SanaPipeline",),
+        size_multiple=32,
+        steps=_steps(12, 20, 30),
+        default_guidance=4.5,
         hub_ids=("Efficient-Large-Model/Sana_1600M_1024px_BF16_diffusers",),
-        notes="32x deep-compression VAE; renders at the nearest resolution bin and resizes back."),
+        notes="32x deep-compression VAE; renders at the nearest resolution bin and resizes back.",
+    ),
     FamilySpec(
-        "lumina2", "Lumina Image 2.0", ("Lumina2Pipeline", "Lumina2Text2ImgPipeline"), steps=_steps(16, 30, 50),
-        default_guidance=4.0, hub_ids=("Alpha-VLLM/Lumina-Image-2.0",)),
+        "lumina2",
+        "Lumina Image 2.0",
+        ("Lumina2Pipeline", "Lumina2Text2ImgPipeline"),
+        steps=_steps(16, 30, 50),
+        default_guidance=4.0,
+        hub_ids=("Alpha-VLLM/Lumina-Image-2.0",),
+    ),
     FamilySpec(
-        "cogview4", "CogView4", ("CogView4Pipeline",), size_multiple=32,
+        "cogview4",
+        "CogView4",
+        ("CogView4Pipeline",),
+        size_multiple=32,
         batch_isolation=("negative_presence", "prompt"),
-        steps=_steps(20, 30, 50), default_guidance=3.5, hub_ids=("THUDM/CogView4-6B",),
-        notes="Prompts are padded to the longest without a mask: only identical prompts share a call."),
+        steps=_steps(20, 30, 50),
+        default_guidance=3.5,
+        hub_ids=("THUDM/CogView4-6B",),
+        notes="Prompts are padded to the longest without a mask: only identical prompts share a call.",
+    ),
     FamilySpec(
-        "z-image", "Z-Image", ("ZImagePipeline",), img2img_pipeline="ZImageImg2ImgPipeline",
-        steps=_steps(6, 8, 12), default_guidance=1.0, hub_ids=("Tongyi-MAI/Z-Image-Turbo",),
-        notes="Turbo is distilled: guidance 1.0 (no CFG), 8 steps."),
+        "z-image",
+        "Z-Image",
+        ("ZImagePipeline",),
+        img2img_pipeline="ZImageImg2ImgPipeline",
+        steps=_steps(6, 8, 12),
+        default_guidance=1.0,
+        hub_ids=("Tongyi-MAI/Z-Image-Turbo",),
+        notes="Turbo is distilled: guidance 1.0 (no CFG), 8 steps.",
+    ),
     FamilySpec(
-        "hidream", "HiDream-I1", ("HiDreamImagePipeline",), fixed_area=True, steps=_steps(16, 28, 50),
-        default_guidance=5.0, hub_ids=("HiDream-ai/HiDream-I1-Full", "HiDream-ai/HiDream-I1-Fast"),
+        "hidream",
+        "HiDream-I1",
+        ("HiDreamImagePipeline",),
+        fixed_area=True,
+        steps=_steps(16, 28, 50),
+        default_guidance=5.0,
+        hub_ids=("HiDream-ai/HiDream-I1-Full", "HiDream-ai/HiDream-I1-Fast"),
         notes="Not in diffusers' auto mapping: loaded through its own class. Rendered at the requested size "
-              "(the pipeline alone rescales every request to a 1024x1024 area)."),
+        "(the pipeline alone rescales every request to a 1024x1024 area).",
+    ),
     FamilySpec(
-        "qwen-image", "Qwen-Image", ("QwenImagePipeline",), guidance=TRUE_CFG,
-        img2img_pipeline="QwenImageImg2ImgPipeline", inpaint_pipeline="QwenImageInpaintPipeline",
-        latents="packed_video", steps=_steps(20, 30, 50), default_guidance=4.0, hub_ids=("Qwen/Qwen-Image",),
-        notes="Guidance is `true_cfg_scale`; a blank negative prompt is always sent so it applies."),
+        "qwen-image",
+        "Qwen-Image",
+        ("QwenImagePipeline",),
+        guidance=TRUE_CFG,
+        img2img_pipeline="QwenImageImg2ImgPipeline",
+        inpaint_pipeline="QwenImageInpaintPipeline",
+        latents="packed_video",
+        steps=_steps(20, 30, 50),
+        default_guidance=4.0,
+        hub_ids=("Qwen/Qwen-Image",),
+        notes="Guidance is `true_cfg_scale`; a blank negative prompt is always sent so it applies.",
+    ),
 )
 
 _BY_PIPELINE: dict[str, FamilySpec] = {}
@@ -195,8 +297,10 @@ def read_model_index(folder: str | Path) -> dict[str, Any]:
         raise FamilyError(f"{folder} is not a folder (hub ids must be downloaded into a folder first)")
     index = path / "model_index.json"
     if not index.is_file():
-        raise FamilyError(f"{folder} has no model_index.json: not a diffusers pipeline folder "
-                          "(single-file checkpoints and LoRAs are not served)")
+        raise FamilyError(
+            f"{folder} has no model_index.json: not a diffusers pipeline folder "
+            "(single-file checkpoints and LoRAs are not served)"
+        )
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -232,8 +336,10 @@ def recognise_folder(folder: str | Path) -> tuple[FamilySpec, dict[str, Any]]:
         known = ", ".join(sorted(s.pipelines[0] for s in FAMILIES))
         raise FamilyError(f"{folder} is a {class_name}, which this platform does not serve (known: {known})")
     if class_name not in spec.pipelines:
-        raise FamilyError(f"{folder} is a {class_name} ({spec.title}'s {_kind_of(spec, class_name)} pipeline); "
-                          f"register the text-to-image checkpoint ({spec.pipelines[0]}) instead")
+        raise FamilyError(
+            f"{folder} is a {class_name} ({spec.title}'s {_kind_of(spec, class_name)} pipeline); "
+            f"register the text-to-image checkpoint ({spec.pipelines[0]}) instead"
+        )
     return spec, capabilities_of(spec, guidance=folder_variant_guidance(spec, folder, data))
 
 

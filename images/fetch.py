@@ -3,6 +3,7 @@ or an http(s) URL. URLs go through core.http_fetch (resolved once, public addres
 only unless IMAGE_FETCH_ALLOW_PRIVATE, pinned connection, no proxy or redirect, one
 deadline of IMAGE_FETCH_TIMEOUT_SECONDS, bounded size).
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,20 +24,25 @@ def image_bytes_from_reference(value: str, *, param: str, max_bytes: int) -> byt
     elif value.startswith(("http://", "https://")):
         return _fetch(value, param=param, max_bytes=max_bytes)
     if len(value) > max_bytes * 4 // 3 + 16:
-        raise InvalidRequest(f"'{param}' is larger than {max_bytes // (1024 * 1024)} MB.", param=param,
-                             code="file_too_large")
+        raise InvalidRequest(
+            f"'{param}' is larger than {max_bytes // (1024 * 1024)} MB.", param=param, code="file_too_large"
+        )
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequest(f"'{param}' must be an http(s) URL, a data URI or base64 image data.", param=param,
-                             code="invalid_image") from None
+        raise InvalidRequest(
+            f"'{param}' must be an http(s) URL, a data URI or base64 image data.", param=param, code="invalid_image"
+        ) from None
 
 
 def _fetch(url: str, *, param: str, max_bytes: int) -> bytes:
     try:
         return http_fetch(url, max_bytes=max_bytes, accept="image/*", param=param).content
     except FetchTooLarge:
-        raise InvalidRequest(f"The image in '{param}' is larger than {max_bytes // (1024 * 1024)} MB.", param=param,
-                             code="file_too_large") from None
+        raise InvalidRequest(
+            f"The image in '{param}' is larger than {max_bytes // (1024 * 1024)} MB.",
+            param=param,
+            code="file_too_large",
+        ) from None
     except FetchRefused as exc:
         raise InvalidRequest(exc.message, param=param, code="invalid_image_url") from None

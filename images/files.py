@@ -12,6 +12,7 @@ web tier, the bucket stays private, and the checks that must happen at download 
 happen on our side. docs/deploy.md says why this was chosen over handing out presigned
 URLs directly.
 """
+
 from __future__ import annotations
 
 import io
@@ -77,8 +78,10 @@ def job_images_check(job) -> None:
     """Raise ImagesExpired (410) for a job whose images were purged, instead of
     rendering an answer without images or with broken links."""
     if job_images_expired(job):
-        raise ImagesExpired(f"The images of job {job.pk} were deleted after {settings.RETENTION_DAYS} days "
-                            "(the retention period); generate them again.")
+        raise ImagesExpired(
+            f"The images of job {job.pk} were deleted after {settings.RETENTION_DAYS} days "
+            "(the retention period); generate them again."
+        )
 
 
 def storage_is_remote() -> bool:
@@ -103,10 +106,12 @@ def image_read(image: GeneratedImage) -> bytes:
             return handle.read()
     except Exception as exc:
         if _missing(exc):
-            raise ImagesExpired("This image is no longer stored (images are kept "
-                                f"{settings.RETENTION_DAYS} days).") from exc
-        raise StorageUnavailable("The image store is unavailable; retry shortly.",
-                                 headers={"Retry-After": "5"}) from exc
+            raise ImagesExpired(
+                f"This image is no longer stored (images are kept {settings.RETENTION_DAYS} days)."
+            ) from exc
+        raise StorageUnavailable(
+            "The image store is unavailable; retry shortly.", headers={"Retry-After": "5"}
+        ) from exc
 
 
 def image_delete_files(names: list[str]) -> int:
@@ -134,8 +139,9 @@ def image_presigned_url(name: str, *, expires_in: int) -> str:
     client = _public_client()
     location = (default_storage.location or "").strip("/")
     key = f"{location}/{name}" if location else name
-    return client.generate_presigned_url("get_object", Params={"Bucket": default_storage.bucket_name, "Key": key},
-                                         ExpiresIn=expires_in)
+    return client.generate_presigned_url(
+        "get_object", Params={"Bucket": default_storage.bucket_name, "Key": key}, ExpiresIn=expires_in
+    )
 
 
 _public_clients: dict[tuple, object] = {}
@@ -149,16 +155,21 @@ def _public_client():
     if config_key not in _public_clients:
         style = getattr(settings, "AWS_S3_ADDRESSING_STYLE", None)
         _public_clients[config_key] = boto3.session.Session().client(
-            "s3", endpoint_url=settings.S3_PUBLIC_ENDPOINT_URL, region_name=settings.AWS_S3_REGION_NAME,
-            aws_access_key_id=settings.AWS_ACCESS_KEY_ID, aws_secret_access_key=settings.AWS_SECRET_ACCESS_KEY,
-            config=Config(signature_version="s3v4", s3={"addressing_style": style} if style else {}))
+            "s3",
+            endpoint_url=settings.S3_PUBLIC_ENDPOINT_URL,
+            region_name=settings.AWS_S3_REGION_NAME,
+            aws_access_key_id=settings.AWS_ACCESS_KEY_ID,
+            aws_secret_access_key=settings.AWS_SECRET_ACCESS_KEY,
+            config=Config(signature_version="s3v4", s3={"addressing_style": style} if style else {}),
+        )
     return _public_clients[config_key]
 
 
 def image_token(image: GeneratedImage) -> str:
     """A signed, expiring token naming one image of one tenant; not guessable."""
     return signing.TimestampSigner(salt=_SALT).sign_object(
-        {"i": image.id.hex, "t": image.job.tenant_id}, compress=False)
+        {"i": image.id.hex, "t": image.job.tenant_id}, compress=False
+    )
 
 
 def image_token_read(token: str) -> tuple[str, int] | None:

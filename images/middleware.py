@@ -2,6 +2,7 @@
 the deadline sweeper, the heartbeat (core/heartbeats.py: host, queues, device, memory,
 jobs) and the retention sweep (images/services/retention.py), and warms the enabled
 models' pipelines in the background."""
+
 from __future__ import annotations
 
 import logging
@@ -60,9 +61,17 @@ class WorkerLifecycle(dramatiq.Middleware):
             try:
                 with self._count_lock:
                     running, done = self._running, self._done
-                heartbeat_record(worker_id=worker_id, host=host, pid=pid, queues=self._queues, device=device,
-                                 started_at=started_at, jobs_running=running, jobs_done=done,
-                                 device_memory_bytes=_device_memory_bytes())
+                heartbeat_record(
+                    worker_id=worker_id,
+                    host=host,
+                    pid=pid,
+                    queues=self._queues,
+                    device=device,
+                    started_at=started_at,
+                    jobs_running=running,
+                    jobs_done=done,
+                    device_memory_bytes=_device_memory_bytes(),
+                )
             except Exception:
                 logger.warning("could not record the worker heartbeat", exc_info=True)
             finally:

@@ -99,6 +99,7 @@ class Job(models.Model):
     def size(self) -> str:
         return f"{self.width}x{self.height}"
 
+
 class GeneratedImage(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="images")
@@ -163,4 +164,3 @@ class BlockedPrompt(models.Model):
 
     def __str__(self) -> str:
         return f"blocked on {self.endpoint} ({', '.join(self.categories)})"
-

@@ -7,6 +7,7 @@ available (BROKER_URL or CACHE_URL) it is a Redis list per job (RPUSH / BLPOP), 
 web process on one machine hears a worker on another. Waiters always re-read the job
 from the database: "done" is only a hint, and a lost one costs one poll interval.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ This module re-exports the old public names so that code written against the sin
 module (tools/bench, scripts) keeps working. New code imports from images.backends.
 Importing it imports torch, as before.
 """
+
 from __future__ import annotations
 
 from images.backends.base import (

@@ -4,6 +4,7 @@ Capabilities are data here (which request kinds a profile serves, how many input
 images of which formats and sizes), read by the one generation service; no view or
 service branches on a profile's name.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,24 +45,64 @@ class Profile:
         return {"edit": self.edit_inputs, "variation": self.variation_inputs}.get(kind)
 
 
-_DALLE2_INPUTS = Inputs(max_images=1, formats=("png",), max_bytes=4 * MB, square=True, mask=True, json_body=False,
-                        transparency_mask=True)
-_GPT_INPUTS = Inputs(max_images=16, formats=("png", "jpeg", "webp"), max_bytes=50 * MB, square=False, mask=True,
-                     json_body=True, transparency_mask=False)
-_VARIATION_INPUTS = Inputs(max_images=1, formats=("png",), max_bytes=4 * MB, square=True, mask=False,
-                           json_body=False, transparency_mask=False)
+_DALLE2_INPUTS = Inputs(
+    max_images=1, formats=("png",), max_bytes=4 * MB, square=True, mask=True, json_body=False, transparency_mask=True
+)
+_GPT_INPUTS = Inputs(
+    max_images=16,
+    formats=("png", "jpeg", "webp"),
+    max_bytes=50 * MB,
+    square=False,
+    mask=True,
+    json_body=True,
+    transparency_mask=False,
+)
+_VARIATION_INPUTS = Inputs(
+    max_images=1, formats=("png",), max_bytes=4 * MB, square=True, mask=False, json_body=False, transparency_mask=False
+)
 # Model ids of the GPT image profile that do not take `input_fidelity` (reference §3).
 MODELS_WITHOUT_FIDELITY = ("gpt-image-1-mini",)
 
 
-DALLE2 = Profile("dall-e-2", 1000, 10, ("256x256", "512x512", "1024x1024"), "1024x1024",
-                 ("standard",), "standard", gpt=False, style=False, kinds=("generate", "edit", "variation"),
-                 edit_inputs=_DALLE2_INPUTS, variation_inputs=_VARIATION_INPUTS)
-DALLE3 = Profile("dall-e-3", 4000, 1, ("1024x1024", "1792x1024", "1024x1792"), "1024x1024",
-                 ("standard", "hd"), "standard", gpt=False, style=True)
-GPT_IMAGE = Profile("gpt-image", 32000, 10, ("1024x1024", "1536x1024", "1024x1536"), "1024x1024",
-                    ("low", "medium", "high"), "high", gpt=True, style=False, kinds=("generate", "edit"),
-                    edit_inputs=_GPT_INPUTS, input_fidelity=True)
+DALLE2 = Profile(
+    "dall-e-2",
+    1000,
+    10,
+    ("256x256", "512x512", "1024x1024"),
+    "1024x1024",
+    ("standard",),
+    "standard",
+    gpt=False,
+    style=False,
+    kinds=("generate", "edit", "variation"),
+    edit_inputs=_DALLE2_INPUTS,
+    variation_inputs=_VARIATION_INPUTS,
+)
+DALLE3 = Profile(
+    "dall-e-3",
+    4000,
+    1,
+    ("1024x1024", "1792x1024", "1024x1792"),
+    "1024x1024",
+    ("standard", "hd"),
+    "standard",
+    gpt=False,
+    style=True,
+)
+GPT_IMAGE = Profile(
+    "gpt-image",
+    32000,
+    10,
+    ("1024x1024", "1536x1024", "1024x1536"),
+    "1024x1024",
+    ("low", "medium", "high"),
+    "high",
+    gpt=True,
+    style=False,
+    kinds=("generate", "edit"),
+    edit_inputs=_GPT_INPUTS,
+    input_fidelity=True,
+)
 
 PROFILES = {p.name: p for p in (DALLE2, DALLE3, GPT_IMAGE)}
 
@@ -75,9 +116,15 @@ STYLE_TEMPLATES = {
 # GPT-image output tokens per image, by size and quality (OpenAI's published
 # gpt-image-1 table); used for the `usage` object. Documented in docs/api.md.
 OUTPUT_TOKENS = {
-    ("1024x1024", "low"): 272, ("1024x1024", "medium"): 1056, ("1024x1024", "high"): 4160,
-    ("1024x1536", "low"): 408, ("1024x1536", "medium"): 1584, ("1024x1536", "high"): 6240,
-    ("1536x1024", "low"): 400, ("1536x1024", "medium"): 1568, ("1536x1024", "high"): 6208,
+    ("1024x1024", "low"): 272,
+    ("1024x1024", "medium"): 1056,
+    ("1024x1024", "high"): 4160,
+    ("1024x1536", "low"): 408,
+    ("1024x1536", "medium"): 1584,
+    ("1024x1536", "high"): 6240,
+    ("1536x1024", "low"): 400,
+    ("1536x1024", "medium"): 1568,
+    ("1536x1024", "high"): 6208,
 }
 
 
@@ -86,8 +133,12 @@ def output_tokens(size: str, quality: str) -> int:
         return OUTPUT_TOKENS[(size, quality)]
     width, height = (int(v) for v in size.split("x"))
     # Outside the table: scale the 1024x1024 figure by area.
-    return round(OUTPUT_TOKENS[("1024x1024", quality if quality in ("low", "medium", "high") else "high")]
-                 * width * height / (1024 * 1024))
+    return round(
+        OUTPUT_TOKENS[("1024x1024", quality if quality in ("low", "medium", "high") else "high")]
+        * width
+        * height
+        / (1024 * 1024)
+    )
 
 
 # Input-image tokens of GPT image models (reported in `usage.input_tokens_details.image_tokens`
@@ -115,6 +166,7 @@ def input_image_tokens(width: int, height: int) -> int:
 # on the model row (ImageModel.capabilities) by `manage.py model_add` or by the worker that
 # loads it. Checked before any credit is held; an empty record (unknown) refuses nothing.
 # ---------------------------------------------------------------------------
+
 
 def edit_mode_for(capabilities: dict, *, masked: bool) -> str | None:
     """The family's edit mode serving an edit (masked: inpainting) or a variation; None
@@ -144,15 +196,24 @@ def capabilities_check(*, model, kind: str, masked: bool, fields: dict) -> None:
     family = caps.get("family", "this")
     if kind != "generate" and edit_mode_for(caps, masked=masked) is None:
         if masked and edit_mode_for(caps, masked=False) is not None:
-            raise InvalidRequest(f"The model '{model.public_id}' ({family} family) cannot inpaint: send the edit "
-                                 "without a mask (or without transparent pixels).", param="mask",
-                                 code="unsupported_parameter")
+            raise InvalidRequest(
+                f"The model '{model.public_id}' ({family} family) cannot inpaint: send the edit "
+                "without a mask (or without transparent pixels).",
+                param="mask",
+                code="unsupported_parameter",
+            )
         action = "image variations" if kind == "variation" else "image edits"
-        raise InvalidRequest(f"The model '{model.public_id}' ({family} family) does not support {action}.",
-                             param="image", code="unsupported_parameter")
+        raise InvalidRequest(
+            f"The model '{model.public_id}' ({family} family) does not support {action}.",
+            param="image",
+            code="unsupported_parameter",
+        )
     if (fields.get("negative_prompt") or "").strip() and not caps.get("negative_prompt", True):
-        raise InvalidRequest(f"The model '{model.public_id}' ({family} family) does not use negative prompts; "
-                             "remove 'negative_prompt'.", param="negative_prompt", code="unsupported_parameter")
+        raise InvalidRequest(
+            f"The model '{model.public_id}' ({family} family) does not use negative prompts; remove 'negative_prompt'.",
+            param="negative_prompt",
+            code="unsupported_parameter",
+        )
     size = fields.get("size")
     multiple = int(caps.get("size_multiple") or 0)
     if multiple > 1 and isinstance(size, str) and "x" in size:
@@ -161,6 +222,9 @@ def capabilities_check(*, model, kind: str, masked: bool, fields: dict) -> None:
         except ValueError:
             return  # not a size: the profile's rules refuse it with their own message
         if width % multiple or height % multiple:
-            raise InvalidRequest(f"The size '{size}' cannot be rendered by '{model.public_id}' ({family} family): "
-                                 f"width and height must be multiples of {multiple}.", param="size",
-                                 code="invalid_size")
+            raise InvalidRequest(
+                f"The size '{size}' cannot be rendered by '{model.public_id}' ({family} family): "
+                f"width and height must be multiples of {multiple}.",
+                param="size",
+                code="invalid_size",
+            )

@@ -1,4 +1,5 @@
 """The model registry and price list that `make setup` seeds (admin-editable after)."""
+
 from __future__ import annotations
 
 from django.db import transaction
@@ -27,11 +28,25 @@ SEEDED_MODELS = {
 # and quality of the profile (images/profiles.py) has a row: price_quote fails closed.
 PRICES = {
     "dall-e-2": {("256x256", ""): 16, ("512x512", ""): 18, ("1024x1024", ""): 20},
-    "dall-e-3": {("1024x1024", "standard"): 40, ("1024x1024", "hd"): 80, ("1792x1024", "standard"): 80,
-                 ("1792x1024", "hd"): 120, ("1024x1792", "standard"): 80, ("1024x1792", "hd"): 120},
-    "gpt-image": {("1024x1024", "low"): 11, ("1024x1024", "medium"): 42, ("1024x1024", "high"): 167,
-                  ("1024x1536", "low"): 16, ("1024x1536", "medium"): 63, ("1024x1536", "high"): 250,
-                  ("1536x1024", "low"): 16, ("1536x1024", "medium"): 63, ("1536x1024", "high"): 250},
+    "dall-e-3": {
+        ("1024x1024", "standard"): 40,
+        ("1024x1024", "hd"): 80,
+        ("1792x1024", "standard"): 80,
+        ("1792x1024", "hd"): 120,
+        ("1024x1792", "standard"): 80,
+        ("1024x1792", "hd"): 120,
+    },
+    "gpt-image": {
+        ("1024x1024", "low"): 11,
+        ("1024x1024", "medium"): 42,
+        ("1024x1024", "high"): 167,
+        ("1024x1536", "low"): 16,
+        ("1024x1536", "medium"): 63,
+        ("1024x1536", "high"): 250,
+        ("1536x1024", "low"): 16,
+        ("1536x1024", "medium"): 63,
+        ("1536x1024", "high"): 250,
+    },
 }
 # The mini model costs a quarter (integer division, at least 1 credit): no floats on the money path.
 PRICE_DIVISOR = {"gpt-image-1-mini": 4}
@@ -45,8 +60,15 @@ def registry_seed() -> int:
     for public_id, (profile, owner) in SEEDED_MODELS.items():
         model, was_created = ImageModel.objects.get_or_create(
             public_id=public_id,
-            defaults={"profile": profile, "source": DEMO_SOURCE, "steps_by_quality": DEMO_STEPS,
-                      "guidance": 5.0, "owned_by": owner, "queue": "gpu"})
+            defaults={
+                "profile": profile,
+                "source": DEMO_SOURCE,
+                "steps_by_quality": DEMO_STEPS,
+                "guidance": 5.0,
+                "owned_by": owner,
+                "queue": "gpu",
+            },
+        )
         if not was_created:
             continue
         created += 1
@@ -64,7 +86,11 @@ def moderation_terms_seed() -> int:
 
     if ModerationTerm.objects.exists():
         return 0
-    rows = [ModerationTerm(category=category, tier=tier, term=term)
-            for category, tiers in DEFAULT_TERMS.items() for tier, terms in tiers.items() for term in set(terms)]
+    rows = [
+        ModerationTerm(category=category, tier=tier, term=term)
+        for category, tiers in DEFAULT_TERMS.items()
+        for tier, terms in tiers.items()
+        for term in set(terms)
+    ]
     ModerationTerm.objects.bulk_create(rows, ignore_conflicts=True)
     return len(rows)

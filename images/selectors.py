@@ -1,4 +1,5 @@
 """Reads. Everything tenant-owned is read through a selector that takes the tenant."""
+
 from __future__ import annotations
 
 import uuid
@@ -31,8 +32,11 @@ def image_get(*, tenant_id: int, image_id: str) -> GeneratedImage | None:
         image_uuid = uuid.UUID(image_id)
     except ValueError:
         return None
-    return GeneratedImage.objects.select_related("job").filter(
-        pk=image_uuid, job__tenant_id=tenant_id, job__tenant__status=Tenant.Status.ACTIVE).first()
+    return (
+        GeneratedImage.objects.select_related("job")
+        .filter(pk=image_uuid, job__tenant_id=tenant_id, job__tenant__status=Tenant.Status.ACTIVE)
+        .first()
+    )
 
 
 def jobs_in_flight_count(*, tenant: Tenant) -> int:
@@ -42,8 +46,12 @@ def jobs_in_flight_count(*, tenant: Tenant) -> int:
 
 def job_list_recent(*, tenant: Tenant, limit: int = 50) -> list[Job]:
     """The tenant's newest jobs with their model and images."""
-    return list(Job.objects.filter(tenant=tenant).select_related("model").prefetch_related("images")
-                .order_by("-created_at")[:limit])
+    return list(
+        Job.objects.filter(tenant=tenant)
+        .select_related("model")
+        .prefetch_related("images")
+        .order_by("-created_at")[:limit]
+    )
 
 
 def jobs_by_status() -> dict[str, int]:
@@ -57,6 +65,10 @@ def gpu_time_by_model(*, since) -> list[dict]:
     """GPU seconds and job counts per model since `since` (operator overview)."""
     from django.db.models import Count, Sum
 
-    rows = (Job.objects.filter(created_at__gte=since, gpu_ms__isnull=False).values("model__public_id")
-            .annotate(gpu_ms=Sum("gpu_ms"), jobs=Count("id")).order_by("-gpu_ms"))
+    rows = (
+        Job.objects.filter(created_at__gte=since, gpu_ms__isnull=False)
+        .values("model__public_id")
+        .annotate(gpu_ms=Sum("gpu_ms"), jobs=Count("id"))
+        .order_by("-gpu_ms")
+    )
     return [{"model": r["model__public_id"], "jobs": r["jobs"], "seconds": round(r["gpu_ms"] / 1000, 1)} for r in rows]

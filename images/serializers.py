@@ -6,6 +6,7 @@ serializer's `.data` (fields a serializer does not declare are never rendered).
 Shapes: ImagesResponse (reference §6), the task object, the model object (OpenAI's
 `/v1/models`), AlphaEdge's `vision.image` (seed 000) and the reseller envelope (seed 003).
 """
+
 from __future__ import annotations
 
 import base64
@@ -67,7 +68,8 @@ class TaskSerializer(serializers.Serializer):
     finished_at = serializers.IntegerField(allow_null=True)
     progress = TaskProgressSerializer()
     credits_charged = serializers.IntegerField(
-        help_text="Credits charged so far (a cancelled task pays for the steps it ran)")
+        help_text="Credits charged so far (a cancelled task pays for the steps it ran)"
+    )
     result = ImagesResponseSerializer(allow_null=True)
     error = ErrorDetailSerializer(allow_null=True)
 
@@ -89,8 +91,9 @@ class VisionImageSerializer(serializers.Serializer):
     id = serializers.CharField()
     object = serializers.CharField(default="vision.image")
     created = serializers.IntegerField()
-    data = inline_serializer("VisionImageData", {"url": serializers.URLField(), "b64_json": serializers.CharField()},
-                             many=True)
+    data = inline_serializer(
+        "VisionImageData", {"url": serializers.URLField(), "b64_json": serializers.CharField()}, many=True
+    )
 
 
 class ResellerUsageSerializer(serializers.Serializer):
@@ -126,6 +129,7 @@ class ResellerErrorSerializer(serializers.Serializer):
 
 # ---- Builders ------------------------------------------------------------------------
 
+
 def input_tokens(job: Job) -> tuple[int, int]:
     """(text tokens, image tokens) of a job's input: the prompt as the model's tokenizer
     counted it, and the input images of an edit (profiles.input_image_tokens)."""
@@ -139,8 +143,12 @@ def usage_body(job: Job, *, images: int | None = None, with_input: bool = True) 
     text, image_tokens = input_tokens(job) if with_input else (0, 0)
     count = job.images.count() if images is None else images
     out = output_tokens(job.size, job.params["quality"]) * count
-    return {"input_tokens": text + image_tokens, "output_tokens": out, "total_tokens": text + image_tokens + out,
-            "input_tokens_details": {"text_tokens": text, "image_tokens": image_tokens}}
+    return {
+        "input_tokens": text + image_tokens,
+        "output_tokens": out,
+        "total_tokens": text + image_tokens + out,
+        "input_tokens_details": {"text_tokens": text, "image_tokens": image_tokens},
+    }
 
 
 def images_response_body(*, job: Job, base_url: str) -> dict[str, Any]:
@@ -161,8 +169,13 @@ def images_response_body(*, job: Job, base_url: str) -> dict[str, Any]:
         data.append(item)
     body: dict[str, Any] = {"created": int(job.created_at.timestamp()), "data": data}
     if profile.gpt:
-        body.update(background=params["background"], output_format=params["output_format"],
-                    size=params["size"], quality=params["quality"], usage=usage_body(job))
+        body.update(
+            background=params["background"],
+            output_format=params["output_format"],
+            size=params["size"],
+            quality=params["quality"],
+            usage=usage_body(job),
+        )
     return ImagesResponseSerializer(body).data
 
 
@@ -176,27 +189,47 @@ def task_body(*, job: Job, base_url: str) -> dict[str, Any]:
     done = min(job.steps_done, total) if job.status != Job.Status.SUCCEEDED else total
     hold = getattr(job, "hold", None) if hasattr(job, "hold") else None
     body: dict[str, Any] = {
-        "id": str(job.pk), "object": "image.task", "status": job.status, "model": job.model.public_id,
-        "kind": job.kind, "created_at": _ts(job.created_at), "started_at": _ts(job.started_at),
+        "id": str(job.pk),
+        "object": "image.task",
+        "status": job.status,
+        "model": job.model.public_id,
+        "kind": job.kind,
+        "created_at": _ts(job.created_at),
+        "started_at": _ts(job.started_at),
         "finished_at": _ts(job.finished_at),
         "progress": {"steps_done": done, "steps_total": total, "fraction": round(done / total, 3)},
         "credits_charged": hold.captured if hold is not None else 0,
-        "result": None, "error": None,
+        "result": None,
+        "error": None,
     }
     if job.status == Job.Status.SUCCEEDED and job_images_expired(job):
-        body["error"] = {"message": f"The images were deleted after {settings.RETENTION_DAYS} days (retention).",
-                         "type": ImagesExpired.type, "param": None, "code": ImagesExpired.code}
+        body["error"] = {
+            "message": f"The images were deleted after {settings.RETENTION_DAYS} days (retention).",
+            "type": ImagesExpired.type,
+            "param": None,
+            "code": ImagesExpired.code,
+        }
     elif job.status == Job.Status.SUCCEEDED:
         body["result"] = images_response_body(job=job, base_url=base_url)
     elif job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
-        body["error"] = {"message": job.error_message, "type": "server_error" if job.status == Job.Status.FAILED
-                         else "invalid_request_error", "param": None, "code": job.error_code or None}
+        body["error"] = {
+            "message": job.error_message,
+            "type": "server_error" if job.status == Job.Status.FAILED else "invalid_request_error",
+            "param": None,
+            "code": job.error_code or None,
+        }
     return TaskSerializer(body).data
 
 
 def model_body(model: ImageModel) -> dict[str, Any]:
-    return ModelSerializer({"id": model.public_id, "object": "model", "created": int(model.created_at.timestamp()),
-                            "owned_by": model.owned_by}).data
+    return ModelSerializer(
+        {
+            "id": model.public_id,
+            "object": "model",
+            "created": int(model.created_at.timestamp()),
+            "owned_by": model.owned_by,
+        }
+    ).data
 
 
 def model_list_body(models: list[ImageModel]) -> dict[str, Any]:
@@ -206,10 +239,13 @@ def model_list_body(models: list[ImageModel]) -> dict[str, Any]:
 def vision_body(*, job: Job, base_url: str) -> dict[str, Any]:
     """Seed 000: every image with both `url` and `b64_json`."""
     job_images_check(job)
-    data = [{"url": image_url(img, base_url=base_url), "b64_json": base64.b64encode(image_read(img)).decode("ascii")}
-            for img in job.images.all()]
-    return VisionImageSerializer({"id": f"img-{job.pk.hex}", "object": "vision.image",
-                                  "created": int(job.created_at.timestamp()), "data": data}).data
+    data = [
+        {"url": image_url(img, base_url=base_url), "b64_json": base64.b64encode(image_read(img)).decode("ascii")}
+        for img in job.images.all()
+    ]
+    return VisionImageSerializer(
+        {"id": f"img-{job.pk.hex}", "object": "vision.image", "created": int(job.created_at.timestamp()), "data": data}
+    ).data
 
 
 def reseller_body(*, job: Job, base_url: str, request_id: str) -> dict[str, Any]:
@@ -219,14 +255,29 @@ def reseller_body(*, job: Job, base_url: str, request_id: str) -> dict[str, Any]
     expires = job.finished_at + timedelta(seconds=settings.IMAGE_URL_TTL_SECONDS)
     usage = usage_body(job, images=len(images))
     seconds = round((job.finished_at - job.created_at).total_seconds(), 3)
-    return ResellerResponseSerializer({"code": 0, "message": "success", "request_id": request_id, "data": {
-        "urls": [image_url(img, base_url=base_url) for img in images],
-        "usage": {"images": len(images), "seconds": seconds, "input_tokens": usage["input_tokens"],
-                  "output_tokens": usage["output_tokens"], "total_tokens": usage["total_tokens"]},
-        "expired": expires.isoformat().replace("+00:00", "Z"), "task_id": str(job.pk),
-        "task_status": job.status}}).data
+    return ResellerResponseSerializer(
+        {
+            "code": 0,
+            "message": "success",
+            "request_id": request_id,
+            "data": {
+                "urls": [image_url(img, base_url=base_url) for img in images],
+                "usage": {
+                    "images": len(images),
+                    "seconds": seconds,
+                    "input_tokens": usage["input_tokens"],
+                    "output_tokens": usage["output_tokens"],
+                    "total_tokens": usage["total_tokens"],
+                },
+                "expired": expires.isoformat().replace("+00:00", "Z"),
+                "task_id": str(job.pk),
+                "task_status": job.status,
+            },
+        }
+    ).data
 
 
 def reseller_error_body(*, error: dict[str, Any], status: int, request_id: str) -> dict[str, Any]:
-    return ResellerErrorSerializer({"code": status, "data": None, "message": error["message"], "error": error,
-                                    "request_id": request_id}).data
+    return ResellerErrorSerializer(
+        {"code": status, "data": None, "message": error["message"], "error": error, "request_id": request_id}
+    ).data

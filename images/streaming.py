@@ -8,6 +8,7 @@ images.notify (Redis or in-process), never through the database.
 n > 1: the partial previews are those of the first image; then one `*.completed`
 event per image, in order (input tokens are counted on the first).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,13 @@ def _frame(event: str, data: dict[str, Any]) -> bytes:
 
 def _common(job: Job) -> dict[str, Any]:
     params = job.params
-    return {"created_at": int(job.created_at.timestamp()), "size": params["size"], "quality": params["quality"],
-            "background": params["background"], "output_format": params["output_format"]}
+    return {
+        "created_at": int(job.created_at.timestamp()),
+        "size": params["size"],
+        "quality": params["quality"],
+        "background": params["background"],
+        "output_format": params["output_format"],
+    }
 
 
 def _error_frame(message: str, code: str | None, type_: str = "server_error") -> bytes:
@@ -51,8 +57,10 @@ def sse_events(*, job_id: Any, prefix: str) -> Iterator[bytes]:
     while job.status not in Job.TERMINAL:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            yield _error_frame(f"The image is still being generated (job {job.pk}); read it later with "
-                               f"GET /v1/images/tasks/{job.pk}.", "job_wait_timeout")
+            yield _error_frame(
+                f"The image is still being generated (job {job.pk}); read it later with GET /v1/images/tasks/{job.pk}.",
+                "job_wait_timeout",
+            )
             return
         event = notify.job_event_next(job.pk, min(KEEPALIVE_SECONDS, remaining))
         if event is None:
@@ -62,8 +70,15 @@ def sse_events(*, job_id: Any, prefix: str) -> Iterator[bytes]:
             yield b": keep-alive\n\n"
             continue
         if event.get("type") == "partial" and sent < wanted:
-            yield _frame(f"{prefix}.partial_image", {"type": f"{prefix}.partial_image", "b64_json": event["b64"],
-                                                     **_common(job), "partial_image_index": sent})
+            yield _frame(
+                f"{prefix}.partial_image",
+                {
+                    "type": f"{prefix}.partial_image",
+                    "b64_json": event["b64"],
+                    **_common(job),
+                    "partial_image_index": sent,
+                },
+            )
             sent += 1
         elif event.get("type") == "done":
             break
@@ -76,9 +91,15 @@ def sse_events(*, job_id: Any, prefix: str) -> Iterator[bytes]:
     images = list(job.images.all())
     for i, image in enumerate(images):
         usage = usage_body(job, images=1, with_input=i == 0)  # input tokens are counted on the first image
-        yield _frame(f"{prefix}.completed", {"type": f"{prefix}.completed",
-                                             "b64_json": base64.b64encode(image_read(image)).decode("ascii"),
-                                             **_common(job), "usage": usage})
+        yield _frame(
+            f"{prefix}.completed",
+            {
+                "type": f"{prefix}.completed",
+                "b64_json": base64.b64encode(image_read(image)).decode("ascii"),
+                **_common(job),
+                "usage": usage,
+            },
+        )
 
 
 def sse_response(*, job: Job, prefix: str, headers: dict[str, str] | None = None) -> StreamingHttpResponse:

@@ -4,6 +4,7 @@ Files are recognised by their bytes, not their declared type; limits follow
 reference §3/§4 per profile. Everything here raises APIError subclasses with the
 parameter named, so a bad upload is a 400 (413 for size) that charges nothing.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,26 +42,35 @@ def image_header(data: bytes, *, param: str, max_bytes: int, formats: tuple[str,
     bomb (400). Returns the lazily opened image (its size and mode are known; its pixels
     are not read until `.load()`)."""
     if len(data) > max_bytes:
-        raise PayloadTooLarge(f"Invalid file '{param}': the file is {len(data) // MB} MB; the limit is "
-                              f"{max_bytes // MB} MB.", param=param)
+        raise PayloadTooLarge(
+            f"Invalid file '{param}': the file is {len(data) // MB} MB; the limit is {max_bytes // MB} MB.", param=param
+        )
     kind = sniff(data[:16])
     if kind is None or kind not in formats:
         allowed = ", ".join(f"'image/{f}'" for f in formats)
-        raise InvalidRequest(f"Invalid file '{param}': unsupported file type. Supported file formats are {allowed}.",
-                             param=param, code="invalid_image_format")
+        raise InvalidRequest(
+            f"Invalid file '{param}': unsupported file type. Supported file formats are {allowed}.",
+            param=param,
+            code="invalid_image_format",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidRequest(f"Invalid file '{param}': the image is too large once decoded.", param=param,
-                             code="invalid_image") from None
+        raise InvalidRequest(
+            f"Invalid file '{param}': the image is too large once decoded.", param=param, code="invalid_image"
+        ) from None
     except Exception:
-        raise InvalidRequest(f"Invalid file '{param}': the image is corrupt or truncated.", param=param,
-                             code="invalid_image") from None
+        raise InvalidRequest(
+            f"Invalid file '{param}': the image is corrupt or truncated.", param=param, code="invalid_image"
+        ) from None
     if image.width > MAX_SIDE or image.height > MAX_SIDE:
-        raise InvalidRequest(f"Invalid file '{param}': images may be at most {MAX_SIDE} pixels a side.",
-                             param=param, code="invalid_image")
+        raise InvalidRequest(
+            f"Invalid file '{param}': images may be at most {MAX_SIDE} pixels a side.",
+            param=param,
+            code="invalid_image",
+        )
     image.info["format"] = kind
     return image
 
@@ -74,11 +84,13 @@ def image_open(data: bytes, *, param: str, max_bytes: int, formats: tuple[str, .
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidRequest(f"Invalid file '{param}': the image is too large once decoded.", param=param,
-                             code="invalid_image") from None
+        raise InvalidRequest(
+            f"Invalid file '{param}': the image is too large once decoded.", param=param, code="invalid_image"
+        ) from None
     except Exception:
-        raise InvalidRequest(f"Invalid file '{param}': the image is corrupt or truncated.", param=param,
-                             code="invalid_image") from None
+        raise InvalidRequest(
+            f"Invalid file '{param}': the image is corrupt or truncated.", param=param, code="invalid_image"
+        ) from None
     return image
 
 
@@ -106,11 +118,18 @@ def edit_mask(mask: Image.Image, *, first: Image.Image, width: int, height: int)
     if mask.info.get("format") != "png":
         raise InvalidRequest("Invalid file 'mask': the mask must be a PNG.", param="mask", code="invalid_image_format")
     if mask.size != first.size:
-        raise InvalidRequest(f"Invalid file 'mask': the mask is {mask.width}x{mask.height} but the image is "
-                             f"{first.width}x{first.height}; they must match.", param="mask", code="invalid_mask")
+        raise InvalidRequest(
+            f"Invalid file 'mask': the mask is {mask.width}x{mask.height} but the image is "
+            f"{first.width}x{first.height}; they must match.",
+            param="mask",
+            code="invalid_mask",
+        )
     if not has_alpha(mask):
-        raise InvalidRequest("Invalid file 'mask': the mask needs an alpha channel; transparent pixels mark "
-                             "where to edit.", param="mask", code="invalid_mask")
+        raise InvalidRequest(
+            "Invalid file 'mask': the mask needs an alpha channel; transparent pixels mark where to edit.",
+            param="mask",
+            code="invalid_mask",
+        )
     alpha = mask.convert("RGBA").getchannel("A")
     repaint = alpha.point(lambda a: 255 if a == 0 else 0)
     return ImageOps.fit(repaint, (width, height), Image.Resampling.NEAREST)

@@ -3,6 +3,7 @@
 The serializer checks types; `generation_params_resolve` applies the rules of the
 model's profile and returns fully resolved parameters (no "auto" left).
 """
+
 from __future__ import annotations
 
 import secrets
@@ -20,16 +21,24 @@ GPT_ONLY = ("background", "output_format", "output_compression", "moderation", "
 MAX_SEED = 2**32 - 1
 
 
-_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a decimal number", list: "an array",
-               dict: "an object", type(None): "null"}
+_TYPE_NAMES = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a decimal number",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
 
 
 def _invalid_type(field: serializers.Field, expected: str, data: Any) -> InvalidRequest:
     """OpenAI's wording for a value of the wrong JSON type."""
     got = _TYPE_NAMES.get(type(data), "a value of another type")
     name = field.field_name
-    return InvalidRequest(f"Invalid type for '{name}': expected {expected}, but got {got} instead.", param=name,
-                          code="invalid_type")
+    return InvalidRequest(
+        f"Invalid type for '{name}': expected {expected}, but got {got} instead.", param=name, code="invalid_type"
+    )
 
 
 def _form(field: serializers.Field) -> bool:
@@ -74,8 +83,11 @@ class StrictChoiceField(serializers.ChoiceField):
             raise _invalid_type(self, "a string", data)
         if data not in self.choices:
             allowed = _quoted_list(tuple(self.choices))
-            raise InvalidRequest(f"Invalid value: '{data}'. Supported values are: {allowed}.", param=self.field_name,
-                                 code="invalid_value")
+            raise InvalidRequest(
+                f"Invalid value: '{data}'. Supported values are: {allowed}.",
+                param=self.field_name,
+                code="invalid_value",
+            )
         return data
 
 
@@ -104,8 +116,9 @@ class ExtensionFields(StrictSerializer):
     reproducibility (`seed`: image i uses seed + i) and negative prompts."""
 
     seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
-    negative_prompt = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=2000,
-                                      trim_whitespace=False)
+    negative_prompt = StrictCharField(
+        required=False, allow_null=True, allow_blank=True, max_length=2000, trim_whitespace=False
+    )
 
 
 class ImageRequestSerializer(ExtensionFields):
@@ -179,13 +192,20 @@ def _reject_unsupported(data: dict[str, Any], profile: Profile, model: str) -> N
                 continue
             raise InvalidRequest(
                 f"'{name}' is only supported for GPT image models, not for '{model}'.",
-                param=name, code="unsupported_parameter")
+                param=name,
+                code="unsupported_parameter",
+            )
     if not profile.style and data.get("style") is not None:
-        raise InvalidRequest(f"'style' is only supported for dall-e-3 models, not for '{model}'.",
-                             param="style", code="unsupported_parameter")
+        raise InvalidRequest(
+            f"'style' is only supported for dall-e-3 models, not for '{model}'.",
+            param="style",
+            code="unsupported_parameter",
+        )
 
 
-def generation_params_resolve(*, data: dict[str, Any], model: ImageModel, prompt_required: bool = True) -> GenerationParams:
+def generation_params_resolve(
+    *, data: dict[str, Any], model: ImageModel, prompt_required: bool = True
+) -> GenerationParams:
     """Apply the profile's rules to serializer output; raise InvalidRequest on any breach."""
     profile = PROFILES[model.profile]
     _reject_unsupported(data, profile, model.public_id)
@@ -196,7 +216,10 @@ def generation_params_resolve(*, data: dict[str, Any], model: ImageModel, prompt
     if len(prompt) > profile.prompt_max:
         raise InvalidRequest(
             f"Prompt must be length {profile.prompt_max} or less. Your prompt length is {len(prompt)}. "
-            "Please reduce your prompt length.", param="prompt", code="string_above_max_length")
+            "Please reduce your prompt length.",
+            param="prompt",
+            code="string_above_max_length",
+        )
     if "\x00" in prompt:
         raise InvalidRequest("The prompt must not contain NUL characters.", param="prompt", code="invalid_value")
 
@@ -215,26 +238,38 @@ def generation_params_resolve(*, data: dict[str, Any], model: ImageModel, prompt
     if size not in profile.sizes:
         allowed = profile.sizes + (("auto",) if profile.gpt else ())
         if profile.name == "dall-e-3":
-            raise InvalidRequest(f"The size '{size}' is not supported by this model. Supported values are: "
-                                 f"{_quoted_list(allowed)}.", param="size", code="invalid_size")
-        raise InvalidRequest(f"Invalid value: '{size}'. Supported values are: {_quoted_list(allowed)}.",
-                             param="size", code="invalid_value")
+            raise InvalidRequest(
+                f"The size '{size}' is not supported by this model. Supported values are: {_quoted_list(allowed)}.",
+                param="size",
+                code="invalid_size",
+            )
+        raise InvalidRequest(
+            f"Invalid value: '{size}'. Supported values are: {_quoted_list(allowed)}.",
+            param="size",
+            code="invalid_value",
+        )
     width, height = (int(v) for v in size.split("x"))
 
     quality = data.get("quality") or "auto"
     if quality == "auto":
         quality = profile.auto_quality
     if quality not in profile.qualities:
-        raise InvalidRequest(f"Invalid value: '{quality}'. Supported values are: "
-                             f"{_quoted_list(profile.qualities + ('auto',))}.", param="quality", code="invalid_value")
+        raise InvalidRequest(
+            f"Invalid value: '{quality}'. Supported values are: {_quoted_list(profile.qualities + ('auto',))}.",
+            param="quality",
+            code="invalid_value",
+        )
     steps = int(model.steps_by_quality.get(quality) or model.steps_by_quality.get("default") or 4)
 
     response_format = "b64_json"
     if not profile.gpt:
         response_format = data.get("response_format") or "url"
         if response_format not in ("url", "b64_json"):
-            raise InvalidRequest(f"Invalid value: '{response_format}'. Supported values are: 'url' and 'b64_json'.",
-                                 param="response_format", code="invalid_value")
+            raise InvalidRequest(
+                f"Invalid value: '{response_format}'. Supported values are: 'url' and 'b64_json'.",
+                param="response_format",
+                code="invalid_value",
+            )
 
     style = None
     guidance = float(model.guidance)
@@ -242,8 +277,11 @@ def generation_params_resolve(*, data: dict[str, Any], model: ImageModel, prompt
     if profile.style:
         style = data.get("style") or "vivid"
         if style not in STYLE_TEMPLATES:
-            raise InvalidRequest(f"Invalid value: '{style}'. Supported values are: 'vivid' and 'natural'.",
-                                 param="style", code="invalid_value")
+            raise InvalidRequest(
+                f"Invalid value: '{style}'. Supported values are: 'vivid' and 'natural'.",
+                param="style",
+                code="invalid_value",
+            )
         template, factor = STYLE_TEMPLATES[style]
         model_prompt = template.format(prompt=prompt)
         # The factor scales a classifier-free guidance scale; a guidance embedding (FLUX.1-dev)
@@ -258,11 +296,17 @@ def generation_params_resolve(*, data: dict[str, Any], model: ImageModel, prompt
     background = data.get("background") or "auto"
     if background == "transparent":
         if not model.supports_alpha:
-            raise InvalidRequest(f"The model '{model.public_id}' cannot produce transparent backgrounds; "
-                                 "use 'opaque' or 'auto'.", param="background", code="invalid_value")
+            raise InvalidRequest(
+                f"The model '{model.public_id}' cannot produce transparent backgrounds; use 'opaque' or 'auto'.",
+                param="background",
+                code="invalid_value",
+            )
         if output_format == "jpeg":
-            raise InvalidRequest("Transparent backgrounds need output_format 'png' or 'webp'.",
-                                 param="output_format", code="invalid_value")
+            raise InvalidRequest(
+                "Transparent backgrounds need output_format 'png' or 'webp'.",
+                param="output_format",
+                code="invalid_value",
+            )
     if background == "auto":
         background = "opaque"
 
@@ -274,12 +318,28 @@ def generation_params_resolve(*, data: dict[str, Any], model: ImageModel, prompt
         seed = secrets.randbelow(MAX_SEED - 10)
 
     return GenerationParams(
-        model=model.public_id, profile=profile.name, prompt=prompt, model_prompt=model_prompt,
-        negative_prompt=data.get("negative_prompt") or "", n=n, size=size, width=width, height=height,
-        quality=quality, steps=steps, guidance=guidance, seed=seed, response_format=response_format,
-        output_format=output_format, output_compression=compression, background=background,
-        moderation=data.get("moderation") or "auto", style=style, stream=stream,
-        partial_images=partial_images, user=data.get("user"),
+        model=model.public_id,
+        profile=profile.name,
+        prompt=prompt,
+        model_prompt=model_prompt,
+        negative_prompt=data.get("negative_prompt") or "",
+        n=n,
+        size=size,
+        width=width,
+        height=height,
+        quality=quality,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        response_format=response_format,
+        output_format=output_format,
+        output_compression=compression,
+        background=background,
+        moderation=data.get("moderation") or "auto",
+        style=style,
+        stream=stream,
+        partial_images=partial_images,
+        user=data.get("user"),
     )
 
 
@@ -297,8 +357,11 @@ class ImageReferenceSerializer(StrictSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if len(attrs) != 1:
-            raise InvalidRequest("Each image reference needs exactly one of 'image_url' or 'file_id'.",
-                                 param="images", code="invalid_value")
+            raise InvalidRequest(
+                "Each image reference needs exactly one of 'image_url' or 'file_id'.",
+                param="images",
+                code="invalid_value",
+            )
         return attrs
 
 
@@ -333,7 +396,10 @@ def edit_strength(*, data: dict[str, Any], model: ImageModel) -> float:
     if fidelity is not None:
         profile = PROFILES[model.profile]
         if not profile.input_fidelity or model.public_id.startswith(MODELS_WITHOUT_FIDELITY):
-            raise InvalidRequest(f"'input_fidelity' is not supported for '{model.public_id}'.",
-                                 param="input_fidelity", code="unsupported_parameter")
+            raise InvalidRequest(
+                f"'input_fidelity' is not supported for '{model.public_id}'.",
+                param="input_fidelity",
+                code="unsupported_parameter",
+            )
         return EDIT_STRENGTH[fidelity]
     return EDIT_STRENGTH["low"]

@@ -3,6 +3,7 @@ around the same charged flow and generation service as the OpenAI endpoints
 (images/api.py). Only the fields each seed documents are accepted (plus our documented
 extensions `seed` and `negative_prompt`); the rules are the service's.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,6 +30,7 @@ from images.validation import ExtensionFields, GenerationRequestSerializer, Stri
 
 # ---- Seed 000: AlphaEdge, POST /v1/vision/generate -----------------------------------------
 
+
 class VisionRequestSerializer(ExtensionFields):
     """Seed 000's fields: model, prompt, size, n (plus our extensions). `response_format`
     is accepted and ignored: every image carries both a URL and base64."""
@@ -54,13 +56,18 @@ VISION = Renderer(body=lambda request, job: vision_body(job=job, base_url=base_u
 class VisionViewSet(ChargedViewSet):
     """POST /v1/vision/generate: `{"id", "object": "vision.image", "created", "data": [{url, b64_json}]}`."""
 
-    @charged_schema("Generate (AlphaEdge vision shape)", request=VisionRequestSerializer,
-                    response=VisionImageSerializer, tags=("vendors",))
+    @charged_schema(
+        "Generate (AlphaEdge vision shape)",
+        request=VisionRequestSerializer,
+        response=VisionImageSerializer,
+        tags=("vendors",),
+    )
     def create(self, request: Request) -> Response:
         return self.charged(request, vision_mapper, VISION)
 
 
 # ---- Seed 002: AIGNE Hub, POST /api/images/generations ------------------------------------
+
 
 class AigneRequestSerializer(ExtensionFields):
     """Seed 002's fields: prompt, model (default dall-e-2), image (a URL, base64 or data
@@ -69,8 +76,9 @@ class AigneRequestSerializer(ExtensionFields):
 
     prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
     model = StrictCharField(required=False, allow_null=True, allow_blank=True)
-    image = serializers.JSONField(required=False, help_text="URL, base64 or data URI (or a list): makes the call "
-                                                            "an edit")
+    image = serializers.JSONField(
+        required=False, help_text="URL, base64 or data URI (or a list): makes the call an edit"
+    )
     n = StrictIntegerField(required=False, allow_null=True)
     size = StrictCharField(required=False, allow_null=True)
     response_format = StrictCharField(required=False, allow_null=True)
@@ -83,8 +91,9 @@ class AigneRequestSerializer(ExtensionFields):
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise InvalidRequest("'image' must be a URL, base64 data, or a list of them.", param="image",
-                                 code="invalid_value")
+            raise InvalidRequest(
+                "'image' must be a URL, base64 data, or a list of them.", param="image", code="invalid_value"
+            )
         return value
 
 
@@ -94,20 +103,29 @@ def aigne_mapper(request: Request) -> GenerationRequest:
     if not references:
         return GenerationRequest(endpoint="/api/images/generations", fields=fields)
     fields.pop("style", None)
-    return GenerationRequest(endpoint="/api/images/generations", kind=Job.Kind.EDIT, fields=fields,
-                             images=[InputImage(param="image", reference=ref) for ref in references])
+    return GenerationRequest(
+        endpoint="/api/images/generations",
+        kind=Job.Kind.EDIT,
+        fields=fields,
+        images=[InputImage(param="image", reference=ref) for ref in references],
+    )
 
 
 class AigneViewSet(ChargedViewSet):
     """POST /api/images/generations: OpenAI's ImagesResponse; an `image` makes it an edit."""
 
-    @charged_schema("Generate or edit (AIGNE Hub shape)", request=AigneRequestSerializer,
-                    response=ImagesResponseSerializer, tags=("vendors",))
+    @charged_schema(
+        "Generate or edit (AIGNE Hub shape)",
+        request=AigneRequestSerializer,
+        response=ImagesResponseSerializer,
+        tags=("vendors",),
+    )
     def create(self, request: Request) -> Response:
         return self.charged(request, aigne_mapper, OPENAI_GENERATION)
 
 
 # ---- Seed 003: a reseller, POST /api/v1/image/generation ----------------------------------
+
 
 class ResellerRequestSerializer(GenerationRequestSerializer):
     """Seed 003's fields: OpenAI's generation fields; `partial_images` is documented there
@@ -118,8 +136,11 @@ class ResellerRequestSerializer(GenerationRequestSerializer):
     def validate_partial_images(self, value: Any) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             if not 0 <= value <= 3:
-                raise InvalidRequest(f"Invalid value: {value}. 'partial_images' must be between 0 and 3.",
-                                     param="partial_images", code="invalid_value")
+                raise InvalidRequest(
+                    f"Invalid value: {value}. 'partial_images' must be between 0 and 3.",
+                    param="partial_images",
+                    code="invalid_value",
+                )
             return value
         return None
 
@@ -132,8 +153,9 @@ def reseller_mapper(request: Request) -> GenerationRequest:
     return GenerationRequest(endpoint="/api/v1/image/generation", fields=fields, default_model=RESELLER_DEFAULT_MODEL)
 
 
-RESELLER = Renderer(body=lambda request, job: reseller_body(job=job, base_url=base_url(request),
-                                                            request_id=request._request.request_id))
+RESELLER = Renderer(
+    body=lambda request, job: reseller_body(job=job, base_url=base_url(request), request_id=request._request.request_id)
+)
 
 
 class ResellerViewSet(ChargedViewSet):
@@ -141,14 +163,22 @@ class ResellerViewSet(ChargedViewSet):
     task_status}, message, request_id}`, errors in the same envelope (code = HTTP status,
     with OpenAI's error object beside it); `stream: true` answers OpenAI's event stream."""
 
-    @charged_schema("Generate (reseller shape)", request=ResellerRequestSerializer,
-                    response=ResellerResponseSerializer, tags=("vendors",), error_serializer=ResellerErrorSerializer)
+    @charged_schema(
+        "Generate (reseller shape)",
+        request=ResellerRequestSerializer,
+        response=ResellerResponseSerializer,
+        tags=("vendors",),
+        error_serializer=ResellerErrorSerializer,
+    )
     def create(self, request: Request) -> Response:
         return self.charged(request, reseller_mapper, RESELLER)
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)
         if isinstance(getattr(response, "data", None), dict) and "error" in response.data:
-            response.data = reseller_error_body(error=response.data["error"], status=response.status_code,
-                                                request_id=getattr(self.request._request, "request_id", ""))
+            response.data = reseller_error_body(
+                error=response.data["error"],
+                status=response.status_code,
+                request_id=getattr(self.request._request, "request_id", ""),
+            )
         return response

@@ -20,6 +20,7 @@ job's deadline: `should_stop` stops it cooperatively at the next step (see
 images.backends.local.runner for how that works with batching). Dramatiq's own limit is
 only a backstop; if it fires while the pipeline runs, the job is failed and released too.
 """
+
 from __future__ import annotations
 
 import logging
@@ -107,8 +108,9 @@ class _SettledWatch:
                         self._thread = None
                         return
                 try:
-                    settled = Job.objects.filter(pk__in=ids).exclude(status=Job.Status.RUNNING).values_list(
-                        "pk", flat=True)
+                    settled = (
+                        Job.objects.filter(pk__in=ids).exclude(status=Job.Status.RUNNING).values_list("pk", flat=True)
+                    )
                     settled = {str(pk) for pk in settled}
                 except Exception:  # the database is away: the time limit and deadline still apply
                     logger.warning("could not read back running jobs' status", exc_info=True)
@@ -138,8 +140,14 @@ def _encode_and_store(job: Job, index: int, image: Any) -> dict[str, Any]:
     fmt = job.params.get("output_format", "png")
     data = image_encode(image, output_format=fmt, compression=int(job.params.get("output_compression", 100)))
     name = image_save(job_id=str(job.pk), index=index, data=data, output_format=fmt)
-    return {"index": index, "file": name, "content_type": CONTENT_TYPES[fmt], "width": image.width,
-            "height": image.height, "bytes": len(data)}
+    return {
+        "index": index,
+        "file": name,
+        "content_type": CONTENT_TYPES[fmt],
+        "width": image.width,
+        "height": image.height,
+        "bytes": len(data),
+    }
 
 
 def _inputs(extra: dict[str, Any]) -> tuple[Any, Any]:
@@ -255,14 +263,25 @@ def job_run(*, job_id: str) -> None:
     partials = int(job.params.get("partial_images") or 0) if job.params.get("stream") else 0
     settled, expired = _settled_watch.watch(job.pk), threading.Event()
     task = GenerationTask(
-        source=source, prompt=job.prompt, negative_prompt=job.params.get("negative_prompt") or None,
-        width=job.width, height=job.height, steps=job.steps, guidance=job.guidance,
-        seeds=[job.seed + i for i in range(job.n)], on_step=on_step, init_image=init_image,
-        mask_image=mask_image, strength=strength, should_stop=_stop_rule(job, settled, expired))
+        source=source,
+        prompt=job.prompt,
+        negative_prompt=job.params.get("negative_prompt") or None,
+        width=job.width,
+        height=job.height,
+        steps=job.steps,
+        guidance=job.guidance,
+        seeds=[job.seed + i for i in range(job.n)],
+        on_step=on_step,
+        init_image=init_image,
+        mask_image=mask_image,
+        strength=strength,
+        should_stop=_stop_rule(job, settled, expired),
+    )
     if partials:  # streaming: previews at steps spread over the steps actually run
         task.preview_steps = preview_steps_for(effective_steps(task), partials)
         task.on_preview = lambda index, images: _encoder.submit(
-            _publish_preview, job, index, images[0], job_steps(*last_step))
+            _publish_preview, job, index, images[0], job_steps(*last_step)
+        )
     tokens = _side.submit(backend.count_tokens, source, job.prompt)  # while the pipeline runs
     try:
         result = backend.run(task, max_batch=job.model.max_batch or None, window_ms=settings.BATCH_WINDOW_MS)
@@ -278,8 +297,9 @@ def job_run(*, job_id: str) -> None:
         return
     except Exception as exc:  # a bug or an unexpected library error: fail now, never hang the caller
         logger.exception("job %s failed unexpectedly", job.pk)
-        job_fail(job_id=job.pk, code="generation_failed",
-                 message=f"Image generation failed ({exc.__class__.__name__}).")
+        job_fail(
+            job_id=job.pk, code="generation_failed", message=f"Image generation failed ({exc.__class__.__name__})."
+        )
         return
     finally:
         _settled_watch.unwatch(job.pk)
@@ -319,8 +339,14 @@ def _fail_stopped(job: Job, reason: str) -> None:
     """Settle a job whose pipeline was stopped: release it for our limits; leave it as
     it is when it was settled by someone else (job_fail is conditional anyway)."""
     if reason == STOP_DEADLINE:
-        job_fail(job_id=job.pk, code="deadline_exceeded",
-                 message="The job did not finish before its deadline; its credits were released.")
+        job_fail(
+            job_id=job.pk,
+            code="deadline_exceeded",
+            message="The job did not finish before its deadline; its credits were released.",
+        )
     elif reason == STOP_TIME_LIMIT:
-        job_fail(job_id=job.pk, code="time_limit_exceeded",
-                 message="The job ran past its time limit; its credits were released.")
+        job_fail(
+            job_id=job.pk,
+            code="time_limit_exceeded",
+            message="The job ran past its time limit; its credits were released.",
+        )

@@ -3,6 +3,7 @@
 `v1_router` serves /v1/...; `api_router` serves the vendor shapes under /api/...
 (seeds 002 and 003). Lookups accept any character but `/` (model ids contain dots:
 `gpt-image-1.5`)."""
+
 from __future__ import annotations
 
 from rest_framework.routers import SimpleRouter

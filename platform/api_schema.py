@@ -3,6 +3,7 @@ endpoints (plain APIViews). The ViewSets (images, vendors, keys) carry their own
 `extend_schema` annotations beside their actions; shared error pieces are in
 core/schema.py. `urls.py` imports this module before serving /v1/openapi.json.
 """
+
 from __future__ import annotations
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -57,25 +58,39 @@ class UsageSerializer(serializers.Serializer):
     end = serializers.DateField()
     group_by = serializers.ChoiceField(choices=["day", "model", "key"])
     currency = serializers.CharField(default="credits")
-    totals = inline_serializer("UsageTotals", {
-        "requests": serializers.IntegerField(), "images": serializers.IntegerField(),
-        "pixels": serializers.IntegerField(), "credits": serializers.IntegerField()})
+    totals = inline_serializer(
+        "UsageTotals",
+        {
+            "requests": serializers.IntegerField(),
+            "images": serializers.IntegerField(),
+            "pixels": serializers.IntegerField(),
+            "credits": serializers.IntegerField(),
+        },
+    )
     data = UsageRowSerializer(many=True)
 
 
-
-extend_schema_view(get=extend_schema(
-    summary="The tenant's balance in credits", tags=["billing"], responses={200: BalanceSerializer, **errors(*AUTH_ERRORS)},
-))(billing_api.BalanceView)
-extend_schema_view(get=extend_schema(
-    summary="Usage grouped by day, model or key", tags=["billing"],
-    parameters=[
-        OpenApiParameter("start", OpenApiTypes.DATE, required=False, description="default: 29 days before end"),
-        OpenApiParameter("end", OpenApiTypes.DATE, required=False, description="default: today (UTC)"),
-        OpenApiParameter("group_by", OpenApiTypes.STR, enum=["day", "model", "key"], required=False),
-        OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"], required=False),
-    ],
-    responses={(200, "application/json"): OpenApiResponse(UsageSerializer, description="JSON (the default)"),
-               (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="CSV, with format=csv"),
-               **errors(400, *AUTH_ERRORS)},
-))(billing_api.UsageView)
+extend_schema_view(
+    get=extend_schema(
+        summary="The tenant's balance in credits",
+        tags=["billing"],
+        responses={200: BalanceSerializer, **errors(*AUTH_ERRORS)},
+    )
+)(billing_api.BalanceView)
+extend_schema_view(
+    get=extend_schema(
+        summary="Usage grouped by day, model or key",
+        tags=["billing"],
+        parameters=[
+            OpenApiParameter("start", OpenApiTypes.DATE, required=False, description="default: 29 days before end"),
+            OpenApiParameter("end", OpenApiTypes.DATE, required=False, description="default: today (UTC)"),
+            OpenApiParameter("group_by", OpenApiTypes.STR, enum=["day", "model", "key"], required=False),
+            OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"], required=False),
+        ],
+        responses={
+            (200, "application/json"): OpenApiResponse(UsageSerializer, description="JSON (the default)"),
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="CSV, with format=csv"),
+            **errors(400, *AUTH_ERRORS),
+        },
+    )
+)(billing_api.UsageView)

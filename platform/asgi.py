@@ -1,4 +1,5 @@
 """ASGI entry point (for operators who prefer an ASGI server)."""
+
 import os
 import sys
 from pathlib import Path

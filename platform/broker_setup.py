@@ -4,6 +4,7 @@ BROKER_URL unset: a StubBroker lives inside the web process and an in-process
 dramatiq.Worker consumes it, so one `make run` is a whole platform.
 redis://... or amqp://...: the web tier only enqueues; `make worker` consumes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,13 @@ MIDDLEWARE = [
 ]
 
 
-def broker_settings(broker_url: str, namespace: str = "dramatiq", *, heartbeat_timeout_ms: int = 30_000,
-                    maintenance_chance: int = 50_000) -> dict[str, Any]:
+def broker_settings(
+    broker_url: str,
+    namespace: str = "dramatiq",
+    *,
+    heartbeat_timeout_ms: int = 30_000,
+    maintenance_chance: int = 50_000,
+) -> dict[str, Any]:
     """The DRAMATIQ_BROKER setting for a broker URL ('' = embedded)."""
     if not broker_url:
         return {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {}, "MIDDLEWARE": MIDDLEWARE}
@@ -43,12 +49,20 @@ def broker_settings(broker_url: str, namespace: str = "dramatiq", *, heartbeat_t
         # worker's job is redelivered well within a minute. See docs/operations.md.
         return {
             "BROKER": "broker_setup.WakingRedisBroker",
-            "OPTIONS": {"url": broker_url, "namespace": namespace, "heartbeat_timeout": heartbeat_timeout_ms,
-                        "maintenance_chance": maintenance_chance},
+            "OPTIONS": {
+                "url": broker_url,
+                "namespace": namespace,
+                "heartbeat_timeout": heartbeat_timeout_ms,
+                "maintenance_chance": maintenance_chance,
+            },
             "MIDDLEWARE": MIDDLEWARE,
         }
     if broker_url.startswith(("amqp://", "amqps://")):
-        return {"BROKER": "dramatiq.brokers.rabbitmq.RabbitmqBroker", "OPTIONS": {"url": broker_url}, "MIDDLEWARE": MIDDLEWARE}
+        return {
+            "BROKER": "dramatiq.brokers.rabbitmq.RabbitmqBroker",
+            "OPTIONS": {"url": broker_url},
+            "MIDDLEWARE": MIDDLEWARE,
+        }
     raise ValueError(f"BROKER_URL must be redis://, rediss:// or amqp://, not {broker_url.split(':', 1)[0]}://")
 
 
@@ -81,8 +95,9 @@ class WakingRedisBroker(RedisBroker):
     def enqueue(self, message, *, delay=None):
         enqueued = super().enqueue(message, delay=delay)
         try:
-            self.client.publish(self.wake_channel, dq_name(message.queue_name) if delay is not None
-                                else message.queue_name)
+            self.client.publish(
+                self.wake_channel, dq_name(message.queue_name) if delay is not None else message.queue_name
+            )
         except Exception:  # the message is queued; a worker will poll it up anyway
             logger.warning("could not publish a wake-up for queue %s", message.queue_name, exc_info=True)
         return enqueued
@@ -112,8 +127,9 @@ class WakingRedisBroker(RedisBroker):
                     if event is not None:
                         event.set()
             except Exception:
-                logger.warning("broker wake-up subscription lost; retrying in 1 s (workers poll meanwhile)",
-                               exc_info=True)
+                logger.warning(
+                    "broker wake-up subscription lost; retrying in 1 s (workers poll meanwhile)", exc_info=True
+                )
             finally:
                 if pubsub is not None:
                     try:

@@ -2,6 +2,7 @@
 GET /readyz: 200 when this process can serve: the database, the broker and the object
 store (or local storage) all answer; else 503 naming what fails. A load balancer sends
 traffic by /readyz; /healthz stays as it was for the existing probes."""
+
 from __future__ import annotations
 
 from django.conf import settings

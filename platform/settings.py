@@ -7,6 +7,7 @@ Two ways to run, one code path:
   separate `make worker` processes, shared storage.
 Every variable is documented in docs/configuration.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -150,7 +151,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=3))
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=3)
+    )
 
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 
@@ -195,10 +198,12 @@ if AWS_STORAGE_BUCKET_NAME:
     # instead of botocore's 60 s connect timeout and its legacy retries.
     # (A client config replaces django-storages' own: signature and addressing style go in it.)
     AWS_S3_CLIENT_CONFIG = _BotoConfig(
-        signature_version="s3v4", s3={"addressing_style": AWS_S3_ADDRESSING_STYLE} if AWS_S3_ADDRESSING_STYLE else {},
+        signature_version="s3v4",
+        s3={"addressing_style": AWS_S3_ADDRESSING_STYLE} if AWS_S3_ADDRESSING_STYLE else {},
         connect_timeout=env.float("S3_CONNECT_TIMEOUT", default=5.0),
         read_timeout=env.float("S3_READ_TIMEOUT", default=30.0),
-        retries={"max_attempts": env.int("S3_MAX_ATTEMPTS", default=3), "mode": "standard"})
+        retries={"max_attempts": env.int("S3_MAX_ATTEMPTS", default=3), "mode": "standard"},
+    )
 # The store's address as clients see it, for presigned links, when it differs from the
 # one the platform uses (e.g. http://minio:9000 inside a compose network).
 S3_PUBLIC_ENDPOINT_URL = env.str("S3_PUBLIC_ENDPOINT_URL", default="").rstrip("/")
@@ -258,9 +263,12 @@ BROKER_NAMESPACE = env.str("BROKER_NAMESPACE", default="dramatiq")
 # A Redis worker silent this long is presumed dead and its unacknowledged jobs requeued.
 BROKER_HEARTBEAT_TIMEOUT_MS = env.int("BROKER_HEARTBEAT_TIMEOUT_MS", default=20_000)
 BROKER_MAINTENANCE_CHANCE = env.int("BROKER_MAINTENANCE_CHANCE", default=100_000)
-DRAMATIQ_BROKER = broker_setup.broker_settings(BROKER_URL, BROKER_NAMESPACE,
-                                               heartbeat_timeout_ms=BROKER_HEARTBEAT_TIMEOUT_MS,
-                                               maintenance_chance=BROKER_MAINTENANCE_CHANCE)
+DRAMATIQ_BROKER = broker_setup.broker_settings(
+    BROKER_URL,
+    BROKER_NAMESPACE,
+    heartbeat_timeout_ms=BROKER_HEARTBEAT_TIMEOUT_MS,
+    maintenance_chance=BROKER_MAINTENANCE_CHANCE,
+)
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 # How long (ms) a job waits for compatible company before its pipeline call, when
 # batching is on (a model's max batch > 1); 0 = never wait.
@@ -287,8 +295,9 @@ MODERATION_CLASSIFIER = env.str("MODERATION_CLASSIFIER", default="")
 # whenever a prompt is crafted to crash it).
 MODERATION_CLASSIFIER_FAILURE = env.str("MODERATION_CLASSIFIER_FAILURE", default="closed")
 if MODERATION_CLASSIFIER_FAILURE not in ("open", "closed"):
-    raise ImproperlyConfigured(f"MODERATION_CLASSIFIER_FAILURE must be 'open' or 'closed', "
-                               f"not {MODERATION_CLASSIFIER_FAILURE!r}")
+    raise ImproperlyConfigured(
+        f"MODERATION_CLASSIFIER_FAILURE must be 'open' or 'closed', not {MODERATION_CLASSIFIER_FAILURE!r}"
+    )
 
 # ---- Generation -------------------------------------------------------------------
 # How long a synchronous request waits for its job before answering with the job id.
@@ -319,10 +328,13 @@ PIPELINE_CACHE_SIZE = env.int("PIPELINE_CACHE_SIZE", default=2)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-                   "json": {"()": "core.logging.JSONFormatter"}},  # structlog; core/logging.py
-    "handlers": {"console": {"class": "logging.StreamHandler",
-                             "formatter": "json" if LOG_FORMAT == "json" else "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "core.logging.JSONFormatter"},
+    },  # structlog; core/logging.py
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json" if LOG_FORMAT == "json" else "plain"}
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # axes.apps: django-axes' start-up banner, printed by every manage.py command otherwise.
     "loggers": {"django.server": {"level": "WARNING"}, "axes.apps": {"level": "WARNING"}},
@@ -370,12 +382,16 @@ INSTALLED_APPS += ["allauth", "allauth.account", "allauth.mfa"]
 # apps; their client ids and secrets go in SOCIALACCOUNT_PROVIDERS_JSON (allauth's format).
 SOCIAL_PROVIDERS = env.list("SOCIAL_PROVIDERS", default=[])
 if SOCIAL_PROVIDERS:
-    INSTALLED_APPS += ["allauth.socialaccount",
-                       *[f"allauth.socialaccount.providers.{name}" for name in SOCIAL_PROVIDERS]]
+    INSTALLED_APPS += [
+        "allauth.socialaccount",
+        *[f"allauth.socialaccount.providers.{name}" for name in SOCIAL_PROVIDERS],
+    ]
     SOCIALACCOUNT_PROVIDERS = env.json("SOCIALACCOUNT_PROVIDERS_JSON", default={})
 # Before axes' middleware, which stays last.
-MIDDLEWARE.insert(MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
-                  "allauth.account.middleware.AccountMiddleware")
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+    "allauth.account.middleware.AccountMiddleware",
+)
 # allauth signs in by email; the lockout backend stays first, so its lockout covers
 # /accounts/login/ too (the identity is the username or the email: accounts.backends).
 AUTHENTICATION_BACKENDS += ["allauth.account.auth_backends.AuthenticationBackend"]
@@ -426,7 +442,8 @@ VOUCHER_FAILURE_LIMIT = env.int("VOUCHER_FAILURE_LIMIT", default=10)
 VOUCHER_FAILURE_WINDOW_SECONDS = env.int("VOUCHER_FAILURE_WINDOW_SECONDS", default=900)
 # Where a 402 sends the customer; "" = the dashboard's billing page while payments or vouchers are on.
 TOP_UP_URL = env.str("TOP_UP_URL", default="") or (
-    "/dashboard/billing/" if (STRIPE_SECRET_KEY or VOUCHERS_ENABLED) else "")
+    "/dashboard/billing/" if (STRIPE_SECRET_KEY or VOUCHERS_ENABLED) else ""
+)
 
 # ---- API schema (drf-spectacular) ----
 # OpenAPI 3 at /v1/openapi.json and Swagger UI at /docs/ (assets from the sidecar
@@ -436,7 +453,7 @@ REST_FRAMEWORK["DEFAULT_SCHEMA_CLASS"] = "drf_spectacular.openapi.AutoSchema"
 SPECTACULAR_SETTINGS = {
     "TITLE": "Image generation API",
     "DESCRIPTION": "OpenAI-compatible Images API plus vendor-shaped endpoints. Every error answers "
-                   "`{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`. Amounts are integer credits.",
+    '`{"error": {"message", "type", "param", "code"}}`. Amounts are integer credits.',
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
@@ -457,9 +474,13 @@ SPECTACULAR_SETTINGS = {
 INSTALLED_APPS += ["django_prometheus"]
 # Scrape-time collectors of the platform's own numbers (from the database; images/metrics.py).
 METRICS_COLLECTORS = ["images.metrics.PlatformCollector"]
-MIDDLEWARE = ["django_prometheus.middleware.PrometheusBeforeMiddleware", *MIDDLEWARE[:-1],
-              "django_prometheus.middleware.PrometheusAfterMiddleware", MIDDLEWARE[-1]]  # axes stays last
-if METRICS_TOKEN and DATABASES["default"]["ENGINE"] in ("django.db.backends.postgresql",
-                                                         "django.db.backends.sqlite3"):
-    DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace("django.db.backends.",
-                                                                            "django_prometheus.db.backends.")
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    *MIDDLEWARE[:-1],
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    MIDDLEWARE[-1],
+]  # axes stays last
+if METRICS_TOKEN and DATABASES["default"]["ENGINE"] in ("django.db.backends.postgresql", "django.db.backends.sqlite3"):
+    DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
+        "django.db.backends.", "django_prometheus.db.backends."
+    )

@@ -30,10 +30,14 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("v1/", include(api_router.v1_router.urls)),
     path("api/", include(api_router.api_router.urls)),
-    path("dashboard/api/generations", images_api.PlaygroundViewSet.as_view({"post": "create"}),
-         name="playground-submit"),
-    path("dashboard/api/tasks/<str:task_id>", images_api.PlaygroundViewSet.as_view({"get": "retrieve"}),
-         name="playground-task"),
+    path(
+        "dashboard/api/generations", images_api.PlaygroundViewSet.as_view({"post": "create"}), name="playground-submit"
+    ),
+    path(
+        "dashboard/api/tasks/<str:task_id>",
+        images_api.PlaygroundViewSet.as_view({"get": "retrieve"}),
+        name="playground-task",
+    ),
     # Anything else under the API prefixes: a 404 in the envelope, DEBUG or not.
     re_path(r"^(?:v1|api)/.*$", images_api.UnknownRouteView.as_view()),
 ]
@@ -50,8 +54,14 @@ def handler404(request: HttpRequest, exception: Exception | None = None):
 def handler500(request: HttpRequest):
     if not request.path.startswith(API_PREFIXES):
         return defaults.server_error(request)
-    return json_error_response(APIError("The server had an error while processing your request.",
-                                        status_code=500, type="server_error", code="internal_error"))
+    return json_error_response(
+        APIError(
+            "The server had an error while processing your request.",
+            status_code=500,
+            type="server_error",
+            code="internal_error",
+        )
+    )
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None):
@@ -59,5 +69,9 @@ def handler400(request: HttpRequest, exception: Exception | None = None):
     in the envelope on the API; never a debug page."""
     if not request.path.startswith(API_PREFIXES):
         return defaults.bad_request(request, exception)
-    return json_error_response(InvalidRequest("The request was malformed (for example its Host header is not one "
-                                              "this server answers to).", code="bad_request"))
+    return json_error_response(
+        InvalidRequest(
+            "The request was malformed (for example its Host header is not one this server answers to).",
+            code="bad_request",
+        )
+    )

@@ -1,4 +1,5 @@
 """WSGI entry point: `gunicorn --chdir platform wsgi:application` (see serve command)."""
+
 import os
 import sys
 from pathlib import Path

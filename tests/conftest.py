@@ -2,6 +2,7 @@
 running in this process (on the StubBroker when embedded, on Redis/RabbitMQ when
 BROKER_URL is set), so jobs go through the same actor, service and pipeline as
 in production."""
+
 from __future__ import annotations
 
 import itertools
@@ -33,8 +34,7 @@ def _session_worker(django_db_setup):
     """One Dramatiq worker for the session, stopped before the test database goes."""
     import broker_setup
 
-    worker = broker_setup.start_embedded_worker(threads=2, any_broker=True,
-                                                queues={*settings.GPU_QUEUES, "default"})
+    worker = broker_setup.start_embedded_worker(threads=2, any_broker=True, queues={*settings.GPU_QUEUES, "default"})
     yield worker
     broker_setup.stop_embedded_worker()
 

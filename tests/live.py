@@ -3,6 +3,7 @@ BROKER_URL is set, a separate `runworker` process, on their own database (a fres
 PostgreSQL database when the suite runs on PostgreSQL, else a SQLite file) and their own
 broker namespace. Tests talk to it over HTTP only. The mechanism is tools.deployment's,
 shared with `manage.py bench`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,9 @@ class LiveServer(Deployment):
         return self.manage("shell", "-v0", "-c", code).stdout.strip().splitlines()[-1]
 
 
-def start_live_server(tmp: Path, extra_env: dict | None = None, *, worker: bool | None = None,
-                      expect_health: int = 200) -> LiveServer:
+def start_live_server(
+    tmp: Path, extra_env: dict | None = None, *, worker: bool | None = None, expect_health: int = 200
+) -> LiveServer:
     """Migrate a fresh database, start `serve` and (with a broker) a `runworker`
     process, and wait until /healthz answers `expect_health`."""
     server = LiveServer(tmp, name="live", extra_env=extra_env)

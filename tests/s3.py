@@ -2,6 +2,7 @@
 own (`python -m moto.server`), spoken to through boto3 and django-storages exactly as a
 deployment speaks to AWS S3 or MinIO. Stopping it is the store going away; starting it
 again on the same port is the store coming back (empty: moto keeps nothing on disk)."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,13 @@ class MotoS3:
     def start(self, *, create_bucket: bool = True) -> MotoS3:
         log = (self.log_dir / f"moto-{self.port}.log").open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -61,8 +67,13 @@ class MotoS3:
     def client(self):
         import boto3
 
-        return boto3.session.Session().client("s3", endpoint_url=self.endpoint, region_name=REGION,
-                                              aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+        )
 
     def keys(self, prefix: str = "") -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
@@ -76,8 +87,13 @@ class MotoS3:
 
     def env(self) -> dict[str, str]:
         """The environment variables that point a deployment at this store."""
-        return {"AWS_STORAGE_BUCKET_NAME": self.bucket, "AWS_S3_ENDPOINT_URL": self.endpoint,
-                "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_S3_REGION_NAME": REGION}
+        return {
+            "AWS_STORAGE_BUCKET_NAME": self.bucket,
+            "AWS_S3_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_S3_REGION_NAME": REGION,
+        }
 
 
 def use_s3(settings, store: MotoS3) -> None:
@@ -93,7 +109,8 @@ def use_s3(settings, store: MotoS3) -> None:
     settings.AWS_S3_SIGNATURE_VERSION = "s3v4"
     settings.AWS_DEFAULT_ACL = None
     settings.AWS_S3_FILE_OVERWRITE = True
-    settings.AWS_S3_CLIENT_CONFIG = Config(signature_version="s3v4", connect_timeout=1, read_timeout=5,
-                                           retries={"max_attempts": 2, "mode": "standard"})
+    settings.AWS_S3_CLIENT_CONFIG = Config(
+        signature_version="s3v4", connect_timeout=1, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"}
+    )
     # Last: changing STORAGES makes Django build default_storage again, with the above.
     settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "storages.backends.s3.S3Storage"}}

@@ -1,6 +1,7 @@
 """The Redis broker's wake-ups (platform/broker_setup.py): an idle consumer picks a new
 message up at once, and an ack refills its prefetch at once, although its poll
 interval (the worker timeout) is long. Needs Redis: runs in .ci/run's second pass."""
+
 from __future__ import annotations
 
 import time
@@ -11,8 +12,9 @@ from django.conf import settings
 
 import broker_setup
 
-pytestmark = pytest.mark.skipif(not settings.BROKER_URL.startswith("redis"),
-                                reason="needs Redis: runs in the PostgreSQL + Redis pass (BROKER_URL)")
+pytestmark = pytest.mark.skipif(
+    not settings.BROKER_URL.startswith("redis"), reason="needs Redis: runs in the PostgreSQL + Redis pass (BROKER_URL)"
+)
 
 POLL_MS = 20_000  # far longer than any wait below: only a wake-up can end one in time
 

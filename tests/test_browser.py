@@ -1,6 +1,7 @@
 """The operator admin and the tenant dashboard in a real browser (headless Chromium via
 Playwright) against a live server. SCREENSHOTS=1 also saves the main pages to
 docs/screenshots/ (1200x800 PNG)."""
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,20 @@ import pytest
 from tests.live import start_live_server
 
 CHROMIUM = "/usr/bin/chromium"
-pytestmark = [pytest.mark.live,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt install chromium)")]
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt install chromium)"),
+]
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 PASSWORD = "correct-horse-battery-9"
 
 
 def api(server, path: str, key: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(server.url + path, data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-                                              **(headers or {})})
+    request = urllib.request.Request(
+        server.url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
@@ -52,8 +57,12 @@ def live(tmp_path_factory):
     server.tenant_b, server.key_b = tenant_with_key(server, 1_000)
     server.manage("member_create", server.tenant_a, "olive", "--password", PASSWORD, "--role", "owner")
     server.manage("member_create", server.tenant_b, "bert", "--password", PASSWORD, "--role", "member")
-    server.manage("shell", "-c", "from django.contrib.auth.models import User; "
-                  f"User.objects.create_superuser('operator', 'op@example.com', '{PASSWORD}')")
+    server.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        f"User.objects.create_superuser('operator', 'op@example.com', '{PASSWORD}')",
+    )
     yield server
     server.stop()
     print("---- live server logs (tail) ----\n" + server.log_text()[-4000:])
@@ -65,8 +74,10 @@ def browser():
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
         yield chromium
         chromium.close()
 
@@ -200,8 +211,13 @@ def test_playground_runs_a_charged_job_to_the_finished_image(page, live):
 
 
 def test_other_tenants_member_gets_404_and_no_admin(page, live):
-    status, task = api(live, "/v1/images/generations", live.key_a,
-                       {"model": "dall-e-2", "prompt": "a red fox", "size": "256x256"}, {"Prefer": "respond-async"})
+    status, task = api(
+        live,
+        "/v1/images/generations",
+        live.key_a,
+        {"model": "dall-e-2", "prompt": "a red fox", "size": "256x256"},
+        {"Prefer": "respond-async"},
+    )
     assert status == 202, task
     dashboard_login(page, live, "bert")
     assert page.inner_text("#tenant-name") == live.tenant_b
@@ -226,8 +242,12 @@ def test_admin_usage_page_draws_charts_from_records(db, tenant, worker, api):
 
     from tests.conftest import post_json
 
-    post_json(api, "/v1/images/generations", {"model": "dall-e-2", "prompt": "x", "size": "256x256",
-                                              "response_format": "b64_json"}, tenant)
+    post_json(
+        api,
+        "/v1/images/generations",
+        {"model": "dall-e-2", "prompt": "x", "size": "256x256", "response_format": "b64_json"},
+        tenant,
+    )
     User.objects.create_superuser("ops", "ops@example.com", "pw-123456")
     client = Client()
     client.login(username="ops", password="pw-123456")

@@ -6,6 +6,7 @@ drives generations (url and b64_json), an edit with a mask, a variation and stre
 Two separate workers need a broker: with BROKER_URL (the PostgreSQL + Redis pass) this
 runs web + 2 workers; embedded, the same tests run against web with its in-process
 worker (one machine, still only the bucket for images)."""
+
 from __future__ import annotations
 
 import base64
@@ -33,8 +34,14 @@ TOKEN = "distributed-metrics-token"
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("distributed")
     store = MotoS3(tmp).start()
-    env = {**store.env(), "METRICS_TOKEN": TOKEN, "METRICS_CACHE_SECONDS": "0", "WORKER_HEARTBEAT_SECONDS": "1",
-           "MEDIA_ROOT": str(tmp / "media-web"), "LOG_FORMAT": "json"}
+    env = {
+        **store.env(),
+        "METRICS_TOKEN": TOKEN,
+        "METRICS_CACHE_SECONDS": "0",
+        "WORKER_HEARTBEAT_SECONDS": "1",
+        "MEDIA_ROOT": str(tmp / "media-web"),
+        "LOG_FORMAT": "json",
+    }
     server = LiveServer(tmp, name="dist", extra_env=env)
     try:
         server.prepare()
@@ -86,13 +93,19 @@ def scrape(cluster) -> dict:
     request = urllib.request.Request(cluster.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def _jobs(samples, outcome: str) -> float:
-    return sum(v for (name, labels), v in samples.items()
-               if name == "imagegen_jobs_total" and dict(labels).get("outcome") == outcome)
+    return sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "imagegen_jobs_total" and dict(labels).get("outcome") == outcome
+    )
 
 
 def test_every_kind_of_request_works_with_the_bucket_as_the_only_shared_storage(cluster, client):
@@ -104,14 +117,21 @@ def test_every_kind_of_request_works_with_the_bucket_as_the_only_shared_storage(
     b64 = client.images.generate(model="gpt-image-1", prompt="a fox", quality="low", output_format="jpeg")
     image = Image.open(io.BytesIO(base64.b64decode(b64.data[0].b64_json)))
     assert image.format == "JPEG" and image.size == (1024, 1024)
-    masked = client.images.edit(model="dall-e-2", image=("a.png", _png(), "image/png"),
-                                mask=("m.png", _png(alpha_left=True), "image/png"), prompt="sky", size="256x256")
+    masked = client.images.edit(
+        model="dall-e-2",
+        image=("a.png", _png(), "image/png"),
+        mask=("m.png", _png(alpha_left=True), "image/png"),
+        prompt="sky",
+        size="256x256",
+    )
     assert _fetch(masked.data[0].url, store=store).size == (256, 256)
-    variation = client.images.create_variation(image=("a.png", _png(), "image/png"), n=1, size="256x256",
-                                               response_format="b64_json")
+    variation = client.images.create_variation(
+        image=("a.png", _png(), "image/png"), n=1, size="256x256", response_format="b64_json"
+    )
     assert Image.open(io.BytesIO(base64.b64decode(variation.data[0].b64_json))).size == (256, 256)
-    events = list(client.images.generate(model="gpt-image-1", prompt="a lighthouse", quality="low", stream=True,
-                                         partial_images=1))
+    events = list(
+        client.images.generate(model="gpt-image-1", prompt="a lighthouse", quality="low", stream=True, partial_images=1)
+    )
     assert events[-1].type == "image_generation.completed"
     assert Image.open(io.BytesIO(base64.b64decode(events[-1].b64_json))).size == (1024, 1024)
 
@@ -125,9 +145,14 @@ def test_every_kind_of_request_works_with_the_bucket_as_the_only_shared_storage(
 def test_metrics_count_three_more_succeeded_jobs_after_three_requests(cluster, client):
     before = _jobs(scrape(cluster), "succeeded")
     with ThreadPoolExecutor(3) as pool:  # at once: both workers get some
-        results = list(pool.map(lambda i: client.images.generate(model="dall-e-2", prompt=f"tower {i}",
-                                                                  size="256x256", response_format="b64_json"),
-                                range(3)))
+        results = list(
+            pool.map(
+                lambda i: client.images.generate(
+                    model="dall-e-2", prompt=f"tower {i}", size="256x256", response_format="b64_json"
+                ),
+                range(3),
+            )
+        )
     assert all(len(r.data) == 1 for r in results)
     after = scrape(cluster)
     assert _jobs(after, "succeeded") - before == 3
@@ -137,15 +162,25 @@ def test_metrics_count_three_more_succeeded_jobs_after_three_requests(cluster, c
 @pytest.mark.skipif(not settings.BROKER_URL, reason="two separate workers need a broker (the PostgreSQL + Redis pass)")
 def test_both_workers_report_heartbeats_and_did_work(cluster, client):
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: client.images.generate(model="dall-e-2", prompt=f"x{i}", size="256x256",
-                                                       response_format="b64_json"), range(4)))
+        list(
+            pool.map(
+                lambda i: client.images.generate(
+                    model="dall-e-2", prompt=f"x{i}", size="256x256", response_format="b64_json"
+                ),
+                range(4),
+            )
+        )
     deadline = time.monotonic() + 15
     while True:
         samples = scrape(cluster)
-        up = {dict(labels)["worker"] for (name, labels), v in samples.items()
-              if name == "imagegen_worker_up" and v == 1}
-        busy = {dict(labels)["worker"] for (name, labels), v in samples.items()
-                if name == "imagegen_worker_messages_total" and v > 0}
+        up = {
+            dict(labels)["worker"] for (name, labels), v in samples.items() if name == "imagegen_worker_up" and v == 1
+        }
+        busy = {
+            dict(labels)["worker"]
+            for (name, labels), v in samples.items()
+            if name == "imagegen_worker_messages_total" and v > 0
+        }
         if (len(up) >= 2 and len(busy) >= 2) or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -1,4 +1,5 @@
 """Every error on the API leaves in the envelope, with x-request-id."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,20 +15,26 @@ def assert_envelope(response, status: int) -> dict:
 
 
 def test_malformed_json_is_400(api, registry, tenant):
-    response = api.post("/v1/images/generations", data=b'{"prompt": "x",', content_type="application/json",
-                        **tenant.auth)
+    response = api.post(
+        "/v1/images/generations", data=b'{"prompt": "x",', content_type="application/json", **tenant.auth
+    )
     error = assert_envelope(response, 400)
     assert error["message"].startswith("We could not parse the JSON body of your request.")
 
 
 def test_json_that_is_not_an_object_is_400(api, registry, tenant):
-    assert_envelope(api.post("/v1/images/generations", data=b"[1, 2]", content_type="application/json",
-                             **tenant.auth), 400)
+    assert_envelope(
+        api.post("/v1/images/generations", data=b"[1, 2]", content_type="application/json", **tenant.auth), 400
+    )
 
 
 def test_invalid_utf8_is_400(api, registry, tenant):
-    assert_envelope(api.post("/v1/images/generations", data=b'{"prompt": "\xff\xfe"}',
-                             content_type="application/json", **tenant.auth), 400)
+    assert_envelope(
+        api.post(
+            "/v1/images/generations", data=b'{"prompt": "\xff\xfe"}', content_type="application/json", **tenant.auth
+        ),
+        400,
+    )
 
 
 @pytest.mark.parametrize("path", ["/v1/nope", "/v1/images/nope", "/api/nothing-here"])

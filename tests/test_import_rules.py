@@ -8,6 +8,7 @@ including those inside functions):
 - torch, diffusers and transformers are imported only under images/backends/local/
   (and by the tooling in tools/), so the web tier never pays for them.
 """
+
 from __future__ import annotations
 
 import grimp
@@ -98,8 +99,13 @@ def test_no_app_imports_another_apps_views(graph):
 
 
 def test_core_depends_on_no_app(graph):
-    offenders = [f"{m} -> {t}" for m, imported in _project_edges(graph).items() if m.split(".")[0] == "core"
-                 for t in imported if t.split(".")[0] != "core"]
+    offenders = [
+        f"{m} -> {t}"
+        for m, imported in _project_edges(graph).items()
+        if m.split(".")[0] == "core"
+        for t in imported
+        if t.split(".")[0] != "core"
+    ]
     assert offenders == []
 
 

@@ -1,5 +1,6 @@
 """Structured logs (core/logging.py): one JSON object per line, carrying the request id,
 tenant, key prefix and job id where they apply; never a key, a secret or a prompt."""
+
 from __future__ import annotations
 
 import io
@@ -37,8 +38,9 @@ def json_lines():
     root.setLevel(old_level)
 
 
-def test_a_refused_request_logs_one_json_line_with_its_request_tenant_and_key_prefix(api, registry, make_tenant,
-                                                                                   json_lines):
+def test_a_refused_request_logs_one_json_line_with_its_request_tenant_and_key_prefix(
+    api, registry, make_tenant, json_lines
+):
     poor = make_tenant(credits=0)
     response = post_json(api, URL, {"model": "dall-e-2", "prompt": PROMPT, "size": "256x256"}, poor)
     assert response.status_code == 402
@@ -68,8 +70,12 @@ def test_worker_lines_carry_the_job_id(api, worker, tenant, json_lines):
 def test_secrets_and_prompts_are_redacted_unless_prompts_are_turned_on(json_lines, settings):
     logger = logging.getLogger("tests.logging")
     key = "AbCd1234.s3cr3tS3cr3tS3cr3tS3cr3tS3cr3t00"
-    logger.warning("client sent %s in Authorization: Bearer %s", key, "tok_abcdef",
-                   extra={"prompt": PROMPT, "api_key": key, "password": "hunter2", "size": "256x256"})
+    logger.warning(
+        "client sent %s in Authorization: Bearer %s",
+        key,
+        "tok_abcdef",
+        extra={"prompt": PROMPT, "api_key": key, "password": "hunter2", "size": "256x256"},
+    )
     settings.LOG_PROMPTS = True
     logger.warning("with prompts on", extra={"prompt": PROMPT})
     first, second = json_lines()[-2:]

@@ -1,4 +1,5 @@
 """GET /metrics: behind METRICS_TOKEN, and the numbers move by what happened."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -63,8 +64,10 @@ def test_three_generations_move_the_job_credit_and_latency_metrics_by_three(api,
     assert moved("imagegen_credits_captured_total", model="dall-e-2") == 3 * 16  # 16 credits per 256x256
     assert value(after, "imagegen_holds_open") == 0 and value(after, "imagegen_credits_held") == 0
     # django-prometheus' request metrics for the web tier
-    assert any(name == "django_http_responses_total_by_status_view_method_total" and dict(labels).get("status") == "200"
-               for name, labels in after)
+    assert any(
+        name == "django_http_responses_total_by_status_view_method_total" and dict(labels).get("status") == "200"
+        for name, labels in after
+    )
 
 
 def test_refusals_are_counted_by_status_and_code(api, registry, make_tenant, metrics_on):
@@ -73,13 +76,19 @@ def test_refusals_are_counted_by_status_and_code(api, registry, make_tenant, met
     assert post_json(api, URL, SMALL, poor).status_code == 402
     blocked = post_json(api, URL, {**SMALL, "prompt": "explicit porn of two people having sex"}, make_tenant())
     after = scrape(api)
-    assert value(after, "imagegen_api_errors_total", status="402", code="insufficient_quota") - value(
-        before, "imagegen_api_errors_total", status="402", code="insufficient_quota") == 1
+    assert (
+        value(after, "imagegen_api_errors_total", status="402", code="insufficient_quota")
+        - value(before, "imagegen_api_errors_total", status="402", code="insufficient_quota")
+        == 1
+    )
     assert blocked.status_code == 400  # the default term lists block it
     code = blocked.json()["error"]["code"]
     assert value(after, "imagegen_api_errors_total", status="400", code=code) >= 1
-    assert value(after, "imagegen_moderation_blocks_total", model="dall-e-2") - value(
-        before, "imagegen_moderation_blocks_total", model="dall-e-2") == 1
+    assert (
+        value(after, "imagegen_moderation_blocks_total", model="dall-e-2")
+        - value(before, "imagegen_moderation_blocks_total", model="dall-e-2")
+        == 1
+    )
 
 
 def test_rate_limit_refusals_are_counted(api, registry, make_tenant, metrics_on, settings):
@@ -106,10 +115,28 @@ def test_worker_heartbeats_are_exported_and_quiet_ones_marked(api, db, metrics_o
     from core.heartbeats import heartbeat_record
 
     now = timezone.now()
-    heartbeat_record(worker_id="gpu-1:10", host="gpu-1", pid=10, queues=["gpu"], device="cuda: H200",
-                     started_at=now, jobs_running=1, jobs_done=7, device_memory_bytes=2**30)
-    heartbeat_record(worker_id="gpu-2:11", host="gpu-2", pid=11, queues=["gpu"], device="cpu", started_at=now,
-                     jobs_running=0, jobs_done=3, now=now - timedelta(seconds=settings.WORKER_QUIET_SECONDS + 5))
+    heartbeat_record(
+        worker_id="gpu-1:10",
+        host="gpu-1",
+        pid=10,
+        queues=["gpu"],
+        device="cuda: H200",
+        started_at=now,
+        jobs_running=1,
+        jobs_done=7,
+        device_memory_bytes=2**30,
+    )
+    heartbeat_record(
+        worker_id="gpu-2:11",
+        host="gpu-2",
+        pid=11,
+        queues=["gpu"],
+        device="cpu",
+        started_at=now,
+        jobs_running=0,
+        jobs_done=3,
+        now=now - timedelta(seconds=settings.WORKER_QUIET_SECONDS + 5),
+    )
     samples = scrape(api)
     live = {"worker": "gpu-1:10", "host": "gpu-1", "device": "cuda: H200"}
     quiet = {"worker": "gpu-2:11", "host": "gpu-2", "device": "cpu"}
@@ -125,8 +152,17 @@ def test_admin_overview_lists_workers_and_the_quiet_ones(client, db, settings):
     from core.heartbeats import heartbeat_record
 
     now = timezone.now()
-    heartbeat_record(worker_id="gpu-7:70", host="gpu-7", pid=70, queues=["gpu"], device="cuda: H200", started_at=now,
-                     jobs_running=0, jobs_done=1, now=now - timedelta(seconds=settings.WORKER_QUIET_SECONDS + 30))
+    heartbeat_record(
+        worker_id="gpu-7:70",
+        host="gpu-7",
+        pid=70,
+        queues=["gpu"],
+        device="cuda: H200",
+        started_at=now,
+        jobs_running=0,
+        jobs_done=1,
+        now=now - timedelta(seconds=settings.WORKER_QUIET_SECONDS + 30),
+    )
     admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw-for-tests-123")
     client.force_login(admin)
     page = client.get("/admin/overview/").content.decode()
@@ -139,8 +175,12 @@ def test_every_platform_metric_on_the_grafana_dashboard_is_exported(api, db, met
     from pathlib import Path
 
     dashboard = json.loads((Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json").read_text())
-    used = {re.sub(r"_(total|bucket|sum|count)$", "", name) for panel in dashboard["panels"]
-            for target in panel["targets"] for name in re.findall(r"\bimagegen_[a-z_]+", target["expr"])}
+    used = {
+        re.sub(r"_(total|bucket|sum|count)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bimagegen_[a-z_]+", target["expr"])
+    }
     text = api.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").content.decode()
     exported = set(re.findall(r"^# TYPE (imagegen_[a-z_]+) ", text, flags=re.M))
     exported |= {re.sub(r"_total$", "", name) for name in exported}

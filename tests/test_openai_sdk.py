@@ -1,5 +1,6 @@
 """The official `openai` SDK against a live server (gunicorn + the worker), as a
 customer would use it: base_url pointed at us, nothing else changed."""
+
 from __future__ import annotations
 
 import base64
@@ -29,8 +30,9 @@ def client(live):
 
 
 def test_dalle2_b64_json_is_a_png_of_the_requested_size(client):
-    result = client.images.generate(model="dall-e-2", prompt="a lighthouse at dusk", size="256x256",
-                                    response_format="b64_json", n=2)
+    result = client.images.generate(
+        model="dall-e-2", prompt="a lighthouse at dusk", size="256x256", response_format="b64_json", n=2
+    )
     assert len(result.data) == 2
     for item in result.data:
         image = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
@@ -48,8 +50,9 @@ def test_default_url_is_fetchable_without_the_key(client):
 
 
 def test_gpt_image_has_usage_and_passes_strict_validation(live):
-    strict = openai.OpenAI(api_key=live.tenant(), base_url=live.url + "/v1", max_retries=0,
-                           _strict_response_validation=True)
+    strict = openai.OpenAI(
+        api_key=live.tenant(), base_url=live.url + "/v1", max_retries=0, _strict_response_validation=True
+    )
     result = strict.images.generate(model="gpt-image-1", prompt="a red fox", quality="low")
     assert result.usage.output_tokens == 272 and result.usage.input_tokens > 0
     assert result.size == "1024x1024" and result.quality == "low" and result.output_format == "png"
@@ -96,7 +99,9 @@ def test_keys_never_appear_in_server_logs(live, client):
 
 
 def _png(width=256, height=256, alpha_left=False) -> bytes:
-    image = Image.new("RGBA" if alpha_left else "RGB", (width, height), (90, 120, 200, 255) if alpha_left else (90, 120, 200))
+    image = Image.new(
+        "RGBA" if alpha_left else "RGB", (width, height), (90, 120, 200, 255) if alpha_left else (90, 120, 200)
+    )
     if alpha_left:
         image.paste((0, 0, 0, 0), (0, 0, width // 2, height))
     buffer = io.BytesIO()
@@ -105,27 +110,44 @@ def _png(width=256, height=256, alpha_left=False) -> bytes:
 
 
 def test_sdk_edit_single_image_list_and_mask(client):
-    single = client.images.edit(model="dall-e-2", image=("a.png", _png(), "image/png"), prompt="add a moon",
-                                size="256x256", response_format="b64_json")
+    single = client.images.edit(
+        model="dall-e-2",
+        image=("a.png", _png(), "image/png"),
+        prompt="add a moon",
+        size="256x256",
+        response_format="b64_json",
+    )
     assert Image.open(io.BytesIO(base64.b64decode(single.data[0].b64_json))).size == (256, 256)
-    several = client.images.edit(model="gpt-image-1", image=[("a.png", _png(), "image/png"),
-                                                              ("b.png", _png(), "image/png")],
-                                 prompt="merge them", quality="low")
+    several = client.images.edit(
+        model="gpt-image-1",
+        image=[("a.png", _png(), "image/png"), ("b.png", _png(), "image/png")],
+        prompt="merge them",
+        quality="low",
+    )
     assert several.usage is not None and len(several.data) == 1
-    masked = client.images.edit(model="dall-e-2", image=("a.png", _png(), "image/png"),
-                                mask=("m.png", _png(alpha_left=True), "image/png"), prompt="sky", size="256x256")
+    masked = client.images.edit(
+        model="dall-e-2",
+        image=("a.png", _png(), "image/png"),
+        mask=("m.png", _png(alpha_left=True), "image/png"),
+        prompt="sky",
+        size="256x256",
+    )
     assert masked.data[0].url.startswith("http://127.0.0.1")
 
 
 def test_sdk_create_variation(client):
-    result = client.images.create_variation(image=("a.png", _png(), "image/png"), n=2, size="256x256",
-                                            response_format="b64_json")
+    result = client.images.create_variation(
+        image=("a.png", _png(), "image/png"), n=2, size="256x256", response_format="b64_json"
+    )
     assert len(result.data) == 2
 
 
 def test_sdk_stream_with_partial_images(client):
-    events = list(client.images.generate(model="gpt-image-1", prompt="a lighthouse", quality="high", stream=True,
-                                         partial_images=2))
+    events = list(
+        client.images.generate(
+            model="gpt-image-1", prompt="a lighthouse", quality="high", stream=True, partial_images=2
+        )
+    )
     kinds = [event.type for event in events]
     assert kinds[-1] == "image_generation.completed"
     assert 1 <= kinds.count("image_generation.partial_image") <= 2
@@ -135,8 +157,16 @@ def test_sdk_stream_with_partial_images(client):
 
 
 def test_sdk_stream_edit(client):
-    events = list(client.images.edit(model="gpt-image-1", image=("a.png", _png(), "image/png"), prompt="x",
-                                     quality="high", stream=True, partial_images=1))
+    events = list(
+        client.images.edit(
+            model="gpt-image-1",
+            image=("a.png", _png(), "image/png"),
+            prompt="x",
+            quality="high",
+            stream=True,
+            partial_images=1,
+        )
+    )
     assert events[-1].type == "image_edit.completed"
 
 
@@ -144,9 +174,16 @@ def test_sdk_idempotency_key_charges_once(live):
     key = live.tenant(credits=1000)
     sdk = openai.OpenAI(api_key=key, base_url=live.url + "/v1", max_retries=0)
     for _ in range(2):
-        sdk.images.generate(model="dall-e-2", prompt="once", size="256x256", response_format="b64_json",
-                            extra_headers={"Idempotency-Key": "sdk-order-1"})
+        sdk.images.generate(
+            model="dall-e-2",
+            prompt="once",
+            size="256x256",
+            response_format="b64_json",
+            extra_headers={"Idempotency-Key": "sdk-order-1"},
+        )
     import json as _json
-    with urllib.request.urlopen(urllib.request.Request(live.url + "/v1/balance",
-                                                       headers={"Authorization": f"Bearer {key}"})) as response:
+
+    with urllib.request.urlopen(
+        urllib.request.Request(live.url + "/v1/balance", headers={"Authorization": f"Bearer {key}"})
+    ) as response:
         assert _json.load(response)["balance"] == 1000 - 16

@@ -1,6 +1,7 @@
 """The OpenAPI document: valid OpenAPI 3, every API route described with the error
 envelope and bearer auth, served without a key; and a bounded schemathesis run
 against a live server that must never see a 5xx."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,20 @@ from rest_framework.test import APIClient
 from tests.live import start_live_server
 
 MAIN_PATHS = {
-    "/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/images/tasks/{task_id}",
-    "/v1/models", "/v1/models/{model_id}", "/v1/files/{token}", "/v1/keys", "/v1/keys/{prefix}",
-    "/v1/balance", "/v1/usage", "/v1/vision/generate", "/api/images/generations", "/api/v1/image/generation",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/images/variations",
+    "/v1/images/tasks/{task_id}",
+    "/v1/models",
+    "/v1/models/{model_id}",
+    "/v1/files/{token}",
+    "/v1/keys",
+    "/v1/keys/{prefix}",
+    "/v1/balance",
+    "/v1/usage",
+    "/v1/vision/generate",
+    "/api/images/generations",
+    "/api/v1/image/generation",
 }
 
 
@@ -68,7 +80,10 @@ def test_operations_have_request_response_and_error_envelope(schema):
 @pytest.mark.django_db
 def test_bearer_auth_is_the_security_scheme(schema):
     assert schema["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer", "description": "A tenant API key: `Authorization: Bearer sk-...`"}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A tenant API key: `Authorization: Bearer sk-...`",
+    }
     generation = schema["paths"]["/v1/images/generations"]["post"]
     assert {"bearerAuth": []} in generation["security"]
     # Signed image links are readable without a key.
@@ -99,19 +114,44 @@ def test_schemathesis_finds_no_server_errors_and_responses_match_the_schema(tmp_
     try:
         with urllib.request.urlopen(server.url + "/v1/openapi.json", timeout=10) as response:
             assert response.status == 200
-        with urllib.request.urlopen(server.url + "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui.css",
-                                    timeout=10) as response:
+        with urllib.request.urlopen(
+            server.url + "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui.css", timeout=10
+        ) as response:
             assert response.status == 200  # /docs/ works without DEBUG too
         key = server.tenant(credits=0)
         st = Path(sys.executable).with_name("st")
         result = subprocess.run(
-            [str(st), "run", server.url + "/v1/openapi.json", "--url", server.url,
-             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
-             "response_headers_conformance,response_schema_conformance", "--max-examples", "10", "--seed", "20240501",
-             "--phases", "examples,coverage,fuzzing", "--workers", "1", "--no-shrink", "--request-timeout", "30",
-             "--generation-database", "none",
-             "-H", f"Authorization: Bearer {key}", "--no-color"],
-            capture_output=True, text=True, timeout=240, cwd=tmp_path)
+            [
+                str(st),
+                "run",
+                server.url + "/v1/openapi.json",
+                "--url",
+                server.url,
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,"
+                "response_headers_conformance,response_schema_conformance",
+                "--max-examples",
+                "10",
+                "--seed",
+                "20240501",
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--workers",
+                "1",
+                "--no-shrink",
+                "--request-timeout",
+                "30",
+                "--generation-database",
+                "none",
+                "-H",
+                f"Authorization: Bearer {key}",
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=tmp_path,
+        )
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-6000:] + "\n---- server ----\n" + server.log_text()[-4000:]
         fuzzed = re.search(r"Fuzzing.*?(\d+) passed", output, re.S)

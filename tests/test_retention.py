@@ -1,6 +1,7 @@
 """Retention (images/services/retention.py, `manage.py images_purge`): exactly what is
 past RETENTION_DAYS goes, from the object store too (moto's S3 server on loopback), and
 a purged job answers 410 images_expired instead of links to nothing."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -37,15 +38,26 @@ def s3(store, settings):
 def finished_job(tenant, *, days_ago: float, images: int = 1, status=Job.Status.SUCCEEDED, inputs: bool = False):
     now = timezone.now()
     finished = now - timedelta(days=days_ago)
-    job = Job.objects.create(tenant=tenant, model=ImageModel.objects.get(public_id="dall-e-2"), prompt="x",
-                             width=256, height=256, steps=1, guidance=1.0, seed=1, status=status,
-                             params={"profile": "dalle2", "response_format": "url"},
-                             deadline=finished + timedelta(minutes=5), finished_at=finished)
+    job = Job.objects.create(
+        tenant=tenant,
+        model=ImageModel.objects.get(public_id="dall-e-2"),
+        prompt="x",
+        width=256,
+        height=256,
+        steps=1,
+        guidance=1.0,
+        seed=1,
+        status=status,
+        params={"profile": "dalle2", "response_format": "url"},
+        deadline=finished + timedelta(minutes=5),
+        finished_at=finished,
+    )
     Job.objects.filter(pk=job.pk).update(created_at=finished - timedelta(seconds=5))
     for index in range(images):
         name = image_save(job_id=str(job.pk), index=index, data=PNG, output_format="png")
-        GeneratedImage.objects.create(job=job, index=index, file=name, content_type="image/png", width=256,
-                                      height=256, bytes=len(PNG))
+        GeneratedImage.objects.create(
+            job=job, index=index, file=name, content_type="image/png", width=256, height=256, bytes=len(PNG)
+        )
     if inputs:  # left behind (a crash between storing and settling)
         default_storage.save(f"inputs/{job.pk}/init.png", ContentFile(PNG))
     return Job.objects.get(pk=job.pk)
@@ -56,9 +68,18 @@ def test_purge_deletes_exactly_what_is_past_its_age_from_the_bucket(registry, te
     edge = finished_job(tenant.tenant, days_ago=29.9, inputs=True)
     fresh = finished_job(tenant.tenant, days_ago=1)
     failed_old = finished_job(tenant.tenant, days_ago=40, images=0, status=Job.Status.FAILED, inputs=True)
-    running = Job.objects.create(tenant=tenant.tenant, model=old.model, prompt="x", width=256, height=256, steps=1,
-                                 guidance=1.0, seed=1, status=Job.Status.RUNNING,
-                                 deadline=timezone.now() + timedelta(minutes=5))
+    running = Job.objects.create(
+        tenant=tenant.tenant,
+        model=old.model,
+        prompt="x",
+        width=256,
+        height=256,
+        steps=1,
+        guidance=1.0,
+        seed=1,
+        status=Job.Status.RUNNING,
+        deadline=timezone.now() + timedelta(minutes=5),
+    )
     default_storage.save(f"inputs/{running.pk}/init.png", ContentFile(PNG))
     kept_images = sorted(img.file for job in (edge, fresh) for img in job.images.all())
 
@@ -112,10 +133,27 @@ def test_growing_tables_are_pruned_on_the_same_schedule(registry, tenant, s3):
     recent = IdempotencyRecord.objects.create(scope="t:1", key="b", request_hash="h")
     from core.heartbeats import heartbeat_record
 
-    heartbeat_record(worker_id="gone:1", host="gone", pid=1, queues=["gpu"], device="cpu", started_at=now,
-                     jobs_running=0, jobs_done=0, now=now - timedelta(days=31))
-    heartbeat_record(worker_id="here:2", host="here", pid=2, queues=["gpu"], device="cpu", started_at=now,
-                     jobs_running=0, jobs_done=0)
+    heartbeat_record(
+        worker_id="gone:1",
+        host="gone",
+        pid=1,
+        queues=["gpu"],
+        device="cpu",
+        started_at=now,
+        jobs_running=0,
+        jobs_done=0,
+        now=now - timedelta(days=31),
+    )
+    heartbeat_record(
+        worker_id="here:2",
+        host="here",
+        pid=2,
+        queues=["gpu"],
+        device="cpu",
+        started_at=now,
+        jobs_running=0,
+        jobs_done=0,
+    )
     from images.services.retention import retention_sweep
 
     result = retention_sweep()

@@ -1,6 +1,7 @@
 """Embedded installs: DEBUG off unless asked for, var/ private to its owner, and an
 unknown Host answered with a plain 400, not a debug page. Each case loads the settings
 in a fresh process with a clean environment (as `make run` would), on a temporary VAR_DIR."""
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,15 @@ print(json.dumps({"DEBUG": settings.DEBUG, "VAR_DIR": str(settings.VAR_DIR),
 
 
 def run_probe(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "VAR_DIR": str(tmp_path / "var"),
-           "WARM_UP_MODELS": "false", "JOB_SWEEP_SECONDS": "0", **extra}
-    return subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "VAR_DIR": str(tmp_path / "var"),
+        "WARM_UP_MODELS": "false",
+        "JOB_SWEEP_SECONDS": "0",
+        **extra,
+    }
+    return subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def probe(tmp_path: Path, **extra: str) -> dict:
@@ -65,8 +71,16 @@ def test_unknown_host_is_a_plain_400_without_debug_details(tmp_path):
     found = probe(tmp_path)
     for path, (status, body) in found["answers"].items():
         assert status == 400, (path, status)
-        for leak in ("Traceback", "DisallowedHost", "ALLOWED_HOSTS", "SECRET_KEY", "settings", str(tmp_path),
-                     str(ROOT), "Django Version"):
+        for leak in (
+            "Traceback",
+            "DisallowedHost",
+            "ALLOWED_HOSTS",
+            "SECRET_KEY",
+            "settings",
+            str(tmp_path),
+            str(ROOT),
+            "Django Version",
+        ):
             assert leak not in body, (path, leak, body[:500])
         assert len(body) < 1000, (path, body[:500])
 
@@ -90,4 +104,3 @@ def test_production_still_needs_a_secret_key(tmp_path):
     result = run_probe(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'prod.sqlite3'}")
     assert result.returncode != 0 and "SECRET_KEY" in result.stderr
     assert not (tmp_path / "var" / "secret_key").exists()
-

@@ -9,6 +9,7 @@ element sends no card to the server, so the card is put on the PaymentIntent ser
 card typed in); the browser then confirms the payment with Stripe.js (localstripe's 3-D
 Secure step) and localstripe delivers the signed payment_intent.succeeded webhook to the
 live server, which grants the credits."""
+
 from __future__ import annotations
 
 import re
@@ -21,9 +22,10 @@ from tests.billing.localstripe import LocalStripe
 from tests.live import start_live_server
 
 CHROMIUM = "/usr/bin/chromium"
-pytestmark = [pytest.mark.live,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                 reason=f"{CHROMIUM} is not installed (apt install chromium)")]
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt install chromium)"),
+]
 PASSWORD = "correct-horse-battery-9"
 TRIAL = 1000
 
@@ -37,11 +39,17 @@ def stripe_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, stripe_server):
-    server = start_live_server(tmp_path_factory.mktemp("signup"), extra_env={
-        **stripe_server.env(), "SIGNUP_MODE": "open", "SIGNUP_TRIAL_CREDITS": str(TRIAL)})
+    server = start_live_server(
+        tmp_path_factory.mktemp("signup"),
+        extra_env={**stripe_server.env(), "SIGNUP_MODE": "open", "SIGNUP_TRIAL_CREDITS": str(TRIAL)},
+    )
     stripe_server.register_webhook(server.url + "/webhooks/stripe")
-    server.manage("shell", "-c", "from billing.models import CreditPack; "
-                  "CreditPack.objects.create(name='Starter', credits=5000, price=500, currency='usd')")
+    server.manage(
+        "shell",
+        "-c",
+        "from billing.models import CreditPack; "
+        "CreditPack.objects.create(name='Starter', credits=5000, price=500, currency='usd')",
+    )
     yield server
     server.stop()
     print("---- live server logs (tail) ----\n" + server.log_text()[-4000:])
@@ -53,8 +61,10 @@ def browser():
 
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
         yield chromium
         chromium.close()
 
@@ -77,8 +87,9 @@ def put_3ds_card_on(stripe_server, intent_id: str) -> None:
     import stripe
 
     sdk = stripe.StripeClient(stripe_server.env()["STRIPE_SECRET_KEY"], base_addresses={"api": stripe_server.url})
-    method = sdk.v1.payment_methods.create(params={"type": "card", "card": {
-        "number": "4000000000003220", "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
+    method = sdk.v1.payment_methods.create(
+        params={"type": "card", "card": {"number": "4000000000003220", "exp_month": 12, "exp_year": 2034, "cvc": "123"}}
+    )
     sdk.v1.payment_intents.update(intent_id, params={"payment_method": method.id})
     assert sdk.v1.payment_intents.confirm(intent_id).status == "requires_action"
 
@@ -117,8 +128,9 @@ def test_stranger_signs_up_tries_pays_and_keeps_generating(browser, live, stripe
     page.click("#key-create button")
     raw = page.inner_text("#raw-key").strip()
     client = openai.OpenAI(api_key=raw, base_url=live.url + "/v1", max_retries=0, timeout=120)
-    result = client.images.generate(model="dall-e-2", prompt="a lighthouse at dusk", size="256x256",
-                                    response_format="b64_json")
+    result = client.images.generate(
+        model="dall-e-2", prompt="a lighthouse at dusk", size="256x256", response_format="b64_json"
+    )
     assert len(result.data) == 1 and result.data[0].b64_json
     page.goto(live.url + "/dashboard/")
     after_trial = int(page.inner_text("#available"))
@@ -146,7 +158,9 @@ def test_stranger_signs_up_tries_pays_and_keeps_generating(browser, live, stripe
     # Keeps generating on the bought credits; every credit is in the ledger.
     client.images.generate(model="dall-e-2", prompt="a red fox", size="256x256", response_format="b64_json")
     assert "OK" in live.manage("billing_reconcile").stdout
-    ledger = live.shell("from billing.models import LedgerEntry; print(sorted(set(LedgerEntry.objects.filter("
-                        "kind='grant').values_list('note', flat=True))))")
+    ledger = live.shell(
+        "from billing.models import LedgerEntry; print(sorted(set(LedgerEntry.objects.filter("
+        "kind='grant').values_list('note', flat=True))))"
+    )
     assert "trial" in ledger and intent_id in ledger
     context.close()

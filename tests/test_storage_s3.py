@@ -2,6 +2,7 @@
 spoken to through boto3 and django-storages), with the in-process worker: nothing is
 written under MEDIA_ROOT, links redirect to presigned URLs, and a store that goes away
 fails the job, releases its hold and answers a clear 502/503, then recovers."""
+
 from __future__ import annotations
 
 import base64
@@ -59,8 +60,9 @@ def test_generation_url_redirects_to_a_presigned_object_of_the_right_size(api, w
     response = post_json(api, URL, {"model": "dall-e-2", "prompt": "a lighthouse", "size": "256x256", "n": 2}, tenant)
     assert response.status_code == 200, response.content
     job = Job.objects.get()
-    assert [img.file for img in job.images.order_by("index")] == [f"images/{str(job.pk)[:2]}/{job.pk}-{i}.png"
-                                                                   for i in range(2)]
+    assert [img.file for img in job.images.order_by("index")] == [
+        f"images/{str(job.pk)[:2]}/{job.pk}-{i}.png" for i in range(2)
+    ]
     assert s3.keys("images/") == sorted(img.file for img in job.images.all())
     for item in response.json()["data"]:
         status, location, data = _follow(api, item["url"])
@@ -71,8 +73,9 @@ def test_generation_url_redirects_to_a_presigned_object_of_the_right_size(api, w
 
 
 def test_generation_b64_json_reads_the_object_back(api, worker, tenant, s3):
-    response = post_json(api, URL, {"model": "gpt-image-1", "prompt": "a fox", "quality": "low",
-                                    "output_format": "webp"}, tenant)
+    response = post_json(
+        api, URL, {"model": "gpt-image-1", "prompt": "a fox", "quality": "low", "output_format": "webp"}, tenant
+    )
     assert response.status_code == 200, response.content
     image = _image(base64.b64decode(response.json()["data"][0]["b64_json"]))
     assert image.format == "WEBP" and image.size == (1024, 1024)
@@ -80,9 +83,19 @@ def test_generation_b64_json_reads_the_object_back(api, worker, tenant, s3):
 
 
 def test_edit_with_mask_stores_its_inputs_in_the_bucket_and_removes_them(api, worker, tenant, s3):
-    response = api.post("/v1/images/edits", {"model": "dall-e-2", "prompt": "add a moon", "size": "256x256",
-                                             "response_format": "b64_json", "image": png(),
-                                             "mask": half_transparent_mask()}, format="multipart", **tenant.auth)
+    response = api.post(
+        "/v1/images/edits",
+        {
+            "model": "dall-e-2",
+            "prompt": "add a moon",
+            "size": "256x256",
+            "response_format": "b64_json",
+            "image": png(),
+            "mask": half_transparent_mask(),
+        },
+        format="multipart",
+        **tenant.auth,
+    )
     assert response.status_code == 200, response.content
     assert _image(base64.b64decode(response.json()["data"][0]["b64_json"])).size == (256, 256)
     job = Job.objects.get()
@@ -93,8 +106,12 @@ def test_edit_with_mask_stores_its_inputs_in_the_bucket_and_removes_them(api, wo
 
 
 def test_variation_through_the_bucket(api, worker, tenant, s3):
-    response = api.post("/v1/images/variations", {"model": "dall-e-2", "image": png(), "size": "256x256"},
-                        format="multipart", **tenant.auth)
+    response = api.post(
+        "/v1/images/variations",
+        {"model": "dall-e-2", "image": png(), "size": "256x256"},
+        format="multipart",
+        **tenant.auth,
+    )
     assert response.status_code == 200, response.content
     _, _, data = _follow(api, response.json()["data"][0]["url"])
     assert _image(data).size == (256, 256)
@@ -130,8 +147,9 @@ def test_store_away_fails_the_job_releases_the_hold_and_recovers(api, worker, te
     assert Hold.objects.get(job=job).status == Hold.Status.RELEASED
 
     s3.start()  # back (empty: a fresh bucket)
-    again = post_json(api, URL, {"model": "dall-e-2", "prompt": "x", "size": "256x256",
-                                 "response_format": "b64_json"}, tenant)
+    again = post_json(
+        api, URL, {"model": "dall-e-2", "prompt": "x", "size": "256x256", "response_format": "b64_json"}, tenant
+    )
     assert again.status_code == 200, again.content
     assert _image(base64.b64decode(again.json()["data"][0]["b64_json"])).size == (256, 256)
     assert len(s3.keys("images/")) == 1
@@ -139,16 +157,25 @@ def test_store_away_fails_the_job_releases_the_hold_and_recovers(api, worker, te
 
 def test_store_away_before_an_edit_is_queued_answers_503_and_charges_nothing(api, worker, tenant, s3):
     s3.stop()
-    response = api.post("/v1/images/edits", {"model": "dall-e-2", "prompt": "add a moon", "size": "256x256",
-                                             "image": png()}, format="multipart", **tenant.auth)
+    response = api.post(
+        "/v1/images/edits",
+        {"model": "dall-e-2", "prompt": "add a moon", "size": "256x256", "image": png()},
+        format="multipart",
+        **tenant.auth,
+    )
     assert response.status_code == 503, response.content
     account = CreditAccount.objects.get(tenant=tenant.tenant)
     assert (account.balance, account.held) == (10_000, 0)
 
 
 def test_b64_answer_while_the_store_is_away_is_503_not_500(api, worker, tenant, s3, settings):
-    response = post_json(api, URL, {"model": "dall-e-2", "prompt": "x", "size": "256x256",
-                                    "response_format": "b64_json"}, tenant, HTTP_PREFER="respond-async")
+    response = post_json(
+        api,
+        URL,
+        {"model": "dall-e-2", "prompt": "x", "size": "256x256", "response_format": "b64_json"},
+        tenant,
+        HTTP_PREFER="respond-async",
+    )
     task_id = response.json()["id"]
     job = Job.objects.get(pk=task_id)
     from images.services.jobs import job_wait

@@ -5,6 +5,7 @@ harness that the benchmark and the live tests share. Nothing in the apps imports
 Its modules use Django's settings and may import torch (arch_models, bench.direct):
 they run on a worker-class machine, from a management command or a test.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

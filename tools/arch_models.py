@@ -10,6 +10,7 @@ counting needs no weights, no memory and no GPU.
 Like images.backends.local.demo, this module imports torch and diffusers: worker side only.
 `manage.py arch_model` is its command line.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,9 +58,14 @@ def arch_pipeline(name: str, *, device: str = "cpu", dtype: str = "float32", see
         unet = _unet(config)
         vae = AutoencoderKL.from_config(config["vae"])
         encoders = [
-            _TEXT_CLASSES[spec["class"]](CLIPTextConfig(
-                **{k: v for k, v in spec.items() if k != "class"}, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+            _TEXT_CLASSES[spec["class"]](
+                CLIPTextConfig(
+                    **{k: v for k, v in spec.items() if k != "class"},
+                    bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            )
             for spec in config["text_encoders"]
         ]
     for module in (unet, vae, *encoders):
@@ -68,11 +74,25 @@ def arch_pipeline(name: str, *, device: str = "cpu", dtype: str = "float32", see
         module.eval()
     scheduler = EulerDiscreteScheduler.from_config(config["scheduler"])
     if config["pipeline"] == "StableDiffusionXLPipeline":
-        return StableDiffusionXLPipeline(vae=vae, text_encoder=encoders[0], text_encoder_2=encoders[1],
-                                         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
-    return StableDiffusionPipeline(vae=vae, text_encoder=encoders[0], tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+        return StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=encoders[0],
+            text_encoder_2=encoders[1],
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+        )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=encoders[0],
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def build_arch_model(name: str, path: pathlib.Path, *, dtype: str = "float16", seed: int = 0) -> None:
@@ -101,10 +121,16 @@ def step_flops(name: str, *, width: int, height: int, guidance: bool = True) -> 
         extra = {}
         if config["unet"].get("addition_embed_type") == "text_time":
             pooled = config["text_encoders"][-1]["projection_dim"]
-            extra = {"added_cond_kwargs": {"text_embeds": torch.empty(batch, pooled),
-                                           "time_ids": torch.empty(batch, 6)}}
+            extra = {
+                "added_cond_kwargs": {"text_embeds": torch.empty(batch, pooled), "time_ids": torch.empty(batch, 6)}
+            }
         with FlopCounterMode(display=False) as counter:
             unet(latents, timestep, encoder_hidden_states=text, **extra)
-    return {"architecture": name, "width": width, "height": height, "guidance": guidance,
-            "unet_parameters": sum(p.numel() for p in unet.parameters()),
-            "flops_per_step": int(counter.get_total_flops())}
+    return {
+        "architecture": name,
+        "width": width,
+        "height": height,
+        "guidance": guidance,
+        "unet_parameters": sum(p.numel() for p in unet.parameters()),
+        "flops_per_step": int(counter.get_total_flops()),
+    }

@@ -6,6 +6,7 @@ The database is a fresh PostgreSQL database named after DATABASE_URL's when this
 runs on PostgreSQL (dropped by `stop`), else a SQLite file in `tmp`. With BROKER_URL the
 deployment gets its own broker namespace (its keys deleted by `stop`).
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,14 @@ def pg_admin(sql: str) -> None:
     import psycopg
 
     db = settings.DATABASES["default"]
-    with psycopg.connect(host=db["HOST"] or None, port=db["PORT"] or None, user=db["USER"],
-                         password=db["PASSWORD"] or None, dbname="postgres", autocommit=True) as conn:
+    with psycopg.connect(
+        host=db["HOST"] or None,
+        port=db["PORT"] or None,
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
         conn.execute(sql)
 
 
@@ -60,8 +67,14 @@ class Deployment:
     broker namespace and logs; `extra_env` overrides any variable, and a callable
     DATABASE_URL there is given the fresh PostgreSQL database's name (None on SQLite)."""
 
-    def __init__(self, tmp: Path, *, name: str = "live", log_level: str = "INFO",
-                 extra_env: Mapping[str, str | Callable[[str | None], str]] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        name: str = "live",
+        log_level: str = "INFO",
+        extra_env: Mapping[str, str | Callable[[str | None], str]] | None = None,
+    ) -> None:
         self.tmp = tmp
         self.name = name
         self.port = free_port()
@@ -74,12 +87,20 @@ class Deployment:
         self.pg_database: str | None = None
         self.namespace: str | None = None
         env: dict = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-        env.update({
-            "SECRET_KEY": f"{name}-secret-key-{uuid.uuid4().hex}", "PORT": str(self.port),
-            "MEDIA_ROOT": str(tmp / "media"), "MODEL_DIR": str(settings.MODEL_DIR), "LOG_LEVEL": log_level,
-            "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "settings", "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "SESSION_COOKIE_SECURE": "false", "CSRF_COOKIE_SECURE": "false",
-        })
+        env.update(
+            {
+                "SECRET_KEY": f"{name}-secret-key-{uuid.uuid4().hex}",
+                "PORT": str(self.port),
+                "MEDIA_ROOT": str(tmp / "media"),
+                "MODEL_DIR": str(settings.MODEL_DIR),
+                "LOG_LEVEL": log_level,
+                "PYTHONUNBUFFERED": "1",
+                "DJANGO_SETTINGS_MODULE": "settings",
+                "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "SESSION_COOKIE_SECURE": "false",
+                "CSRF_COOKIE_SECURE": "false",
+            }
+        )
         db = settings.DATABASES["default"]
         if db["ENGINE"].endswith("postgresql"):  # (django_prometheus' wrapper too)
             self.pg_database = f"{db['NAME']}_{name}_{os.getpid()}_{uuid.uuid4().hex[:6]}"[-63:]
@@ -116,28 +137,36 @@ class Deployment:
     def run(self, command: list[str], *, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         done = subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode:
-            raise ToolError(f"{' '.join(command[1:3])} failed ({done.returncode}):\n"
-                            f"{done.stdout[-2000:]}{done.stderr[-4000:]}")
+            raise ToolError(
+                f"{' '.join(command[1:3])} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-4000:]}"
+            )
         return done
 
     def tenant(self, credits: int = 100_000, name: str | None = None) -> str:
         """Create a tenant with `manage.py tenant_create`; its API key (the last line)."""
-        out = self.manage("tenant_create", name or f"{self.name}-{uuid.uuid4().hex[:8]}",
-                          "--credits", str(credits)).stdout
+        out = self.manage(
+            "tenant_create", name or f"{self.name}-{uuid.uuid4().hex[:8]}", "--credits", str(credits)
+        ).stdout
         return out.strip().splitlines()[-1]
 
     # -- processes ------------------------------------------------------------
-    def start_process(self, name: str, command: list[str], env: Mapping[str, str] | None = None
-                      ) -> subprocess.Popen:
+    def start_process(self, name: str, command: list[str], env: Mapping[str, str] | None = None) -> subprocess.Popen:
         log = self.tmp / f"{self.name}-{name}-{len(self.logs)}.log"
         self.logs.append(log)
-        proc = subprocess.Popen(command, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log.open("wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.processes.append(proc)
         return proc
 
-    def start_web(self, *, workers: int | None = None, threads: int | None = None,
-                  env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    def start_web(
+        self, *, workers: int | None = None, threads: int | None = None, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
         command = [sys.executable, "manage.py", "serve", "--port", str(self.port)]
         if workers is not None:
             command += ["--workers", str(workers)]
@@ -146,12 +175,16 @@ class Deployment:
         self.web = self.start_process("web", command, env)
         return self.web
 
-    def start_worker(self, *, processes: int = 1, threads: int = 2,
-                     env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    def start_worker(
+        self, *, processes: int = 1, threads: int = 2, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen:
         """One more `runworker` (several may run: the distributed test starts two, each
         with a MEDIA_ROOT of its own through `env`)."""
-        self.worker = self.start_process("worker", [sys.executable, "manage.py", "runworker", "--processes",
-                                                    str(processes), "--threads", str(threads)], env)
+        self.worker = self.start_process(
+            "worker",
+            [sys.executable, "manage.py", "runworker", "--processes", str(processes), "--threads", str(threads)],
+            env,
+        )
         self.workers.append(self.worker)
         return self.worker
 

@@ -1,5 +1,6 @@
 """The Stripe SDK, configured from settings: STRIPE_SECRET_KEY, and STRIPE_API_BASE to
 point it at another server (localstripe in the tests)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,7 @@ def client() -> stripe.StripeClient:
     return stripe.StripeClient(settings.STRIPE_SECRET_KEY, base_addresses=base, max_network_retries=2)
 
 
-def payment_intent_create(*, amount: int, currency: str, metadata: dict[str, str],
-                          idempotency_key: str) -> Any:
+def payment_intent_create(*, amount: int, currency: str, metadata: dict[str, str], idempotency_key: str) -> Any:
     """A PaymentIntent for `amount` minor units. STRIPE_PAYMENT_METHOD_TYPES names the
     methods (e.g. card); empty lets Stripe offer those turned on in its dashboard (cards,
     Alipay, WeChat Pay, ...) through the Payment Element."""

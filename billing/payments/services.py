@@ -6,6 +6,7 @@ deliveries of the event (or two racing ones) only one finds the row still pendin
 ledger's idempotency key `stripe:<payment_intent id>` backs it up. Refunds and lost
 disputes take back credits in proportion to the money returned, through the ledger;
 what is already spent or held is recorded on the Payment (`credits_unrecovered`)."""
+
 from __future__ import annotations
 
 import logging
@@ -42,12 +43,21 @@ def payment_start(*, tenant: Tenant, pack_id: int, created_by: str = "") -> tupl
 
     attempt = uuid.uuid4().hex
     intent = gateway.payment_intent_create(
-        amount=pack.price, currency=pack.currency,
+        amount=pack.price,
+        currency=pack.currency,
         metadata={"tenant_id": str(tenant.pk), "pack_id": str(pack.pk), "credits": str(pack.credits)},
-        idempotency_key=f"pack:{tenant.pk}:{pack.pk}:{attempt}")
-    payment = Payment.objects.create(tenant=tenant, pack=pack, provider="stripe", external_id=intent["id"],
-                                     amount=pack.price, currency=pack.currency, credits=pack.credits,
-                                     created_by=created_by[:150])
+        idempotency_key=f"pack:{tenant.pk}:{pack.pk}:{attempt}",
+    )
+    payment = Payment.objects.create(
+        tenant=tenant,
+        pack=pack,
+        provider="stripe",
+        external_id=intent["id"],
+        amount=pack.price,
+        currency=pack.currency,
+        credits=pack.credits,
+        created_by=created_by[:150],
+    )
     return payment, intent["client_secret"]
 
 
@@ -76,16 +86,27 @@ def payment_succeeded(*, intent: Any) -> bool:
         amount = field(intent, "amount_received") or field(intent, "amount")
         if amount != payment.amount or str(field(intent, "currency", "")).lower() != payment.currency:
             Payment.objects.filter(pk=payment.pk, status=Payment.Status.PENDING).update(status=Payment.Status.MISMATCH)
-            logger.error("Stripe payment %s paid %s %s, expected %s %s: not credited", intent_id, amount,
-                         field(intent, "currency"), payment.amount, payment.currency)
+            logger.error(
+                "Stripe payment %s paid %s %s, expected %s %s: not credited",
+                intent_id,
+                amount,
+                field(intent, "currency"),
+                payment.amount,
+                payment.currency,
+            )
             return False
-        claimed = Payment.objects.filter(pk=payment.pk, status__in=[Payment.Status.PENDING, Payment.Status.FAILED]) \
-            .update(status=Payment.Status.SUCCEEDED, paid_at=timezone.now())
+        claimed = Payment.objects.filter(
+            pk=payment.pk, status__in=[Payment.Status.PENDING, Payment.Status.FAILED]
+        ).update(status=Payment.Status.SUCCEEDED, paid_at=timezone.now())
         if not claimed:
             return False  # a repeated or racing delivery: the first one granted
-        credits_grant(tenant=payment.tenant, amount=int(payment.credits), actor="stripe",
-                      note=f"payment {intent_id}" + (f" ({payment.pack.name})" if payment.pack else ""),
-                      idempotency_key=f"stripe:{intent_id}")
+        credits_grant(
+            tenant=payment.tenant,
+            amount=int(payment.credits),
+            actor="stripe",
+            note=f"payment {intent_id}" + (f" ({payment.pack.name})" if payment.pack else ""),
+            idempotency_key=f"stripe:{intent_id}",
+        )
         return True
 
 
@@ -101,8 +122,9 @@ def payment_receipt(*, charge: Any) -> None:
         Payment.objects.filter(external_id=intent_id).exclude(receipt_url=url).update(receipt_url=url[:500])
 
 
-def payment_reverse(*, intent_id: str, amount_refunded: int | None = None, amount_disputed: int | None = None,
-                    reason: str) -> Payment | None:
+def payment_reverse(
+    *, intent_id: str, amount_refunded: int | None = None, amount_disputed: int | None = None, reason: str
+) -> Payment | None:
     """Take back the credits for the money returned: `amount_refunded` is Stripe's running
     total of refunds on the charge, `amount_disputed` the amount of a lost dispute (both
     absolute, so a repeated event changes nothing). Credits due = credits x returned /
@@ -110,8 +132,11 @@ def payment_reverse(*, intent_id: str, amount_refunded: int | None = None, amoun
     recorded in `credits_unrecovered`."""
     with transaction.atomic():
         payment = Payment.objects.select_for_update().filter(external_id=intent_id).first()
-        if payment is None or payment.status not in (Payment.Status.SUCCEEDED, Payment.Status.PARTIALLY_REFUNDED,
-                                                      Payment.Status.REFUNDED):
+        if payment is None or payment.status not in (
+            Payment.Status.SUCCEEDED,
+            Payment.Status.PARTIALLY_REFUNDED,
+            Payment.Status.REFUNDED,
+        ):
             return payment  # never credited: nothing to take back
         refunded = max(payment.amount_refunded, min(amount_refunded or 0, payment.amount))
         disputed = max(payment.amount_disputed, min(amount_disputed or 0, payment.amount))
@@ -122,26 +147,44 @@ def payment_reverse(*, intent_id: str, amount_refunded: int | None = None, amoun
             take = max(0, min(due, account.available))
             if take:
                 try:
-                    credits_grant(tenant=payment.tenant, amount=-take, actor="stripe",
-                                  note=f"{reason} of payment {intent_id}",
-                                  idempotency_key=f"stripe:{reason}:{intent_id}:{returned}")
+                    credits_grant(
+                        tenant=payment.tenant,
+                        amount=-take,
+                        actor="stripe",
+                        note=f"{reason} of payment {intent_id}",
+                        idempotency_key=f"stripe:{reason}:{intent_id}:{returned}",
+                    )
                 except InvalidAmount:  # the balance moved under us (cannot, under the lock): record it all
                     take = 0
             payment.credits_reversed += take
             payment.credits_unrecovered += due - take
             if due - take:
-                logger.warning("%s of payment %s: %s credits could not be taken back (spent or held)",
-                               reason, intent_id, due - take)
+                logger.warning(
+                    "%s of payment %s: %s credits could not be taken back (spent or held)",
+                    reason,
+                    intent_id,
+                    due - take,
+                )
         payment.amount_refunded, payment.amount_disputed = refunded, disputed
-        payment.status = Payment.Status.REFUNDED if returned >= payment.amount else (
-            Payment.Status.PARTIALLY_REFUNDED if returned else payment.status)
-        payment.save(update_fields=["amount_refunded", "amount_disputed", "credits_reversed", "credits_unrecovered",
-                                    "status"])
+        payment.status = (
+            Payment.Status.REFUNDED
+            if returned >= payment.amount
+            else (Payment.Status.PARTIALLY_REFUNDED if returned else payment.status)
+        )
+        payment.save(
+            update_fields=["amount_refunded", "amount_disputed", "credits_reversed", "credits_unrecovered", "status"]
+        )
         return payment
 
 
-HANDLED = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.succeeded", "charge.updated",
-           "charge.refunded", "charge.dispute.closed")
+HANDLED = (
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+    "charge.succeeded",
+    "charge.updated",
+    "charge.refunded",
+    "charge.dispute.closed",
+)
 
 
 def webhook_handle(*, event: Any) -> str:
@@ -157,15 +200,21 @@ def webhook_handle(*, event: Any) -> str:
         payment_receipt(charge=obj)
         return "receipt"
     if kind == "charge.refunded":
-        payment_reverse(intent_id=_id(field(obj, "payment_intent", "")),
-                        amount_refunded=int(field(obj, "amount_refunded", 0)), reason="refund")
+        payment_reverse(
+            intent_id=_id(field(obj, "payment_intent", "")),
+            amount_refunded=int(field(obj, "amount_refunded", 0)),
+            reason="refund",
+        )
         payment_receipt(charge=obj)
         return "refund"
     if kind == "charge.dispute.closed":
         if field(obj, "status") != "lost":
             return "dispute not lost"
-        payment_reverse(intent_id=_id(field(obj, "payment_intent", "")), amount_disputed=int(field(obj, "amount", 0)),
-                        reason="dispute")
+        payment_reverse(
+            intent_id=_id(field(obj, "payment_intent", "")),
+            amount_disputed=int(field(obj, "amount", 0)),
+            reason="dispute",
+        )
         return "dispute lost"
     return "ignored"
 

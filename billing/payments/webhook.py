@@ -1,4 +1,5 @@
 """POST /webhooks/stripe: Stripe's signed events (signature checked with the SDK)."""
+
 from __future__ import annotations
 
 import logging

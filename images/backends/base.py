@@ -12,6 +12,7 @@ and returns a result with `stopped` set and no images. Tasks batched into one ca
 that call only when every one of them wants to stop; until then the call runs on and
 the stopping task's share of it is dropped (see images.backends.local.runner).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -108,8 +109,7 @@ class Backend(Protocol):
     """What the worker needs from whatever runs the models. Implementations are
     thread-safe: one worker process calls them from many threads at once."""
 
-    def run(self, task: GenerationTask, *, max_batch: int | None = None,
-            window_ms: float = 0.0) -> GenerationResult:
+    def run(self, task: GenerationTask, *, max_batch: int | None = None, window_ms: float = 0.0) -> GenerationResult:
         """Run one task, maybe batched with other threads' compatible tasks (waiting up
         to `window_ms` for company; at most `max_batch` images per call, None: the
         backend's default). Raises PipelineError when the task cannot be run; a task
@@ -168,6 +168,5 @@ def preview_steps_for(total_steps: int, count: int) -> tuple[int, ...]:
         return tuple(range(1, before_last + 1))
     # Steps total*(i+1)/(count+1), rounded half up: more than one step apart, so unique.
     return tuple(
-        min(before_last, max(1, (2 * total_steps * (i + 1) + count + 1) // (2 * (count + 1))))
-        for i in range(count)
+        min(before_last, max(1, (2 * total_steps * (i + 1) + count + 1) // (2 * (count + 1)))) for i in range(count)
     )

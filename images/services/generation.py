@@ -26,6 +26,7 @@ refuse has passed:
 12. after commit: the inputs are stored, then the job is sent to its queue. A failure
     there fails the job and releases its hold before the caller hears 503.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -102,21 +103,34 @@ def model_resolve(*, fields: dict[str, Any], default: str, api_key: APIKey | Non
         public_id = DEFAULT_GPT_MODEL if gpt_used and default == DEFAULT_MODEL else default
     model = selectors.image_model_get(public_id=public_id)
     if model is None:
-        raise InvalidRequest(f"The model '{public_id}' does not exist or you do not have access to it.",
-                             param="model", code="model_not_found")
+        raise InvalidRequest(
+            f"The model '{public_id}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
     if api_key is not None and api_key.allowed_models and public_id not in api_key.allowed_models:
-        raise PermissionDeniedError(f"This API key may not use the model '{public_id}'.", param="model",
-                                    code="model_not_allowed")
+        raise PermissionDeniedError(
+            f"This API key may not use the model '{public_id}'.", param="model", code="model_not_allowed"
+        )
     return model
 
 
-def _refused(*, caller: Caller, model: ImageModel, request: GenerationRequest, params: GenerationParams | None,
-             error: APIError) -> None:
+def _refused(
+    *, caller: Caller, model: ImageModel, request: GenerationRequest, params: GenerationParams | None, error: APIError
+) -> None:
     """A usage record for a request refused for money or capacity (402, 429)."""
     UsageRecord.objects.create(
-        tenant=caller.tenant, api_key=caller.api_key, model=model.public_id, endpoint=request.endpoint,
-        n=params.n if params else 1, size=params.size if params else "", quality=params.quality if params else "",
-        steps=params.steps if params else 0, outcome=UsageRecord.Outcome.REFUSED, error_code=error.code or "")
+        tenant=caller.tenant,
+        api_key=caller.api_key,
+        model=model.public_id,
+        endpoint=request.endpoint,
+        n=params.n if params else 1,
+        size=params.size if params else "",
+        quality=params.quality if params else "",
+        steps=params.steps if params else 0,
+        outcome=UsageRecord.Outcome.REFUSED,
+        error_code=error.code or "",
+    )
 
 
 def _in_flight_cap(tenant: Tenant) -> int:
@@ -124,8 +138,11 @@ def _in_flight_cap(tenant: Tenant) -> int:
 
 
 def _in_flight_error(cap: int) -> RateLimited:
-    return RateLimited(f"Too many images in progress: your organization may have {cap} jobs queued or running at "
-                       "once. Retry when one finishes.", headers={"Retry-After": "2"})
+    return RateLimited(
+        f"Too many images in progress: your organization may have {cap} jobs queued or running at "
+        "once. Retry when one finishes.",
+        headers={"Retry-After": "2"},
+    )
 
 
 def _in_flight_count(tenant: Tenant) -> int:
@@ -141,12 +158,14 @@ def _money_precheck(*, caller: Caller, quote: int) -> None:
         if spent + quote > key.monthly_credit_limit:
             raise KeyBudgetExceeded(
                 f"This API key's monthly budget of {key.monthly_credit_limit} credits is used up "
-                f"({spent} spent or held); this request costs {quote} credits.")
+                f"({spent} spent or held); this request costs {quote} credits."
+            )
     account = billing.account_for(tenant=caller.tenant)
     if account.available < quote:
         raise InsufficientCredits(
             f"Insufficient credits: this request costs {quote} credits and your available balance is "
-            f"{account.available} credits ({account.balance} total, {account.held} held by requests in flight).")
+            f"{account.available} credits ({account.balance} total, {account.held} held by requests in flight)."
+        )
 
 
 def _resolve(*, request: GenerationRequest, model: ImageModel) -> GenerationParams:
@@ -182,15 +201,18 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
     stored or queued when it raises."""
     tenant = caller.tenant
     if tenant.status != Tenant.Status.ACTIVE:
-        raise PermissionDeniedError("This organization is suspended. Contact your platform operator.",
-                                    code="tenant_suspended")
+        raise PermissionDeniedError(
+            "This organization is suspended. Contact your platform operator.", code="tenant_suspended"
+        )
     model = model_resolve(fields=request.fields, default=request.default_model, api_key=caller.api_key)
     key = caller.api_key
     if key is not None and key.monthly_credit_limit is not None:
         spent = billing.key_month_spend(api_key=key)
         if spent >= key.monthly_credit_limit:
-            raise KeyBudgetExceeded(f"This API key's monthly budget of {key.monthly_credit_limit} credits is used "
-                                    f"up ({spent} spent or held).")
+            raise KeyBudgetExceeded(
+                f"This API key's monthly budget of {key.monthly_credit_limit} credits is used "
+                f"up ({spent} spent or held)."
+            )
     rate_limit_check(caller=caller)
     cap = _in_flight_cap(tenant)
     if cap and _in_flight_count(tenant) >= cap:
@@ -198,28 +220,41 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
         _refused(caller=caller, model=model, request=request, params=None, error=error)
         raise error
     if not queue_is_served(model.queue):
-        raise ModelUnavailable(f"The model '{model.public_id}' is not being served right now (its queue "
-                               f"'{model.queue}' has no workers). Contact your platform operator.", param="model")
+        raise ModelUnavailable(
+            f"The model '{model.public_id}' is not being served right now (its queue "
+            f"'{model.queue}' has no workers). Contact your platform operator.",
+            param="model",
+        )
 
     profile = PROFILES[model.profile]
     rules = profile.inputs_for(request.kind)
     if request.kind not in profile.kinds or (request.kind != Job.Kind.GENERATE and rules is None):
         action = {"edit": "image edits", "variation": "image variations"}.get(request.kind, "image generation")
-        raise InvalidRequest(f"The model '{model.public_id}' does not support {action}.", param="model",
-                             code="unsupported_model")
+        raise InvalidRequest(
+            f"The model '{model.public_id}' does not support {action}.", param="model", code="unsupported_model"
+        )
     if request.json_references and not rules.json_body:
-        raise InvalidRequest(f"JSON edit bodies (`images: [{{image_url}}]`) are only supported for GPT image models, "
-                             f"not '{model.public_id}'; send the image as multipart/form-data.", param="images",
-                             code="unsupported_parameter")
+        raise InvalidRequest(
+            f"JSON edit bodies (`images: [{{image_url}}]`) are only supported for GPT image models, "
+            f"not '{model.public_id}'; send the image as multipart/form-data.",
+            param="images",
+            code="unsupported_parameter",
+        )
     capabilities_check(model=model, kind=request.kind, masked=request.mask is not None, fields=request.fields)
     if rules is not None:
         inputs_service.inputs_peek(request.images, request.mask, rules=rules)
 
     params = _resolve(request=request, model=model)
     if params.prompt.strip():
-        prompt_moderate(tenant=tenant, api_key=key, model=model, prompt=params.prompt,
-                        requested=params.moderation if request.kind == Job.Kind.GENERATE else None,
-                        endpoint=request.endpoint, request_id=caller.request_id)
+        prompt_moderate(
+            tenant=tenant,
+            api_key=key,
+            model=model,
+            prompt=params.prompt,
+            requested=params.moderation if request.kind == Job.Kind.GENERATE else None,
+            endpoint=request.endpoint,
+            request_id=caller.request_id,
+        )
     quote = _quote(model=model, request=request, params=params)
     try:
         _money_precheck(caller=caller, quote=quote)
@@ -235,15 +270,18 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
         if size_pending:
             params = _resolve(request=request, model=model)
             quote = _quote(model=model, request=request, params=params)
-        prepared = inputs_service.inputs_prepare(request.images, request.mask, rules=rules, width=params.width,
-                                                 height=params.height)
+        prepared = inputs_service.inputs_prepare(
+            request.images, request.mask, rules=rules, width=params.width, height=params.height
+        )
         if prepared.mask is not None:  # (a dall-e-2 image's transparent pixels are a mask too)
             capabilities_check(model=model, kind=request.kind, masked=True, fields={})
         init_name, mask_name = inputs_service.input_names(job_id)
         params.extra = {
-            "init_file": init_name, "mask_file": mask_name if prepared.mask is not None else None,
-            "strength": VARIATION_STRENGTH if request.kind == Job.Kind.VARIATION else edit_strength(
-                data=request.fields, model=model),
+            "init_file": init_name,
+            "mask_file": mask_name if prepared.mask is not None else None,
+            "strength": VARIATION_STRENGTH
+            if request.kind == Job.Kind.VARIATION
+            else edit_strength(data=request.fields, model=model),
             "inputs": len(request.images),
             "image_tokens": sum(input_image_tokens(i.width, i.height) for i in request.images) if profile.gpt else 0,
         }
@@ -256,8 +294,9 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
                 from images.services.jobs import job_fail
 
                 job_fail(job_id=job_id, code="storage_failed", message="The job's input images could not be stored.")
-                raise ServiceUnavailable("Storing the input images failed; nothing was charged. Retry shortly.",
-                                         headers={"Retry-After": "5"}) from exc
+                raise ServiceUnavailable(
+                    "Storing the input images failed; nothing was charged. Retry shortly.", headers={"Retry-After": "5"}
+                ) from exc
         job_enqueue(job=job)
 
     try:
@@ -265,14 +304,35 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
             if cap:
                 _in_flight_locked_check(tenant=tenant, cap=cap)
             job = Job.objects.create(
-                id=job_id, tenant=tenant, api_key=key, model=model, kind=request.kind, endpoint=request.endpoint,
-                params=params.as_json(), prompt=params.model_prompt, n=params.n, width=params.width,
-                height=params.height, steps=params.steps, guidance=params.guidance, seed=params.seed, quote=quote,
-                deadline=timezone.now() + timedelta(seconds=settings.JOB_DEADLINE_SECONDS))
+                id=job_id,
+                tenant=tenant,
+                api_key=key,
+                model=model,
+                kind=request.kind,
+                endpoint=request.endpoint,
+                params=params.as_json(),
+                prompt=params.model_prompt,
+                n=params.n,
+                width=params.width,
+                height=params.height,
+                steps=params.steps,
+                guidance=params.guidance,
+                seed=params.seed,
+                quote=quote,
+                deadline=timezone.now() + timedelta(seconds=settings.JOB_DEADLINE_SECONDS),
+            )
             billing.credits_hold(tenant=tenant, api_key=key, job=job, amount=quote)
             UsageRecord.objects.create(
-                tenant=tenant, api_key=key, job=job, model=model.public_id, endpoint=request.endpoint, n=params.n,
-                size=params.size, quality=params.quality, steps=params.steps)
+                tenant=tenant,
+                api_key=key,
+                job=job,
+                model=model.public_id,
+                endpoint=request.endpoint,
+                n=params.n,
+                size=params.size,
+                quality=params.quality,
+                steps=params.steps,
+            )
             if request.idempotency_record_id is not None:
                 idempotency_attach_job(record_id=request.idempotency_record_id, job_id=job.pk)
             transaction.on_commit(after_commit)

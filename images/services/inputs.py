@@ -13,6 +13,7 @@
 Everything raises APIError subclasses naming the parameter (400, 413 for size), so a
 bad input is refused before anything is charged or stored.
 """
+
 from __future__ import annotations
 
 import io
@@ -77,22 +78,35 @@ def _check_peeked(images: list[InputImage], mask: InputImage | None, *, rules: I
     """The rules that need only sizes: squareness, the pixel budget, the mask's size."""
     for item in images:
         if item.peeked and rules.square and item.width != item.height:
-            raise InvalidRequest(f"Invalid file '{item.param}': this model needs a square image "
-                                 f"({item.width}x{item.height} was sent).", param=item.param, code="invalid_image")
+            raise InvalidRequest(
+                f"Invalid file '{item.param}': this model needs a square image ({item.width}x{item.height} was sent).",
+                param=item.param,
+                code="invalid_image",
+            )
     budget = settings.INPUT_PIXEL_BUDGET
     pixels = sum(item.width * item.height for item in [*images, *([mask] if mask else [])] if item.peeked)
     if budget and pixels > budget:
-        raise InvalidRequest(f"The input images have {pixels} pixels in all; one request may send at most {budget} "
-                             "(INPUT_PIXEL_BUDGET). Send fewer or smaller images.", param="image",
-                             code="input_too_large")
+        raise InvalidRequest(
+            f"The input images have {pixels} pixels in all; one request may send at most {budget} "
+            "(INPUT_PIXEL_BUDGET). Send fewer or smaller images.",
+            param="image",
+            code="input_too_large",
+        )
     first = images[0]
     if mask is not None and mask.peeked and first.peeked:
         if (mask.width, mask.height) != (first.width, first.height):
-            raise InvalidRequest(f"Invalid file 'mask': the mask is {mask.width}x{mask.height} but the image is "
-                                 f"{first.width}x{first.height}; they must match.", param="mask", code="invalid_mask")
+            raise InvalidRequest(
+                f"Invalid file 'mask': the mask is {mask.width}x{mask.height} but the image is "
+                f"{first.width}x{first.height}; they must match.",
+                param="mask",
+                code="invalid_mask",
+            )
         if not mask.alpha:
-            raise InvalidRequest("Invalid file 'mask': the mask needs an alpha channel; transparent pixels mark "
-                                 "where to edit.", param="mask", code="invalid_mask")
+            raise InvalidRequest(
+                "Invalid file 'mask': the mask needs an alpha channel; transparent pixels mark where to edit.",
+                param="mask",
+                code="invalid_mask",
+            )
 
 
 def inputs_peek(images: list[InputImage], mask: InputImage | None, *, rules: Inputs) -> None:
@@ -103,8 +117,11 @@ def inputs_peek(images: list[InputImage], mask: InputImage | None, *, rules: Inp
     if len(images) > rules.max_images:
         if rules.max_images == 1:
             raise InvalidRequest("This model takes exactly one image.", param="image", code="invalid_value")
-        raise InvalidRequest(f"At most {rules.max_images} images may be edited together; {len(images)} were sent.",
-                             param="image", code="too_many_images")
+        raise InvalidRequest(
+            f"At most {rules.max_images} images may be edited together; {len(images)} were sent.",
+            param="image",
+            code="too_many_images",
+        )
     if mask is not None and not rules.mask:
         raise InvalidRequest("Unknown parameter: 'mask'.", param="mask", code="unknown_parameter")
     for item in [*images, *([mask] if mask else [])]:
@@ -128,8 +145,9 @@ def inputs_fetch(images: list[InputImage], mask: InputImage | None, *, rules: In
 
 
 def _decode(item: InputImage) -> Image.Image:
-    image = uploads.image_open(item.data or b"", param=item.param, max_bytes=len(item.data or b""),
-                               formats=(item.format or "png",))
+    image = uploads.image_open(
+        item.data or b"", param=item.param, max_bytes=len(item.data or b""), formats=(item.format or "png",)
+    )
     item.image = image
     return image
 
@@ -143,8 +161,9 @@ class PreparedInputs:
     mask: Image.Image | None
 
 
-def inputs_prepare(images: list[InputImage], mask: InputImage | None, *, rules: Inputs, width: int,
-                   height: int) -> PreparedInputs:
+def inputs_prepare(
+    images: list[InputImage], mask: InputImage | None, *, rules: Inputs, width: int, height: int
+) -> PreparedInputs:
     """Decode every input (all peeked and checked) and build the init image and mask.
     No mask and `rules.transparency_mask` (dall-e-2): the first image's fully
     transparent pixels are the mask, as OpenAI does; an image without any is edited whole."""

@@ -6,6 +6,7 @@ job_start, job_progress, job_complete and job_fail. Every transition is a condit
 UPDATE on the job's status, so a message delivered twice, a worker that crashed
 and came back, or a sweep racing a worker settles each job exactly once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,7 +53,8 @@ def job_start(*, job_id: Any) -> Job | None:
     """Claim a job for running; None if it is already finished (a duplicate delivery)."""
     now = timezone.now()
     claimed = Job.objects.filter(pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
-        status=Job.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, steps_done=0)
+        status=Job.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, steps_done=0
+    )
     if not claimed:
         return None
     return Job.objects.select_related("model").get(pk=job_id)
@@ -62,8 +64,11 @@ def job_progress(*, job_id: Any, steps_done: int) -> bool:
     """Record that at least `steps_done` of the job's steps are done (never lowers it:
     progress writes and preview steps arrive from different threads). Returns False
     when the job is no longer running (then nothing is written)."""
-    return bool(Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(
-        steps_done=Greatest(F("steps_done"), steps_done)))
+    return bool(
+        Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).update(
+            steps_done=Greatest(F("steps_done"), steps_done)
+        )
+    )
 
 
 def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_tokens: int | None) -> bool:
@@ -72,8 +77,12 @@ def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_
     now = timezone.now()
     with transaction.atomic():
         won = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
-            status=Job.Status.SUCCEEDED, finished_at=now, gpu_ms=gpu_ms, steps_done=job.steps,
-            prompt_tokens=prompt_tokens)
+            status=Job.Status.SUCCEEDED,
+            finished_at=now,
+            gpu_ms=gpu_ms,
+            steps_done=job.steps,
+            prompt_tokens=prompt_tokens,
+        )
         if not won:
             return False
         GeneratedImage.objects.bulk_create([GeneratedImage(job=job, **row) for row in stored])
@@ -84,10 +93,14 @@ def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_
         if job.started_at is None:  # (the worker passes the row job_start returned)
             job.refresh_from_db(fields=["started_at"])
         UsageRecord.objects.filter(job=job).update(
-            outcome=UsageRecord.Outcome.SUCCEEDED, images=delivered,
-            pixels=sum(row["width"] * row["height"] for row in stored), credits_charged=charge,
+            outcome=UsageRecord.Outcome.SUCCEEDED,
+            images=delivered,
+            pixels=sum(row["width"] * row["height"] for row in stored),
+            credits_charged=charge,
             queue_wait_ms=_ms(job.started_at - job.created_at) if job.started_at else None,
-            gpu_ms=gpu_ms, latency_ms=_ms(now - job.created_at))
+            gpu_ms=gpu_ms,
+            latency_ms=_ms(now - job.created_at),
+        )
     _inputs_delete(job)
     notify.job_notify(job.pk)
     return True
@@ -104,16 +117,22 @@ def job_fail(*, job_id: Any, code: str, message: str, status: str = Job.Status.F
     """Fail (or cancel) a job that is not yet terminal and release its hold in full."""
     now = timezone.now()
     with transaction.atomic():
-        won = Job.objects.filter(pk=job_id).exclude(status__in=Job.TERMINAL).update(
-            status=status, finished_at=now, error_code=code, error_message=message[:2000])
+        won = (
+            Job.objects.filter(pk=job_id)
+            .exclude(status__in=Job.TERMINAL)
+            .update(status=status, finished_at=now, error_code=code, error_message=message[:2000])
+        )
         if not won:
             return False
         job = Job.objects.get(pk=job_id)
         billing.hold_release(job=job)
         outcome = UsageRecord.Outcome.CANCELLED if status == Job.Status.CANCELLED else UsageRecord.Outcome.FAILED
         UsageRecord.objects.filter(job=job).update(
-            outcome=outcome, error_code=code, latency_ms=_ms(now - job.created_at),
-            queue_wait_ms=_ms(job.started_at - job.created_at) if job.started_at else None)
+            outcome=outcome,
+            error_code=code,
+            latency_ms=_ms(now - job.created_at),
+            queue_wait_ms=_ms(job.started_at - job.created_at) if job.started_at else None,
+        )
     _inputs_delete(job)
     notify.job_notify(job_id)
     return True
@@ -125,8 +144,11 @@ def jobs_sweep(*, now=None) -> int:
     now = now or timezone.now()
     count = 0
     for job_id in Job.objects.filter(deadline__lt=now).exclude(status__in=Job.TERMINAL).values_list("pk", flat=True):
-        if job_fail(job_id=job_id, code="deadline_exceeded",
-                    message="The job did not finish before its deadline; its credits were released."):
+        if job_fail(
+            job_id=job_id,
+            code="deadline_exceeded",
+            message="The job did not finish before its deadline; its credits were released.",
+        ):
             count += 1
     return count
 
@@ -148,8 +170,11 @@ def job_cancel(*, job: Job) -> int:
     now = timezone.now()
     with transaction.atomic():
         won = Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
-            status=Job.Status.CANCELLED, finished_at=now, error_code="cancelled",
-            error_message="The job was cancelled by the client.")
+            status=Job.Status.CANCELLED,
+            finished_at=now,
+            error_code="cancelled",
+            error_message="The job was cancelled by the client.",
+        )
         if not won:
             return 0
         # Read after the update: progress writes need status RUNNING, so steps_done is final.
@@ -161,9 +186,12 @@ def job_cancel(*, job: Job) -> int:
         else:
             billing.hold_release(job=row)
         UsageRecord.objects.filter(job=row).update(
-            outcome=UsageRecord.Outcome.CANCELLED, error_code="cancelled", credits_charged=charge,
+            outcome=UsageRecord.Outcome.CANCELLED,
+            error_code="cancelled",
+            credits_charged=charge,
             latency_ms=_ms(now - row.created_at),
-            queue_wait_ms=_ms(row.started_at - row.created_at) if row.started_at else None)
+            queue_wait_ms=_ms(row.started_at - row.created_at) if row.started_at else None,
+        )
     _inputs_delete(row)
     notify.job_notify(row.pk)
     return charge

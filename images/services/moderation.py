@@ -1,4 +1,5 @@
 """The prompt check at the tenant's moderation level (matcher: images/moderation.py)."""
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,16 @@ def moderation_terms() -> dict[str, dict[str, list[str]]]:
     return _terms_cache["terms"]
 
 
-def prompt_moderate(*, tenant: Tenant, api_key: APIKey | None, model: ImageModel, prompt: str, requested: str | None,
-                    endpoint: str, request_id: str = "") -> None:
+def prompt_moderate(
+    *,
+    tenant: Tenant,
+    api_key: APIKey | None,
+    model: ImageModel,
+    prompt: str,
+    requested: str | None,
+    endpoint: str,
+    request_id: str = "",
+) -> None:
     """Check a prompt at the level the tenant and the request allow; a block is logged
     for the operator, recorded as usage and raised before any credit is held."""
     from images import moderation
@@ -56,23 +65,41 @@ def prompt_moderate(*, tenant: Tenant, api_key: APIKey | None, model: ImageModel
     verdict = moderation.moderation_check(prompt, level=level, terms=moderation_terms() or None, classifier=classifier)
     if not verdict.blocked:
         if failures and settings.MODERATION_CLASSIFIER_FAILURE == "closed":
-            raise ModerationUnavailable("The moderation service is unavailable, so the request was not processed; "
-                                        "nothing was charged.")
+            raise ModerationUnavailable(
+                "The moderation service is unavailable, so the request was not processed; nothing was charged."
+            )
         return
-    BlockedPrompt.objects.create(tenant=tenant, api_key=api_key, model=model.public_id, endpoint=endpoint,
-                                 level=level, categories=list(verdict.categories), matched=list(verdict.matched),
-                                 prompt=prompt)
-    UsageRecord.objects.create(tenant=tenant, api_key=api_key, model=model.public_id, endpoint=endpoint,
-                               outcome=UsageRecord.Outcome.BLOCKED, error_code="moderation_blocked")
+    BlockedPrompt.objects.create(
+        tenant=tenant,
+        api_key=api_key,
+        model=model.public_id,
+        endpoint=endpoint,
+        level=level,
+        categories=list(verdict.categories),
+        matched=list(verdict.matched),
+        prompt=prompt,
+    )
+    UsageRecord.objects.create(
+        tenant=tenant,
+        api_key=api_key,
+        model=model.public_id,
+        endpoint=endpoint,
+        outcome=UsageRecord.Outcome.BLOCKED,
+        error_code="moderation_blocked",
+    )
     if model.profile == ImageModel.Profile.GPT_IMAGE:
         raise ModerationBlocked(
             "Your request was rejected by the safety system. If you believe this is an error, contact your "
             f"platform operator and include the request ID {request_id}. "
             f"safety_violations=[{', '.join(verdict.categories)}].",
-            type="image_generation_user_error", code="moderation_blocked")
+            type="image_generation_user_error",
+            code="moderation_blocked",
+        )
     raise ModerationBlocked(
         "Your request was rejected as a result of our safety system. Your prompt may contain text that is "
-        "not allowed by our safety system.", code="content_policy_violation")
+        "not allowed by our safety system.",
+        code="content_policy_violation",
+    )
 
 
 def _guarded_classifier(failures: list[Exception]) -> Callable[[str], Iterable[str]]:
@@ -85,8 +112,11 @@ def _guarded_classifier(failures: list[Exception]) -> Callable[[str], Iterable[s
         try:
             return list(moderation.load_classifier(settings.MODERATION_CLASSIFIER)(text) or ())
         except Exception as exc:  # any failure of operator-supplied code, whatever it raises
-            logger.exception("moderation classifier %r failed (failure policy: %s)", settings.MODERATION_CLASSIFIER,
-                             settings.MODERATION_CLASSIFIER_FAILURE)
+            logger.exception(
+                "moderation classifier %r failed (failure policy: %s)",
+                settings.MODERATION_CLASSIFIER,
+                settings.MODERATION_CLASSIFIER_FAILURE,
+            )
             failures.append(exc)
             return ()
 

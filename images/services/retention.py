@@ -15,6 +15,7 @@ Objects are deleted before their rows: a sweep that dies half-way leaves rows wh
 objects are gone, and the next sweep deletes those rows (deleting an absent object is
 not an error), never objects that no row names. Safe to run from many processes at once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,8 +53,9 @@ class RetentionResult:
 
     def summary(self) -> str:
         tables = ", ".join(f"{n} {name}" for name, n in self.rows.items() if n)
-        return (f"{self.images} image(s) of {self.jobs} job(s), {self.inputs} input file(s)"
-                + (f"; rows: {tables}" if tables else ""))
+        return f"{self.images} image(s) of {self.jobs} job(s), {self.inputs} input file(s)" + (
+            f"; rows: {tables}" if tables else ""
+        )
 
 
 def retention_cutoff(*, now: datetime | None = None, days: int | None = None) -> datetime | None:
@@ -83,7 +85,8 @@ def images_purge(*, cutoff: datetime, dry_run: bool = False) -> tuple[int, int, 
             GeneratedImage.objects.filter(job_id__in=done).delete()
             Job.objects.filter(pk__in=done, status=Job.Status.SUCCEEDED).update(
                 error_code=ImagesExpired.code,
-                error_message=f"The images were deleted after {settings.RETENTION_DAYS} days (retention).")
+                error_message=f"The images were deleted after {settings.RETENTION_DAYS} days (retention).",
+            )
         jobs += len(done)
         images += sum(1 for job_id, _ in rows if job_id not in failed)
     if skipped:
@@ -148,8 +151,7 @@ def tables_prune(*, cutoff: datetime, now: datetime | None = None) -> dict[str, 
     return rows
 
 
-def retention_sweep(*, now: datetime | None = None, days: int | None = None,
-                    dry_run: bool = False) -> RetentionResult:
+def retention_sweep(*, now: datetime | None = None, days: int | None = None, dry_run: bool = False) -> RetentionResult:
     """Everything past the retention period, in one call (the command and the sweep)."""
     now = now or timezone.now()
     cutoff = retention_cutoff(now=now, days=days)

@@ -1,5 +1,6 @@
 """/v1/keys: owners' sessions, admin keys confined to their own scope, revocation down
 the tree, and hostile ids."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -29,8 +30,10 @@ def session_client(tenant, username: str, role: str) -> Client:
     Membership.objects.create(tenant=tenant, user=user, role=role)
     client = Client(enforce_csrf_checks=True)
     client.get("/dashboard/login/")
-    signed_in = client.post("/dashboard/login/", {"username": username, "password": PASSWORD,
-                                                  "csrfmiddlewaretoken": client.cookies["csrftoken"].value})
+    signed_in = client.post(
+        "/dashboard/login/",
+        {"username": username, "password": PASSWORD, "csrfmiddlewaretoken": client.cookies["csrftoken"].value},
+    )
     assert signed_in.status_code == 302, signed_in.content
     return client
 
@@ -65,8 +68,12 @@ def test_owner_session_creates_a_key_with_csrf_and_a_member_cannot(registry, ten
 def test_owner_session_is_unrestricted_and_may_create_admin_keys(registry, tenant):
     owner = session_client(tenant.tenant, "owner", Membership.Role.OWNER)
     token = csrf_token(owner)
-    created = owner.post("/v1/keys", {"is_admin": True, "monthly_credit_limit": 10**9},
-                         content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    created = owner.post(
+        "/v1/keys",
+        {"is_admin": True, "monthly_credit_limit": 10**9},
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+    )
     assert created.status_code == 201
     assert created.json()["is_admin"] is True and created.json()["monthly_credit_limit"] == 10**9
     assert APIKey.objects.get(prefix=created.json()["id"]).parent is None
@@ -75,8 +82,15 @@ def test_owner_session_is_unrestricted_and_may_create_admin_keys(registry, tenan
 @pytest.fixture
 def restricted_admin(registry, tenant) -> tuple[APIKey, str]:
     """The issue's admin key: dall-e-2 only, 10 credits a month, 5 rpm, an expiry."""
-    return api_key_create(tenant=tenant.tenant, name="restricted", is_admin=True, allowed_models=["dall-e-2"],
-                          monthly_credit_limit=10, rpm_limit=5, expiry_date=timezone.now() + timedelta(days=30))
+    return api_key_create(
+        tenant=tenant.tenant,
+        name="restricted",
+        is_admin=True,
+        allowed_models=["dall-e-2"],
+        monthly_credit_limit=10,
+        rpm_limit=5,
+        expiry_date=timezone.now() + timedelta(days=30),
+    )
 
 
 def test_key_created_by_a_restricted_admin_key_inherits_every_limit(api, restricted_admin):
@@ -84,24 +98,41 @@ def test_key_created_by_a_restricted_admin_key_inherits_every_limit(api, restric
     created = api.post("/v1/keys", {"name": "child"}, format="json", **bearer(raw))
     assert created.status_code == 201
     body = created.json()
-    assert (body["allowed_models"], body["monthly_credit_limit"], body["rpm_limit"], body["expires_at"],
-            body["is_admin"]) == (["dall-e-2"], 10, 5, int(admin.expiry_date.timestamp()), False)
+    assert (
+        body["allowed_models"],
+        body["monthly_credit_limit"],
+        body["rpm_limit"],
+        body["expires_at"],
+        body["is_admin"],
+    ) == (["dall-e-2"], 10, 5, int(admin.expiry_date.timestamp()), False)
     assert APIKey.objects.get(prefix=body["id"]).parent == admin
 
 
 def test_key_may_narrow_its_own_limits(api, restricted_admin):
     admin, raw = restricted_admin
     expiry = timezone.now() + timedelta(days=1)
-    created = api.post("/v1/keys", {"monthly_credit_limit": 3, "rpm_limit": 2, "expires_at": expiry.isoformat(),
-                                    "allowed_models": ["dall-e-2"]}, format="json", **bearer(raw))
+    created = api.post(
+        "/v1/keys",
+        {"monthly_credit_limit": 3, "rpm_limit": 2, "expires_at": expiry.isoformat(), "allowed_models": ["dall-e-2"]},
+        format="json",
+        **bearer(raw),
+    )
     assert created.status_code == 201
     body = created.json()
     assert (body["monthly_credit_limit"], body["rpm_limit"], body["expires_at"]) == (3, 2, int(expiry.timestamp()))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("allowed_models", ["dall-e-3"]), ("allowed_models", ["dall-e-2", "gpt-image-1"]),
-    ("monthly_credit_limit", 11), ("rpm_limit", 6), ("expires_at", "2099-01-01T00:00:00Z"), ("is_admin", True)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("allowed_models", ["dall-e-3"]),
+        ("allowed_models", ["dall-e-2", "gpt-image-1"]),
+        ("monthly_credit_limit", 11),
+        ("rpm_limit", 6),
+        ("expires_at", "2099-01-01T00:00:00Z"),
+        ("is_admin", True),
+    ],
+)
 def test_key_cannot_create_a_key_looser_than_itself(api, restricted_admin, field, value):
     _, raw = restricted_admin
     refused = api.post("/v1/keys", {field: value}, format="json", **bearer(raw))
@@ -187,9 +218,18 @@ def test_a_nul_in_the_tenant_parameter_is_a_400_naming_it(registry, tenant):
     assert response.status_code == 400 and response.json()["error"]["param"] == "tenant"
 
 
-@pytest.mark.parametrize("body", [{"rpm_limit": 2**40}, {"monthly_credit_limit": 2**70}, {"allowed_models": "dall-e-2"},
-                                  {"allowed_models": [1]}, {"expires_at": "9999-12-31T23:59:59-05:00"},
-                                  {"name": "\x00"}, {"is_admin": "maybe"}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"rpm_limit": 2**40},
+        {"monthly_credit_limit": 2**70},
+        {"allowed_models": "dall-e-2"},
+        {"allowed_models": [1]},
+        {"expires_at": "9999-12-31T23:59:59-05:00"},
+        {"name": "\x00"},
+        {"is_admin": "maybe"},
+    ],
+)
 def test_hostile_bodies_are_400(api, registry, tenant, body):
     _, raw = api_key_create(tenant=tenant.tenant, is_admin=True)
     response = api.post("/v1/keys", body, format="json", **bearer(raw))
@@ -217,8 +257,20 @@ def test_keys_schema_matches_the_bodies(api, db):
     assert {"400", "403"} <= set(keys["post"]["responses"])
     assert "404" in schema["paths"]["/v1/keys/{prefix}"]["delete"]["responses"]
     fields = set(schema["components"]["schemas"]["APIKeyObject"]["properties"])
-    assert fields == {"object", "id", "name", "created_at", "last_used_at", "expires_at", "revoked", "allowed_models",
-                      "rpm_limit", "monthly_credit_limit", "is_admin", "key"}
+    assert fields == {
+        "object",
+        "id",
+        "name",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked",
+        "allowed_models",
+        "rpm_limit",
+        "monthly_credit_limit",
+        "is_admin",
+        "key",
+    }
     assert "is_admin" in schema["components"]["schemas"]["KeyCreateRequest"]["properties"]
 
 
@@ -226,7 +278,8 @@ def test_admin_site_refuses_unknown_model_ids_like_the_api(registry, tenant):
     User.objects.create_superuser("ops", "ops@example.com", PASSWORD)
     client = Client()
     client.force_login(User.objects.get(username="ops"))
-    refused = client.post("/admin/accounts/apikey/add/", {"tenant": tenant.tenant.pk, "name": "x",
-                                                           "allowed_models": '["dall-e-9"]'})
+    refused = client.post(
+        "/admin/accounts/apikey/add/", {"tenant": tenant.tenant.pk, "name": "x", "allowed_models": '["dall-e-9"]'}
+    )
     assert refused.status_code == 200 and "dall-e-9" in refused.content.decode()
     assert not APIKey.objects.filter(name="x").exists()

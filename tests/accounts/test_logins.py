@@ -1,5 +1,6 @@
 """Login lockout (django-axes) on both login pages, password rules, and API keys that
 are never locked."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """Self-service sign-up with django-allauth: email verification creates a tenant with
 trial credits (once), SIGNUP_MODE open/invite/closed, invitations, password reset,
 django-axes on allauth's login, and TOTP never bypassed by the username form."""
+
 from __future__ import annotations
 
 import re
@@ -117,8 +118,9 @@ def test_operator_invitation_gives_a_tenant_of_ones_own(db, settings):
     from accounts.services import invitation_create
 
     settings.SIGNUP_MODE = "invite"
-    _, token = invitation_create(email="gil@example.com", tenant=None, invited_by="operator",
-                                 base_url="http://testserver")
+    _, token = invitation_create(
+        email="gil@example.com", tenant=None, invited_by="operator", base_url="http://testserver"
+    )
     client = Client()
     client.get(f"/dashboard/invite/{token}/")
     sign_up(client, "gil@example.com")
@@ -144,11 +146,16 @@ def test_allauth_login_is_locked_out_by_axes(db):
     sign_up(Client(), "ivy@example.com")
     verify_from_outbox(Client(), "ivy@example.com")
     client = Client()
-    statuses = [client.post("/accounts/login/", {"login": "ivy@example.com", "password": "wrong-password"},
-                            REMOTE_ADDR="203.0.113.9").status_code for _ in range(5)]
+    statuses = [
+        client.post(
+            "/accounts/login/", {"login": "ivy@example.com", "password": "wrong-password"}, REMOTE_ADDR="203.0.113.9"
+        ).status_code
+        for _ in range(5)
+    ]
     assert statuses[-1] == 429 and statuses[:4] == [200] * 4
-    locked = client.post("/accounts/login/", {"login": "ivy@example.com", "password": PASSWORD},
-                         REMOTE_ADDR="203.0.113.9")
+    locked = client.post(
+        "/accounts/login/", {"login": "ivy@example.com", "password": PASSWORD}, REMOTE_ADDR="203.0.113.9"
+    )
     assert locked.status_code == 429 and "_auth_user_id" not in client.session
 
 

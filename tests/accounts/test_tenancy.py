@@ -1,4 +1,5 @@
 """Tenants, key lifecycle, isolation and rate limits."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,19 +18,35 @@ def last_line(capsys) -> str:
 
 
 def test_key_create_options_and_revoke(api, registry, tenant, capsys):
-    call_command("key_create", tenant.tenant.name, "--name", "ci", "--rpm", "5", "--models", "dall-e-2,dall-e-3",
-                 "--expires", "2099-01-01T00:00:00Z")
+    call_command(
+        "key_create",
+        tenant.tenant.name,
+        "--name",
+        "ci",
+        "--rpm",
+        "5",
+        "--models",
+        "dall-e-2,dall-e-3",
+        "--expires",
+        "2099-01-01T00:00:00Z",
+    )
     raw = last_line(capsys)
     key = APIKey.objects.get(prefix=raw.split(".")[0])
-    assert (key.name, key.rpm_limit, key.allowed_models, key.expiry_date.year) == ("ci", 5, ["dall-e-2", "dall-e-3"], 2099)
+    assert (key.name, key.rpm_limit, key.allowed_models, key.expiry_date.year) == (
+        "ci",
+        5,
+        ["dall-e-2", "dall-e-3"],
+        2099,
+    )
     assert api.get("/v1/balance", HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 200
     call_command("key_revoke", key.prefix)
     response = api.get("/v1/balance", HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
 
 
-@pytest.mark.parametrize("args", [["nobody"], ["{t}", "--rpm", "0"], ["{t}", "--expires", "soon"],
-                                  ["{t}", "--models", "dall-e-9"]])
+@pytest.mark.parametrize(
+    "args", [["nobody"], ["{t}", "--rpm", "0"], ["{t}", "--expires", "soon"], ["{t}", "--models", "dall-e-9"]]
+)
 def test_key_create_refuses_bad_arguments(registry, tenant, args):
     with pytest.raises(CommandError):
         call_command("key_create", *[a.format(t=tenant.tenant.name) for a in args])
@@ -60,7 +77,10 @@ def test_key_rpm_limit_gives_429_with_retry_after(api, registry, tenant, capsys)
     statuses = [r.status_code for r in responses]
     assert statuses == [200, 200, 200, 429, 429, 429]
     refused = responses[-1]
-    assert refused.json()["error"]["code"] == "rate_limit_exceeded" and refused.json()["error"]["type"] == "rate_limit_exceeded"
+    assert (
+        refused.json()["error"]["code"] == "rate_limit_exceeded"
+        and refused.json()["error"]["type"] == "rate_limit_exceeded"
+    )
     assert 1 <= int(refused["Retry-After"]) <= 60
     assert [r["x-ratelimit-remaining-requests"] for r in responses[:3]] == ["2", "1", "0"]
     assert responses[0]["x-ratelimit-limit-requests"] == "3"

@@ -1,4 +1,5 @@
 """localstripe (a Stripe-API-speaking server from PyPI) on loopback, for the payment tests."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,13 @@ class LocalStripe:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "localstripe.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "localstripe", "--port", str(self.port), "--from-scratch"],
-                                     cwd=tmp, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "localstripe", "--port", str(self.port), "--from-scratch"],
+            cwd=tmp,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -35,9 +40,14 @@ class LocalStripe:
                 time.sleep(0.1)
 
     def env(self) -> dict[str, str]:
-        return {"STRIPE_SECRET_KEY": SECRET_KEY, "STRIPE_PUBLISHABLE_KEY": PUBLISHABLE_KEY,
-                "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET, "STRIPE_API_BASE": self.url,
-                "STRIPE_JS_URL": f"{self.url}/js.stripe.com/v3/", "STRIPE_PAYMENT_METHOD_TYPES": "card"}
+        return {
+            "STRIPE_SECRET_KEY": SECRET_KEY,
+            "STRIPE_PUBLISHABLE_KEY": PUBLISHABLE_KEY,
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "STRIPE_API_BASE": self.url,
+            "STRIPE_JS_URL": f"{self.url}/js.stripe.com/v3/",
+            "STRIPE_PAYMENT_METHOD_TYPES": "card",
+        }
 
     def register_webhook(self, url: str) -> None:
         """localstripe delivers its events to `url`, signed with Stripe's scheme."""

@@ -15,7 +15,9 @@ def test_credits_grant_adds_and_removes_through_the_ledger(tenant, capsys):
     assert "balance 10500" in capsys.readouterr().out
     call_command("credits_grant", tenant.tenant.name, "-200")
     assert CreditAccount.objects.get(tenant=tenant.tenant).balance == 10_300
-    entries = list(LedgerEntry.objects.filter(tenant=tenant.tenant).order_by("id").values_list("kind", "amount", "balance_after"))
+    entries = list(
+        LedgerEntry.objects.filter(tenant=tenant.tenant).order_by("id").values_list("kind", "amount", "balance_after")
+    )
     assert entries[-2:] == [("grant", 500, 10_500), ("adjustment", -200, 10_300)]
 
 

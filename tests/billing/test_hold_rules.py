@@ -1,6 +1,7 @@
 """billing.services.credits_hold, hold_capture and hold_release, service by service:
 the boundaries (exactly the balance, exactly the key's budget, the month's first
 microsecond) and idempotency per job. Against the real database."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -29,9 +30,19 @@ def hold(model):
 
     def take(tenant, amount: int, api_key: APIKey | None = None) -> tuple[Job, Hold]:
         with transaction.atomic():
-            job = Job.objects.create(tenant=tenant, api_key=api_key, model=model, prompt="x", width=256, height=256,
-                                     steps=4, guidance=5.0, seed=1, quote=amount,
-                                     deadline=timezone.now() + timedelta(minutes=5))
+            job = Job.objects.create(
+                tenant=tenant,
+                api_key=api_key,
+                model=model,
+                prompt="x",
+                width=256,
+                height=256,
+                steps=4,
+                guidance=5.0,
+                seed=1,
+                quote=amount,
+                deadline=timezone.now() + timedelta(minutes=5),
+            )
             return job, credits_hold(tenant=tenant, api_key=api_key, job=job, amount=amount)
 
     return take
@@ -48,6 +59,7 @@ def budget_key(tenant, limit: int) -> APIKey:
 
 
 # -- balance ------------------------------------------------------------------
+
 
 def test_hold_of_exactly_the_available_balance_succeeds(make_tenant, hold):
     tenant = make_tenant(credits=16).tenant
@@ -86,6 +98,7 @@ def test_a_tenant_without_credits_is_refused(make_tenant, hold):
 
 
 # -- a key's monthly budget -----------------------------------------------------
+
 
 def test_key_budget_allows_exactly_the_limit_and_refuses_one_credit_more(make_tenant, hold):
     tenant = make_tenant(credits=10_000).tenant
@@ -139,6 +152,7 @@ def test_key_budget_starts_afresh_on_the_first_microsecond_of_the_month(make_ten
 
 # -- capture and release ---------------------------------------------------------
 
+
 def test_capture_charges_the_charge_and_frees_the_rest(make_tenant, hold):
     tenant = make_tenant(credits=100).tenant
     job, _ = hold(tenant, 40)
@@ -190,8 +204,17 @@ def test_a_settled_hold_is_never_settled_again(make_tenant, hold, first, then):
 
 def test_settling_a_job_without_a_hold_is_a_no_op(make_tenant, model):
     tenant = make_tenant(credits=100).tenant
-    job = Job.objects.create(tenant=tenant, model=model, prompt="x", width=256, height=256, steps=4, guidance=5.0,
-                             seed=1, deadline=timezone.now())
+    job = Job.objects.create(
+        tenant=tenant,
+        model=model,
+        prompt="x",
+        width=256,
+        height=256,
+        steps=4,
+        guidance=5.0,
+        seed=1,
+        deadline=timezone.now(),
+    )
     assert hold_capture(job=job, charge=10) is None
     assert hold_release(job=job) is None
     assert account(tenant) == (100, 0)

@@ -1,4 +1,5 @@
 """The money path: holds, captures, releases, the ledger and reconcile."""
+
 from __future__ import annotations
 
 import threading

@@ -1,6 +1,7 @@
 """Card payments: PaymentIntents created at localstripe (a real Stripe-API server on
 loopback), credits only from signed webhook events, exactly once, refunds and lost
 disputes through the ledger. billing_reconcile is clean after each scenario."""
+
 from __future__ import annotations
 
 import base64
@@ -39,8 +40,9 @@ def pay_with_test_card(intent_id: str, number: str = "4242424242424242") -> None
     """What Stripe.js does in the browser, done with the SDK: a card payment method on
     the PaymentIntent, then confirm it."""
     sdk = stripe_client()
-    method = sdk.v1.payment_methods.create(params={"type": "card", "card": {
-        "number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
+    method = sdk.v1.payment_methods.create(
+        params={"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}
+    )
     sdk.v1.payment_intents.update(intent_id, params={"payment_method": method.id})
     sdk.v1.payment_intents.confirm(intent_id)
 
@@ -73,8 +75,7 @@ def balance(tenant) -> int:
 def test_payment_intent_carries_pack_and_tenant_and_grants_nothing_before_the_webhook(paid, reconciled):
     owner, payment, intent = paid
     assert intent["amount"] == 500 and intent["currency"] == "usd"
-    assert intent["metadata"] == {"tenant_id": str(owner.tenant.pk), "pack_id": str(payment.pack_id),
-                                  "credits": "5000"}
+    assert intent["metadata"] == {"tenant_id": str(owner.tenant.pk), "pack_id": str(payment.pack_id), "credits": "5000"}
     assert (payment.status, payment.amount, payment.credits, payment.provider) == ("pending", 500, 5000, "stripe")
     assert balance(owner.tenant) == 0
 
@@ -166,8 +167,14 @@ def test_partial_refunds_then_lost_dispute_take_back_in_proportion(paid, reconci
     deliver(*signed(event("charge.refunded", {**charge, "amount_refunded": 100}, "evt_r1")))
     payment.refresh_from_db()
     assert (payment.status, payment.credits_reversed, balance(owner.tenant)) == ("partially_refunded", 1000, 4000)
-    dispute = {"id": "dp_1", "object": "dispute", "amount": 400, "status": "lost", "charge": "ch_x",
-               "payment_intent": payment.external_id}
+    dispute = {
+        "id": "dp_1",
+        "object": "dispute",
+        "amount": 400,
+        "status": "lost",
+        "charge": "ch_x",
+        "payment_intent": payment.external_id,
+    }
     deliver(*signed(event("charge.dispute.closed", {**dispute, "status": "won"}, "evt_d0")))
     assert balance(owner.tenant) == 4000  # a dispute won takes nothing
     deliver(*signed(event("charge.dispute.closed", dispute, "evt_d1")))
@@ -182,8 +189,19 @@ def test_receipt_link_from_the_charge_event_is_shown_on_the_billing_page(paid, r
     from django.contrib.auth.models import User
 
     deliver(*signed(event("payment_intent.succeeded", intent)))
-    deliver(*signed(event("charge.succeeded", {"id": "ch_1", "object": "charge", "payment_intent": payment.external_id,
-                                                "receipt_url": "https://pay.stripe.com/receipts/r_1"})))
+    deliver(
+        *signed(
+            event(
+                "charge.succeeded",
+                {
+                    "id": "ch_1",
+                    "object": "charge",
+                    "payment_intent": payment.external_id,
+                    "receipt_url": "https://pay.stripe.com/receipts/r_1",
+                },
+            )
+        )
+    )
     user = User.objects.create_user("olive", "olive@example.com", "pw-orbit-tandem-42")
     Membership.objects.create(tenant=owner.tenant, user=user, role="owner")
     client = Client()

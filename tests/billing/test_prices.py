@@ -1,5 +1,6 @@
 """billing.services.price_quote: which row prices a request, fail-closed for unpriced
 models, and integers all the way. Against the real database."""
+
 from __future__ import annotations
 
 import itertools
@@ -39,7 +40,7 @@ def test_each_row_loses_only_to_a_more_specific_one(model, created):
     # Distinct prices per specificity; creating the rows in both orders makes a rule that
     # ignores one dimension (a tie settled by row order) fail in one of the two.
     prices = {named: 100 + i for i, named in enumerate(SPECIFICITY)}
-    for named in (reversed(SPECIFICITY) if created == "least_specific_first" else SPECIFICITY):
+    for named in reversed(SPECIFICITY) if created == "least_specific_first" else SPECIFICITY:
         price_row(model, named, prices[named])
     for named in SPECIFICITY:  # remove the winner: the next most specific row wins
         assert quote(model) == prices[named], f"expected the {named} row to win"
@@ -110,8 +111,9 @@ def test_model_marked_free_costs_nothing_even_with_rows(model):
 def test_unpriced_model_is_refused_over_http_and_nothing_is_queued(api, parked, make_tenant):
     tenant = make_tenant(credits=4)
     ImageModel.objects.create(public_id="forgotten", profile="dall-e-2", source="demo-sd-tiny", queue="parked")
-    response = post_json(api, "/v1/images/generations", {"model": "forgotten", "prompt": "a cat", "size": "256x256"},
-                         tenant)
+    response = post_json(
+        api, "/v1/images/generations", {"model": "forgotten", "prompt": "a cat", "size": "256x256"}, tenant
+    )
     assert response.status_code == 400
     error = response.json()["error"]
     assert (error["code"], error["param"], error["type"]) == ("model_not_priced", "model", "invalid_request_error")
@@ -137,7 +139,8 @@ def test_seeded_models_price_every_size_and_quality_they_accept(registry):
 
 @pytest.mark.parametrize("model_class", [Price, CreditAccount, LedgerEntry, Hold, UsageRecord])
 def test_money_models_have_no_float_or_decimal_columns(model_class):
-    inexact = [f.name for f in model_class._meta.get_fields()
-               if isinstance(f, db_models.FloatField | db_models.DecimalField)]
+    inexact = [
+        f.name for f in model_class._meta.get_fields() if isinstance(f, db_models.FloatField | db_models.DecimalField)
+    ]
     assert inexact == []
     assert isinstance(Price._meta.get_field("credits_per_image"), db_models.BigIntegerField)

@@ -1,8 +1,8 @@
 """The 402 names where to top up; low-balance alerts send one email per crossing."""
+
 from __future__ import annotations
 
 import re
-
 import time
 
 import pytest

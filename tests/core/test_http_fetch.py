@@ -1,5 +1,6 @@
 """core.http_fetch: SSRF-safe fetching of client-given URLs, driven against loopback
 servers with a patched resolver (issue #13 item 5)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -29,6 +30,7 @@ REAL_CREATE_CONNECTION = socket.create_connection
 
 
 # --- a loopback server whose every answer the test writes by hand -------------------------------
+
 
 class Server:
     """Accepts on 127.0.0.1, records each request head, and answers with `respond(conn, head)`."""
@@ -93,12 +95,14 @@ def answer(body: bytes = PNG, status: str = "200 OK", headers: dict[str, str] | 
             lines.append(f"Content-Length: {len(body)}")
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
     return respond
 
 
 def drip(where: str, every: float = 0.3, count: int = 20):
     """A byte every `every` seconds, in the headers or in the body: each read is quick,
     the whole answer is not."""
+
     def respond(conn: socket.socket, head: str) -> None:
         if where == "headers":
             conn.sendall(b"HTTP/1.1 200 OK\r\n")
@@ -111,6 +115,7 @@ def drip(where: str, every: float = 0.3, count: int = 20):
             for _ in range(count):
                 conn.sendall(b"x")
                 time.sleep(every)
+
     return respond
 
 
@@ -128,8 +133,12 @@ def dns(monkeypatch):
             lookups.append(host)
             answers = table[host]
             addresses = answers[min(lookups.count(host), len(answers)) - 1]
-            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (a, port, 0, 0)) if ":" in a
-                    else (socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+            return [
+                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (a, port, 0, 0))
+                if ":" in a
+                else (socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+                for a in addresses
+            ]
 
         monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
         return lookups
@@ -160,6 +169,7 @@ def private_allowed(settings):
 
 
 # --- resolve once, connect to what was checked ------------------------------------------------
+
 
 def test_rebinding_answer_never_reaches_loopback(serve, dns, connects, settings):
     settings.IMAGE_FETCH_ALLOW_PRIVATE = False
@@ -193,15 +203,45 @@ def test_one_private_answer_among_public_ones_refuses(dns, connects, settings):
 # --- every notation of a non-global address -----------------------------------------------------
 
 REFUSED = [
-    "127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-    "0.0.0.0", "255.255.255.255", "224.0.0.1", "240.0.0.1", "192.0.2.1", "198.18.0.1",
-    "::1", "::", "fe80::1", "fc00::1", "fd12:3456::1", "fec0::1", "ff02::1", "ff0e::1", "2001:db8::1", "100::1",
-    "3fff::1", "5f00::1",
-    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254",  # IPv4-mapped
-    "::7f00:1", "::127.0.0.1", "::8.8.8.8",  # IPv4-compatible (deprecated: never, even around a public one)
-    "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::a00:1",  # NAT64 well-known prefix
-    "64:ff9b:1::808:808", "64:ff9b:1::7f00:1",  # local-use NAT64
-    "2002:7f00:1::1", "2002:a9fe:a9fe::1", "2002:c0a8:101::1",  # 6to4 of 127.0.0.1, 169.254.169.254, 192.168.1.1
+    "127.0.0.1",
+    "127.8.9.10",
+    "10.1.2.3",
+    "172.16.0.1",
+    "192.168.1.1",
+    "169.254.169.254",
+    "100.64.0.1",
+    "0.0.0.0",
+    "255.255.255.255",
+    "224.0.0.1",
+    "240.0.0.1",
+    "192.0.2.1",
+    "198.18.0.1",
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "fd12:3456::1",
+    "fec0::1",
+    "ff02::1",
+    "ff0e::1",
+    "2001:db8::1",
+    "100::1",
+    "3fff::1",
+    "5f00::1",
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254",  # IPv4-mapped
+    "::7f00:1",
+    "::127.0.0.1",
+    "::8.8.8.8",  # IPv4-compatible (deprecated: never, even around a public one)
+    "64:ff9b::7f00:1",
+    "64:ff9b::a9fe:a9fe",
+    "64:ff9b::a00:1",  # NAT64 well-known prefix
+    "64:ff9b:1::808:808",
+    "64:ff9b:1::7f00:1",  # local-use NAT64
+    "2002:7f00:1::1",
+    "2002:a9fe:a9fe::1",
+    "2002:c0a8:101::1",  # 6to4 of 127.0.0.1, 169.254.169.254, 192.168.1.1
     "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo whose client is 127.0.0.1
 ]
 ALLOWED = [PUBLIC, "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
@@ -228,12 +268,15 @@ def test_global_addresses_pass(address):
 def test_allow_private_still_refuses_compatible_multicast_and_unspecified():
     for address in ("::7f00:1", "0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255"):
         assert address_connect_target(ipaddress.ip_address(address), allow_private=True) is None, address
-    assert address_connect_target(ipaddress.ip_address("::ffff:127.0.0.1"),
-                                  allow_private=True) == ipaddress.IPv4Address("127.0.0.1")
+    assert address_connect_target(
+        ipaddress.ip_address("::ffff:127.0.0.1"), allow_private=True
+    ) == ipaddress.IPv4Address("127.0.0.1")
 
 
-@pytest.mark.parametrize("host", ["localhost", "127.1", "2130706433", "0x7f000001", "0177.0.0.1",
-                                  "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]"])
+@pytest.mark.parametrize(
+    "host",
+    ["localhost", "127.1", "2130706433", "0x7f000001", "0177.0.0.1", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]"],
+)
 def test_loopback_spellings_in_the_url_are_refused(host, serve, settings):
     settings.IMAGE_FETCH_ALLOW_PRIVATE = False
     server = serve(answer())
@@ -242,8 +285,16 @@ def test_loopback_spellings_in_the_url_are_refused(host, serve, settings):
     assert server.requests == []
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/x.png", "file:///etc/passwd", "http:///x.png",
-                                 "http://example.com:99999/x.png", "http://a..b/x.png"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/x.png",
+        "file:///etc/passwd",
+        "http:///x.png",
+        "http://example.com:99999/x.png",
+        "http://a..b/x.png",
+    ],
+)
 def test_malformed_or_non_http_urls_are_refused(url, connects):
     with pytest.raises(FetchRefused):
         http_fetch(url, max_bytes=100)
@@ -251,6 +302,7 @@ def test_malformed_or_non_http_urls_are_refused(url, connects):
 
 
 # --- one deadline ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("where", ["headers", "body"])
 def test_a_slow_server_is_cut_off_at_the_deadline(where, serve, dns, private_allowed, settings):
@@ -266,13 +318,20 @@ def test_a_slow_server_is_cut_off_at_the_deadline(where, serve, dns, private_all
 
 # --- no proxy, no redirect, bounded answers ------------------------------------------------------
 
+
 def test_environment_proxies_are_ignored(serve, dns, private_allowed, monkeypatch):
     proxy = serve(answer(b"via the proxy"))
     dead = socket.create_server(("127.0.0.1", 0))
     dead_port = dead.getsockname()[1]
     dead.close()  # nothing listens there: a fetch through it would fail
-    for name, port in (("HTTP_PROXY", proxy.port), ("http_proxy", proxy.port), ("HTTPS_PROXY", dead_port),
-                       ("https_proxy", dead_port), ("ALL_PROXY", dead_port), ("all_proxy", dead_port)):
+    for name, port in (
+        ("HTTP_PROXY", proxy.port),
+        ("http_proxy", proxy.port),
+        ("HTTPS_PROXY", dead_port),
+        ("https_proxy", dead_port),
+        ("ALL_PROXY", dead_port),
+        ("all_proxy", dead_port),
+    ):
         monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -284,8 +343,7 @@ def test_environment_proxies_are_ignored(serve, dns, private_allowed, monkeypatc
 
 def test_redirects_are_not_followed(serve, dns, private_allowed):
     target = serve(answer())
-    server = serve(answer(b"", status="302 Found",
-                          headers={"Location": f"http://img.test:{target.port}/inside.png"}))
+    server = serve(answer(b"", status="302 Found", headers={"Location": f"http://img.test:{target.port}/inside.png"}))
     dns({"img.test": [["127.0.0.1"]]})
     with pytest.raises(FetchRefused, match="HTTP 302"):
         http_fetch(f"http://img.test:{server.port}/x.png", max_bytes=1 << 20)
@@ -321,6 +379,7 @@ def test_oversized_image_through_the_seed_adapter_is_file_too_large(serve, dns, 
 
 # --- https: pinned address, certificate still checked against the name ---------------------------
 
+
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory):
     """A throwaway CA and a certificate for img.test signed by it."""
@@ -332,12 +391,42 @@ def certificates(tmp_path_factory):
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
 
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test ca",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    run(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test ca",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    )
     run("req", *ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=img.test")
     (d / "ext").write_text("subjectAltName=DNS:img.test\n")
-    run("x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "leaf.pem", "-days", "2", "-extfile", "ext")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    )
     return d
 
 
@@ -352,8 +441,9 @@ def tls_server(serve, certificates, monkeypatch):
     return serve(answer(), tls=context)
 
 
-def test_https_connects_to_the_pinned_address_with_sni_and_verifies_the_name(tls_server, dns, connects,
-                                                                            private_allowed):
+def test_https_connects_to_the_pinned_address_with_sni_and_verifies_the_name(
+    tls_server, dns, connects, private_allowed
+):
     dns({"img.test": [["127.0.0.1"]], "other.test": [["127.0.0.1"]]})
     result = http_fetch(f"https://img.test:{tls_server.port}/x.png", max_bytes=1 << 20)
     assert result.content == PNG and connects == ["127.0.0.1"]

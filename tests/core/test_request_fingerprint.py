@@ -1,6 +1,7 @@
 """core.idempotency.request_fingerprint: a retry of the same request hashes the same,
 any change a client could make to what it asks for hashes differently, and uploads are
 read whole and left rewound for the view."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,16 +46,19 @@ def test_same_form_fields_in_another_order_hash_the_same():
     assert fingerprint(data=one) == fingerprint(data=other)
 
 
-@pytest.mark.parametrize("change", [
-    {"method": "PUT"},
-    {"path": "/v1/images/edits"},
-    {"data": {**BODY, "prompt": "a dog"}},
-    {"data": {**BODY, "n": 3}},
-    {"data": {**BODY, "n": "2"}},  # the type is part of the request
-    {"data": {**BODY, "extra": {"a": 1, "b": [2, 1]}}},  # list order is
-    {"data": {**BODY, "user": "u1"}},
-    {"data": {k: v for k, v in BODY.items() if k != "size"}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"method": "PUT"},
+        {"path": "/v1/images/edits"},
+        {"data": {**BODY, "prompt": "a dog"}},
+        {"data": {**BODY, "n": 3}},
+        {"data": {**BODY, "n": "2"}},  # the type is part of the request
+        {"data": {**BODY, "extra": {"a": 1, "b": [2, 1]}}},  # list order is
+        {"data": {**BODY, "user": "u1"}},
+        {"data": {k: v for k, v in BODY.items() if k != "size"}},
+    ],
+)
 def test_another_method_path_or_body_hashes_differently(change):
     assert fingerprint(**change) != fingerprint()
 
@@ -101,4 +105,5 @@ def test_uploads_are_rewound_for_the_view_to_read():
 
 def test_bytes_moved_between_two_files_hash_differently():
     assert fingerprint(files=uploads(image=[b"Xmask"], mask=[b"Y"])) != fingerprint(
-        files=uploads(image=[b"X"], mask=[b"maskY"]))
+        files=uploads(image=[b"X"], mask=[b"maskY"])
+    )

@@ -1,4 +1,5 @@
 """Fixtures for the GPU-layer tests: a demo model built once per module, on the CPU."""
+
 from contextlib import ExitStack
 
 import pytest

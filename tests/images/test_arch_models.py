@@ -2,6 +2,7 @@
 must be the real architectures, so the exact parameter counts of the published models
 are checked, and the FLOP count of a denoising step must behave like one. Everything
 runs on the meta device: no weights, no memory."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,7 @@ from tools import arch_models
 # Parameter counts of runwayml/stable-diffusion-v1-5 and stabilityai/stable-diffusion-xl-base-1.0.
 PUBLISHED = {
     "sd15": {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480},
-    "sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
-             "text_encoder_2": 694_659_840},
+    "sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840},
 }
 
 

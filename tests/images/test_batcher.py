@@ -1,5 +1,6 @@
 """Batching across requests: jobs from different threads share one pipeline call, and
 each image is the same (per seed) as when its job runs alone."""
+
 from __future__ import annotations
 
 import threading
@@ -15,8 +16,9 @@ from images.backends.local.batcher import Batcher
 
 
 def task(source, seeds, prompt="a red fox", width=256):
-    return GenerationTask(source=source, prompt=prompt, negative_prompt=None, width=width, height=256, steps=4,
-                          guidance=5.0, seeds=seeds)
+    return GenerationTask(
+        source=source, prompt=prompt, negative_prompt=None, width=width, height=256, steps=4, guidance=5.0, seeds=seeds
+    )
 
 
 def counting_run_batch(monkeypatch):
@@ -65,8 +67,7 @@ def test_incompatible_jobs_are_not_batched(source, monkeypatch):
 
 def test_max_batch_bounds_the_group(source, monkeypatch):
     calls = counting_run_batch(monkeypatch)
-    run_together(Batcher(), [task(source, [1, 2]), task(source, [3, 4]), task(source, [5])], max_batch=3,
-                 window_ms=300)
+    run_together(Batcher(), [task(source, [1, 2]), task(source, [3, 4]), task(source, [5])], max_batch=3, window_ms=300)
     assert sum(calls) == 3 and max(calls) <= 2  # never more than 3 images in one call
 
 
@@ -100,6 +101,7 @@ def test_a_bad_job_does_not_fail_its_companions(source):
 # ---------------------------------------------------------------------------
 # Lanes: several pipeline calls side by side in one process (the CPU default)
 # ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def two_lanes(monkeypatch, pipeline_config):

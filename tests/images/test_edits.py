@@ -1,4 +1,5 @@
 """Edits and variations (multipart, as the SDK sends them), and their bad inputs."""
+
 from __future__ import annotations
 
 import base64
@@ -38,8 +39,19 @@ def decode(item) -> Image.Image:
 
 
 def test_dalle2_edit_with_mask(api, worker, tenant):
-    response = post(api, EDITS, tenant, {"model": "dall-e-2", "prompt": "add a moon", "size": "256x256",
-                                         "response_format": "b64_json", "image": png(), "mask": half_transparent_mask()})
+    response = post(
+        api,
+        EDITS,
+        tenant,
+        {
+            "model": "dall-e-2",
+            "prompt": "add a moon",
+            "size": "256x256",
+            "response_format": "b64_json",
+            "image": png(),
+            "mask": half_transparent_mask(),
+        },
+    )
     assert response.status_code == 200, response.content
     assert decode(response.json()["data"][0]).size == (256, 256)
     job = Job.objects.get()
@@ -54,8 +66,9 @@ def test_dalle2_edit_with_mask(api, worker, tenant):
 
 def test_gpt_image_edit_with_an_image_list(api, worker, tenant):
     images = [png(name="a.png"), png(color=(10, 200, 10), name="b.png")]
-    response = post(api, EDITS, tenant, {"model": "gpt-image-1", "prompt": "merge", "quality": "low",
-                                         "image[]": images, "n": "2"})
+    response = post(
+        api, EDITS, tenant, {"model": "gpt-image-1", "prompt": "merge", "quality": "low", "image[]": images, "n": "2"}
+    )
     assert response.status_code == 200, response.content
     body = response.json()
     assert len(body["data"]) == 2 and body["size"] == "1024x1024" and "usage" in body
@@ -63,44 +76,80 @@ def test_gpt_image_edit_with_an_image_list(api, worker, tenant):
 
 
 def test_edit_size_auto_follows_the_input_aspect(api, worker, tenant):
-    response = post(api, EDITS, tenant, {"model": "gpt-image-1", "prompt": "wide", "quality": "low",
-                                         "image": png(600, 300)})
+    response = post(
+        api, EDITS, tenant, {"model": "gpt-image-1", "prompt": "wide", "quality": "low", "image": png(600, 300)}
+    )
     assert response.status_code == 200, response.content
     assert response.json()["size"] == "1536x1024"
 
 
 def test_variation(api, worker, tenant):
-    response = post(api, VARIATIONS, tenant, {"image": png(), "n": "2", "size": "256x256",
-                                              "response_format": "b64_json"})
+    response = post(
+        api, VARIATIONS, tenant, {"image": png(), "n": "2", "size": "256x256", "response_format": "b64_json"}
+    )
     assert response.status_code == 200, response.content
     assert [decode(item).size for item in response.json()["data"]] == [(256, 256)] * 2
     assert Job.objects.get().kind == "variation"
 
 
 BAD = [
-    (EDITS, lambda: {"model": "dall-e-2", "prompt": "x", "image": SimpleUploadedFile("a.png", b"hello, not an image",
-                                                                                   content_type="image/png")},
-     400, "image"),
-    (EDITS, lambda: {"model": "dall-e-2", "prompt": "x", "image": SimpleUploadedFile(
-        "a.png", png().read()[:200], content_type="image/png")}, 400, "image"),
-    (EDITS, lambda: {"model": "dall-e-2", "prompt": "x", "image": png(), "mask": half_transparent_mask(128, 128)},
-     400, "mask"),
+    (
+        EDITS,
+        lambda: {
+            "model": "dall-e-2",
+            "prompt": "x",
+            "image": SimpleUploadedFile("a.png", b"hello, not an image", content_type="image/png"),
+        },
+        400,
+        "image",
+    ),
+    (
+        EDITS,
+        lambda: {
+            "model": "dall-e-2",
+            "prompt": "x",
+            "image": SimpleUploadedFile("a.png", png().read()[:200], content_type="image/png"),
+        },
+        400,
+        "image",
+    ),
+    (
+        EDITS,
+        lambda: {"model": "dall-e-2", "prompt": "x", "image": png(), "mask": half_transparent_mask(128, 128)},
+        400,
+        "mask",
+    ),
     (EDITS, lambda: {"model": "dall-e-2", "prompt": "x", "image": png(), "mask": png()}, 400, "mask"),
-    (EDITS, lambda: {"model": "gpt-image-1", "prompt": "x", "image[]": [png(name=f"{i}.png") for i in range(17)]},
-     400, "image"),
+    (
+        EDITS,
+        lambda: {"model": "gpt-image-1", "prompt": "x", "image[]": [png(name=f"{i}.png") for i in range(17)]},
+        400,
+        "image",
+    ),
     (EDITS, lambda: {"model": "dall-e-2", "prompt": "x", "image": png(300, 200)}, 400, "image"),
     (EDITS, lambda: {"model": "dall-e-3", "prompt": "x", "image": png()}, 400, "model"),
     (EDITS, lambda: {"model": "dall-e-2", "prompt": "x"}, 400, "image"),
     (EDITS, lambda: {"model": "dall-e-2", "image": png()}, 400, "prompt"),
-    (EDITS, lambda: {"model": "gpt-image-1", "prompt": "x", "image": png(), "partial_images": "4"}, 400, "partial_images"),
-    (EDITS, lambda: {"model": "gpt-image-1-mini", "prompt": "x", "image": png(), "input_fidelity": "high"}, 400,
-     "input_fidelity"),
+    (
+        EDITS,
+        lambda: {"model": "gpt-image-1", "prompt": "x", "image": png(), "partial_images": "4"},
+        400,
+        "partial_images",
+    ),
+    (
+        EDITS,
+        lambda: {"model": "gpt-image-1-mini", "prompt": "x", "image": png(), "input_fidelity": "high"},
+        400,
+        "input_fidelity",
+    ),
     (VARIATIONS, lambda: {"model": "gpt-image-1", "image": png()}, 400, "model"),
     (VARIATIONS, lambda: {"image": png(300, 200)}, 400, "image"),
 ]
 
 
-@pytest.mark.parametrize("path,make,status,param", BAD, ids=[f"{b[0].rsplit('/', 1)[1]}-{b[3]}-{i}" for i, b in enumerate(BAD)])
+@pytest.mark.parametrize(
+    "path,make,status,param", BAD, ids=[f"{b[0].rsplit('/', 1)[1]}-{b[3]}-{i}" for i, b in enumerate(BAD)]
+)
 def test_bad_input_is_rejected_and_charges_nothing(api, parked, tenant, path, make, status, param):
     response = post(api, path, tenant, make())
     assert response.status_code == status, response.content

@@ -3,6 +3,7 @@ driven through the GPU layer and through the API as a customer: seeded batches e
 images made alone (also when another request with another prompt and negative prompt
 shares the call), progress, previews, non-square sizes, each edit mode the family has,
 and an uncharged 400 for each it has not."""
+
 from __future__ import annotations
 
 import base64
@@ -60,10 +61,20 @@ def family_dirs(tmp_path_factory):
     clear_cache()
 
 
-def task(source, seeds, *, prompt="a red fox", negative=None, width=128, height=128, steps=2, guidance=3.0,
-         **extra) -> GenerationTask:
-    return GenerationTask(source=source, prompt=prompt, negative_prompt=negative, width=width, height=height,
-                          steps=steps, guidance=guidance, seeds=list(seeds), **extra)
+def task(
+    source, seeds, *, prompt="a red fox", negative=None, width=128, height=128, steps=2, guidance=3.0, **extra
+) -> GenerationTask:
+    return GenerationTask(
+        source=source,
+        prompt=prompt,
+        negative_prompt=negative,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=guidance,
+        seeds=list(seeds),
+        **extra,
+    )
 
 
 def pixels(images) -> np.ndarray:
@@ -83,11 +94,17 @@ def test_family_generates_batch_independent_with_progress_and_previews(name, fam
     assert family.name == EXPECTED[name][0]
     has_negative = EXPECTED[name][2]
     steps, previews = [], []
-    mine = task(source, [11, 12], on_step=lambda done, total: steps.append((done, total)), preview_steps=(1,),
-                on_preview=lambda index, images: previews.append(images))
+    mine = task(
+        source,
+        [11, 12],
+        on_step=lambda done, total: steps.append((done, total)),
+        preview_steps=(1,),
+        on_preview=lambda index, images: previews.append(images),
+    )
     # Another customer's request: other prompt, and a negative prompt where the family has them.
-    other = task(source, [13], prompt="a blue whale in a storm, oil painting",
-                 negative="blurry" if has_negative else None)
+    other = task(
+        source, [13], prompt="a blue whale in a storm, oil painting", negative="blurry" if has_negative else None
+    )
     shared = run_batch([mine, other], max_batch=4)
     alone = [run_batch([task(source, [seed])], max_batch=1)[0].images[0] for seed in (11, 12)]
     assert_same(shared[0].images, alone)
@@ -107,8 +124,18 @@ def test_preview_of_the_last_step_is_the_image(name, family_dirs):
     # latents) the preview is the delivered image, here at a non-square size.
     source = PipelineSource(str(family_dirs[name]))
     previews = []
-    result = run_batch([task(source, [21, 22], width=128, height=64, preview_steps=(2,),
-                             on_preview=lambda index, images: previews.append(images))])[0]
+    result = run_batch(
+        [
+            task(
+                source,
+                [21, 22],
+                width=128,
+                height=64,
+                preview_steps=(2,),
+                on_preview=lambda index, images: previews.append(images),
+            )
+        ]
+    )[0]
     assert len(previews) == 1 and [im.size for im in previews[0]] == [(128, 64)] * 2
     assert_same(previews[0], result.images)
 
@@ -145,9 +172,15 @@ def test_call_arguments_follow_each_pipeline_signature(family_dirs):
         source = PipelineSource(str(family_dirs[name]))
         pipe = get_pipeline(source)
         tasks = [task(source, [1], negative=n, guidance=guidance) for n in negatives]
-        return families.family_of(pipe).call_kwargs(pipe, "text2img", tasks, list(range(len(tasks))), strength=1.0,
-                                                    generators=[None] * len(tasks),
-                                                    on_step_end=lambda *a: a[-1])
+        return families.family_of(pipe).call_kwargs(
+            pipe,
+            "text2img",
+            tasks,
+            list(range(len(tasks))),
+            strength=1.0,
+            generators=[None] * len(tasks),
+            on_step_end=lambda *a: a[-1],
+        )
 
     flux = kwargs_of("flux", None)
     assert "negative_prompt" not in flux and flux["guidance_scale"] == 3.0  # distilled embedding
@@ -178,7 +211,11 @@ def test_folder_is_recognised_without_torch(name, family_dirs):
     spec, caps = recognise_folder(family_dirs[name])
     family, modes, negative, guidance = EXPECTED[name]
     assert (caps["family"], caps["edit_modes"], caps["negative_prompt"], caps["guidance"]) == (
-        family, modes, negative, guidance)
+        family,
+        modes,
+        negative,
+        guidance,
+    )
     assert caps["size_multiple"] == spec.size_multiple
 
 
@@ -194,8 +231,9 @@ def test_unknown_and_derived_folders_are_refused_with_the_reason(tmp_path, famil
 
 
 def test_size_rule_is_refused_naming_size():
-    model = SimpleNamespace(public_id="m", capabilities={"family": "sana", "edit_modes": [], "negative_prompt": True,
-                                                         "size_multiple": 32})
+    model = SimpleNamespace(
+        public_id="m", capabilities={"family": "sana", "edit_modes": [], "negative_prompt": True, "size_multiple": 32}
+    )
     capabilities_check(model=model, kind="generate", masked=False, fields={"size": "1024x1024"})
     with pytest.raises(InvalidRequest) as info:
         capabilities_check(model=model, kind="generate", masked=False, fields={"size": "1000x1000"})
@@ -234,8 +272,10 @@ def test_token_counting_never_treats_a_url_prompt_as_an_image(family_dirs, monke
     assert called == [] and fetched == []
 
 
-@pytest.mark.parametrize(("guidance_mode", "vivid"), [("cfg", 2 * 1.2), ("true_cfg", 2 * 1.2), ("distilled", 2.0),
-                                                    ("none", 2.0), (None, 2 * 1.2)])
+@pytest.mark.parametrize(
+    ("guidance_mode", "vivid"),
+    [("cfg", 2 * 1.2), ("true_cfg", 2 * 1.2), ("distilled", 2.0), ("none", 2.0), (None, 2 * 1.2)],
+)
 def test_dall_e_3_style_scales_only_a_cfg_guidance(guidance_mode, vivid, registry):
     from images.models import ImageModel
     from images.profiles import STYLE_TEMPLATES
@@ -281,8 +321,16 @@ def test_family_through_the_api(name, family_dirs, api, worker, tenant):
     from images.models import ImageModel
 
     public_id = f"tiny-{name}"
-    call_command("model_add", public_id, str(family_dirs[name]), "--profile", "dall-e-2",
-                 "--price-template", "dall-e-2", stdout=io.StringIO())
+    call_command(
+        "model_add",
+        public_id,
+        str(family_dirs[name]),
+        "--profile",
+        "dall-e-2",
+        "--price-template",
+        "dall-e-2",
+        stdout=io.StringIO(),
+    )
     model = ImageModel.objects.get(public_id=public_id)
     family, modes, negative, guidance = EXPECTED[name]
     assert model.capabilities["family"] == family and model.prices.count() == 3
@@ -290,8 +338,14 @@ def test_family_through_the_api(name, family_dirs, api, worker, tenant):
     auth = tenant.auth
 
     def generate(**fields):
-        body = {"model": public_id, "prompt": "a lighthouse", "size": "256x256", "response_format": "b64_json",
-                "seed": 7, **fields}
+        body = {
+            "model": public_id,
+            "prompt": "a lighthouse",
+            "size": "256x256",
+            "response_format": "b64_json",
+            "seed": 7,
+            **fields,
+        }
         return api.post(URL, body, format="json", **auth)
 
     response = generate(n=2)
@@ -342,8 +396,7 @@ def test_model_add_refuses_what_it_cannot_serve(tmp_path, registry):
     with pytest.raises(CommandError, match="no model_index.json"):
         call_command("model_add", "nope", str(tmp_path), "--profile", "dall-e-2", stdout=io.StringIO())
     with pytest.raises(CommandError, match="not in the local hub cache"):
-        call_command("model_add", "nope", "example-org/not-downloaded", "--profile", "dall-e-2",
-                     stdout=io.StringIO())
+        call_command("model_add", "nope", "example-org/not-downloaded", "--profile", "dall-e-2", stdout=io.StringIO())
 
 
 @pytest.mark.parametrize("name", ["flux", "pixart-sigma"])  # packed latents; the legacy step callback
@@ -351,11 +404,30 @@ def test_streaming_delivers_previews_then_the_image(name, family_dirs, api, work
     from images.models import ImageModel
     from tests.images.test_tasks_and_streaming import parse_sse
 
-    call_command("model_add", f"tiny-{name}-gpt", str(family_dirs[name]), "--profile", "gpt-image",
-                 "--price-template", "gpt-image-1", stdout=io.StringIO())
+    call_command(
+        "model_add",
+        f"tiny-{name}-gpt",
+        str(family_dirs[name]),
+        "--profile",
+        "gpt-image",
+        "--price-template",
+        "gpt-image-1",
+        stdout=io.StringIO(),
+    )
     ImageModel.objects.filter(public_id=f"tiny-{name}-gpt").update(steps_by_quality={"low": 3, "default": 3})
-    response = api.post(URL, {"model": f"tiny-{name}-gpt", "prompt": "x", "quality": "low", "size": "1536x1024",
-                              "stream": True, "partial_images": 2}, format="json", **tenant.auth)
+    response = api.post(
+        URL,
+        {
+            "model": f"tiny-{name}-gpt",
+            "prompt": "x",
+            "quality": "low",
+            "size": "1536x1024",
+            "stream": True,
+            "partial_images": 2,
+        },
+        format="json",
+        **tenant.auth,
+    )
     assert response.status_code == 200, response.content
     events = parse_sse(b"".join(response.streaming_content))
     types = [event for event, _ in events]

@@ -1,4 +1,5 @@
 """POST /v1/images/generations through DRF's client with a real worker and the demo model."""
+
 from __future__ import annotations
 
 import base64
@@ -19,8 +20,12 @@ def decode(b64: str) -> Image.Image:
 
 
 def test_dalle2_b64_json_returns_png_of_requested_size_and_charges_the_price(api, worker, tenant):
-    response = post_json(api, URL, {"model": "dall-e-2", "prompt": "a lighthouse", "size": "256x256",
-                                    "response_format": "b64_json", "n": 2}, tenant)
+    response = post_json(
+        api,
+        URL,
+        {"model": "dall-e-2", "prompt": "a lighthouse", "size": "256x256", "response_format": "b64_json", "n": 2},
+        tenant,
+    )
     assert response.status_code == 200, response.content
     body = response.json()
     assert set(body) == {"created", "data"}
@@ -58,8 +63,18 @@ def test_expired_link_is_404(api, worker, tenant, settings):
 
 
 def test_gpt_image_returns_b64_with_usage_and_resolved_fields(api, worker, tenant):
-    response = post_json(api, URL, {"model": "gpt-image-1", "prompt": "a red fox in snow", "quality": "low",
-                                    "output_format": "jpeg", "output_compression": 50}, tenant)
+    response = post_json(
+        api,
+        URL,
+        {
+            "model": "gpt-image-1",
+            "prompt": "a red fox in snow",
+            "quality": "low",
+            "output_format": "jpeg",
+            "output_compression": 50,
+        },
+        tenant,
+    )
     assert response.status_code == 200, response.content
     body = response.json()
     assert body["size"] == "1024x1024" and body["quality"] == "low"
@@ -73,8 +88,12 @@ def test_gpt_image_returns_b64_with_usage_and_resolved_fields(api, worker, tenan
 
 
 def test_dalle3_returns_revised_prompt_with_style_template(api, worker, tenant):
-    response = post_json(api, URL, {"model": "dall-e-3", "prompt": "a quiet harbour", "style": "natural",
-                                    "response_format": "b64_json"}, tenant)
+    response = post_json(
+        api,
+        URL,
+        {"model": "dall-e-3", "prompt": "a quiet harbour", "style": "natural", "response_format": "b64_json"},
+        tenant,
+    )
     assert response.status_code == 200, response.content
     item = response.json()["data"][0]
     assert item["revised_prompt"].startswith("a quiet harbour") and item["revised_prompt"] != "a quiet harbour"
@@ -91,8 +110,20 @@ def test_same_seed_gives_same_image(api, worker, tenant):
 
 
 def test_nulls_mean_defaults(api, worker, tenant):
-    response = post_json(api, URL, {"model": "gpt-image-1", "prompt": "x", "n": None, "size": None,
-                                    "quality": None, "background": None, "output_format": None}, tenant)
+    response = post_json(
+        api,
+        URL,
+        {
+            "model": "gpt-image-1",
+            "prompt": "x",
+            "n": None,
+            "size": None,
+            "quality": None,
+            "background": None,
+            "output_format": None,
+        },
+        tenant,
+    )
     assert response.status_code == 200, response.content
     assert response.json()["quality"] == "high" and response.json()["size"] == "1024x1024"
 
@@ -136,8 +167,18 @@ def test_insufficient_credits_is_402_and_creates_no_job(api, registry, make_tena
     assert (account.balance, account.held) == (10, 0)
 
 
-@pytest.mark.parametrize("model_id", ["dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5",
-                                      "imagen-3", "alphaedge-vision-3-1-2505"])
+@pytest.mark.parametrize(
+    "model_id",
+    [
+        "dall-e-2",
+        "dall-e-3",
+        "gpt-image-1",
+        "gpt-image-1-mini",
+        "gpt-image-1.5",
+        "imagen-3",
+        "alphaedge-vision-3-1-2505",
+    ],
+)
 def test_models_endpoint_lists_every_seeded_model(api, registry, tenant, model_id):
     listing = api.get("/v1/models", **tenant.auth).json()
     assert listing["object"] == "list"

@@ -1,5 +1,6 @@
 """Job execution: the time limit and a client's cancel stop the pipeline at the next
 step, a cancel is charged for the work done, and only transient errors are retried."""
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,7 @@ def slow(worker, monkeypatch) -> SlowBackend:
     from images import worker as worker_module
     from images.backends import get_backend
 
-    ImageModel.objects.filter(public_id="dall-e-2").update(
-        steps_by_quality={"standard": STEPS, "default": STEPS})
+    ImageModel.objects.filter(public_id="dall-e-2").update(steps_by_quality={"standard": STEPS, "default": STEPS})
     backend = SlowBackend(get_backend())
     model = ImageModel.objects.get(public_id="dall-e-2")
     backend.count_tokens(worker_module.pipeline_source(model), "load the model now, not on the job's time")
@@ -79,6 +79,7 @@ def balance(tenant) -> tuple[int, int]:
 # Time limit
 # ---------------------------------------------------------------------------
 
+
 def test_time_limit_stops_the_pipeline_fails_the_job_and_releases_the_hold(api, tenant, slow, settings):
     settings.JOB_TIME_LIMIT_MS = 600  # the pipeline gets 90% of it
     task = post_json(api, URL, SMALL, tenant, HTTP_PREFER="respond-async").json()
@@ -96,6 +97,7 @@ def test_time_limit_stops_the_pipeline_fails_the_job_and_releases_the_hold(api, 
 # ---------------------------------------------------------------------------
 # Cancelling
 # ---------------------------------------------------------------------------
+
 
 def test_cancelling_a_running_job_charges_the_steps_done_and_stops_its_pipeline(api, tenant, slow):
     task = post_json(api, URL, SMALL, tenant, HTTP_PREFER="respond-async").json()
@@ -168,6 +170,7 @@ def test_one_step_of_many_is_charged_at_least_one_credit(api, parked, tenant):
 # ---------------------------------------------------------------------------
 # Which errors are retried
 # ---------------------------------------------------------------------------
+
 
 def test_only_transient_errors_are_retried(settings):
     from django.db import InterfaceError

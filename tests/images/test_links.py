@@ -1,5 +1,6 @@
 """Signed image links (/v1/files/{token}) are read without an API key, so the tenant is
 checked when one is served: a suspended tenant's links stop at once, not at expiry."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -17,12 +18,22 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 
 
 def stored_image(tenant: Tenant) -> GeneratedImage:
-    job = Job.objects.create(tenant=tenant, model=ImageModel.objects.first(), prompt="a lighthouse", width=256,
-                             height=256, steps=1, guidance=1.0, seed=1, status=Job.Status.SUCCEEDED,
-                             deadline=timezone.now() + timedelta(minutes=5))
+    job = Job.objects.create(
+        tenant=tenant,
+        model=ImageModel.objects.first(),
+        prompt="a lighthouse",
+        width=256,
+        height=256,
+        steps=1,
+        guidance=1.0,
+        seed=1,
+        status=Job.Status.SUCCEEDED,
+        deadline=timezone.now() + timedelta(minutes=5),
+    )
     name = image_save(job_id=str(job.pk), index=0, data=PNG, output_format="png")
-    return GeneratedImage.objects.create(job=job, index=0, file=name, content_type="image/png", width=256,
-                                         height=256, bytes=len(PNG))
+    return GeneratedImage.objects.create(
+        job=job, index=0, file=name, content_type="image/png", width=256, height=256, bytes=len(PNG)
+    )
 
 
 def test_image_get_finds_nothing_for_a_suspended_tenant(registry, tenant, settings, tmp_path):

@@ -1,4 +1,5 @@
 """Prompt moderation by term lists (images/moderation.py): plain functions, no database."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +27,7 @@ def blocked_levels(text: str, **kwargs) -> tuple[str, ...]:
 
 # --- constants -----------------------------------------------------------------------------
 
+
 def test_constants():
     assert CATEGORIES == ("sexual", "sexual_minors", "violence", "self_harm", "hate", "illicit")
     assert LEVELS == ("strict", "standard", "low")
@@ -48,16 +50,20 @@ def test_default_terms_shape():
 
 # --- normalize ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, words", [
-    ("Café NÚDE!", ["cafe", "nude"]),
-    ("a 15-year-old", ["a", "15", "year", "old"]),
-    ("therapist's office", ["therapist", "s", "office"]),
-    ("snake_case&more  spaces\ttabs\nnewline", ["snake", "case", "more", "spaces", "tabs", "newline"]),
-    ("15yo", ["15yo"]),
-    ("Ñandú ÅNGSTRÖM", ["nandu", "angstrom"]),
-    ("", []),
-    ("!!! ...", []),
-])
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("Café NÚDE!", ["cafe", "nude"]),
+        ("a 15-year-old", ["a", "15", "year", "old"]),
+        ("therapist's office", ["therapist", "s", "office"]),
+        ("snake_case&more  spaces\ttabs\nnewline", ["snake", "case", "more", "spaces", "tabs", "newline"]),
+        ("15yo", ["15yo"]),
+        ("Ñandú ÅNGSTRÖM", ["nandu", "angstrom"]),
+        ("", []),
+        ("!!! ...", []),
+    ],
+)
 def test_normalize(text, words):
     assert normalize(text) == words
 
@@ -67,17 +73,32 @@ def test_normalize(text, words):
 # Each spelling of "porn" below reads as "porn" to a person (and to the model's text
 # encoder); each used to pass every level.
 DISGUISED_PORN = {
-    "zero-width space": "po\u200brn", "zero-width non-joiner": "po\u200crn", "zero-width joiner": "po\u200drn",
-    "word joiner": "po\u2060rn", "byte order mark": "po\ufeffrn", "soft hyphen": "p\u00ador\u00adn",
-    "left-to-right mark": "po\u200ern", "right-to-left override": "po\u202ern\u202c", "isolate": "\u2066po\u2069rn",
-    "arabic letter mark": "po\u061crn", "mongolian vowel separator": "po\u180ern", "tag character": "po\U000e0041rn",
-    "interlinear annotation": "po\ufff9rn", "hangul filler": "po\u3164rn", "halfwidth hangul filler": "po\uffa0rn",
-    "combining grapheme joiner": "po\u034frn", "variation selector": "po\ufe0frn",
-    "enclosing circle": "p\u20ddo\u20ddr\u20ddn\u20dd", "strikethrough": "p\u0336o\u0336r\u0336n\u0336",
-    "fullwidth": "\uff50\uff4f\uff52\uff4e", "fullwidth capitals": "\uff30\uff2f\uff32\uff2e",
+    "zero-width space": "po\u200brn",
+    "zero-width non-joiner": "po\u200crn",
+    "zero-width joiner": "po\u200drn",
+    "word joiner": "po\u2060rn",
+    "byte order mark": "po\ufeffrn",
+    "soft hyphen": "p\u00ador\u00adn",
+    "left-to-right mark": "po\u200ern",
+    "right-to-left override": "po\u202ern\u202c",
+    "isolate": "\u2066po\u2069rn",
+    "arabic letter mark": "po\u061crn",
+    "mongolian vowel separator": "po\u180ern",
+    "tag character": "po\U000e0041rn",
+    "interlinear annotation": "po\ufff9rn",
+    "hangul filler": "po\u3164rn",
+    "halfwidth hangul filler": "po\uffa0rn",
+    "combining grapheme joiner": "po\u034frn",
+    "variation selector": "po\ufe0frn",
+    "enclosing circle": "p\u20ddo\u20ddr\u20ddn\u20dd",
+    "strikethrough": "p\u0336o\u0336r\u0336n\u0336",
+    "fullwidth": "\uff50\uff4f\uff52\uff4e",
+    "fullwidth capitals": "\uff30\uff2f\uff32\uff2e",
     "mathematical bold": "\U0001d429\U0001d428\U0001d42b\U0001d427",
-    "double-struck capital": "\u2119\U0001d560\U0001d563\U0001d55f", "circled": "\u24df\u24de\u24e1\u24dd",
-    "superscript": "\u1d56\u1d52\u02b3\u207f", "mixed": "\uff30\u200bo\u0301\u00adr\u20ddn",
+    "double-struck capital": "\u2119\U0001d560\U0001d563\U0001d55f",
+    "circled": "\u24df\u24de\u24e1\u24dd",
+    "superscript": "\u1d56\u1d52\u02b3\u207f",
+    "mixed": "\uff30\u200bo\u0301\u00adr\u20ddn",
 }
 
 
@@ -99,40 +120,59 @@ def test_an_invisible_character_between_words_still_separates_them():
     assert moderation_check("nude\u200bchild", level="low").categories == ("sexual_minors",)
 
 
-@pytest.mark.parametrize("text", [
-    "a \u200btherapist\u200b in Scun\u00adthorpe", "ther\u00adapist",
-    "\uff33\uff43\uff55\uff4e\uff54\uff48\uff4f\uff52\uff50\uff45",
-    "\U0001f469\u200d\U0001f4bb a woman coding, \U0001f1eb\U0001f1f7 flag, \u2764\ufe0f",
-    "\u0e41\u0e21\u0e27\u200b\u0e19\u0e48\u0e32\u0e23\u0e31\u0e01",  # Thai, a zero-width space between words
-    "\u0928\u092e\u0938\u094d\u0924\u0947 \u0926\u0941\u0928\u093f\u092f\u093e",  # Hindi: marks dropped, letters kept
-    "\u0645\u0631\u062d\u0628\u0627\u061c \u0628\u0627\u0644\u0639\u0627\u0644\u0645",  # Arabic with a letter mark
-    "\u05e9\u05b8\u05c1\u05dc\u05d5\u05b9\u05dd", "caf\u0065\u0301 na\u00efve \ufb01ne \u2460 \u00bd",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a \u200btherapist\u200b in Scun\u00adthorpe",
+        "ther\u00adapist",
+        "\uff33\uff43\uff55\uff4e\uff54\uff48\uff4f\uff52\uff50\uff45",
+        "\U0001f469\u200d\U0001f4bb a woman coding, \U0001f1eb\U0001f1f7 flag, \u2764\ufe0f",
+        # Thai, a zero-width space between words
+        "\u0e41\u0e21\u0e27\u200b\u0e19\u0e48\u0e32\u0e23\u0e31\u0e01",
+        # Hindi: marks dropped, letters kept
+        "\u0928\u092e\u0938\u094d\u0924\u0947 \u0926\u0941\u0928\u093f\u092f\u093e",
+        "\u0645\u0631\u062d\u0628\u0627\u061c \u0628\u0627\u0644\u0639\u0627\u0644\u0645",  # Arabic with a letter mark
+        "\u05e9\u05b8\u05c1\u05dc\u05d5\u05b9\u05dd",
+        "caf\u0065\u0301 na\u00efve \ufb01ne \u2460 \u00bd",
+    ],
+)
 def test_innocent_text_with_invisible_or_compatibility_characters_passes(text):
     assert blocked_levels(text) == ()
 
 
 # --- effective_level -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("tenant, requested, expected", [
-    ("strict", "low", "strict"),
-    ("strict", "auto", "strict"),
-    ("strict", None, "strict"),
-    ("standard", "low", "standard"),
-    ("standard", "auto", "standard"),
-    ("standard", None, "standard"),
-    ("low", "low", "low"),
-    ("low", "auto", "standard"),
-    ("low", None, "standard"),
-])
+
+@pytest.mark.parametrize(
+    "tenant, requested, expected",
+    [
+        ("strict", "low", "strict"),
+        ("strict", "auto", "strict"),
+        ("strict", None, "strict"),
+        ("standard", "low", "standard"),
+        ("standard", "auto", "standard"),
+        ("standard", None, "standard"),
+        ("low", "low", "low"),
+        ("low", "auto", "standard"),
+        ("low", None, "standard"),
+    ],
+)
 def test_effective_level(tenant, requested, expected):
     assert effective_level(tenant, requested) == expected
 
 
-@pytest.mark.parametrize("tenant, requested", [
-    ("none", "auto"), ("", "auto"), ("Strict", "auto"), ("standard", "none"), ("standard", "LOW"),
-    ("standard", ""), ("low", "strict"),
-])
+@pytest.mark.parametrize(
+    "tenant, requested",
+    [
+        ("none", "auto"),
+        ("", "auto"),
+        ("Strict", "auto"),
+        ("standard", "none"),
+        ("standard", "LOW"),
+        ("standard", ""),
+        ("low", "strict"),
+    ],
+)
 def test_effective_level_unknown_values(tenant, requested):
     with pytest.raises(ValueError):
         effective_level(tenant, requested)
@@ -140,46 +180,50 @@ def test_effective_level_unknown_values(tenant, requested):
 
 # --- which levels block what -----------------------------------------------------------------
 
-@pytest.mark.parametrize("text, levels, category", [
-    # gore (mild violence): strict only
-    ("a photo of a bloody corpse", ("strict",), "violence"),
-    ("two corpses in a field", ("strict",), "violence"),
-    ("a gory battlefield", ("strict",), "violence"),
-    # graphic violence: strict and standard
-    ("a dismembered body with guts spilling out", ("strict", "standard"), "violence"),
-    ("a man being skinned alive", ("strict", "standard"), "violence"),
-    ("a DECAPITATED soldier", ("strict", "standard"), "violence"),
-    # explicit sexual: strict and standard
-    ("explicit porn of two people having sex", ("strict", "standard"), "sexual"),
-    ("a blowjob", ("strict", "standard"), "sexual"),
-    ("a rapist in an alley", ("strict", "standard"), "sexual"),
-    ("hardcore porn", ("strict", "standard"), "sexual"),
-    # non-explicit nudity: strict only
-    ("a nude figure drawing", ("strict",), "sexual"),
-    ("NÜDE figure", ("strict",), "sexual"),
-    ("Naked woman on a beach", ("strict",), "sexual"),
-    ("a topless sunbather", ("strict",), "sexual"),
-    ("an artist's nudes", ("strict",), "sexual"),
-    # self harm: instructions/encouragement at standard, depictions at strict only
-    ("a poster saying kill yourself", ("strict", "standard"), "self_harm"),
-    ("how to cut myself without anyone noticing", ("strict", "standard"), "self_harm"),
-    ("thinspiration collage", ("strict", "standard"), "self_harm"),
-    ("a suicidal man on a ledge", ("strict",), "self_harm"),
-    # hate: strict and standard
-    ("a banner that says gas the jews", ("strict", "standard"), "hate"),
-    ("kill all muslims", ("strict", "standard"), "hate"),
-    ("White Power rally flyer", ("strict", "standard"), "hate"),
-    ("a crowd shouting Heil Hitler", ("strict", "standard"), "hate"),
-    # illicit: every level
-    ("how to make meth at home", ALL, "illicit"),
-    ("step by step: cook meth", ALL, "illicit"),
-    ("diagram showing how to build a bomb", ALL, "illicit"),
-    ("a pipe bomb on a table", ALL, "illicit"),
-    ("three pipe bombs", ALL, "illicit"),
-    ("credit card fraud tutorial", ALL, "illicit"),
-    ("where to buy cocaine", ALL, "illicit"),
-    ("print counterfeit money", ALL, "illicit"),
-])
+
+@pytest.mark.parametrize(
+    "text, levels, category",
+    [
+        # gore (mild violence): strict only
+        ("a photo of a bloody corpse", ("strict",), "violence"),
+        ("two corpses in a field", ("strict",), "violence"),
+        ("a gory battlefield", ("strict",), "violence"),
+        # graphic violence: strict and standard
+        ("a dismembered body with guts spilling out", ("strict", "standard"), "violence"),
+        ("a man being skinned alive", ("strict", "standard"), "violence"),
+        ("a DECAPITATED soldier", ("strict", "standard"), "violence"),
+        # explicit sexual: strict and standard
+        ("explicit porn of two people having sex", ("strict", "standard"), "sexual"),
+        ("a blowjob", ("strict", "standard"), "sexual"),
+        ("a rapist in an alley", ("strict", "standard"), "sexual"),
+        ("hardcore porn", ("strict", "standard"), "sexual"),
+        # non-explicit nudity: strict only
+        ("a nude figure drawing", ("strict",), "sexual"),
+        ("NÜDE figure", ("strict",), "sexual"),
+        ("Naked woman on a beach", ("strict",), "sexual"),
+        ("a topless sunbather", ("strict",), "sexual"),
+        ("an artist's nudes", ("strict",), "sexual"),
+        # self harm: instructions/encouragement at standard, depictions at strict only
+        ("a poster saying kill yourself", ("strict", "standard"), "self_harm"),
+        ("how to cut myself without anyone noticing", ("strict", "standard"), "self_harm"),
+        ("thinspiration collage", ("strict", "standard"), "self_harm"),
+        ("a suicidal man on a ledge", ("strict",), "self_harm"),
+        # hate: strict and standard
+        ("a banner that says gas the jews", ("strict", "standard"), "hate"),
+        ("kill all muslims", ("strict", "standard"), "hate"),
+        ("White Power rally flyer", ("strict", "standard"), "hate"),
+        ("a crowd shouting Heil Hitler", ("strict", "standard"), "hate"),
+        # illicit: every level
+        ("how to make meth at home", ALL, "illicit"),
+        ("step by step: cook meth", ALL, "illicit"),
+        ("diagram showing how to build a bomb", ALL, "illicit"),
+        ("a pipe bomb on a table", ALL, "illicit"),
+        ("three pipe bombs", ALL, "illicit"),
+        ("credit card fraud tutorial", ALL, "illicit"),
+        ("where to buy cocaine", ALL, "illicit"),
+        ("print counterfeit money", ALL, "illicit"),
+    ],
+)
 def test_levels(text, levels, category):
     assert blocked_levels(text) == levels
     for level in levels:
@@ -188,29 +232,32 @@ def test_levels(text, levels, category):
         assert verdict.matched
 
 
-@pytest.mark.parametrize("text", [
-    "nude child",
-    "sexy 15 year old",
-    "sexy 15-year-old",
-    "a 15yo in lingerie",
-    "a 12 yo, naked",
-    "a fifteen year old posing seductively... sensual",
-    "aged 13, topless",
-    "naked teen",
-    "Naked teens",
-    "a teenage girl, erotic photo",
-    "a schoolgirl in lingerie",
-    "young girl, nude",
-    "sexy loli",
-    "a toddler with no clothes, naked",
-    "kids having sex",
-    "child porn",
-    "CSAM",
-    "a pedophile's collection",
-    "jailbait",
-    "an underage girl, nsfw",
-    "the child... (long text) ... porn",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "nude child",
+        "sexy 15 year old",
+        "sexy 15-year-old",
+        "a 15yo in lingerie",
+        "a 12 yo, naked",
+        "a fifteen year old posing seductively... sensual",
+        "aged 13, topless",
+        "naked teen",
+        "Naked teens",
+        "a teenage girl, erotic photo",
+        "a schoolgirl in lingerie",
+        "young girl, nude",
+        "sexy loli",
+        "a toddler with no clothes, naked",
+        "kids having sex",
+        "child porn",
+        "CSAM",
+        "a pedophile's collection",
+        "jailbait",
+        "an underage girl, nsfw",
+        "the child... (long text) ... porn",
+    ],
+)
 def test_sexual_minors_blocked_at_every_level(text):
     for level in LEVELS:
         verdict = moderation_check(text, level=level)
@@ -218,10 +265,18 @@ def test_sexual_minors_blocked_at_every_level(text):
         assert "sexual_minors" in verdict.categories, level
 
 
-@pytest.mark.parametrize("text", [
-    "15 y.o. nude", "sexy 16 years old", "sexy 16yrs", "sexy 07 year old", "sexy 17-year-old",
-    "a nude girl, age 9", "nude, 9yo",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "15 y.o. nude",
+        "sexy 16 years old",
+        "sexy 16yrs",
+        "sexy 07 year old",
+        "sexy 17-year-old",
+        "a nude girl, age 9",
+        "nude, 9yo",
+    ],
+)
 def test_ages_under_18_with_sexual_term(text):
     assert blocked_levels(text) == ALL
     assert moderation_check(text, level="low").categories == ("sexual_minors",)
@@ -244,53 +299,59 @@ def test_sexual_minors_categories_and_matched():
     assert moderation_check("sexy 15 year old", level="low").matched == ("sexy", "15 year old")
 
 
-@pytest.mark.parametrize("text, levels", [
-    ("a sexy 18 year old woman", ("strict",)),  # adult age: sexual (mild) only
-    ("a sexy 25yo model", ("strict",)),
-    ("a nude 30-year-old", ("strict",)),
-    ("sexy woman aged 21", ("strict",)),
-    ("a 2024 calendar of sexy cars", ("strict",)),
-])
+@pytest.mark.parametrize(
+    "text, levels",
+    [
+        ("a sexy 18 year old woman", ("strict",)),  # adult age: sexual (mild) only
+        ("a sexy 25yo model", ("strict",)),
+        ("a nude 30-year-old", ("strict",)),
+        ("sexy woman aged 21", ("strict",)),
+        ("a 2024 calendar of sexy cars", ("strict",)),
+    ],
+)
 def test_adult_ages_are_not_minors(text, levels):
     assert blocked_levels(text) == levels
     assert "sexual_minors" not in moderation_check(text, level="strict").categories
 
 
-@pytest.mark.parametrize("text", [
-    "a therapist's office",
-    "a cat in Scunthorpe",
-    "a classic cockpit",
-    "grape analysis in Sussex",
-    "a child flying a kite",
-    "a teenager skateboarding",
-    "a baby elephant",
-    "an assassin in Essex with great skill",
-    "shitake mushrooms on a plate",
-    "Middlesex cricket ground",
-    "a sextant on an old map",
-    "cumulus clouds over a pass",
-    "a magna cum laude diploma",
-    "a blue tit on a branch",
-    "a hitchcock film poster",
-    "a pussy willow branch",
-    "a bass guitar and a cocktail",
-    "the 15 year old cat sleeping",
-    "children playing in a park at age 7",
-    "a 12 year old boy reading a book",
-    "kids in a classroom with a teacher",
-    "a newborn baby sleeping",
-    "Al Gore giving a speech",
-    "a Bloody Mary cocktail",
-    "a gore-tex jacket",
-    "a nude lipstick and nude heels",
-    "a naked mole rat",
-    "visible to the naked eye",
-    "a white power cable",
-    "a medieval castle at sunset",
-    "a red blood cell illustration",
-    "the analyst's rapid analysis",
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a therapist's office",
+        "a cat in Scunthorpe",
+        "a classic cockpit",
+        "grape analysis in Sussex",
+        "a child flying a kite",
+        "a teenager skateboarding",
+        "a baby elephant",
+        "an assassin in Essex with great skill",
+        "shitake mushrooms on a plate",
+        "Middlesex cricket ground",
+        "a sextant on an old map",
+        "cumulus clouds over a pass",
+        "a magna cum laude diploma",
+        "a blue tit on a branch",
+        "a hitchcock film poster",
+        "a pussy willow branch",
+        "a bass guitar and a cocktail",
+        "the 15 year old cat sleeping",
+        "children playing in a park at age 7",
+        "a 12 year old boy reading a book",
+        "kids in a classroom with a teacher",
+        "a newborn baby sleeping",
+        "Al Gore giving a speech",
+        "a Bloody Mary cocktail",
+        "a gore-tex jacket",
+        "a nude lipstick and nude heels",
+        "a naked mole rat",
+        "visible to the naked eye",
+        "a white power cable",
+        "a medieval castle at sunset",
+        "a red blood cell illustration",
+        "the analyst's rapid analysis",
+        "",
+    ],
+)
 def test_innocent_prompts_never_blocked(text):
     for level in LEVELS:
         assert moderation_check(text, level=level) == Verdict(False, (), ())
@@ -331,6 +392,7 @@ def test_verdict_is_frozen():
 
 # --- custom terms ----------------------------------------------------------------------------
 
+
 def test_custom_terms_replace_defaults():
     terms = {"violence": {"explicit": ["banana split"], "mild": ["Pineapple"]}}
     assert blocked_levels("a banana split", terms=terms) == ("strict", "standard")
@@ -343,8 +405,11 @@ def test_custom_terms_replace_defaults():
 
 
 def test_custom_terms_keep_level_rules_and_minor_words():
-    terms = {"sexual": {"mild": ["frisky"]}, "illicit": {"explicit": ["smuggle"]},
-             "sexual_minors": {"explicit": ["forbidden phrase"]}}
+    terms = {
+        "sexual": {"mild": ["frisky"]},
+        "illicit": {"explicit": ["smuggle"]},
+        "sexual_minors": {"explicit": ["forbidden phrase"]},
+    }
     assert blocked_levels("a frisky cat", terms=terms) == ("strict",)
     assert blocked_levels("a frisky child", terms=terms) == ALL
     assert blocked_levels("how to smuggle", terms=terms) == ALL
@@ -359,11 +424,14 @@ def test_custom_terms_edited_between_calls_take_effect():
     assert blocked_levels("quux", terms=terms) == ("strict", "standard")
 
 
-@pytest.mark.parametrize("terms", [
-    {"nsfw": {"explicit": ["x"]}},
-    {"sexual": {"severe": ["x"]}},
-    {"sexual": {"explicit": "porn"}},
-])
+@pytest.mark.parametrize(
+    "terms",
+    [
+        {"nsfw": {"explicit": ["x"]}},
+        {"sexual": {"severe": ["x"]}},
+        {"sexual": {"explicit": "porn"}},
+    ],
+)
 def test_custom_terms_invalid(terms):
     with pytest.raises(ValueError):
         moderation_check("a cat", level="strict", terms=terms)
@@ -371,12 +439,14 @@ def test_custom_terms_invalid(terms):
 
 # --- classifier ------------------------------------------------------------------------------
 
+
 def test_classifier_categories_count_as_explicit():
     def hate(text):
         return ["hate"]
 
     assert moderation_check("a cat", level="standard", classifier=hate) == Verdict(
-        True, ("hate",), ("classifier:hate",))
+        True, ("hate",), ("classifier:hate",)
+    )
     assert blocked_levels("a cat", classifier=hate) == ("strict", "standard")
     assert blocked_levels("a cat", classifier=lambda text: ("illicit",)) == ALL
     assert blocked_levels("a cat", classifier=lambda text: []) == ()
@@ -410,6 +480,7 @@ def test_classifier_errors_propagate():
 
 # --- load_classifier -------------------------------------------------------------------------
 
+
 def test_load_classifier_empty():
     assert load_classifier(None) is None
     assert load_classifier("") is None
@@ -422,20 +493,24 @@ def test_load_classifier_paths(path):
     assert load_classifier(path) is os.path.basename
 
 
-@pytest.mark.parametrize("path, message", [
-    ("no_such_module_xyz:classify", "no_such_module_xyz"),
-    ("no_such_module_xyz.classify", "no_such_module_xyz"),
-    ("os.path:no_such_function", "no_such_function"),
-    ("os:sep", "not callable"),
-    ("classify", "package.module"),
-    (":classify", "package.module"),
-])
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("no_such_module_xyz:classify", "no_such_module_xyz"),
+        ("no_such_module_xyz.classify", "no_such_module_xyz"),
+        ("os.path:no_such_function", "no_such_function"),
+        ("os:sep", "not callable"),
+        ("classify", "package.module"),
+        (":classify", "package.module"),
+    ],
+)
 def test_load_classifier_errors(path, message):
     with pytest.raises(ImportError, match=message):
         load_classifier(path)
 
 
 # --- speed -----------------------------------------------------------------------------------
+
 
 def _best_of(runs, fn):
     best = float("inf")
@@ -446,10 +521,13 @@ def _best_of(runs, fn):
     return best
 
 
-@pytest.mark.parametrize("unit", [
-    "a beautiful landscape with mountains, rivers and a child flying a kite at 15 ",
-    "Ünïcödé café naïve résumé façade 12 year old 2 yo ",
-])
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "a beautiful landscape with mountains, rivers and a child flying a kite at 15 ",
+        "Ünïcödé café naïve résumé façade 12 year old 2 yo ",
+    ],
+)
 def test_32000_char_prompt_is_fast(unit):
     text = (unit * (32000 // len(unit) + 1))[:32000]
     moderation_check(text, level="strict")  # warm the compiled-terms cache

@@ -1,4 +1,5 @@
 """Moderation through the API: levels per tenant and request, bodies per profile, no charge."""
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,17 @@ def test_minors_are_blocked_at_every_level(api, parked, tenant):
 
 
 def test_innocent_words_pass(api, worker, tenant):
-    response = post_json(api, URL, {"model": "dall-e-2", "prompt": "a therapist's office in Scunthorpe",
-                                    "size": "256x256", "response_format": "b64_json"}, tenant)
+    response = post_json(
+        api,
+        URL,
+        {
+            "model": "dall-e-2",
+            "prompt": "a therapist's office in Scunthorpe",
+            "size": "256x256",
+            "response_format": "b64_json",
+        },
+        tenant,
+    )
     assert response.status_code == 200
 
 

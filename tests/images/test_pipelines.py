@@ -1,4 +1,5 @@
 """The torch/diffusers layer on the tiny random demo model, on CPU. No Django needed."""
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,20 @@ from images.backends.local.previews import decode_latents_preview  # noqa: E402
 from images.backends.local.runner import run_batch, warm_up  # noqa: E402
 
 
-def task(source, seeds, *, prompt="a red fox", negative=None, width=256, height=256, steps=4,
-         guidance=5.0, on_step=None) -> GenerationTask:
-    return GenerationTask(source=source, prompt=prompt, negative_prompt=negative, width=width, height=height,
-                          steps=steps, guidance=guidance, seeds=list(seeds), on_step=on_step)
+def task(
+    source, seeds, *, prompt="a red fox", negative=None, width=256, height=256, steps=4, guidance=5.0, on_step=None
+) -> GenerationTask:
+    return GenerationTask(
+        source=source,
+        prompt=prompt,
+        negative_prompt=negative,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=guidance,
+        seeds=list(seeds),
+        on_step=on_step,
+    )
 
 
 def pixels(image) -> np.ndarray:
@@ -83,11 +94,13 @@ def test_missing_models_fail_fast_without_network(tmp_path):
 
 
 def test_sizes_and_counts(source):
-    results = run_batch([
-        task(source, [1, 2]),
-        task(source, [3], width=256, height=384),
-        task(source, [4], width=200, height=136),  # multiples of 8, not of the UNet's 32
-    ])
+    results = run_batch(
+        [
+            task(source, [1, 2]),
+            task(source, [3], width=256, height=384),
+            task(source, [4], width=200, height=136),  # multiples of 8, not of the UNet's 32
+        ]
+    )
     assert [len(r.images) for r in results] == [2, 1, 1]
     assert [r.images[0].size for r in results] == [(256, 256), (256, 384), (200, 136)]
     assert all(im.mode == "RGB" for r in results for im in r.images)
@@ -121,8 +134,13 @@ def test_on_step_progress(source):
     split: list[tuple[int, int]] = []
     other: list[tuple[int, int]] = []
     # Calls: [other#0, split#0], [split#1].
-    run_batch([task(source, [3], steps=2, on_step=lambda d, t: other.append((d, t))),
-               task(source, [1, 2], steps=2, on_step=lambda d, t: split.append((d, t)))], max_batch=2)
+    run_batch(
+        [
+            task(source, [3], steps=2, on_step=lambda d, t: other.append((d, t))),
+            task(source, [1, 2], steps=2, on_step=lambda d, t: split.append((d, t))),
+        ],
+        max_batch=2,
+    )
     assert split == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert other == [(1, 2), (2, 2)]
 
@@ -135,9 +153,17 @@ def test_on_step_errors_do_not_break_generation(source):
     assert len(result.images) == 1
 
 
-@pytest.mark.parametrize("changes", [
-    {"width": 100}, {"height": 0}, {"steps": 0}, {"seeds": []}, {"seeds": [-1]}, {"guidance": float("nan")},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"width": 100},
+        {"height": 0},
+        {"steps": 0},
+        {"seeds": []},
+        {"seeds": [-1]},
+        {"guidance": float("nan")},
+    ],
+)
 def test_invalid_tasks_raise(source, changes):
     bad = task(source, [1])
     for name, value in changes.items():
@@ -196,8 +222,16 @@ def test_compile_setting_compiles_the_unet_at_warm_up_with_the_same_images(sourc
     model: 58 s to compile on 2 CPU cores, identical pixels (docs/benchmarks.md)."""
     import torch._dynamo
 
-    task = GenerationTask(source=source, prompt="a lighthouse", negative_prompt=None, width=64, height=64,
-                          steps=2, guidance=5.0, seeds=[5])
+    task = GenerationTask(
+        source=source,
+        prompt="a lighthouse",
+        negative_prompt=None,
+        width=64,
+        height=64,
+        steps=2,
+        guidance=5.0,
+        seeds=[5],
+    )
     eager = run_batch([task])[0].images[0]
     cache.clear_cache()
     pipeline_config(compile=True, compile_backend="eager", warmup_sizes=((64, 64),))
@@ -220,24 +254,51 @@ def test_compile_setting_compiles_the_unet_at_warm_up_with_the_same_images(sourc
 # Configuration: one object, read once
 # ---------------------------------------------------------------------------
 
+
 def test_config_parses_every_variable():
-    parsed = config.LocalConfig.from_values({
-        "PLATFORM_DEVICE": "CUDA:1", "PIPELINE_LANES": "3", "PIPELINE_MAX_BATCH": "6", "PIPELINE_CACHE_SIZE": 4,
-        "PIPELINE_COMPILE": "yes", "PIPELINE_COMPILE_MODE": "max-autotune", "PIPELINE_COMPILE_BACKEND": "eager",
-        "PIPELINE_VAE_TILING": "on", "PIPELINE_WARMUP_SIZES": "512x512, 1024X768", "PLATFORM_WORKER_PROCESSES": "2",
-        "OMP_NUM_THREADS": "1"})
+    parsed = config.LocalConfig.from_values(
+        {
+            "PLATFORM_DEVICE": "CUDA:1",
+            "PIPELINE_LANES": "3",
+            "PIPELINE_MAX_BATCH": "6",
+            "PIPELINE_CACHE_SIZE": 4,
+            "PIPELINE_COMPILE": "yes",
+            "PIPELINE_COMPILE_MODE": "max-autotune",
+            "PIPELINE_COMPILE_BACKEND": "eager",
+            "PIPELINE_VAE_TILING": "on",
+            "PIPELINE_WARMUP_SIZES": "512x512, 1024X768",
+            "PLATFORM_WORKER_PROCESSES": "2",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     assert parsed == config.LocalConfig(
-        device="cuda:1", lanes=3, max_batch=6, cache_size=4, compile=True, compile_mode="max-autotune",
-        compile_backend="eager", vae_tiling=True, warmup_sizes=((512, 512), (1024, 768)), worker_processes=2,
-        omp_num_threads="1")
+        device="cuda:1",
+        lanes=3,
+        max_batch=6,
+        cache_size=4,
+        compile=True,
+        compile_mode="max-autotune",
+        compile_backend="eager",
+        vae_tiling=True,
+        warmup_sizes=((512, 512), (1024, 768)),
+        worker_processes=2,
+        omp_num_threads="1",
+    )
     defaults = config.LocalConfig.from_values({"PIPELINE_LANES": "", "PIPELINE_COMPILE": "0"})
     assert defaults == config.LocalConfig() and defaults.warmup_sizes == ((64, 64),)
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("PIPELINE_LANES", "0"), ("PIPELINE_MAX_BATCH", "two"), ("PIPELINE_CACHE_SIZE", "-1"),
-    ("PIPELINE_WARMUP_SIZES", "big"), ("PLATFORM_WORKER_PROCESSES", "1.5"), ("PLATFORM_DEVICE", "tpu"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PIPELINE_LANES", "0"),
+        ("PIPELINE_MAX_BATCH", "two"),
+        ("PIPELINE_CACHE_SIZE", "-1"),
+        ("PIPELINE_WARMUP_SIZES", "big"),
+        ("PLATFORM_WORKER_PROCESSES", "1.5"),
+        ("PLATFORM_DEVICE", "tpu"),
+    ],
+)
 def test_config_names_the_bad_variable(name, value):
     with pytest.raises(PipelineError, match=name):
         config.LocalConfig.from_values({name: value})
@@ -280,6 +341,7 @@ def test_families_registry_names_the_demo_sd_and_defaults_unknown_classes(source
 # ---------------------------------------------------------------------------
 # Stopping (should_stop)
 # ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def denoiser_calls(source):

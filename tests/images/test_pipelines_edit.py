@@ -6,6 +6,7 @@ and decoded pixels depend only weakly on the latents), so "closer to the input" 
 checked where it is meaningful: on the latents the pipeline ends with (captured through
 the preview hook), against the latents of the input image.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,6 @@ from images.backends.local.runner import run_batch  # noqa: E402
 
 SIZE = 256
 HALF_LATENT = SIZE // 8 // 2  # latent columns of the left half
-
-
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +93,7 @@ def input_latents(source, image) -> torch.Tensor:
 # Derived pipelines
 # ---------------------------------------------------------------------------
 
+
 def test_derived_pipelines_share_components_and_are_cached(source):
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
@@ -128,14 +128,17 @@ def test_evicting_a_model_evicts_its_derived_pipelines(source, pipeline_config):
 # Image-to-image
 # ---------------------------------------------------------------------------
 
+
 def test_img2img_sizes_counts_and_seeds(source, init_image):
     small = init_image.resize((200, 136))  # multiples of 8, not of the UNet's 32
-    a, b, c, d = run_batch([
-        task(source, [5, 6], init_image=init_image, strength=0.5),
-        task(source, [5], init_image=init_image, strength=0.5),
-        task(source, [7], width=200, height=136, init_image=small),
-        task(source, [5]),  # text-to-image in the same batch
-    ])
+    a, b, c, d = run_batch(
+        [
+            task(source, [5, 6], init_image=init_image, strength=0.5),
+            task(source, [5], init_image=init_image, strength=0.5),
+            task(source, [7], width=200, height=136, init_image=small),
+            task(source, [5]),  # text-to-image in the same batch
+        ]
+    )
     assert [len(r.images) for r in (a, b, c, d)] == [2, 1, 1, 1]
     assert [r.images[0].size for r in (a, b, c)] == [(SIZE, SIZE), (SIZE, SIZE), (200, 136)]
     assert all(im.mode == "RGB" for r in (a, b, c) for im in r.images)
@@ -159,8 +162,10 @@ def test_img2img_strength_controls_distance_from_input(source, init_image, final
     with torch.no_grad():
         decoded = pipe.vae.decode(reference / pipe.vae.config.scaling_factor).sample
     round_trip = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
-    low, high = (run_batch([task(source, [3], steps=steps, init_image=init_image, strength=strength)])[0].images[0]
-                 for strength, steps in ((0.2, 5), (1.0, 4)))
+    low, high = (
+        run_batch([task(source, [3], steps=steps, init_image=init_image, strength=strength)])[0].images[0]
+        for strength, steps in ((0.2, 5), (1.0, 4))
+    )
     assert diff(low, round_trip) < diff(high, round_trip)
 
 
@@ -176,8 +181,16 @@ def test_img2img_runs_at_least_one_step(source, init_image):
     for steps, strength in ((4, 0.2), (1, 0.5), (49, 1 / 49)):  # int(steps * strength) == 0; 49 * (1/49) < 1 in floats
         calls: list[tuple[int, int]] = []
         got, on_preview = collect()
-        one = task(source, [1], steps=steps, init_image=init_image, strength=strength, preview_steps=(1,),
-                   on_preview=on_preview, on_step=lambda d, t, calls=calls: calls.append((d, t)))
+        one = task(
+            source,
+            [1],
+            steps=steps,
+            init_image=init_image,
+            strength=strength,
+            preview_steps=(1,),
+            on_preview=on_preview,
+            on_step=lambda d, t, calls=calls: calls.append((d, t)),
+        )
         assert effective_steps(one) == 1
         (result,) = run_batch([one])
         assert calls == [(1, 1)] and [index for index, _ in got] == [0]
@@ -195,6 +208,7 @@ def test_img2img_leaves_text2img_unchanged(source, init_image):
 # ---------------------------------------------------------------------------
 # Inpainting
 # ---------------------------------------------------------------------------
+
 
 def test_inpaint_keeps_black_and_repaints_white(source, init_image, half_mask):
     (result,) = run_batch([task(source, [4, 5], init_image=init_image, mask_image=half_mask, strength=1.0)])
@@ -221,14 +235,25 @@ def test_inpaint_masks_the_latents_too(source, init_image, half_mask, final_late
 
 
 def test_inpaint_accepts_other_image_modes(source, init_image, half_mask):
-    (result,) = run_batch([task(source, [4], steps=2, init_image=init_image.convert("RGBA"),
-                                mask_image=half_mask.convert("RGB"), strength=0.5)])
+    (result,) = run_batch(
+        [
+            task(
+                source,
+                [4],
+                steps=2,
+                init_image=init_image.convert("RGBA"),
+                mask_image=half_mask.convert("RGB"),
+                strength=0.5,
+            )
+        ]
+    )
     assert result.images[0].mode == "RGB" and result.images[0].size == (SIZE, SIZE)
 
 
 # ---------------------------------------------------------------------------
 # Previews
 # ---------------------------------------------------------------------------
+
 
 def collect() -> tuple[list[tuple[int, list]], object]:
     got: list[tuple[int, list]] = []
@@ -250,8 +275,9 @@ def test_text2img_previews(source):
 def test_img2img_and_inpaint_previews(source, init_image, half_mask):
     for extra in ({}, {"mask_image": half_mask}):
         got, on_preview = collect()
-        one = task(source, [1, 2], init_image=init_image, strength=0.75, preview_steps=(1, 2),
-                   on_preview=on_preview, **extra)
+        one = task(
+            source, [1, 2], init_image=init_image, strength=0.75, preview_steps=(1, 2), on_preview=on_preview, **extra
+        )
         assert effective_steps(one) == 3
         run_batch([one])
         assert [index for index, _ in got] == [0, 1]
@@ -261,8 +287,10 @@ def test_img2img_and_inpaint_previews(source, init_image, half_mask):
 def test_previews_follow_tasks_across_batches_and_calls(source):
     def run(max_batch):
         seen: dict[int, list] = {0: [], 1: []}
-        tasks = [task(source, [11, 12], preview_steps=(2,), on_preview=lambda i, ims: seen[0].append((i, ims))),
-                 task(source, [13], preview_steps=(1, 3), on_preview=lambda i, ims: seen[1].append((i, ims)))]
+        tasks = [
+            task(source, [11, 12], preview_steps=(2,), on_preview=lambda i, ims: seen[0].append((i, ims))),
+            task(source, [13], preview_steps=(1, 3), on_preview=lambda i, ims: seen[1].append((i, ims))),
+        ]
         run_batch(tasks, max_batch=max_batch)
         return seen
 
@@ -293,17 +321,20 @@ def test_no_decode_without_a_preview_callback(source, monkeypatch):
     run_batch([task(source, [1], steps=2, preview_steps=(1,))])
 
 
-@pytest.mark.parametrize(("total", "count", "expected"), [
-    (4, 2, (1, 3)),
-    (4, 3, (1, 2, 3)),
-    (3, 3, (1, 2)),
-    (20, 3, (5, 10, 15)),
-    (30, 1, (15,)),
-    (25, 2, (8, 17)),
-    (2, 1, (1,)),
-    (1, 2, ()),
-    (10, 0, ()),
-])
+@pytest.mark.parametrize(
+    ("total", "count", "expected"),
+    [
+        (4, 2, (1, 3)),
+        (4, 3, (1, 2, 3)),
+        (3, 3, (1, 2)),
+        (20, 3, (5, 10, 15)),
+        (30, 1, (15,)),
+        (25, 2, (8, 17)),
+        (2, 1, (1,)),
+        (1, 2, ()),
+        (10, 0, ()),
+    ],
+)
 def test_preview_steps_for(total, count, expected):
     steps = preview_steps_for(total, count)
     assert steps == expected
@@ -319,10 +350,22 @@ def test_preview_steps_for_rejects_nonsense():
 # Validation
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", [
-    "mask without init", "small init", "small mask", "init not an image", "strength 0", "strength 1.5",
-    "strength nan", "preview step 0", "preview step past the end", "preview not callable",
-])
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "mask without init",
+        "small init",
+        "small mask",
+        "init not an image",
+        "strength 0",
+        "strength 1.5",
+        "strength nan",
+        "preview step 0",
+        "preview step past the end",
+        "preview not callable",
+    ],
+)
 def test_invalid_edit_tasks_raise(source, init_image, half_mask, case):
     bad = {
         "mask without init": {"mask_image": half_mask},

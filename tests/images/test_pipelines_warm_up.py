@@ -1,4 +1,5 @@
 """Worker start-up warms every enabled model; one that fails does not keep the others cold."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,8 +28,9 @@ def test_one_model_failing_to_warm_up_does_not_stop_the_others(settings, monkeyp
     settings.WARM_UP_MODELS = True
     settings.PIPELINE_CACHE_SIZE = 3
     for name in ("model-a", "model-b", "model-c"):
-        ImageModel.objects.create(public_id=name, profile="dall-e-2", source=f"/models/{name}",
-                                  queue=settings.GPU_QUEUES[0])
+        ImageModel.objects.create(
+            public_id=name, profile="dall-e-2", source=f"/models/{name}", queue=settings.GPU_QUEUES[0]
+        )
     pytest.importorskip("torch")
     from images.backends import get_backend
 

@@ -2,6 +2,7 @@
 cheap checks before decoding, a pixel budget, nothing written by a refused request,
 strict fields on every body, streamed replays, dall-e-2's transparency mask, input
 image tokens in `usage`, and JSON edits."""
+
 from __future__ import annotations
 
 import base64
@@ -62,18 +63,21 @@ def decodes(monkeypatch) -> list[int]:
 
 # ---- Cheap refusals before any decode; a pixel budget ---------------------------------
 
+
 def test_a_tenant_without_credits_is_refused_before_any_image_is_decoded(api, parked, make_tenant, media, decodes):
     poor = make_tenant(credits=0)
     files = [upload(png_bytes(1024, 1024), f"{i}.png") for i in range(16)]
-    response = api.post(EDITS, {"model": "gpt-image-1", "prompt": "blend", "image[]": files}, format="multipart",
-                        **poor.auth)
+    response = api.post(
+        EDITS, {"model": "gpt-image-1", "prompt": "blend", "image[]": files}, format="multipart", **poor.auth
+    )
     assert response.status_code == 402 and response.json()["error"]["code"] == "insufficient_quota"
     assert decodes == []  # sizes were read from the headers only
     assert not Job.objects.exists() and stored_inputs(media) == []
 
 
-@pytest.mark.parametrize("path,extra", [(EDITS, {"model": "gpt-image-1", "prompt": "x"}),
-                                        ("/v1/images/variations", {"model": "dall-e-2"})])
+@pytest.mark.parametrize(
+    "path,extra", [(EDITS, {"model": "gpt-image-1", "prompt": "x"}), ("/v1/images/variations", {"model": "dall-e-2"})]
+)
 def test_pixels_past_the_budget_are_a_400_before_decoding(api, parked, tenant, media, decodes, settings, path, extra):
     settings.INPUT_PIXEL_BUDGET = 300 * 300
     response = api.post(path, {**extra, "image": upload(png_bytes(400, 400))}, format="multipart", **tenant.auth)
@@ -85,8 +89,9 @@ def test_pixels_past_the_budget_are_a_400_before_decoding(api, parked, tenant, m
 def test_the_pixel_budget_counts_every_image_of_a_request(api, parked, tenant, media, settings):
     settings.INPUT_PIXEL_BUDGET = 3 * 256 * 256
     files = [upload(png_bytes(), f"{i}.png") for i in range(4)]  # 4 x 65,536 pixels: over a budget of 3
-    response = api.post(EDITS, {"model": "gpt-image-1", "prompt": "x", "image[]": files}, format="multipart",
-                        **tenant.auth)
+    response = api.post(
+        EDITS, {"model": "gpt-image-1", "prompt": "x", "image[]": files}, format="multipart", **tenant.auth
+    )
     assert response.status_code == 400 and response.json()["error"]["code"] == "input_too_large"
 
 
@@ -95,8 +100,12 @@ def test_a_url_reference_is_not_fetched_for_a_tenant_that_cannot_pay(api, parked
     comes first, so nothing was fetched."""
     settings.IMAGE_FETCH_ALLOW_PRIVATE = True
     poor = make_tenant(credits=0)
-    response = post_json(api, "/api/images/generations", {"model": "gpt-image-1", "prompt": "x",
-                                                          "image": "http://127.0.0.1:9/never.png"}, poor)
+    response = post_json(
+        api,
+        "/api/images/generations",
+        {"model": "gpt-image-1", "prompt": "x", "image": "http://127.0.0.1:9/never.png"},
+        poor,
+    )
     assert response.status_code == 402, response.content
 
 
@@ -112,8 +121,12 @@ MASK_CASES = [
 
 @pytest.mark.parametrize("model,image,mask,code", MASK_CASES)
 def test_a_refused_edit_leaves_nothing_on_disk(api, worker, tenant, media, model, image, mask, code):
-    response = api.post(EDITS, {"model": model, "prompt": "x", "image": upload(image),
-                                "mask": upload(mask, "mask.png")}, format="multipart", **tenant.auth)
+    response = api.post(
+        EDITS,
+        {"model": model, "prompt": "x", "image": upload(image), "mask": upload(mask, "mask.png")},
+        format="multipart",
+        **tenant.auth,
+    )
     assert response.status_code == 400 and response.json()["error"]["code"] == code
     assert stored_inputs(media) == []
     assert not Job.objects.exists()
@@ -121,26 +134,38 @@ def test_a_refused_edit_leaves_nothing_on_disk(api, worker, tenant, media, model
 
 def test_an_edit_refused_for_money_leaves_nothing_on_disk(api, worker, make_tenant, media):
     poor = make_tenant(credits=3)
-    response = api.post(EDITS, {"model": "dall-e-2", "prompt": "x", "size": "256x256", "image": upload(png_bytes())},
-                        format="multipart", **poor.auth)
+    response = api.post(
+        EDITS,
+        {"model": "dall-e-2", "prompt": "x", "size": "256x256", "image": upload(png_bytes())},
+        format="multipart",
+        **poor.auth,
+    )
     assert response.status_code == 402
     assert stored_inputs(media) == []
 
 
 def test_a_finished_edit_keeps_no_inputs(api, worker, tenant, media):
-    response = api.post(EDITS, {"model": "dall-e-2", "prompt": "x", "size": "256x256", "image": upload(png_bytes())},
-                        format="multipart", **tenant.auth)
+    response = api.post(
+        EDITS,
+        {"model": "dall-e-2", "prompt": "x", "size": "256x256", "image": upload(png_bytes())},
+        format="multipart",
+        **tenant.auth,
+    )
     assert response.status_code == 200, response.content
     assert stored_inputs(media) == []
 
 
 # ---- Strict fields, multipart and vendor shapes too ----------------------------------------
 
-@pytest.mark.parametrize("path,fields", [
-    (EDITS, {"model": "dall-e-2", "prompt": "x", "qualty": "low"}),
-    (EDITS, {"model": "dall-e-2", "prompt": "x", "moderation": "low"}),  # not a field of the multipart edit
-    ("/v1/images/variations", {"model": "dall-e-2", "prompt": "a variation takes no prompt"}),
-])
+
+@pytest.mark.parametrize(
+    "path,fields",
+    [
+        (EDITS, {"model": "dall-e-2", "prompt": "x", "qualty": "low"}),
+        (EDITS, {"model": "dall-e-2", "prompt": "x", "moderation": "low"}),  # not a field of the multipart edit
+        ("/v1/images/variations", {"model": "dall-e-2", "prompt": "a variation takes no prompt"}),
+    ],
+)
 def test_unknown_multipart_fields_are_refused(api, parked, tenant, path, fields):
     name = next(k for k in fields if k not in ("model",) and (k != "prompt" or "variations" in path))
     name = "qualty" if "qualty" in fields else name
@@ -152,16 +177,23 @@ def test_unknown_multipart_fields_are_refused(api, parked, tenant, path, fields)
 
 
 def test_an_unknown_file_part_is_refused(api, parked, tenant):
-    response = api.post(EDITS, {"model": "dall-e-2", "prompt": "x", "image": upload(png_bytes()),
-                                "masque": upload(png_bytes(), "m.png")}, format="multipart", **tenant.auth)
+    response = api.post(
+        EDITS,
+        {"model": "dall-e-2", "prompt": "x", "image": upload(png_bytes()), "masque": upload(png_bytes(), "m.png")},
+        format="multipart",
+        **tenant.auth,
+    )
     assert response.status_code == 400 and response.json()["error"]["param"] == "masque"
 
 
-@pytest.mark.parametrize("path,body,param", [
-    ("/v1/vision/generate", {"prompt": "x", "quality": "hd"}, "quality"),  # seed 000 documents no quality
-    ("/api/images/generations", {"prompt": "x", "background": "opaque"}, "background"),  # seed 002: not documented
-    ("/api/v1/image/generation", {"prompt": "x", "qualty": "low"}, "qualty"),
-])
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        ("/v1/vision/generate", {"prompt": "x", "quality": "hd"}, "quality"),  # seed 000 documents no quality
+        ("/api/images/generations", {"prompt": "x", "background": "opaque"}, "background"),  # seed 002: not documented
+        ("/api/v1/image/generation", {"prompt": "x", "qualty": "low"}, "qualty"),
+    ],
+)
 def test_vendor_shapes_keep_only_their_documented_fields(api, parked, tenant, path, body, param):
     response = post_json(api, path, body, tenant)
     assert response.status_code == 400
@@ -170,11 +202,16 @@ def test_vendor_shapes_keep_only_their_documented_fields(api, parked, tenant, pa
 
 
 def test_the_misspelled_quality_is_not_charged_at_the_default(api, parked, tenant):
-    response = post_json(api, "/v1/images/generations",
-                         {"model": "gpt-image-1", "prompt": "a white cat", "qualty": "low"}, tenant)
+    response = post_json(
+        api, "/v1/images/generations", {"model": "gpt-image-1", "prompt": "a white cat", "qualty": "low"}, tenant
+    )
     assert response.status_code == 400
-    assert response.json()["error"] == {"message": "Unknown parameter: 'qualty'.", "type": "invalid_request_error",
-                                        "param": "qualty", "code": "unknown_parameter"}
+    assert response.json()["error"] == {
+        "message": "Unknown parameter: 'qualty'.",
+        "type": "invalid_request_error",
+        "param": "qualty",
+        "code": "unknown_parameter",
+    }
     assert not LedgerEntry.objects.filter(tenant=tenant.tenant, kind="hold").exists()
 
 
@@ -194,6 +231,7 @@ def test_deeply_nested_json_to_the_playground_is_a_400(client, parked, tenant):
 
 # ---- Streamed replays come back as a stream ---------------------------------------------------
 
+
 def test_a_streamed_request_replayed_with_its_key_is_streamed_again_and_not_charged(api, worker, tenant):
     body = {"model": "gpt-image-1", "prompt": "x", "quality": "low", "stream": True, "partial_images": 1}
     first = post_json(api, "/v1/images/generations", body, tenant, HTTP_IDEMPOTENCY_KEY="stream-1")
@@ -212,6 +250,7 @@ def test_a_streamed_request_replayed_with_its_key_is_streamed_again_and_not_char
 
 # ---- dall-e-2: the image's transparent area is the mask ---------------------------------------
 
+
 def _half_transparent(size: int = 256) -> bytes:
     image = Image.new("RGBA", (size, size), (30, 160, 60, 255))
     image.paste((0, 0, 0, 0), (0, 0, size // 2, size))
@@ -223,17 +262,26 @@ def _half_transparent(size: int = 256) -> bytes:
 def test_dalle2_edit_without_mask_uses_the_transparent_area(api, parked, tenant, media):
     from django.db import transaction  # noqa: F401  (parked: the job stays queued for inspection)
 
-    response = api.post(EDITS, {"model": "dall-e-2", "prompt": "x", "size": "256x256",
-                                "image": upload(_half_transparent())}, format="multipart", **tenant.auth,
-                        HTTP_PREFER="respond-async")
+    response = api.post(
+        EDITS,
+        {"model": "dall-e-2", "prompt": "x", "size": "256x256", "image": upload(_half_transparent())},
+        format="multipart",
+        **tenant.auth,
+        HTTP_PREFER="respond-async",
+    )
     assert response.status_code == 202, response.content
     job = Job.objects.get(tenant=tenant.tenant)
     assert job.params["extra"]["mask_file"], "the transparent area must become the mask"
 
 
 def test_dalle2_edit_of_an_opaque_image_without_mask_edits_it_whole(api, parked, tenant, media):
-    response = api.post(EDITS, {"model": "dall-e-2", "prompt": "x", "size": "256x256", "image": upload(png_bytes())},
-                        format="multipart", **tenant.auth, HTTP_PREFER="respond-async")
+    response = api.post(
+        EDITS,
+        {"model": "dall-e-2", "prompt": "x", "size": "256x256", "image": upload(png_bytes())},
+        format="multipart",
+        **tenant.auth,
+        HTTP_PREFER="respond-async",
+    )
     assert response.status_code == 202
     assert Job.objects.get(tenant=tenant.tenant).params["extra"]["mask_file"] is None
 
@@ -251,6 +299,7 @@ def test_the_transparency_mask_repaints_only_the_transparent_half():
 
 # ---- usage counts input images ---------------------------------------------------------------
 
+
 def test_image_tokens_follow_the_documented_tile_rule():
     assert input_image_tokens(512, 512) == 65 + 129
     assert input_image_tokens(1024, 1024) == 65 + 129  # scaled to 512x512
@@ -261,8 +310,12 @@ def test_image_tokens_follow_the_documented_tile_rule():
 
 def test_edit_usage_counts_its_input_images(api, worker, tenant):
     files = [upload(png_bytes(256, 256), f"{i}.png") for i in range(3)]
-    response = api.post(EDITS, {"model": "gpt-image-1", "prompt": "x", "quality": "low", "image[]": files},
-                        format="multipart", **tenant.auth)
+    response = api.post(
+        EDITS,
+        {"model": "gpt-image-1", "prompt": "x", "quality": "low", "image[]": files},
+        format="multipart",
+        **tenant.auth,
+    )
     assert response.status_code == 200, response.content
     details = response.json()["usage"]["input_tokens_details"]
     assert details["image_tokens"] == 3 * input_image_tokens(256, 256)
@@ -272,25 +325,54 @@ def test_edit_usage_counts_its_input_images(api, worker, tenant):
 
 # ---- JSON edits (GPT image models) ----------------------------------------------------------------
 
+
 def test_json_edit_with_a_data_url(api, worker, tenant):
-    response = post_json(api, EDITS, {"model": "gpt-image-1", "prompt": "make it blue", "quality": "low",
-                                      "images": [{"image_url": data_url(png_bytes())}]}, tenant)
+    response = post_json(
+        api,
+        EDITS,
+        {
+            "model": "gpt-image-1",
+            "prompt": "make it blue",
+            "quality": "low",
+            "images": [{"image_url": data_url(png_bytes())}],
+        },
+        tenant,
+    )
     assert response.status_code == 200, response.content
     assert len(response.json()["data"]) == 1
     assert Job.objects.get(tenant=tenant.tenant).kind == "edit"
 
 
-@pytest.mark.parametrize("body,status,param,code", [
-    ({"model": "gpt-image-1", "prompt": "x", "images": [{"file_id": "file-123"}]}, 400, "images",
-     "unsupported_parameter"),
-    ({"model": "dall-e-2", "prompt": "x", "images": [{"image_url": "data:image/png;base64,AAAA"}]}, 400, "images",
-     "unsupported_parameter"),
-    ({"model": "gpt-image-1", "prompt": "x", "images": []}, 400, "images", None),
-    ({"model": "gpt-image-1", "prompt": "x", "images": [{"image_url": "http://127.0.0.1/a.png"}]}, 400, "images",
-     "invalid_image_url"),
-    ({"model": "gpt-image-1", "prompt": "x", "images": [{"image_url": "data:image/png;base64,!!!"}]}, 400, "images",
-     None),
-])
+@pytest.mark.parametrize(
+    "body,status,param,code",
+    [
+        (
+            {"model": "gpt-image-1", "prompt": "x", "images": [{"file_id": "file-123"}]},
+            400,
+            "images",
+            "unsupported_parameter",
+        ),
+        (
+            {"model": "dall-e-2", "prompt": "x", "images": [{"image_url": "data:image/png;base64,AAAA"}]},
+            400,
+            "images",
+            "unsupported_parameter",
+        ),
+        ({"model": "gpt-image-1", "prompt": "x", "images": []}, 400, "images", None),
+        (
+            {"model": "gpt-image-1", "prompt": "x", "images": [{"image_url": "http://127.0.0.1/a.png"}]},
+            400,
+            "images",
+            "invalid_image_url",
+        ),
+        (
+            {"model": "gpt-image-1", "prompt": "x", "images": [{"image_url": "data:image/png;base64,!!!"}]},
+            400,
+            "images",
+            None,
+        ),
+    ],
+)
 def test_bad_json_edits_are_refused_with_the_right_parameter(api, parked, tenant, body, status, param, code):
     response = post_json(api, EDITS, body, tenant)
     assert response.status_code == status, response.content
@@ -309,12 +391,12 @@ def test_json_edit_body_is_sniffed_not_trusted(api, parked, tenant):
 
 # ---- A model whose queue no worker serves ---------------------------------------------------------
 
+
 def test_a_model_on_a_queue_no_worker_serves_is_refused_at_once(api, registry, tenant):
     from images.models import ImageModel
 
     ImageModel.objects.filter(public_id="dall-e-2").update(queue="gpu-nowhere")
-    response = post_json(api, "/v1/images/generations", {"model": "dall-e-2", "prompt": "x", "size": "256x256"},
-                         tenant)
+    response = post_json(api, "/v1/images/generations", {"model": "dall-e-2", "prompt": "x", "size": "256x256"}, tenant)
     assert response.status_code == 503 and response["x-should-retry"] == "false"
     assert response.json()["error"]["code"] == "model_unavailable"
     assert not Job.objects.exists()

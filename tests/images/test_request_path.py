@@ -7,6 +7,7 @@ charged, held, queued or stored. Rules about an API key's own scope (its model l
 monthly budget) do not exist for a signed-in member, who has no key: those pairs are
 left out of the matrix, not skipped.
 """
+
 from __future__ import annotations
 
 import base64
@@ -53,6 +54,7 @@ def _json(path: str, base: dict[str, Any]):
     def send(client, who, *, prompt, extra, headers):
         body = {**base, **({"prompt": prompt} if "prompt" in base else {}), **extra}
         return client.post(path, body, format="json", **who.auth, **headers)
+
     return send
 
 
@@ -60,27 +62,47 @@ def _multipart(path: str, base: dict[str, Any], *, mask: bool = False):
     def send(client, who, *, prompt, extra, headers):
         body = {**base, **({"prompt": prompt} if "prompt" in base else {}), **extra, "image": _file()}
         return client.post(path, body, format="multipart", **who.auth, **headers)
+
     return send
 
 
 def _playground(client, who, *, prompt, extra, headers):
     client.force_login(who.member)
-    return client.post("/dashboard/api/generations", {"prompt": prompt, "model": "dall-e-2", "size": "256x256",
-                                                      **extra}, format="json", **headers)
+    return client.post(
+        "/dashboard/api/generations",
+        {"prompt": prompt, "model": "dall-e-2", "size": "256x256", **extra},
+        format="json",
+        **headers,
+    )
 
 
 ENTRIES = [
-    Entry("openai-generations", _json("/v1/images/generations",
-                                      {"model": "dall-e-2", "prompt": PROMPT, "size": "256x256"})),
+    Entry(
+        "openai-generations",
+        _json("/v1/images/generations", {"model": "dall-e-2", "prompt": PROMPT, "size": "256x256"}),
+    ),
     Entry("openai-edits", _multipart("/v1/images/edits", {"model": "dall-e-2", "prompt": PROMPT, "size": "256x256"})),
-    Entry("openai-variations", _multipart("/v1/images/variations", {"model": "dall-e-2", "size": "256x256"}),
-          has_prompt=False),
+    Entry(
+        "openai-variations",
+        _multipart("/v1/images/variations", {"model": "dall-e-2", "size": "256x256"}),
+        has_prompt=False,
+    ),
     Entry("seed000-vision", _json("/v1/vision/generate", {"prompt": PROMPT, "size": "1024x1024"})),
     Entry("seed002-aigne", _json("/api/images/generations", {"prompt": PROMPT, "size": "256x256"})),
-    Entry("seed002-aigne-edit", _json("/api/images/generations", {
-        "prompt": PROMPT, "size": "256x256", "image": "data:image/png;base64," + base64.b64encode(_png()).decode()})),
-    Entry("seed003-reseller", _json("/api/v1/image/generation", {"prompt": PROMPT, "size": "1024x1024",
-                                                                 "quality": "low"})),
+    Entry(
+        "seed002-aigne-edit",
+        _json(
+            "/api/images/generations",
+            {
+                "prompt": PROMPT,
+                "size": "256x256",
+                "image": "data:image/png;base64," + base64.b64encode(_png()).decode(),
+            },
+        ),
+    ),
+    Entry(
+        "seed003-reseller", _json("/api/v1/image/generation", {"prompt": PROMPT, "size": "1024x1024", "quality": "low"})
+    ),
     Entry("playground", _playground, key_scoped=False),
 ]
 
@@ -108,7 +130,8 @@ def who(make_tenant, parked, settings, tmp_path) -> Who:
 
 def _model_of(entry: Entry) -> str:
     return {"seed000-vision": "alphaedge-vision-3-1-2505", "seed003-reseller": "gpt-image-1.5"}.get(
-        entry.name, "dall-e-2")
+        entry.name, "dall-e-2"
+    )
 
 
 def _rule_suspended(who: Who, entry: Entry):
@@ -142,9 +165,18 @@ def _rule_in_flight(who: Who, entry: Entry):
     from images.models import ImageModel
 
     Tenant.objects.filter(pk=who.tenant.pk).update(max_concurrent_jobs=1)
-    Job.objects.create(tenant=who.tenant, model=ImageModel.objects.get(public_id="dall-e-2"), params={}, prompt="x",
-                       width=256, height=256, steps=1, guidance=1.0, seed=1,
-                       deadline=timezone.now() + timedelta(minutes=5))
+    Job.objects.create(
+        tenant=who.tenant,
+        model=ImageModel.objects.get(public_id="dall-e-2"),
+        params={},
+        prompt="x",
+        width=256,
+        height=256,
+        steps=1,
+        guidance=1.0,
+        seed=1,
+        deadline=timezone.now() + timedelta(minutes=5),
+    )
     return {}, {}, (429, "rate_limit_exceeded")
 
 
@@ -177,8 +209,12 @@ RULES = {
 }
 KEY_RULES = {"model-not-in-key-list", "key-monthly-budget"}
 
-PAIRS = [(entry, rule) for entry in ENTRIES for rule in RULES
-         if (entry.key_scoped or rule not in KEY_RULES) and (entry.has_prompt or rule != "moderation")]
+PAIRS = [
+    (entry, rule)
+    for entry in ENTRIES
+    for rule in RULES
+    if (entry.key_scoped or rule not in KEY_RULES) and (entry.has_prompt or rule != "moderation")
+]
 
 
 def _error(response) -> dict[str, Any]:
@@ -200,8 +236,9 @@ def test_every_entry_point_refuses_alike_and_charges_nothing(who, entry, rule, s
     overrides, headers, (status, code) = RULES[rule](who, entry)
     jobs_before = Job.objects.filter(tenant=who.tenant).count()
     balance = CreditAccount.objects.get(tenant=who.tenant).balance
-    response = entry.send(APIClient(), who, prompt=overrides.get("prompt", PROMPT), extra=overrides.get("extra", {}),
-                          headers=headers)
+    response = entry.send(
+        APIClient(), who, prompt=overrides.get("prompt", PROMPT), extra=overrides.get("extra", {}), headers=headers
+    )
     assert response.status_code == status, response.content[:500]
     error = _error(response)
     assert {"message", "type", "param", "code"} <= set(error)  # (a 402 may add top_up_url)

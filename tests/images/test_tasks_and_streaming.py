@@ -1,4 +1,5 @@
 """Async tasks (Prefer: respond-async, GET/DELETE /v1/images/tasks/{id}) and SSE streaming."""
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,7 @@ def test_stream_sends_partials_then_completed(api, worker, tenant):
 
 
 def test_stream_error_before_start_is_plain_json(api, registry, tenant):
-    response = post_json(api, URL, {"model": "gpt-image-1", "prompt": "x", "stream": True, "partial_images": 4},
-                         tenant)
+    response = post_json(api, URL, {"model": "gpt-image-1", "prompt": "x", "stream": True, "partial_images": 4}, tenant)
     assert response.status_code == 400 and response.json()["error"]["param"] == "partial_images"
 
 

@@ -1,5 +1,6 @@
 """Field rules of reference §2/§5: every bad request is a 400 in the envelope, with
 the right param, and creates no job and holds no credit."""
+
 from __future__ import annotations
 
 import pytest
@@ -72,7 +73,8 @@ def test_dalle3_n_message_matches_openai(api, registry, tenant):
 def test_gpt_size_message_lists_supported_values(api, registry, tenant):
     response = post_json(api, URL, {"model": "gpt-image-1", "prompt": "x", "size": "1254x836"}, tenant)
     assert response.json()["error"]["message"] == (
-        "Invalid value: '1254x836'. Supported values are: '1024x1024', '1536x1024', '1024x1536', and 'auto'.")
+        "Invalid value: '1254x836'. Supported values are: '1024x1024', '1536x1024', '1024x1536', and 'auto'."
+    )
 
 
 def test_gpt_parameter_without_model_selects_a_gpt_image_model(api, parked, tenant):

@@ -1,4 +1,5 @@
 """A TCP forwarder the tests can cut, to make a real database 'unreachable'."""
+
 from __future__ import annotations
 
 import socket

@@ -1,6 +1,7 @@
 """Fault drills against real processes: `serve` (gunicorn) and `runworker` on their own
 database and broker namespace. The worker and web-restart drills need separate worker
 processes, so they run in .ci/run's PostgreSQL + Redis pass."""
+
 from __future__ import annotations
 
 import json
@@ -19,19 +20,33 @@ from tests.live import start_live_server
 pytestmark = pytest.mark.live
 
 needs_workers = pytest.mark.skipif(
-    not settings.BROKER_URL, reason="needs separate worker processes: runs in the PostgreSQL + Redis pass (BROKER_URL)")
+    not settings.BROKER_URL, reason="needs separate worker processes: runs in the PostgreSQL + Redis pass (BROKER_URL)"
+)
 needs_postgres = pytest.mark.skipif(
     settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql",
-    reason="cuts a PostgreSQL connection: runs in the PostgreSQL + Redis pass")
+    reason="cuts a PostgreSQL connection: runs in the PostgreSQL + Redis pass",
+)
 
-SLOW = {"model": "dall-e-2", "prompt": "slow", "size": "1024x1024", "n": 8, "response_format": "b64_json"}  # 160 credits
+SLOW = {
+    "model": "dall-e-2",
+    "prompt": "slow",
+    "size": "1024x1024",
+    "n": 8,
+    "response_format": "b64_json",
+}  # 160 credits
 
 
 def call(server, method: str, path: str, key: str | None = None, body=None, headers=None, timeout: float = 120):
-    request = urllib.request.Request(server.url + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json", **(headers or {}),
-                                              **({"Authorization": f"Bearer {key}"} if key else {})})
+    request = urllib.request.Request(
+        server.url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={
+            "Content-Type": "application/json",
+            **(headers or {}),
+            **({"Authorization": f"Bearer {key}"} if key else {}),
+        },
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, dict(response.headers), json.loads(response.read() or b"null")
@@ -54,7 +69,8 @@ def ledger(server, task_id: str) -> dict:
         "import json; from billing.models import LedgerEntry; from images.models import Job; "
         f"j = Job.objects.get(pk='{task_id}'); "
         "print(json.dumps({'attempts': j.attempts, 'kinds': sorted(LedgerEntry.objects.filter(job=j)"
-        ".values_list('kind', flat=True))}))")
+        ".values_list('kind', flat=True))}))"
+    )
     return json.loads(out)
 
 
@@ -114,14 +130,16 @@ def test_broker_unreachable_is_503_and_holds_nothing(tmp_path):
         status, _, health = call(live, "GET", "/healthz")
         assert status == 503 and health["failing"] == ["broker"]
         key = live.tenant(credits=1000)
-        status, headers, body = call(live, "POST", "/v1/images/generations", key,
-                                     {"model": "dall-e-2", "prompt": "x", "size": "256x256"})
+        status, headers, body = call(
+            live, "POST", "/v1/images/generations", key, {"model": "dall-e-2", "prompt": "x", "size": "256x256"}
+        )
         assert status == 503 and body["error"]["code"] == "service_unavailable"
         assert int(headers["Retry-After"]) >= 1
         _, _, balance = call(live, "GET", "/v1/balance", key)
         assert (balance["balance"], balance["held"]) == (1000, 0)
-        counts = live.shell("from images.models import Job; "
-                            "print(Job.objects.filter(status='queued').count(), Job.objects.count())").split()
+        counts = live.shell(
+            "from images.models import Job; print(Job.objects.filter(status='queued').count(), Job.objects.count())"
+        ).split()
         assert counts == ["0", "1"]  # the job exists, failed, not stuck in queued
         assert live.manage("billing_reconcile").returncode == 0
     finally:
@@ -134,8 +152,13 @@ def test_database_unreachable_is_a_quick_503_and_recovers(tmp_path):
 
     db = settings.DATABASES["default"]
     proxy = TcpProxy(db["HOST"] or "127.0.0.1", int(db["PORT"] or 5432)).start()
-    live = start_live_server(tmp_path, {"DATABASE_URL": lambda name: f"postgres://{db['USER']}@127.0.0.1:{proxy.port}/{name}",
-                                        "DB_CONNECT_TIMEOUT": "2"})
+    live = start_live_server(
+        tmp_path,
+        {
+            "DATABASE_URL": lambda name: f"postgres://{db['USER']}@127.0.0.1:{proxy.port}/{name}",
+            "DB_CONNECT_TIMEOUT": "2",
+        },
+    )
     try:
         key = live.tenant(credits=1000)
         assert call(live, "GET", "/v1/balance", key)[0] == 200
@@ -143,14 +166,20 @@ def test_database_unreachable_is_a_quick_503_and_recovers(tmp_path):
         started = time.monotonic()
         status, _, health = call(live, "GET", "/healthz")
         assert status == 503 and health["failing"] == ["database"]
-        status, headers, body = call(live, "POST", "/v1/images/generations", key,
-                                     {"model": "dall-e-2", "prompt": "x", "size": "256x256"})
+        status, headers, body = call(
+            live, "POST", "/v1/images/generations", key, {"model": "dall-e-2", "prompt": "x", "size": "256x256"}
+        )
         assert status == 503 and body["error"]["code"] == "service_unavailable" and "Retry-After" in headers
         assert time.monotonic() - started < 10
         proxy.start()  # same port
         live.wait_healthy(timeout=30)
-        status, _, _ = call(live, "POST", "/v1/images/generations", key,
-                            {"model": "dall-e-2", "prompt": "x", "size": "256x256", "response_format": "b64_json"})
+        status, _, _ = call(
+            live,
+            "POST",
+            "/v1/images/generations",
+            key,
+            {"model": "dall-e-2", "prompt": "x", "size": "256x256", "response_format": "b64_json"},
+        )
         assert status == 200
         _, _, balance = call(live, "GET", "/v1/balance", key)
         assert (balance["balance"], balance["held"]) == (1000 - 16, 0)
@@ -177,8 +206,9 @@ def test_web_restart_while_waiting_then_retry_with_idempotency_key(server):
     task_id = None
     deadline = time.monotonic() + 60
     while task_id is None:
-        listing = server.shell("from images.models import Job; "
-                               "print('jobs', *[str(j.pk) for j in Job.objects.filter(status='running')])").split()[1:]
+        listing = server.shell(
+            "from images.models import Job; print('jobs', *[str(j.pk) for j in Job.objects.filter(status='running')])"
+        ).split()[1:]
         task_id = listing[0] if listing else None
         assert time.monotonic() < deadline
         time.sleep(0.3)
@@ -206,9 +236,15 @@ def test_overload_only_200_402_429_and_reconcile_clean(tmp_path):
         keys = []
         for _ in range(3):
             key = live.tenant(credits=3 * 16)  # three images each
-            live.manage("tenant_update", live.shell(
-                f"from accounts.models import APIKey; print(APIKey.objects.get(prefix='{key.split('.')[0]}').tenant.name)"),
-                "--rpm", "60")
+            live.manage(
+                "tenant_update",
+                live.shell(
+                    "from accounts.models import APIKey; "
+                    f"print(APIKey.objects.get(prefix='{key.split('.')[0]}').tenant.name)"
+                ),
+                "--rpm",
+                "60",
+            )
             keys.append(key)
         results: list[tuple[int, float]] = []
         lock = threading.Lock()
@@ -216,9 +252,14 @@ def test_overload_only_200_402_429_and_reconcile_clean(tmp_path):
         def one(i: int) -> None:
             started = time.monotonic()
             try:
-                status, _, _ = call(live, "POST", "/v1/images/generations", keys[i % 3],
-                                    {"model": "dall-e-2", "prompt": f"load {i}", "size": "256x256",
-                                     "response_format": "b64_json"}, timeout=180)
+                status, _, _ = call(
+                    live,
+                    "POST",
+                    "/v1/images/generations",
+                    keys[i % 3],
+                    {"model": "dall-e-2", "prompt": f"load {i}", "size": "256x256", "response_format": "b64_json"},
+                    timeout=180,
+                )
             except Exception:
                 status = -1
             with lock:
@@ -235,8 +276,10 @@ def test_overload_only_200_402_429_and_reconcile_clean(tmp_path):
         assert statuses.count(200) <= 9
         refusals = sorted(t for s, t in results if s in (402, 429))
         p99 = refusals[int(len(refusals) * 0.99) - 1]
-        print(f"overload: {statuses.count(200)} x 200, {statuses.count(402)} x 402, {statuses.count(429)} x 429; "
-              f"refusal p50 {statistics.median(refusals) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+        print(
+            f"overload: {statuses.count(200)} x 200, {statuses.count(402)} x 402, {statuses.count(429)} x 429; "
+            f"refusal p50 {statistics.median(refusals) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+        )
         assert live.manage("billing_reconcile").returncode == 0
     finally:
         live.stop()

@@ -1,4 +1,5 @@
 """Hand-written hostile input: every one a 4xx in the envelope, never a 5xx, nothing charged."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,17 @@ def test_invalid_utf8_is_400(api, parked, tenant):
 
 
 def test_control_characters_in_prompts_do_not_break_anything(api, worker, tenant):
-    response = post_json(api, URL, {"model": "dall-e-2", "prompt": "a\x01b\x1b[31mc\u202e\ufeffd", "size": "256x256",
-                                    "response_format": "b64_json"}, tenant)
+    response = post_json(
+        api,
+        URL,
+        {
+            "model": "dall-e-2",
+            "prompt": "a\x01b\x1b[31mc\u202e\ufeffd",
+            "size": "256x256",
+            "response_format": "b64_json",
+        },
+        tenant,
+    )
     assert response.status_code == 200
 
 
@@ -59,35 +69,65 @@ def test_absurd_n_is_400(api, parked, tenant, n):
     assert_refused(post_json(api, URL, {"model": "dall-e-2", "prompt": "x", "n": n}, tenant), 400, tenant)
 
 
-@pytest.mark.parametrize("size", ["99999999x99999999", "0x0", "-256x-256", "256X256", "256x256x256", "x" * 10_000,
-                                  "１０２４x１０２４", 256, "", []])
+@pytest.mark.parametrize(
+    "size",
+    ["99999999x99999999", "0x0", "-256x-256", "256X256", "256x256x256", "x" * 10_000, "１０２４x１０２４", 256, "", []],
+)
 def test_absurd_size_is_400(api, parked, tenant, size):
     assert_refused(post_json(api, URL, {"model": "dall-e-2", "prompt": "x", "size": size}, tenant), 400, tenant)
 
 
 def test_huge_seed_and_wrong_types_are_400(api, parked, tenant):
-    for body in ({"model": "dall-e-2", "prompt": "x", "seed": 2**80}, {"model": ["dall-e-2"], "prompt": "x"},
-                 {"model": "dall-e-2", "prompt": {"text": "x"}}, {"model": "dall-e-2", "prompt": "x", "stream": "maybe"}):
+    for body in (
+        {"model": "dall-e-2", "prompt": "x", "seed": 2**80},
+        {"model": ["dall-e-2"], "prompt": "x"},
+        {"model": "dall-e-2", "prompt": {"text": "x"}},
+        {"model": "dall-e-2", "prompt": "x", "stream": "maybe"},
+    ):
         assert_refused(post_json(api, URL, body, tenant), 400, tenant)
 
 
 def test_check_deploy_is_clean_under_production_settings(tmp_path):
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'deploy.sqlite3'}", "DEBUG": "false",
-           "SECRET_KEY": "a-long-random-production-secret-key-" + "x9Q" * 20, "ALLOWED_HOSTS": "api.example.com",
-           "SECURE_SSL_REDIRECT": "true", "SECURE_HSTS_SECONDS": "31536000", "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
-           "SECURE_HSTS_PRELOAD": "true", "BEHIND_TLS_PROXY": "true"}
-    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-                            cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'deploy.sqlite3'}",
+        "DEBUG": "false",
+        "SECRET_KEY": "a-long-random-production-secret-key-" + "x9Q" * 20,
+        "ALLOWED_HOSTS": "api.example.com",
+        "SECURE_SSL_REDIRECT": "true",
+        "SECURE_HSTS_SECONDS": "31536000",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+        "SECURE_HSTS_PRELOAD": "true",
+        "BEHIND_TLS_PROXY": "true",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
 
 
 def test_production_refuses_to_start_without_a_secret(tmp_path):
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
-           "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}", "DEBUG": "false"}
-    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=Path(__file__).resolve().parents[2], env=env,
-                            capture_output=True, text=True, timeout=120)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}",
+        "DEBUG": "false",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "SECRET_KEY" in result.stderr
 
 

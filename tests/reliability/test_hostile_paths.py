@@ -1,6 +1,7 @@
 """Hostile values in every path parameter and query string of the API and the
 dashboard: a 4xx (or a 200 that ignores them), never a 5xx. NUL bytes matter on
 PostgreSQL, which refuses them in strings (the suite's second CI pass runs there)."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,11 +11,24 @@ from accounts.models import Membership
 
 HOSTILE = ["%00", "x" * 5000, "..%2F..%2Fetc%2Fpasswd", "%F0%9F%98%80", "1e309", "-1", "%C0%AF", "%27%3B--"]
 
-API_PATHS = ["/v1/images/tasks/{}", "/v1/models/{}", "/v1/files/{}", "/v1/keys/{}", "/v1/usage?start={}",
-             "/v1/usage?end={}", "/v1/usage?group_by={}", "/v1/usage?format={}", "/v1/keys?tenant={}",
-             "/v1/balance?{}=1"]
-DASHBOARD_PATHS = ["/dashboard/jobs/{}/", "/dashboard/api/tasks/{}", "/dashboard/usage/?{}=1",
-                   "/dashboard/login/?next={}"]
+API_PATHS = [
+    "/v1/images/tasks/{}",
+    "/v1/models/{}",
+    "/v1/files/{}",
+    "/v1/keys/{}",
+    "/v1/usage?start={}",
+    "/v1/usage?end={}",
+    "/v1/usage?group_by={}",
+    "/v1/usage?format={}",
+    "/v1/keys?tenant={}",
+    "/v1/balance?{}=1",
+]
+DASHBOARD_PATHS = [
+    "/dashboard/jobs/{}/",
+    "/dashboard/api/tasks/{}",
+    "/dashboard/usage/?{}=1",
+    "/dashboard/login/?next={}",
+]
 
 
 @pytest.mark.parametrize("template", API_PATHS)

@@ -22,6 +22,7 @@ namespace), else SQLite and the in-process worker. tools/bench/run.py runs the p
 tools/bench/report.py renders them: a table on stdout and JSON in --out. `manage.py bench`
 only parses the arguments. See docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 PROMPT = "a lighthouse at dusk, oil painting"

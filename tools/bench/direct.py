@@ -1,4 +1,5 @@
 """Phase 1: the model in a plain diffusers loop, no platform code: the ceiling."""
+
 from __future__ import annotations
 
 import gc
@@ -21,8 +22,9 @@ def plain_pipeline(model_path: str, dtype: Any) -> Any:
     return AutoPipelineForText2Image.from_pretrained(model_path, **kwargs)
 
 
-def run_direct(*, model_path: str, n: int, repeats: int, width: int, height: int, steps: int, guidance: float
-               ) -> dict[str, Any]:
+def run_direct(
+    *, model_path: str, n: int, repeats: int, width: int, height: int, steps: int, guidance: float
+) -> dict[str, Any]:
     """`repeats` runs of N images, one diffusers call each, plus PNG encoding (what the
     worker does per image); images/s is the median over the runs."""
     import diffusers.utils.logging
@@ -45,8 +47,14 @@ def run_direct(*, model_path: str, n: int, repeats: int, width: int, height: int
 
     def one(seed: int, prompt: str) -> tuple[float, float]:
         t0 = time.perf_counter()
-        image = pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height,
-                     generator=torch.Generator(gen_device).manual_seed(seed)).images[0]
+        image = pipe(
+            prompt=prompt,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            width=width,
+            height=height,
+            generator=torch.Generator(gen_device).manual_seed(seed),
+        ).images[0]
         t1 = time.perf_counter()
         image_encode(image, output_format="png")
         return t1 - t0, time.perf_counter() - t1
@@ -67,18 +75,32 @@ def run_direct(*, model_path: str, n: int, repeats: int, width: int, height: int
     pipe = None  # free the model's memory before the platform phase
     gc.collect()
     return {
-        "images": n * repeats, "images_per_s": rounded(statistics.median(rates), 3),
-        "images_per_s_runs": [rounded(v, 3) for v in rates], "load_s": rounded(load_s, 2),
+        "images": n * repeats,
+        "images_per_s": rounded(statistics.median(rates), 3),
+        "images_per_s_runs": [rounded(v, 3) for v in rates],
+        "load_s": rounded(load_s, 2),
         "pipeline_ms_p50": rounded(percentile([s * 1000 for s in pipe_s], 50)),
         "pipeline_ms_p95": rounded(percentile([s * 1000 for s in pipe_s], 95)),
         "png_ms_p50": rounded(percentile([s * 1000 for s in encode_s], 50), 2),
-        "torch_threads": torch.get_num_threads(), "device": device, "dtype": str(dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch."),
         "cpu": watch.as_dict(own_is_everything=True),
     }
 
 
-def _direct_process(model_path: str, n: int, repeats: int, width: int, height: int, steps: int, guidance: float,
-                    threads: int, barrier: Any, out: Any) -> None:
+def _direct_process(
+    model_path: str,
+    n: int,
+    repeats: int,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    threads: int,
+    barrier: Any,
+    out: Any,
+) -> None:
     """One process of run_direct_processes: its share of each run, started together with
     the others; puts a (start, end) wall-clock pair per run on `out`."""
     import torch
@@ -93,8 +115,14 @@ def _direct_process(model_path: str, n: int, repeats: int, width: int, height: i
     pipe.set_progress_bar_config(disable=True)
 
     def one(seed: int) -> None:
-        image = pipe(prompt=f"bench {seed} {PROMPT}", num_inference_steps=steps, guidance_scale=guidance,
-                     width=width, height=height, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        image = pipe(
+            prompt=f"bench {seed} {PROMPT}",
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            width=width,
+            height=height,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        ).images[0]
         image_encode(image, output_format="png")
 
     one(10_000)  # warm-up
@@ -108,8 +136,9 @@ def _direct_process(model_path: str, n: int, repeats: int, width: int, height: i
     out.put(spans)
 
 
-def run_direct_processes(*, model_path: str, n: int, repeats: int, width: int, height: int, steps: int,
-                         guidance: float, processes: int) -> dict[str, Any]:
+def run_direct_processes(
+    *, model_path: str, n: int, repeats: int, width: int, height: int, steps: int, guidance: float, processes: int
+) -> dict[str, Any]:
     """A reference, not the ceiling the issue compares with: the same diffusers loop
     as `processes` processes with cores / processes torch threads each, N images split
     between them (what a hand-tuned loop on this CPU could do). CPU only."""
@@ -121,14 +150,23 @@ def run_direct_processes(*, model_path: str, n: int, repeats: int, width: int, h
     barrier, out = context.Barrier(processes), context.Queue()
     shares = [n // processes + (1 if i < n % processes else 0) for i in range(processes)]
     threads = max(1, pipelines.usable_cores() // processes)
-    workers = [context.Process(target=_direct_process, args=(model_path, share, repeats, width, height, steps,
-                                                             guidance, threads, barrier, out))
-               for share in shares]
+    workers = [
+        context.Process(
+            target=_direct_process,
+            args=(model_path, share, repeats, width, height, steps, guidance, threads, barrier, out),
+        )
+        for share in shares
+    ]
     for worker in workers:
         worker.start()
     spans = [out.get(timeout=1800) for _ in workers]
     for worker in workers:
         worker.join()
     rates = [n / (max(s[r][1] for s in spans) - min(s[r][0] for s in spans)) for r in range(repeats)]
-    return {"images": n * repeats, "processes": processes, "torch_threads_each": threads,
-            "images_per_s": rounded(statistics.median(rates), 3), "images_per_s_runs": [rounded(v, 3) for v in rates]}
+    return {
+        "images": n * repeats,
+        "processes": processes,
+        "torch_threads_each": threads,
+        "images_per_s": rounded(statistics.median(rates), 3),
+        "images_per_s_runs": [rounded(v, 3) for v in rates],
+    }

@@ -1,5 +1,6 @@
 """Phases 2 and 3: the platform over HTTP, as a client sees it (keep-alive connections,
 C requests at a time), summarised with the job timings from tools.bench.probe."""
+
 from __future__ import annotations
 
 import http.client
@@ -68,8 +69,9 @@ def generation_body(model: str, size: str, prompt: str) -> dict[str, Any]:
     return {"model": model, "prompt": prompt, "size": size, "n": 1, "response_format": "b64_json"}
 
 
-def run_generations(client: Client, key: str, *, model: str, size: str, n: int, concurrency: int, label: str
-                    ) -> dict[str, Any]:
+def run_generations(
+    client: Client, key: str, *, model: str, size: str, n: int, concurrency: int, label: str
+) -> dict[str, Any]:
     """N generation requests, `concurrency` at a time; every one must return an image.
     Prompts start with "bench " so that job_timings finds them."""
     prompts = [f"bench {label} {i:04d} {PROMPT}" for i in range(n)]
@@ -88,8 +90,9 @@ def run_generations(client: Client, key: str, *, model: str, size: str, n: int, 
     return {"wall_s": wall, "latency_ms": latencies}
 
 
-def summarise_generations(runs: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], n: int, lanes: int
-                          ) -> dict[str, Any]:
+def summarise_generations(
+    runs: list[dict[str, Any]], jobs: dict[str, dict[str, Any]], n: int, lanes: int
+) -> dict[str, Any]:
     """Throughput: the median over the runs; latency and overhead percentiles: over every
     request. `jobs` is tools.bench.probe.job_timings' answer."""
     latencies = {prompt: ms for run in runs for prompt, ms in run["latency_ms"].items()}
@@ -109,13 +112,16 @@ def summarise_generations(runs: list[dict[str, Any]], jobs: dict[str, dict[str, 
         if job["finished"] and job["started"]:
             settle.append((job["finished"] - job["started"]) * 1000 - job["gpu_ms"])
     return {
-        "images": n * len(runs), "images_per_s": rounded(statistics.median(rates), 3),
+        "images": n * len(runs),
+        "images_per_s": rounded(statistics.median(rates), 3),
         "images_per_s_runs": [rounded(v, 3) for v in rates],
         "latency_ms_p50": rounded(percentile(list(latencies.values()), 50)),
         "latency_ms_p95": rounded(percentile(list(latencies.values()), 95)),
-        "pipeline_ms_p50": rounded(percentile(gpu, 50)), "pipeline_ms_p95": rounded(percentile(gpu, 95)),
+        "pipeline_ms_p50": rounded(percentile(gpu, 50)),
+        "pipeline_ms_p95": rounded(percentile(gpu, 95)),
         "pipeline_ms_mean": rounded(statistics.fmean(gpu)),
-        "overhead_ms_p50": rounded(percentile(overhead, 50)), "overhead_ms_p95": rounded(percentile(overhead, 95)),
+        "overhead_ms_p50": rounded(percentile(overhead, 50)),
+        "overhead_ms_p95": rounded(percentile(overhead, 95)),
         # Per image and lane, the wall time the lane's pipeline was not running (what
         # throughput loses): wall per image x lanes - mean pipeline time.
         "idle_ms_per_image": rounded(wall_per_image_ms * lanes - statistics.fmean(gpu)),
@@ -127,13 +133,19 @@ def summarise_generations(runs: list[dict[str, Any]], jobs: dict[str, dict[str, 
     }
 
 
-def run_api(client: Client, *, broke_key: str, balance_key: str, model: str, size: str, requests: int,
-            concurrency: int) -> dict[str, Any]:
+def run_api(
+    client: Client, *, broke_key: str, balance_key: str, model: str, size: str, requests: int, concurrency: int
+) -> dict[str, Any]:
     """Requests/second and latency of a 402 refusal and of GET /v1/balance."""
     out: dict[str, Any] = {}
     cases = {
-        "refused_402": ("POST", "/v1/images/generations", broke_key, generation_body(model, size, f"broke {PROMPT}"),
-                        402),
+        "refused_402": (
+            "POST",
+            "/v1/images/generations",
+            broke_key,
+            generation_body(model, size, f"broke {PROMPT}"),
+            402,
+        ),
         "balance": ("GET", "/v1/balance", balance_key, None, 200),
     }
     for name, (method, path, key, body, expected) in cases.items():
@@ -143,7 +155,11 @@ def run_api(client: Client, *, broke_key: str, balance_key: str, model: str, siz
         if wrong:
             raise ToolError(f"{name}: expected {expected}, got {wrong[0]} ({len(wrong)} of {requests})")
         ms = [seconds * 1000 for _, _, seconds in results]
-        out[name] = {"requests": requests, "concurrency": concurrency, "requests_per_s": rounded(requests / wall, 1),
-                     "latency_ms_p50": rounded(percentile(ms, 50), 2),
-                     "latency_ms_p95": rounded(percentile(ms, 95), 2)}
+        out[name] = {
+            "requests": requests,
+            "concurrency": concurrency,
+            "requests_per_s": rounded(requests / wall, 1),
+            "latency_ms_p50": rounded(percentile(ms, 50), 2),
+            "latency_ms_p95": rounded(percentile(ms, 95), 2),
+        }
     return out

@@ -1,4 +1,5 @@
 """Numbers and the machine: percentiles, and how busy the CPU was (from /proc, Linux only)."""
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,8 @@ def cpu_by_group(sessions: dict[int, str]) -> dict[str, float]:
                 raw = handle.read()
         except OSError:
             continue  # gone meanwhile
-        comm = raw[raw.index("(") + 1: raw.rindex(")")]
-        fields = raw[raw.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
         session, cpu = int(fields[3]), (int(fields[11]) + int(fields[12])) / tick
         if int(entry) == own:
             group = "bench client"

@@ -5,6 +5,7 @@ action prints one JSON line. Typed functions, one entry point; no Python kept as
     python -m tools.bench.probe model dall-e-2 [--quality standard --steps 4 --source DIR]
     python -m tools.bench.probe jobs "bench "
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,9 @@ from typing import Any
 from tools import ROOT
 
 
-def model_configure(*, public_id: str, quality: str, steps: int | None = None, source: str | None = None
-                    ) -> dict[str, Any]:
+def model_configure(
+    *, public_id: str, quality: str, steps: int | None = None, source: str | None = None
+) -> dict[str, Any]:
     """The model row's pipeline source (as the worker resolves it), steps per quality and
     guidance; with `steps`, first make `quality` run that many steps; with `source`, first
     serve that folder under the same public id."""
@@ -31,8 +33,11 @@ def model_configure(*, public_id: str, quality: str, steps: int | None = None, s
     if source is not None:
         model.source = source
         model.save(update_fields=["source"])
-    return {"source": pipeline_source(model).source, "steps_by_quality": model.steps_by_quality,
-            "guidance": model.guidance}
+    return {
+        "source": pipeline_source(model).source,
+        "steps_by_quality": model.steps_by_quality,
+        "guidance": model.guidance,
+    }
 
 
 def job_timings(*, prompt_prefix: str) -> dict[str, dict[str, Any]]:
@@ -43,7 +48,8 @@ def job_timings(*, prompt_prefix: str) -> dict[str, dict[str, Any]]:
     for job in Job.objects.filter(prompt__startswith=prompt_prefix).select_related("usage"):
         usage = getattr(job, "usage", None)
         rows[job.prompt] = {
-            "gpu_ms": job.gpu_ms, "created": job.created_at.timestamp(),
+            "gpu_ms": job.gpu_ms,
+            "created": job.created_at.timestamp(),
             "started": job.started_at.timestamp() if job.started_at else None,
             "finished": job.finished_at.timestamp() if job.finished_at else None,
             "queue_wait_ms": usage.queue_wait_ms if usage else None,
@@ -79,8 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         from images.models import ImageModel
 
         try:
-            out: Any = model_configure(public_id=args.public_id, quality=args.quality, steps=args.steps,
-                                       source=args.source)
+            out: Any = model_configure(
+                public_id=args.public_id, quality=args.quality, steps=args.steps, source=args.source
+            )
         except ImageModel.DoesNotExist:
             parser.exit(1, f"no model {args.public_id!r} in the deployment's registry\n")
     else:

@@ -1,5 +1,6 @@
 """The benchmark's result as a table, and the facts recorded next to it (machine,
 versions, commit, achieved FLOP/s)."""
+
 from __future__ import annotations
 
 import os
@@ -17,22 +18,38 @@ def machine_info() -> tuple[dict[str, Any], dict[str, str]]:
     import torch
 
     device = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
-    machine = {"cpu_count": os.cpu_count(), "platform": platform_mod.platform(),
-               "processor": platform_mod.processor() or platform_mod.machine(),
-               "python": platform_mod.python_version(), "device": device}
+    machine = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform_mod.platform(),
+        "processor": platform_mod.processor() or platform_mod.machine(),
+        "python": platform_mod.python_version(),
+        "device": device,
+    }
     return machine, {"torch": torch.__version__, "diffusers": diffusers.__version__}
 
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         return None
 
 
-def flops(*, architecture: str | None, peak_tflops: float | None, width: int, height: int, steps: int,
-          direct: dict[str, Any], platform: dict[str, Any]) -> dict[str, Any] | None:
+def flops(
+    *,
+    architecture: str | None,
+    peak_tflops: float | None,
+    width: int,
+    height: int,
+    steps: int,
+    direct: dict[str, Any],
+    platform: dict[str, Any],
+) -> dict[str, Any] | None:
     """Achieved UNet FLOP/s of each phase: FLOPs per step x steps x images/s."""
     if not architecture:
         return None
@@ -75,26 +92,43 @@ def table(r: dict[str, Any]) -> str:
     if ser:
         lines.append(
             f"{'platform C=1':<28}{ser['images_per_s']:>10}{ser['latency_ms_p50']:>10}{ser['latency_ms_p95']:>10}"
-            f"{ser['pipeline_ms_p50']:>10}{ser['overhead_ms_p50']:>10}{ser['overhead_ms_p95']:>10}")
+            f"{ser['pipeline_ms_p50']:>10}{ser['overhead_ms_p50']:>10}{ser['overhead_ms_p95']:>10}"
+        )
     lines += [
         "",
         f"platform/direct images/s: {r['ratios']['platform_over_direct_images_per_s']} (C={p['concurrency']})"
         + (f", {r['ratios']['platform_serial_over_direct_images_per_s']} (C=1)" if ser else "")
-        + (f"; platform/direct-{dp['processes']}-processes: "
-           f"{r['ratios']['platform_over_direct_processes_images_per_s']} (C={p['concurrency']})" if dp else ""),
-        *([f"UNet TFLOP/s ({r['flops']['architecture']}, {r['flops']['flops_per_step'] / 1e12:.2f} TFLOPs a step): "
-           f"direct {r['flops']['direct_tflops']}, platform {r['flops']['platform_tflops']}"
-           + (f" (of a {r['flops']['peak_tflops']} peak: {r['flops']['direct_fraction_of_peak']}, "
-              f"{r['flops']['platform_fraction_of_peak']})" if r['flops']['peak_tflops'] else "")]
-          if r.get("flops") else []),
+        + (
+            f"; platform/direct-{dp['processes']}-processes: "
+            f"{r['ratios']['platform_over_direct_processes_images_per_s']} (C={p['concurrency']})"
+            if dp
+            else ""
+        ),
+        *(
+            [
+                f"UNet TFLOP/s ({r['flops']['architecture']}, "
+                f"{r['flops']['flops_per_step'] / 1e12:.2f} TFLOPs a step): "
+                f"direct {r['flops']['direct_tflops']}, platform {r['flops']['platform_tflops']}"
+                + (
+                    f" (of a {r['flops']['peak_tflops']} peak: {r['flops']['direct_fraction_of_peak']}, "
+                    f"{r['flops']['platform_fraction_of_peak']})"
+                    if r["flops"]["peak_tflops"]
+                    else ""
+                )
+            ]
+            if r.get("flops")
+            else []
+        ),
         f"lane idle per image at C={p['concurrency']}: {s['idle_ms_per_image']} ms"
         + (f"; at C=1: {ser['idle_ms_per_image']} ms" if ser else ""),
         "overhead = client latency - the job's own pipeline time (at C>1 it includes waiting for other jobs)",
         f"machine busy: direct {d['cpu']['machine_busy_pct']}% (other processes {d['cpu']['other_processes_cpu_s']}"
         f" CPU-s), platform C={p['concurrency']} {s['cpu']['machine_busy_pct']}%; "
         f"load average before: {d['cpu']['loadavg_1m_before']}",
-        f"CPU ms per image at C={p['concurrency']}: " + ", ".join(
-            f"{name} {1000 * cpu / s['images']:.1f}" for name, cpu in s['cpu'].get('cpu_s_by_process', {}).items()),
+        f"CPU ms per image at C={p['concurrency']}: "
+        + ", ".join(
+            f"{name} {1000 * cpu / s['images']:.1f}" for name, cpu in s["cpu"].get("cpu_s_by_process", {}).items()
+        ),
         "",
         f"{'api':<28}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}",
     ]

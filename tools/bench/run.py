@@ -1,4 +1,5 @@
 """The benchmark's phases in order, on one deployment; see tools/bench/__init__.py."""
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,10 @@ def bench_run(o: BenchOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
     deployment = Deployment(tmp, name="bench", log_level="WARNING", extra_env={"DEFAULT_TENANT_RPM": "1000000"})
     processes = o.worker_processes if deployment.distributed else 0
     try:
-        say(f"Preparing the deployment ({'PostgreSQL' if deployment.pg_database else 'SQLite'}, "
-            f"{'broker ' + settings.BROKER_URL.split('@')[-1] if deployment.distributed else 'embedded worker'})")
+        say(
+            f"Preparing the deployment ({'PostgreSQL' if deployment.pg_database else 'SQLite'}, "
+            f"{'broker ' + settings.BROKER_URL.split('@')[-1] if deployment.distributed else 'embedded worker'})"
+        )
         deployment.prepare()
         args = ["model", o.model, "--quality", QUALITY]
         if o.steps:  # make the platform run the same number of steps
@@ -93,8 +96,15 @@ def bench_run(o: BenchOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
         gen_key, broke_key, balance_key = (deployment.tenant(credits) for credits in (10_000_000, 0, 1_000))
 
         say(f"1/3 direct: {o.repeats} x {o.n} images, {o.size}, {steps} steps, guidance {guidance}")
-        shape = {"model_path": row["source"], "n": o.n, "repeats": o.repeats, "width": o.width, "height": o.height,
-                 "steps": steps, "guidance": guidance}
+        shape = {
+            "model_path": row["source"],
+            "n": o.n,
+            "repeats": o.repeats,
+            "width": o.width,
+            "height": o.height,
+            "steps": steps,
+            "guidance": guidance,
+        }
         waits = {"direct": wait_quiet(o.quiet_wait)}
         direct = run_direct(**shape)
         direct_processes = None
@@ -103,8 +113,11 @@ def bench_run(o: BenchOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
             direct_processes = run_direct_processes(**shape, processes=processes)
 
         say("2/3 platform: starting the web server and worker")
-        deployment.start_web(workers=1, threads=o.web_threads,
-                             env=None if deployment.distributed else {"EMBEDDED_WORKER_THREADS": str(o.worker_threads)})
+        deployment.start_web(
+            workers=1,
+            threads=o.web_threads,
+            env=None if deployment.distributed else {"EMBEDDED_WORKER_THREADS": str(o.worker_threads)},
+        )
         if deployment.distributed:
             deployment.start_worker(processes=processes, threads=o.worker_threads)
         deployment.wait_healthy(timeout=120)
@@ -118,8 +131,10 @@ def bench_run(o: BenchOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
         waits["platform"] = wait_quiet(o.quiet_wait)
         say(f"2/3 platform: {o.repeats} x {o.n} requests at concurrency {o.concurrency}")
         with CpuWatch(_sessions(deployment)) as loaded_cpu:
-            loaded = [run_generations(client, gen_key, **load, n=o.n, concurrency=o.concurrency, label=f"loaded{r}")
-                      for r in range(o.repeats)]
+            loaded = [
+                run_generations(client, gen_key, **load, n=o.n, concurrency=o.concurrency, label=f"loaded{r}")
+                for r in range(o.repeats)
+            ]
         serial = None
         if not o.skip_serial:
             say(f"2/3 platform: {o.n} requests at concurrency 1")
@@ -138,8 +153,14 @@ def bench_run(o: BenchOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
 
         waits["api"] = wait_quiet(o.quiet_wait)
         say(f"3/3 api: {o.api_requests} requests each at concurrency {o.concurrency}")
-        api = run_api(client, broke_key=broke_key, balance_key=balance_key, **load, requests=o.api_requests,
-                      concurrency=o.concurrency)
+        api = run_api(
+            client,
+            broke_key=broke_key,
+            balance_key=balance_key,
+            **load,
+            requests=o.api_requests,
+            concurrency=o.concurrency,
+        )
     finally:
         deployment.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -151,10 +172,20 @@ def bench_run(o: BenchOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
         "versions": versions,
         "git_commit": report.git_commit(),
         "parameters": {
-            "n": o.n, "repeats": o.repeats, "concurrency": o.concurrency, "size": o.size, "steps": steps,
-            "guidance": guidance, "model": o.model, "quality": QUALITY, "response_format": "b64_json",
-            "worker_processes": processes, "worker_threads": o.worker_threads, "pipeline_lanes": lanes,
-            "web_processes": 1, "web_threads": o.web_threads,
+            "n": o.n,
+            "repeats": o.repeats,
+            "concurrency": o.concurrency,
+            "size": o.size,
+            "steps": steps,
+            "guidance": guidance,
+            "model": o.model,
+            "quality": QUALITY,
+            "response_format": "b64_json",
+            "worker_processes": processes,
+            "worker_threads": o.worker_threads,
+            "pipeline_lanes": lanes,
+            "web_processes": 1,
+            "web_threads": o.web_threads,
             "database": "postgresql" if deployment.pg_database else "sqlite",
             "broker": "redis" if deployment.distributed else "embedded (in-process)",
             "pipeline_max_batch": os.environ.get("PIPELINE_MAX_BATCH") or "default",
@@ -167,13 +198,26 @@ def bench_run(o: BenchOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
         "platform": platform_loaded,
         "platform_serial": platform_serial,
         "api": api,
-        "flops": report.flops(architecture=o.flops_arch, peak_tflops=o.peak_tflops, width=o.width, height=o.height,
-                              steps=steps, direct=direct, platform=platform_loaded),
+        "flops": report.flops(
+            architecture=o.flops_arch,
+            peak_tflops=o.peak_tflops,
+            width=o.width,
+            height=o.height,
+            steps=steps,
+            direct=direct,
+            platform=platform_loaded,
+        ),
         "ratios": {
             "platform_over_direct_images_per_s": rounded(platform_loaded["images_per_s"] / direct["images_per_s"], 3),
-            "platform_serial_over_direct_images_per_s":
-                rounded(platform_serial["images_per_s"] / direct["images_per_s"], 3) if platform_serial else None,
+            "platform_serial_over_direct_images_per_s": rounded(
+                platform_serial["images_per_s"] / direct["images_per_s"], 3
+            )
+            if platform_serial
+            else None,
             "platform_over_direct_processes_images_per_s": rounded(
-                platform_loaded["images_per_s"] / direct_processes["images_per_s"], 3) if direct_processes else None,
+                platform_loaded["images_per_s"] / direct_processes["images_per_s"], 3
+            )
+            if direct_processes
+            else None,
         },
     }

@@ -38,17 +38,23 @@ class Command(BaseCommand):
             try:
                 expiry = parse_datetime(expires)
                 if expiry is not None:
-                    expiry = (timezone.make_aware(expiry, UTC) if timezone.is_naive(expiry)
-                              else expiry.astimezone(UTC))
+                    expiry = timezone.make_aware(expiry, UTC) if timezone.is_naive(expiry) else expiry.astimezone(UTC)
             except (ValueError, OverflowError):  # well-formed but impossible: month 13, past year 9999 in UTC
                 expiry = None
             if expiry is None:
                 raise CommandError(f"--expires must be an ISO 8601 date-time, not {expires!r}.")
         allowed = (models or "").split(",")
         try:  # the service checks the model ids, as it does for /v1/keys and the admin site
-            key, raw = api_key_create(tenant=found, name=name, created_by="manage.py", rpm_limit=rpm,
-                                      expiry_date=expiry, allowed_models=allowed,
-                                      monthly_credit_limit=monthly_credits, is_admin=admin)
+            key, raw = api_key_create(
+                tenant=found,
+                name=name,
+                created_by="manage.py",
+                rpm_limit=rpm,
+                expiry_date=expiry,
+                allowed_models=allowed,
+                monthly_credit_limit=monthly_credits,
+                is_admin=admin,
+            )
         except APIError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(f"Created key {key.prefix} ({key.name!r}) for {found.name}; shown once:")

@@ -26,8 +26,13 @@ class Command(BaseCommand):
             tenant, key, raw = tenant_create_with_key(name=name, created_by="manage.py")
             if credits:
                 try:
-                    credits_grant(tenant=tenant, amount=credits, actor="manage.py", note="initial credits",
-                                  idempotency_key=f"initial:{tenant.pk}")
+                    credits_grant(
+                        tenant=tenant,
+                        amount=credits,
+                        actor="manage.py",
+                        note="initial credits",
+                        idempotency_key=f"initial:{tenant.pk}",
+                    )
                 except InvalidAmount as exc:
                     raise CommandError(exc.message) from exc
         account = account_for(tenant=tenant)

@@ -24,7 +24,10 @@ class Command(BaseCommand):
             if value is not None and value < 1:
                 raise CommandError(f"{flag} must be at least 1.")
         status = Tenant.Status.SUSPENDED if suspend else Tenant.Status.ACTIVE if activate else None
-        found = tenant_update(tenant=found, moderation_level=moderation, status=status, rpm_limit=rpm,
-                              max_concurrent_jobs=max_concurrent)
-        self.stdout.write(f"{found.name}: status {found.status}, moderation {found.moderation_level}, "
-                          f"rpm {found.rpm_limit or 'default'}, max concurrent {found.max_concurrent_jobs or 'default'}.")
+        found = tenant_update(
+            tenant=found, moderation_level=moderation, status=status, rpm_limit=rpm, max_concurrent_jobs=max_concurrent
+        )
+        self.stdout.write(
+            f"{found.name}: status {found.status}, moderation {found.moderation_level}, "
+            f"rpm {found.rpm_limit or 'default'}, max concurrent {found.max_concurrent_jobs or 'default'}."
+        )

@@ -19,7 +19,8 @@ class Command(BaseCommand):
         except ValueError:
             raise CommandError(f"AMOUNT must be a whole number of credits, not {amount!r}.") from None
         found = Tenant.objects.filter(name=tenant).first() or (
-            Tenant.objects.filter(pk=int(tenant)).first() if tenant.isdigit() else None)
+            Tenant.objects.filter(pk=int(tenant)).first() if tenant.isdigit() else None
+        )
         if found is None:
             raise CommandError(f"No tenant named {tenant!r}.")
         try:
@@ -27,5 +28,7 @@ class Command(BaseCommand):
         except InvalidAmount as exc:
             raise CommandError(exc.message) from exc
         account = account_for(tenant=found)
-        self.stdout.write(f"{found.name}: {value:+d} credits (ledger #{entry.pk}); balance {account.balance}, "
-                          f"held {account.held}, available {account.available}.")
+        self.stdout.write(
+            f"{found.name}: {value:+d} credits (ledger #{entry.pk}); balance {account.balance}, "
+            f"held {account.held}, available {account.available}."
+        )

@@ -35,8 +35,9 @@ class Command(BaseCommand):
         if expires_at is not None and expires_at <= timezone.now():
             raise CommandError("--expires is in the past.")
         try:
-            batch, codes = vouchers_create(credits=credits, count=count, max_uses=uses, expires_at=expires_at,
-                                           note=note, created_by="manage.py")
+            batch, codes = vouchers_create(
+                credits=credits, count=count, max_uses=uses, expires_at=expires_at, note=note, created_by="manage.py"
+            )
         except InvalidAmount as exc:
             raise CommandError(exc.message) from exc
         self.stderr.write(f"Batch {batch.pk}: {count} codes of {credits} credits, {uses} use(s) each.")

@@ -15,6 +15,7 @@ can be used and tested on its own. Modules, each one concern:
     previews  decoding intermediate latents into small previews
     tokens    counting a prompt's tokens
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,7 @@ from images.backends.local.batcher import batcher  # noqa: E402
 class LocalBackend:
     """`images.backends.base.Backend` on this process's lanes (see the modules above)."""
 
-    def run(self, task: GenerationTask, *, max_batch: int | None = None,
-            window_ms: float = 0.0) -> GenerationResult:
+    def run(self, task: GenerationTask, *, max_batch: int | None = None, window_ms: float = 0.0) -> GenerationResult:
         return batcher.run(task, max_batch=max_batch, window_ms=window_ms)
 
     def count_tokens(self, source: PipelineSource, text: str) -> int | None:

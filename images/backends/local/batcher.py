@@ -15,6 +15,7 @@ A group is run, and its members' results handed out, entirely on the lane: the t
 that formed the group only waits like the others, so if it is interrupted (Dramatiq's
 time limit) its companions still get their results.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,14 @@ def batch_key(task: GenerationTask) -> tuple | None:
         return None
     # The family adds what companions must share so that they cannot change each
     # other's images (a negative prompt's presence; for some families the prompt).
-    return (task.source, task.width, task.height, task.steps, float(task.guidance),
-            *families.family_for_source(task.source).batch_key(task))
+    return (
+        task.source,
+        task.width,
+        task.height,
+        task.steps,
+        float(task.guidance),
+        *families.family_for_source(task.source).batch_key(task),
+    )
 
 
 class Batcher:
@@ -52,8 +59,7 @@ class Batcher:
         self._lock = threading.Lock()
         self._pending: list[_Entry] = []
 
-    def run(self, task: GenerationTask, *, max_batch: int | None = None,
-            window_ms: float = 0.0) -> GenerationResult:
+    def run(self, task: GenerationTask, *, max_batch: int | None = None, window_ms: float = 0.0) -> GenerationResult:
         """Run `task` (maybe with other threads' compatible tasks) and wait for its
         result. Raises PipelineError; a stopped task returns with `stopped` set."""
         limit = runner.resolve_max_batch(max_batch)

@@ -1,4 +1,5 @@
 """Loading models, and the per-process cache of loaded pipelines."""
+
 from __future__ import annotations
 
 import logging
@@ -60,7 +61,12 @@ def _load(source: PipelineSource, device: str, dtype: torch.dtype) -> Any:
     family.prepare(pipe, device=device, settings=config.current())
     logger.info(
         "loaded %s (%s, %s family) on %s as %s in %.1fs (torch threads: %d)",
-        source.source, type(pipe).__name__, family.name, device, dtype_name(dtype), time.perf_counter() - started,
+        source.source,
+        type(pipe).__name__,
+        family.name,
+        device,
+        dtype_name(dtype),
+        time.perf_counter() - started,
         torch.get_num_threads(),
     )
     return pipe

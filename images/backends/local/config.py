@@ -37,6 +37,7 @@ omp_num_threads (OMP_NUM_THREADS; None)
 
 Invalid values raise PipelineError naming the variable, at first use.
 """
+
 from __future__ import annotations
 
 import os

@@ -11,6 +11,7 @@ steps): the UNet (~1.4M parameters) only attends at its lowest resolution, and t
 decoder, which dominates the cost at large sizes, has very few channels at full
 resolution.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,9 +40,7 @@ _EOS = "<|endoftext|>"
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable unicode character map (256 entries)."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     chars = printable[:]
     extra = 0

@@ -1,4 +1,5 @@
 """Which device and dtype the local backend runs on."""
+
 from __future__ import annotations
 
 import gc

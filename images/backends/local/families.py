@@ -18,6 +18,7 @@ The registry is keyed by the diffusers pipeline class name (`model_index.json`'s
 `_class_name`, `type(pipe).__name__`); names no family claims get `DEFAULT`, the
 SD-style UNet behaviour with diffusers' Auto* classes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -132,8 +133,11 @@ class Family:
         if settings.compile and denoiser is not None:
             # Compiled lazily, on the first call at each shape: warm_up makes those calls at
             # start for warmup_sizes. Lanes share the pipeline's modules, so they share this.
-            setattr(pipe, self.denoiser, torch.compile(denoiser, mode=settings.compile_mode,
-                                                       backend=settings.compile_backend))
+            setattr(
+                pipe,
+                self.denoiser,
+                torch.compile(denoiser, mode=settings.compile_mode, backend=settings.compile_backend),
+            )
         vae = getattr(pipe, "vae", None)
         if vae is not None and settings.vae_tiling and hasattr(vae, "enable_tiling"):
             vae.enable_tiling()  # lower peak memory for large images; changes pixels slightly
@@ -195,8 +199,17 @@ class Family:
             key += (task.prompt, task.negative_prompt)
         return key
 
-    def call_kwargs(self, pipe: Any, mode: str, tasks: list[GenerationTask], rows: list[int], *,
-                    strength: float, generators: list[Any], on_step_end: StepCallback) -> dict[str, Any]:
+    def call_kwargs(
+        self,
+        pipe: Any,
+        mode: str,
+        tasks: list[GenerationTask],
+        rows: list[int],
+        *,
+        strength: float,
+        generators: list[Any],
+        on_step_end: StepCallback,
+    ) -> dict[str, Any]:
         """The arguments of one pipeline call over `rows` (task index per image), only
         those the pipeline's signature accepts."""
         params = call_parameters(pipe)
@@ -232,8 +245,7 @@ class Family:
         if "callback_on_step_end" in params:
             kwargs["callback_on_step_end"] = on_step_end
         elif "callback" in params:  # the legacy callback(step, timestep, latents) (PixArt)
-            kwargs["callback"] = lambda step, timestep, latents: on_step_end(pipe, step, timestep,
-                                                                             {"latents": latents})
+            kwargs["callback"] = lambda step, timestep, latents: on_step_end(pipe, step, timestep, {"latents": latents})
             kwargs["callback_steps"] = 1
         return {name: value for name, value in kwargs.items() if name in params}
 
@@ -258,8 +270,9 @@ class Family:
         transformer = getattr(pipe, "transformer", None)
         return bool(getattr(getattr(transformer, "config", None), "guidance_embeds", True))
 
-    def _negative_kwargs(self, params: dict[str, inspect.Parameter], negatives: list[str | None],
-                         guidance: float) -> dict[str, Any]:
+    def _negative_kwargs(
+        self, params: dict[str, inspect.Parameter], negatives: list[str | None], guidance: float
+    ) -> dict[str, Any]:
         if "negative_prompt" not in params or (self.spec is not None and not self.spec.negative_prompt):
             return {}
         default = params["negative_prompt"].default
@@ -301,8 +314,9 @@ class Family:
 
     # -- previews ----------------------------------------------------------------------
 
-    def decode_preview(self, pipe: Any, latents: torch.Tensor, *, width: int, height: int,
-                       max_size: int) -> list[Image.Image]:
+    def decode_preview(
+        self, pipe: Any, latents: torch.Tensor, *, width: int, height: int, max_size: int
+    ) -> list[Image.Image]:
         """Small RGB previews of a step's latents (rows = images), decoded the way the
         family's pipeline decodes. Raises PipelineError."""
         layout = self.spec.latents if self.spec else "spatial"
@@ -311,8 +325,7 @@ class Family:
         if layout == "packed":
             return previews.decode_packed_preview(pipe, latents, width=width, height=height, max_size=max_size)
         if layout == "packed_video":
-            return previews.decode_packed_video_preview(pipe, latents, width=width, height=height,
-                                                        max_size=max_size)
+            return previews.decode_packed_video_preview(pipe, latents, width=width, height=height, max_size=max_size)
         if layout == "packed_flux2":
             return previews.decode_flux2_preview(pipe, latents, width=width, height=height, max_size=max_size)
         raise PipelineError(f"no preview decoder for {self.name} latents")
@@ -361,5 +374,7 @@ def family_for_source(source: PipelineSource) -> Family:
 
 
 for _spec in FAMILIES:
-    register(Family(_spec), *(c for c in (*_spec.pipelines, _spec.img2img_pipeline, _spec.inpaint_pipeline,
-                                           _spec.reference_pipeline) if c))
+    register(
+        Family(_spec),
+        *(c for c in (*_spec.pipelines, _spec.img2img_pipeline, _spec.inpaint_pipeline, _spec.reference_pipeline) if c),
+    )

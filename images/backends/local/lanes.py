@@ -12,6 +12,7 @@ and an idle team keeps spinning for a while. With worker threads taking turns, t
 teams fought over the cores and one 256x256 image took 200+ ms instead of 90 ms
 (docs/benchmarks.md). Fixed lanes also keep the CUDA stream and allocator in one place.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,5 @@
 """Step previews: intermediate latents decoded into small images while a call runs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,8 +58,9 @@ def decode_latents_preview(pipe: Any, latents: torch.Tensor, *, max_size: int = 
     return [image if image.mode == "RGB" else image.convert("RGB") for image in images]
 
 
-def decode_packed_preview(pipe: Any, latents: torch.Tensor, *, width: int, height: int,
-                          max_size: int = 256) -> list[Image.Image]:
+def decode_packed_preview(
+    pipe: Any, latents: torch.Tensor, *, width: int, height: int, max_size: int = 256
+) -> list[Image.Image]:
     """Previews of FLUX-style packed latents (B, H/2*W/2, C*4): unpacked with the
     pipeline's own `_unpack_latents` (FLUX.1, Kontext, Chroma), then decoded as 4-D
     latents (scaling and shift factor). Raises PipelineError."""
@@ -69,8 +71,9 @@ def decode_packed_preview(pipe: Any, latents: torch.Tensor, *, width: int, heigh
     return decode_latents_preview(pipe, spatial, max_size=max_size)
 
 
-def decode_packed_video_preview(pipe: Any, latents: torch.Tensor, *, width: int, height: int,
-                                max_size: int = 256) -> list[Image.Image]:
+def decode_packed_video_preview(
+    pipe: Any, latents: torch.Tensor, *, width: int, height: int, max_size: int = 256
+) -> list[Image.Image]:
     """Previews of Qwen-Image's packed latents: unpacked to (B, C, 1, H, W) by the
     pipeline, de-normalised with the VAE's latent statistics, decoded by its 5-D
     video-style VAE, first frame. Raises PipelineError."""
@@ -97,8 +100,9 @@ def decode_packed_video_preview(pipe: Any, latents: torch.Tensor, *, width: int,
     return [image if image.mode == "RGB" else image.convert("RGB") for image in images]
 
 
-def decode_flux2_preview(pipe: Any, latents: torch.Tensor, *, width: int, height: int,
-                         max_size: int = 256) -> list[Image.Image]:
+def decode_flux2_preview(
+    pipe: Any, latents: torch.Tensor, *, width: int, height: int, max_size: int = 256
+) -> list[Image.Image]:
     """Previews of FLUX.2's latents, decoded as Flux2Pipeline / Flux2KleinPipeline decode:
     the sequence (B, h*w, 4C) of 2x2-patchified latents, in raster order for a
     text-to-image or reference call (the reference image's tokens are not part of the

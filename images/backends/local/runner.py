@@ -12,6 +12,7 @@ one task wanting to stop cannot simply end it. The rule:
   ends the call at once (before the remaining steps and the final VAE decode).
 A stopped task's result has `stopped` (the reason), `steps_done` and no images.
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,8 +72,10 @@ class _TaskState:
 # Validation
 # ---------------------------------------------------------------------------
 
+
 def validate(task: GenerationTask, index: int) -> None:
     """Raise PipelineError("task <index>: ...") if the task cannot be run as given."""
+
     def fail(message: str) -> PipelineError:
         return PipelineError(f"task {index}: {message}")
 
@@ -163,6 +166,7 @@ def resolve_max_batch(max_batch: int | None) -> int:
 # One pipeline call
 # ---------------------------------------------------------------------------
 
+
 def _log_once(failed: set[tuple[int, str]], t: int, what: str, message: str, *args: Any) -> None:
     if (t, what) not in failed:  # once per task and run_batch, not once per step
         failed.add((t, what))
@@ -179,16 +183,26 @@ def _stop_reason(task: GenerationTask, t: int, failed: set[tuple[int, str]]) -> 
         return None
 
 
-def _send_previews(family: families.Family, pipeline: Any, number: int, latents: torch.Tensor, due: list[int],
-                   tasks: list[GenerationTask], chunk: list[_Item], rows: dict[int, list[int]],
-                   states: dict[int, _TaskState], failed: set[tuple[int, str]]) -> None:
+def _send_previews(
+    family: families.Family,
+    pipeline: Any,
+    number: int,
+    latents: torch.Tensor,
+    due: list[int],
+    tasks: list[GenerationTask],
+    chunk: list[_Item],
+    rows: dict[int, list[int]],
+    states: dict[int, _TaskState],
+    failed: set[tuple[int, str]],
+) -> None:
     """Decode the rows of the tasks `due` a preview at step `number`, and hand each task
     its previews once all of its images (maybe split over calls) reached that step."""
     needed = sorted(r for t in due for r in rows[t])
     try:
         first = tasks[chunk[0][0]]
-        decoded = family.decode_preview(pipeline, latents[needed], width=first.width, height=first.height,
-                                        max_size=PREVIEW_MAX_SIZE)
+        decoded = family.decode_preview(
+            pipeline, latents[needed], width=first.width, height=first.height, max_size=PREVIEW_MAX_SIZE
+        )
     except PipelineError:
         for t in due:
             _log_once(failed, t, "decode", "preview decode for task %d failed; generation continues", t)
@@ -263,9 +277,17 @@ def _run_chunk(
     try:
         # Only arguments the pipeline takes, with the family's guidance and negative
         # prompt rules (images.backends.local.families.Family.call_kwargs).
-        output = pipe(**family.call_kwargs(pipe, mode, tasks, [t for t, _ in chunk],
-                                           strength=pipeline_strength(first), generators=generators,
-                                           on_step_end=on_step_end))
+        output = pipe(
+            **family.call_kwargs(
+                pipe,
+                mode,
+                tasks,
+                [t for t, _ in chunk],
+                strength=pipeline_strength(first),
+                generators=generators,
+                on_step_end=on_step_end,
+            )
+        )
     except _StopCall:
         return None, time.perf_counter() - started
     except torch.cuda.OutOfMemoryError as exc:
@@ -286,8 +308,10 @@ def _run_chunk(
 # Batches
 # ---------------------------------------------------------------------------
 
-def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None,
-              lane: int | None = None) -> list[GenerationResult]:
+
+def run_batch(
+    tasks: list[GenerationTask], *, max_batch: int | None = None, lane: int | None = None
+) -> list[GenerationResult]:
     """Run tasks, batching images of compatible tasks; one result per task, in order.
 
     Text-to-image tasks sharing (source, width, height, steps, guidance and the
@@ -313,8 +337,15 @@ def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None,
         if task.kind == "text2img":
             # Plus what the family needs shared so that companions cannot change each
             # other's images (families.Family.batch_key: negative prompt presence, prompt).
-            key: tuple = (task.source, "text2img", task.width, task.height, task.steps, float(task.guidance),
-                          *families.family_for_source(task.source).batch_key(task))
+            key: tuple = (
+                task.source,
+                "text2img",
+                task.width,
+                task.height,
+                task.steps,
+                float(task.guidance),
+                *families.family_for_source(task.source).batch_key(task),
+            )
         else:
             key = ("own call", index)  # each img2img/inpaint task has its own input image(s)
         groups.setdefault(key, []).append(index)
@@ -349,8 +380,9 @@ def run_batch(tasks: list[GenerationTask], *, max_batch: int | None = None,
     for index in range(len(tasks)):
         state = states[index]
         images = [] if state.stopped else state.images
-        results.append(GenerationResult(images=images, seconds=state.seconds, steps_done=state.steps_done,
-                                        stopped=state.stopped))
+        results.append(
+            GenerationResult(images=images, seconds=state.seconds, steps_done=state.steps_done, stopped=state.stopped)
+        )
     return results
 
 
@@ -362,9 +394,20 @@ def warm_up(source: PipelineSource, lanes: int | None = None) -> None:
     for lane in range(lane_count() if lanes is None else lanes):
         for width, height in config.current().warmup_sizes:
             run_batch(
-                [GenerationTask(source=source, prompt="warm up", negative_prompt=None, width=width,
-                                height=height, steps=1, guidance=2.0, seeds=[0])],
-                max_batch=1, lane=lane,
+                [
+                    GenerationTask(
+                        source=source,
+                        prompt="warm up",
+                        negative_prompt=None,
+                        width=width,
+                        height=height,
+                        steps=1,
+                        guidance=2.0,
+                        seeds=[0],
+                    )
+                ],
+                max_batch=1,
+                lane=lane,
             )
     count_tokens(source, "warm up")
     logger.info("warmed up %s in %.1fs", source.source, time.perf_counter() - started)

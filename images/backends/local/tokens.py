@@ -1,4 +1,5 @@
 """Counting a prompt's tokens with the model's own tokenizer (for `usage`)."""
+
 from __future__ import annotations
 
 import logging

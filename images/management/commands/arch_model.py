@@ -1,6 +1,7 @@
 """`manage.py arch_model sd15|sdxl`: FLOPs of one denoising step, or a random-weight
 build of the architecture for GPU benchmarks (tools/arch_models.py, docs/benchmarks.md).
 Arguments only: the work is in tools.arch_models."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("architecture", choices=["sd15", "sdxl"])
-        parser.add_argument("--flops", action="append", default=[], metavar="WxH",
-                            help="print the FLOPs of one step at this size (repeatable; with guidance)")
+        parser.add_argument(
+            "--flops",
+            action="append",
+            default=[],
+            metavar="WxH",
+            help="print the FLOPs of one step at this size (repeatable; with guidance)",
+        )
         parser.add_argument("--build", metavar="DIR", help="save the architecture with random weights here")
         parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
 

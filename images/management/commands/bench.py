@@ -1,6 +1,7 @@
 """`make bench`: diffusers alone vs. the platform over HTTP (docs/benchmarks.md).
 
 Arguments only: the benchmark is tools.bench (phases, deployment, report)."""
+
 from __future__ import annotations
 
 import json
@@ -22,39 +23,72 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--n", type=int, default=32, help="images per phase (default 32)")
         parser.add_argument("--concurrency", type=int, default=4, help="client threads (default 4)")
-        parser.add_argument("--repeats", type=int, default=3,
-                            help="runs of N images for the direct and the platform phase; images/s is the "
-                                 "median run (default 3)")
+        parser.add_argument(
+            "--repeats",
+            type=int,
+            default=3,
+            help="runs of N images for the direct and the platform phase; images/s is the median run (default 3)",
+        )
         parser.add_argument("--size", default="256x256")
-        parser.add_argument("--steps", type=int, default=None,
-                            help="denoising steps (default: the model row's, 4 for the demo model); "
-                                 "the platform's model row is set to match")
+        parser.add_argument(
+            "--steps",
+            type=int,
+            default=None,
+            help="denoising steps (default: the model row's, 4 for the demo model); "
+            "the platform's model row is set to match",
+        )
         parser.add_argument("--model", default="dall-e-2", help="public model id (quality 'standard')")
-        parser.add_argument("--source", default=None,
-                            help="model folder to serve under that id and to loop over directly (e.g. one built "
-                                 "by `manage.py arch_model sd15 --build DIR`); default: the model row's")
-        parser.add_argument("--flops-arch", choices=["sd15", "sdxl"], default=None,
-                            help="the source's architecture: also report achieved UNet TFLOP/s (FLOPs of one "
-                                 "step counted by tools/arch_models.step_flops)")
-        parser.add_argument("--peak-tflops", type=float, default=None,
-                            help="the device's peak TFLOP/s at the dtype used (e.g. its dense bf16 figure): "
-                                 "report the fraction of it reached")
-        parser.add_argument("--worker-processes", default="auto", type=processes_arg,
-                            help="processes of the worker, as `manage.py runworker --processes` (default auto: "
-                                 "one per core, at most 4, on CPU; one on a GPU)")
-        parser.add_argument("--worker-threads", default="auto", type=processes_arg,
-                            help="threads per worker process, as `manage.py runworker --threads` (default auto: "
-                                 "2 per image slot of its lanes)")
+        parser.add_argument(
+            "--source",
+            default=None,
+            help="model folder to serve under that id and to loop over directly (e.g. one built "
+            "by `manage.py arch_model sd15 --build DIR`); default: the model row's",
+        )
+        parser.add_argument(
+            "--flops-arch",
+            choices=["sd15", "sdxl"],
+            default=None,
+            help="the source's architecture: also report achieved UNet TFLOP/s (FLOPs of one "
+            "step counted by tools/arch_models.step_flops)",
+        )
+        parser.add_argument(
+            "--peak-tflops",
+            type=float,
+            default=None,
+            help="the device's peak TFLOP/s at the dtype used (e.g. its dense bf16 figure): "
+            "report the fraction of it reached",
+        )
+        parser.add_argument(
+            "--worker-processes",
+            default="auto",
+            type=processes_arg,
+            help="processes of the worker, as `manage.py runworker --processes` (default auto: "
+            "one per core, at most 4, on CPU; one on a GPU)",
+        )
+        parser.add_argument(
+            "--worker-threads",
+            default="auto",
+            type=processes_arg,
+            help="threads per worker process, as `manage.py runworker --threads` (default auto: "
+            "2 per image slot of its lanes)",
+        )
         parser.add_argument("--web-threads", type=int, default=8, help="gunicorn threads (one process)")
         parser.add_argument("--api-requests", type=int, default=200)
-        parser.add_argument("--skip-serial", action="store_true",
-                            help="skip the concurrency-1 platform run (own-overhead figures)")
-        parser.add_argument("--hold", action="store_true",
-                            help="print the server and worker pids and wait for Enter before the platform "
-                                 "phase (to attach a profiler)")
-        parser.add_argument("--quiet-wait", type=float, default=60,
-                            help="before each phase, wait up to this many seconds for the machine to be "
-                                 "idle (< 15%% busy for one second); 0: don't (default 60)")
+        parser.add_argument(
+            "--skip-serial", action="store_true", help="skip the concurrency-1 platform run (own-overhead figures)"
+        )
+        parser.add_argument(
+            "--hold",
+            action="store_true",
+            help="print the server and worker pids and wait for Enter before the platform phase (to attach a profiler)",
+        )
+        parser.add_argument(
+            "--quiet-wait",
+            type=float,
+            default=60,
+            help="before each phase, wait up to this many seconds for the machine to be "
+            "idle (< 15%% busy for one second); 0: don't (default 60)",
+        )
         parser.add_argument("--out", default=str(ROOT / "bench-results" / "bench.json"))
 
     def handle(self, *args, **o):
@@ -68,15 +102,31 @@ class Command(BaseCommand):
         if o["n"] < 1 or o["concurrency"] < 1 or o["repeats"] < 1:
             raise CommandError("--n, --concurrency and --repeats must be at least 1")
         # 0 processes: the embedded worker, inside the web process.
-        processes = 0 if not settings.BROKER_URL else (
-            auto_processes() if o["worker_processes"] == "auto" else o["worker_processes"])
+        processes = (
+            0
+            if not settings.BROKER_URL
+            else (auto_processes() if o["worker_processes"] == "auto" else o["worker_processes"])
+        )
         threads = auto_threads(max(1, processes)) if o["worker_threads"] == "auto" else o["worker_threads"]
         options = BenchOptions(
-            n=o["n"], concurrency=o["concurrency"], repeats=o["repeats"], width=width, height=height,
-            model=o["model"], steps=o["steps"], source=o["source"], flops_arch=o["flops_arch"],
-            peak_tflops=o["peak_tflops"], worker_processes=processes, worker_threads=threads,
-            web_threads=o["web_threads"], api_requests=o["api_requests"], skip_serial=o["skip_serial"],
-            hold=o["hold"], quiet_wait=o["quiet_wait"])
+            n=o["n"],
+            concurrency=o["concurrency"],
+            repeats=o["repeats"],
+            width=width,
+            height=height,
+            model=o["model"],
+            steps=o["steps"],
+            source=o["source"],
+            flops_arch=o["flops_arch"],
+            peak_tflops=o["peak_tflops"],
+            worker_processes=processes,
+            worker_threads=threads,
+            web_threads=o["web_threads"],
+            api_requests=o["api_requests"],
+            skip_serial=o["skip_serial"],
+            hold=o["hold"],
+            quiet_wait=o["quiet_wait"],
+        )
         call_command("build_demo_model")
         # Stop cleanly (servers, database, broker keys) on SIGTERM too, and on Ctrl-C even
         # when started in the background by a shell that ignores SIGINT.

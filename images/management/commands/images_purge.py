@@ -1,6 +1,7 @@
 """`manage.py images_purge`: delete images, edit inputs and old rows past RETENTION_DAYS
 (images/services/retention.py). The workers run the same sweep every
 RETENTION_SWEEP_SECONDS; this command is for cron, a one-off, or a dry run."""
+
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError

@@ -6,6 +6,7 @@ recommended steps per quality, guidance and dtype, and copies the prices of a te
 model of the same profile (only for the sizes the family can render). A folder it cannot
 serve is refused with the reason. docs/models.md lists the families.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,10 @@ def _resolve_folder(source: str) -> Path:
             cached = None
         if isinstance(cached, str):
             return Path(cached).parent
-        raise CommandError(f"{source} looks like a hub id but is not in the local hub cache; download it first "
-                           f"(huggingface-cli download {source}) or pass its folder")
+        raise CommandError(
+            f"{source} looks like a hub id but is not in the local hub cache; download it first "
+            f"(huggingface-cli download {source}) or pass its folder"
+        )
     raise CommandError(f"{source}: no such folder (relative paths are looked up under MODEL_DIR={settings.MODEL_DIR})")
 
 
@@ -48,17 +51,32 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("public_id", help="the model id clients send, e.g. flux-schnell")
         parser.add_argument("source", help="a folder (absolute or under MODEL_DIR) or a cached hub id")
-        parser.add_argument("--profile", required=True, choices=sorted(PROFILES),
-                            help="the OpenAI API shape it is offered with")
+        parser.add_argument(
+            "--profile", required=True, choices=sorted(PROFILES), help="the OpenAI API shape it is offered with"
+        )
         parser.add_argument("--queue", default="gpu", help="the Dramatiq queue its jobs go to (default gpu)")
-        parser.add_argument("--price-template", dest="template",
-                            help="copy the prices of this model (default: the first priced model of the profile)")
+        parser.add_argument(
+            "--price-template",
+            dest="template",
+            help="copy the prices of this model (default: the first priced model of the profile)",
+        )
         parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
         parser.add_argument("--free", action="store_true", help="serve without prices (0 credits)")
         parser.add_argument("--update", action="store_true", help="refresh an existing row (prices are replaced)")
 
-    def handle(self, *args, public_id: str, source: str, profile: str, queue: str, template: str | None,
-               dtype: str, free: bool, update: bool, **options) -> None:
+    def handle(
+        self,
+        *args,
+        public_id: str,
+        source: str,
+        profile: str,
+        queue: str,
+        template: str | None,
+        dtype: str,
+        free: bool,
+        update: bool,
+        **options,
+    ) -> None:
         folder = _resolve_folder(source)
         try:
             spec, capabilities = recognise_folder(folder)
@@ -71,8 +89,10 @@ class Command(BaseCommand):
         multiple = capabilities["size_multiple"]
         sizes = [s for s in PROFILES[profile].sizes if all(int(v) % multiple == 0 for v in s.split("x"))]
         if not sizes:
-            raise CommandError(f"cannot serve {source} as {profile}: none of its sizes "
-                               f"({', '.join(PROFILES[profile].sizes)}) is a multiple of {multiple}")
+            raise CommandError(
+                f"cannot serve {source} as {profile}: none of its sizes "
+                f"({', '.join(PROFILES[profile].sizes)}) is a multiple of {multiple}"
+            )
         prices = [] if free else self._template_prices(profile=profile, template=template, exclude=public_id)
         steps = dict(spec.steps)
         guidance = spec.default_guidance
@@ -81,21 +101,39 @@ class Command(BaseCommand):
             guidance = 0.0
 
         with transaction.atomic():
-            model, _ = ImageModel.objects.update_or_create(public_id=public_id, defaults={
-                "profile": profile, "source": source, "dtype": dtype, "queue": queue, "steps_by_quality": steps,
-                "guidance": guidance, "capabilities": capabilities, "is_free": free, "enabled": True})
+            model, _ = ImageModel.objects.update_or_create(
+                public_id=public_id,
+                defaults={
+                    "profile": profile,
+                    "source": source,
+                    "dtype": dtype,
+                    "queue": queue,
+                    "steps_by_quality": steps,
+                    "guidance": guidance,
+                    "capabilities": capabilities,
+                    "is_free": free,
+                    "enabled": True,
+                },
+            )
             if existing is not None:
                 model.prices.all().delete()
-            Price.objects.bulk_create([
-                Price(model=model, kind=p.kind, size=p.size, quality=p.quality, credits_per_image=p.credits_per_image)
-                for p in prices if not p.size or p.size in sizes])
+            Price.objects.bulk_create(
+                [
+                    Price(
+                        model=model, kind=p.kind, size=p.size, quality=p.quality, credits_per_image=p.credits_per_image
+                    )
+                    for p in prices
+                    if not p.size or p.size in sizes
+                ]
+            )
         skipped = sorted(set(PROFILES[profile].sizes) - set(sizes))
         self.stdout.write(
             f"{'updated' if existing else 'added'} {public_id}: {spec.title} ({capabilities['family']}), "
             f"profile {profile}, queue {queue}, guidance {capabilities['guidance']} {guidance}, steps {steps}, "
             f"edit modes {capabilities['edit_modes'] or 'none'}, negative prompts "
             f"{'yes' if capabilities['negative_prompt'] else 'no'}"
-            + (f"; sizes not served: {', '.join(skipped)}" if skipped else ""))
+            + (f"; sizes not served: {', '.join(skipped)}" if skipped else "")
+        )
 
     @staticmethod
     def _template_prices(*, profile: str, template: str | None, exclude: str) -> list[Price]:
@@ -106,8 +144,12 @@ class Command(BaseCommand):
             if model.profile != profile:
                 raise CommandError(f"price template {template!r} is a {model.profile} model, not {profile}")
         else:
-            model = (ImageModel.objects.filter(profile=profile, prices__isnull=False).exclude(public_id=exclude)
-                     .order_by("created_at", "pk").first())
+            model = (
+                ImageModel.objects.filter(profile=profile, prices__isnull=False)
+                .exclude(public_id=exclude)
+                .order_by("created_at", "pk")
+                .first()
+            )
             if model is None:
                 raise CommandError(f"no priced {profile} model to copy prices from: pass --price-template or --free")
         prices = list(model.prices.all())

@@ -20,6 +20,7 @@ is staged. Each process prefetches only as many messages as it has threads
 (dramatiq_queue_prefetch, unless set), so one process never hoards the jobs another,
 idle one could run.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """`make run`: serve the API with gunicorn (threads), and in the embedded mode also
 run the Dramatiq worker inside the same process."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ def demo_tenant_ensure(stdout) -> str | None:
     path = _demo_key_file()
     if not Tenant.objects.filter(name="demo").exists():
         tenant, _, raw = tenant_create_with_key(name="demo", created_by="make run")
-        credits_grant(tenant=tenant, amount=100_000, actor="make run", note="demo credits",
-                      idempotency_key=f"initial:{tenant.pk}")
+        credits_grant(
+            tenant=tenant, amount=100_000, actor="make run", note="demo credits", idempotency_key=f"initial:{tenant.pk}"
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(raw)
         path.chmod(0o600)
@@ -54,11 +56,14 @@ class Command(BaseCommand):
             key = demo_tenant_ensure(self.stdout) if settings.EMBEDDED else None
             if key:
                 base = f"http://{host}:{port}"
-                self.stdout.write(f"\nDemo API key: {key}\nTry:\n  curl {base}/v1/images/generations "
-                                  f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
-                                  f"-d '{{\"model\": \"dall-e-2\", \"prompt\": \"a lighthouse\", \"size\": \"256x256\", "
-                                  f"\"response_format\": \"url\"}}'\n")
-        self.stdout.write(f"Serving on http://{host}:{port} ({'embedded worker' if embedded else 'broker ' + settings.BROKER_URL.split('@')[-1]})")
+                self.stdout.write(
+                    f"\nDemo API key: {key}\nTry:\n  curl {base}/v1/images/generations "
+                    f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
+                    f'-d \'{{"model": "dall-e-2", "prompt": "a lighthouse", "size": "256x256", '
+                    f'"response_format": "url"}}\'\n'
+                )
+        queue = "embedded worker" if embedded else "broker " + settings.BROKER_URL.split("@")[-1]
+        self.stdout.write(f"Serving on http://{host}:{port} ({queue})")
         self.stdout.flush()
 
         worker_threads = settings.EMBEDDED_WORKER_THREADS
@@ -87,9 +92,16 @@ class Command(BaseCommand):
         class App(BaseApplication):
             def load_config(self) -> None:
                 for key, value in {
-                    "bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
-                    "timeout": 120, "graceful_timeout": 30, "accesslog": os.environ.get("ACCESS_LOG") or None,
-                    "post_worker_init": post_worker_init, "worker_exit": worker_exit, "child_exit": child_exit,
+                    "bind": f"{host}:{port}",
+                    "workers": workers,
+                    "threads": threads,
+                    "worker_class": "gthread",
+                    "timeout": 120,
+                    "graceful_timeout": 30,
+                    "accesslog": os.environ.get("ACCESS_LOG") or None,
+                    "post_worker_init": post_worker_init,
+                    "worker_exit": worker_exit,
+                    "child_exit": child_exit,
                 }.items():
                     self.cfg.set(key, value)
 
