@@ -29,6 +29,13 @@ os.environ.setdefault("DISABLE_TELEMETRY", "1")
 
 from typing import Any  # noqa: E402
 
+# transformers' and diffusers' lazy modules are not safe to import from two threads at
+# once ("cannot import name ... from partially initialized module"), and a job imports
+# them from a lane while its token count runs on another thread: import them here, with
+# the package, which `images.backends.get_backend` imports once under a lock.
+import diffusers.utils.logging  # noqa: E402, F401
+import transformers.utils.logging  # noqa: E402, F401
+
 from images.backends.base import GenerationResult, GenerationTask, PipelineSource  # noqa: E402
 from images.backends.local import device, families, lanes, runner, tokens  # noqa: E402
 from images.backends.local.batcher import batcher  # noqa: E402
