@@ -293,10 +293,15 @@ def edit_mapper(request: Request) -> GenerationRequest:
             json_references=True,
         )
     fields = validated(EditRequestSerializer, form_fields(request), form=True)
+    return _with_uploads(request, endpoint="/v1/images/edits", kind=Job.Kind.EDIT, fields=fields)
+
+
+def _with_uploads(request: Request, *, endpoint: str, kind: str, fields: dict[str, Any]) -> GenerationRequest:
+    """A request whose images are the multipart `image` parts (and `mask`), not yet read."""
     mask_file = request.FILES.get("mask")
     return GenerationRequest(
-        endpoint="/v1/images/edits",
-        kind=Job.Kind.EDIT,
+        endpoint=endpoint,
+        kind=kind,
         fields=fields,
         images=[InputImage(param="image", upload=f) for f in uploads(request, "image")],
         mask=InputImage(param="mask", upload=mask_file) if mask_file else None,
@@ -306,14 +311,7 @@ def edit_mapper(request: Request) -> GenerationRequest:
 def variation_mapper(request: Request) -> GenerationRequest:
     """POST /v1/images/variations: multipart with one `image`."""
     fields = validated(VariationRequestSerializer, form_fields(request), form=_is_form(request))
-    mask_file = request.FILES.get("mask")
-    return GenerationRequest(
-        endpoint="/v1/images/variations",
-        kind=Job.Kind.VARIATION,
-        fields=fields,
-        images=[InputImage(param="image", upload=f) for f in uploads(request, "image")],
-        mask=InputImage(param="mask", upload=mask_file) if mask_file else None,
-    )
+    return _with_uploads(request, endpoint="/v1/images/variations", kind=Job.Kind.VARIATION, fields=fields)
 
 
 # ---- Schema helpers ------------------------------------------------------------------------

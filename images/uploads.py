@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import BinaryIO
 
 from PIL import Image, ImageOps
@@ -36,6 +38,26 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+@contextmanager
+def _reading(param: str) -> Iterator[None]:
+    """Pillow's failures while opening or decoding an upload, as 400s naming `param`:
+    a decompression bomb (its warning made an error) or a corrupt or truncated file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except InvalidRequest:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidRequest(
+            f"Invalid file '{param}': the image is too large once decoded.", param=param, code="invalid_image"
+        ) from None
+    except Exception:
+        raise InvalidRequest(
+            f"Invalid file '{param}': the image is corrupt or truncated.", param=param, code="invalid_image"
+        ) from None
+
+
 def image_header(data: bytes, *, param: str, max_bytes: int, formats: tuple[str, ...]) -> Image.Image:
     """Check an uploaded image without decoding it: byte size (413), format sniffed from
     the bytes, a readable header, at most MAX_SIDE pixels a side, not a decompression
@@ -53,18 +75,8 @@ def image_header(data: bytes, *, param: str, max_bytes: int, formats: tuple[str,
             param=param,
             code="invalid_image_format",
         )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidRequest(
-            f"Invalid file '{param}': the image is too large once decoded.", param=param, code="invalid_image"
-        ) from None
-    except Exception:
-        raise InvalidRequest(
-            f"Invalid file '{param}': the image is corrupt or truncated.", param=param, code="invalid_image"
-        ) from None
+    with _reading(param):
+        image = Image.open(io.BytesIO(data))
     if image.width > MAX_SIDE or image.height > MAX_SIDE:
         raise InvalidRequest(
             f"Invalid file '{param}': images may be at most {MAX_SIDE} pixels a side.",
@@ -79,18 +91,8 @@ def image_open(data: bytes, *, param: str, max_bytes: int, formats: tuple[str, .
     """Check (`image_header`) and decode an uploaded image fully, so truncation shows
     now; raises 400/413 naming `param`."""
     image = image_header(data, param=param, max_bytes=max_bytes, formats=formats)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidRequest(
-            f"Invalid file '{param}': the image is too large once decoded.", param=param, code="invalid_image"
-        ) from None
-    except Exception:
-        raise InvalidRequest(
-            f"Invalid file '{param}': the image is corrupt or truncated.", param=param, code="invalid_image"
-        ) from None
+    with _reading(param):
+        image.load()
     return image
 
 
