@@ -139,6 +139,23 @@ class CreditPackAdmin(admin.ModelAdmin):
     list_editable = ("active",)
 
 
+class UnrecoveredFilter(admin.SimpleListFilter):
+    """Payments whose refund or lost dispute could not take all its credits back."""
+
+    title = "credits unrecovered"
+    parameter_name = "unrecovered"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "some credits unrecovered"), ("no", "none"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(credits_unrecovered__gt=0)
+        if self.value() == "no":
+            return queryset.filter(credits_unrecovered=0)
+        return queryset
+
+
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyAdmin):
     """Card payments. `credits unrecovered`: credits a refund or lost dispute should have
@@ -158,7 +175,7 @@ class PaymentAdmin(ReadOnlyAdmin):
         "credits_unrecovered",
         "receipt",
     )
-    list_filter = ("status", "provider", "currency", ("credits_unrecovered", admin.EmptyFieldListFilter))
+    list_filter = ("status", "provider", "currency", UnrecoveredFilter)
     search_fields = ("external_id", "tenant__name")
     list_select_related = ("tenant",)
     date_hierarchy = "created_at"

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from django.urls import include, path, re_path
 from django.views import defaults
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 import api_router
@@ -15,6 +16,8 @@ from health import healthz, readyz
 from images import api as images_api
 
 urlpatterns = [
+    # The served address opens the dashboard (sign-in or sign-up); the API lives under /v1.
+    path("", RedirectView.as_view(url="/dashboard/", permanent=False)),
     path("healthz", healthz),
     path("readyz", readyz),
     path("metrics", metrics_view),

@@ -82,3 +82,8 @@ def test_an_unknown_host_on_the_api_is_a_400_in_the_envelope(client):
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad_request"
     assert b"Traceback" not in response.content and b"ALLOWED_HOSTS" not in response.content
+
+
+def test_the_served_address_opens_the_dashboard(client):
+    response = client.get("/")
+    assert response.status_code == 302 and response["Location"] == "/dashboard/"

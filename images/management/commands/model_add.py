@@ -78,6 +78,11 @@ class Command(BaseCommand):
         **options,
     ) -> None:
         folder = _resolve_folder(source)
+        relative = Path(source).expanduser()
+        if not relative.is_absolute() and relative.is_dir() and not (Path(settings.MODEL_DIR) / source).is_dir():
+            # Found relative to this directory only: store the absolute path, so a worker
+            # started elsewhere finds it (rows resolve relative sources under MODEL_DIR).
+            source = str(relative.resolve())
         try:
             spec, capabilities = recognise_folder(folder)
         except FamilyError as exc:
