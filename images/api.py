@@ -66,6 +66,13 @@ from images.validation import (
 )
 
 
+class PaidResultUnavailable(ServiceUnavailable):
+    """503 for a succeeded, charged job whose images cannot be read at the moment."""
+
+    code = "storage_unavailable"
+    should_retry = False  # a retry would submit (and charge) a second job
+
+
 class JobWaitTimeout(APIError):
     status_code = 504
     type = "server_error"
@@ -110,7 +117,19 @@ def credit_headers(job: Job) -> dict[str, str]:
 def job_result_response(*, job: Job, request: Request, renderer: Renderer) -> Response:
     """The answer for a job of a synchronous request: the rendered images, or the error."""
     if job.status == Job.Status.SUCCEEDED:
-        return Response(renderer.body(request, job), headers=credit_headers(job))
+        try:
+            body = renderer.body(request, job)
+        except StorageUnavailable as exc:
+            # Paid for and made, but unreadable right now: a retry of the POST would be a
+            # second, charged job, so the SDK is told not to retry; the task, or the same
+            # request with its Idempotency-Key, reads it once the store is back.
+            raise PaidResultUnavailable(
+                f"Your images are made and charged (job {job.pk}) but cannot be read right now: {exc.message} "
+                f"Read them with GET /v1/images/tasks/{job.pk}, or repeat this request with the same "
+                "Idempotency-Key.",
+                headers={"Retry-After": "5"},
+            ) from exc
+        return Response(body, headers=credit_headers(job))
     if job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
         if job.error_code == "service_unavailable":
             raise ServiceUnavailable(job.error_message, headers={"Retry-After": "5"})
@@ -172,7 +191,8 @@ class ChargedViewSet(viewsets.ViewSet):
         if record.job_id is None:
             # Nothing started (validation, 402, 429, 503...): keep no result, as Stripe does.
             idempotency.idempotency_abandon(record=record)
-        elif response.status_code not in (202, JobWaitTimeout.status_code):  # still running: replay later
+        elif response.status_code not in (202, 503, JobWaitTimeout.status_code):
+            # (202 and 504: still running; 503: the store was away. Replays render the job again.)
             idempotency.idempotency_complete(
                 record=record, status=response.status_code, body=response.data, headers=_replayable_headers(response)
             )
@@ -209,7 +229,7 @@ class ChargedViewSet(viewsets.ViewSet):
                 response = job_result_response(job=job, request=request, renderer=renderer)
             except APIError as exc:
                 response = self.handle_exception(exc)
-            if record.status != record.Status.COMPLETED:
+            if record.status != record.Status.COMPLETED and response.status_code != 503:
                 idempotency.idempotency_complete(
                     record=record,
                     status=response.status_code,
@@ -238,9 +258,16 @@ def form_fields(request: Request, *, files: tuple[str, ...] = ("image", "mask"))
     A file part under any other name is an unknown parameter."""
     data = request.data
     for name in request.FILES:
-        base = name.split("[", 1)[0]
-        if base not in files:
+        # `image`, `image[]` and `image[0]`... for the image list (clients differ); `mask` as is.
+        allowed = name in files or (name.startswith("image[") and "image" in files)
+        if not allowed:
             raise InvalidRequest(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+    if _is_form(request):
+        for name, values in data.lists():
+            if len(values) > 1 and name not in request.FILES:
+                raise InvalidRequest(
+                    f"The parameter '{name}' was sent more than once.", param=name, code="duplicate_parameter"
+                )
     if not _is_form(request):
         return dict(data) if isinstance(data, dict) else data
     return {k: v[0] for k, v in data.lists() if k not in request.FILES and k.split("[", 1)[0] not in files}

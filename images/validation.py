@@ -6,6 +6,7 @@ model's profile and returns fully resolved parameters (no "auto" left).
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -56,10 +57,13 @@ class StrictCharField(serializers.CharField):
 
 
 class StrictIntegerField(serializers.IntegerField):
-    """A JSON integer (no booleans, decimals or strings); in a form body, digits."""
+    """A JSON integer (no booleans, decimals or strings); in a form body, ASCII digits
+    with an optional sign (not `٢` or `２`, which Python's int() would also read)."""
 
     def to_internal_value(self, data: Any) -> int:
         if _form(self) and isinstance(data, str):
+            if not re.fullmatch(r"[+-]?[0-9]+", data.strip()):
+                raise _invalid_type(self, "an integer", data)
             return super().to_internal_value(data)
         if isinstance(data, bool) or not isinstance(data, int):
             raise _invalid_type(self, "an integer", data)

@@ -102,7 +102,6 @@ def aigne_mapper(request: Request) -> GenerationRequest:
     references = fields.pop("image", None)
     if not references:
         return GenerationRequest(endpoint="/api/images/generations", fields=fields)
-    fields.pop("style", None)
     return GenerationRequest(
         endpoint="/api/images/generations",
         kind=Job.Kind.EDIT,
@@ -134,7 +133,13 @@ class ResellerRequestSerializer(GenerationRequestSerializer):
     partial_images = serializers.JSONField(required=False, allow_null=True)
 
     def validate_partial_images(self, value: Any) -> int | None:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if value is not None and not isinstance(value, (int, str)) or isinstance(value, bool):
+            raise InvalidRequest(
+                "Invalid type for 'partial_images': expected an integer (or the seed's string form).",
+                param="partial_images",
+                code="invalid_type",
+            )
+        if isinstance(value, int):
             if not 0 <= value <= 3:
                 raise InvalidRequest(
                     f"Invalid value: {value}. 'partial_images' must be between 0 and 3.",

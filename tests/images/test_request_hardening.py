@@ -401,3 +401,85 @@ def test_a_model_on_a_queue_no_worker_serves_is_refused_at_once(api, registry, t
     assert response.json()["error"]["code"] == "model_unavailable"
     assert not Job.objects.exists()
     assert CreditAccount.objects.get(tenant=tenant.tenant).held == 0
+
+
+# ---- Found by attacking the request path ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mask[0]", "mask[]", "mask[foo]", "image_extra"])
+def test_a_misnamed_file_part_is_refused_not_dropped(api, parked, tenant, name):
+    mask = png_bytes(256, 256, mode="RGBA", color=(0, 0, 0, 0))
+    body = {
+        "model": "dall-e-2",
+        "prompt": "x",
+        "size": "256x256",
+        "image": upload(png_bytes()),
+        name: upload(mask, "m.png"),
+    }
+    for path in (EDITS, "/v1/images/variations"):
+        fields = {k: v for k, v in body.items() if not (path.endswith("variations") and k == "prompt")}
+        response = api.post(path, fields, format="multipart", **tenant.auth)
+        assert response.status_code == 400, (path, response.content)
+        assert response.json()["error"] == {**response.json()["error"], "param": name, "code": "unknown_parameter"}
+    assert not Job.objects.exists()
+
+
+def test_a_repeated_form_field_is_refused(api, parked, tenant):
+    from urllib.parse import urlencode
+
+    body = urlencode([("prompt", "a"), ("model", "dall-e-2"), ("size", "256x256"), ("n", "2"), ("n", "abc")])
+    response = api.post("/v1/images/generations", body, content_type="application/x-www-form-urlencoded", **tenant.auth)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "n"
+    assert response.json()["error"]["code"] == "duplicate_parameter"
+
+
+@pytest.mark.parametrize("value", ["\u0662", "\uff12", "2.0", " "])
+def test_form_integers_are_ascii_digits(api, parked, tenant, value):
+    response = api.post(
+        EDITS,
+        {"model": "dall-e-2", "prompt": "x", "n": value, "image": upload(png_bytes())},
+        format="multipart",
+        **tenant.auth,
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "n"
+
+
+def test_aigne_edit_refuses_a_style_its_model_does_not_take(api, parked, tenant):
+    response = post_json(
+        api,
+        "/api/images/generations",
+        {"prompt": "x", "image": data_url(png_bytes()), "style": "vivid", "size": "256x256"},
+        tenant,
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "style"
+
+
+@pytest.mark.parametrize("value", [[1], {"a": 1}, True, 1.5])
+def test_reseller_partial_images_of_another_type_is_refused(api, parked, tenant, value):
+    response = post_json(api, "/api/v1/image/generation", {"prompt": "x", "partial_images": value}, tenant)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "partial_images"
+
+
+def test_a_paid_result_the_store_cannot_read_is_not_retryable_and_replays_once_the_store_is_back(
+    api, worker, tenant, monkeypatch
+):
+    from images import serializers
+    from images.files import StorageUnavailable
+
+    real = serializers.image_read
+
+    def away(image):
+        raise StorageUnavailable("The image store is unavailable.")
+
+    monkeypatch.setattr(serializers, "image_read", away)
+    body = {"model": "dall-e-2", "prompt": "a cat", "size": "256x256", "response_format": "b64_json"}
+    first = post_json(api, "/v1/images/generations", body, tenant, HTTP_IDEMPOTENCY_KEY="blip")
+    assert first.status_code == 503 and first["x-should-retry"] == "false"
+    job = Job.objects.get(tenant=tenant.tenant)
+    assert str(job.pk) in first.json()["error"]["message"]
+    monkeypatch.setattr(serializers, "image_read", real)
+    again = post_json(api, "/v1/images/generations", body, tenant, HTTP_IDEMPOTENCY_KEY="blip")
+    assert again.status_code == 200 and again["Idempotent-Replayed"] == "true"
+    assert len(again.json()["data"]) == 1
+    assert Job.objects.filter(tenant=tenant.tenant).count() == 1
+    assert CreditAccount.objects.get(tenant=tenant.tenant).balance == 10_000 - 16
