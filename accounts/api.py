@@ -75,7 +75,7 @@ class KeyViewSet(viewsets.ViewSet):
 
     def list(self, request: Request) -> Response:
         manager = self.manager(request)
-        return Response(APIKeyListSerializer(selectors.key_list(tenant=manager.tenant)).data)
+        return Response(APIKeyListSerializer(selectors.key_list(tenant=manager.tenant, manager=manager.key)).data)
 
     def create(self, request: Request) -> Response:
         manager = self.manager(request)
@@ -98,6 +98,8 @@ class KeyViewSet(viewsets.ViewSet):
     def destroy(self, request: Request, prefix: str) -> Response:
         manager = self.manager(request)
         key = selectors.key_get(tenant=manager.tenant, prefix=prefix)
+        if key is not None and manager.key is not None and not selectors.key_manages(manager=manager.key, key=key):
+            key = None  # a key wider than the caller's own scope looks like a missing one
         if key is None:
             raise NotFound("No such key.", param="id", code="not_found")
         return Response(APIKeyObjectSerializer(services.api_key_revoke(key=key)).data)

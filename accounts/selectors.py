@@ -9,8 +9,39 @@ from accounts.models import APIKey, Membership, Tenant
 TENANT_NAME_MAX = Tenant._meta.get_field("name").max_length
 
 
-def key_list(*, tenant: Tenant) -> list[APIKey]:
-    return list(APIKey.objects.filter(tenant=tenant).order_by("-created"))
+def key_list(*, tenant: Tenant, manager: APIKey | None = None) -> list[APIKey]:
+    """The tenant's keys, newest first; with `manager` (an admin key), only those it
+    may manage (`key_manages`)."""
+    keys = APIKey.objects.filter(tenant=tenant).order_by("-created")
+    if manager is not None and not key_is_unrestricted(manager):
+        return [k for k in keys if k.pk in _subtree(manager)]
+    return list(keys)
+
+
+def key_is_unrestricted(key: APIKey) -> bool:
+    """An admin key with no parent and none of a key's limits manages the whole tenant,
+    as its owners do; any narrower admin key manages only itself and the keys it created
+    (and theirs), so it cannot list or revoke keys wider than itself."""
+    return (
+        key.parent_id is None
+        and not key.allowed_models
+        and key.monthly_credit_limit is None
+        and key.rpm_limit is None
+        and key.expiry_date is None
+    )
+
+
+def _subtree(key: APIKey) -> set[int]:
+    found, frontier = {key.pk}, [key.pk]
+    while frontier:
+        frontier = list(APIKey.objects.filter(parent_id__in=frontier).values_list("pk", flat=True))
+        found.update(frontier)
+    return found
+
+
+def key_manages(*, manager: APIKey, key: APIKey) -> bool:
+    """Whether the admin key `manager` may see and revoke `key` (see key_is_unrestricted)."""
+    return key.tenant_id == manager.tenant_id and (key_is_unrestricted(manager) or key.pk in _subtree(manager))
 
 
 # What a key prefix can be (the library draws 8 letters and digits); anything else names no key.

@@ -283,3 +283,19 @@ def test_admin_site_refuses_unknown_model_ids_like_the_api(registry, tenant):
     )
     assert refused.status_code == 200 and "dall-e-9" in refused.content.decode()
     assert not APIKey.objects.filter(name="x").exists()
+
+
+def test_a_narrow_admin_key_sees_and_revokes_only_its_own_keys(api, registry, tenant):
+    """The tenant's default key, and any key wider than the caller, are out of a scoped
+    admin key's reach: not listed, and a DELETE is a 404 as for a missing key."""
+    _, wide_raw = api_key_create(tenant=tenant.tenant, is_admin=True)  # unrestricted, made by the operator
+    narrow, narrow_raw = api_key_create(tenant=tenant.tenant, is_admin=True, allowed_models=["dall-e-2"])
+    child = api.post("/v1/keys", {"name": "child"}, format="json", **bearer(narrow_raw))
+    assert child.status_code == 201
+    listed = {k["id"] for k in api.get("/v1/keys", **bearer(narrow_raw)).json()["data"]}
+    assert listed == {narrow.prefix, child.json()["id"]}
+    assert api.delete(f"/v1/keys/{tenant.key.prefix}", **bearer(narrow_raw)).status_code == 404
+    assert api.get("/v1/balance", **tenant.auth).status_code == 200  # the default key still works
+    assert api.delete(f"/v1/keys/{child.json()['id']}", **bearer(narrow_raw)).status_code == 200
+    wide_listed = {k["id"] for k in api.get("/v1/keys", **bearer(wide_raw)).json()["data"]}
+    assert tenant.key.prefix in wide_listed and narrow.prefix in wide_listed
