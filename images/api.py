@@ -107,7 +107,7 @@ OPENAI_EDIT = Renderer(body=openai_images_body, stream_prefix="image_edit")
 
 
 def credit_headers(job: Job) -> dict[str, str]:
-    hold = getattr(job, "hold", None) if hasattr(job, "hold") else None
+    hold = getattr(job, "hold", None)  # (None without one: the reverse accessor raises an AttributeError)
     return {
         "x-credits-charged": str(hold.captured if hold else 0),
         "x-credits-remaining": str(credits_available(tenant_id=job.tenant_id)),

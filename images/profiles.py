@@ -7,6 +7,7 @@ service branches on a profile's name.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 MB = 1024 * 1024
@@ -151,8 +152,6 @@ IMAGE_TOKENS_PER_TILE = 129
 
 def input_image_tokens(width: int, height: int) -> int:
     """Tokens of one input image of `width` x `height` pixels (see the rule above)."""
-    import math
-
     scale = min(1.0, 2048 / max(width, height))
     w, h = width * scale, height * scale
     scale = min(1.0, 512 / min(w, h))

@@ -187,7 +187,7 @@ def task_body(*, job: Job, base_url: str) -> dict[str, Any]:
     """A job as a task: status, progress, timestamps, credits charged, and the result or the error."""
     total = max(1, job.steps)
     done = min(job.steps_done, total) if job.status != Job.Status.SUCCEEDED else total
-    hold = getattr(job, "hold", None) if hasattr(job, "hold") else None
+    hold = getattr(job, "hold", None)  # (None without one: the reverse accessor raises an AttributeError)
     body: dict[str, Any] = {
         "id": str(job.pk),
         "object": "image.task",

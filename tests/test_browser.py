@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import NEEDS_CHROMIUM, launch_chromium
 from tests.live import start_live_server
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.live,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt install chromium)"),
+    NEEDS_CHROMIUM,
 ]
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 PASSWORD = "correct-horse-battery-9"
@@ -70,16 +70,7 @@ def live(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        yield chromium
-        chromium.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.billing.localstripe import LocalStripe
+from tests.browser import NEEDS_CHROMIUM, launch_chromium
 from tests.live import start_live_server
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.live,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt install chromium)"),
+    NEEDS_CHROMIUM,
 ]
 PASSWORD = "correct-horse-battery-9"
 TRIAL = 1000
@@ -57,16 +56,7 @@ def live(tmp_path_factory, stripe_server):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        yield chromium
-        chromium.close()
+    yield from launch_chromium()
 
 
 def verification_link(live, email: str, timeout: float = 15) -> str:

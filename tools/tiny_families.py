@@ -373,7 +373,6 @@ def _pixart_sigma() -> Any:
 
 def _sana() -> Any:
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
 
     tokenizer = gemma_tokenizer()
     # sample_size 16 latents selects the smallest resolution-bin table (512 px).
@@ -409,22 +408,7 @@ def _sana() -> Any:
         decoder_act_fns="silu",
         scaling_factor=0.41407,
     )
-    text_encoder = Gemma2Model(
-        Gemma2Config(
-            head_dim=8,
-            hidden_size=16,
-            intermediate_size=32,
-            num_attention_heads=2,
-            num_hidden_layers=1,
-            num_key_value_heads=2,
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            max_position_embeddings=2048,
-            attn_implementation="eager",
-        )
-    )
+    text_encoder = _gemma2(tokenizer, layers=1)
     return SanaPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
@@ -436,7 +420,6 @@ def _sana() -> Any:
 
 def _lumina2() -> Any:
     from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
-    from transformers import Gemma2Config, Gemma2Model
 
     tokenizer = gemma_tokenizer()
     transformer = Lumina2Transformer2DModel(
@@ -452,13 +435,27 @@ def _lumina2() -> Any:
         axes_dim_rope=(8, 4, 4),
         cap_feat_dim=16,
     )
-    text_encoder = Gemma2Model(
+    text_encoder = _gemma2(tokenizer, layers=2)
+    return Lumina2Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_vae(16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+    )
+
+
+def _gemma2(tokenizer: Any, *, layers: int) -> Any:
+    """A tiny Gemma 2 text encoder (Sana, Lumina 2)."""
+    from transformers import Gemma2Config, Gemma2Model
+
+    return Gemma2Model(
         Gemma2Config(
             head_dim=8,
             hidden_size=16,
             intermediate_size=32,
             num_attention_heads=2,
-            num_hidden_layers=2,
+            num_hidden_layers=layers,
             num_key_value_heads=2,
             vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
@@ -467,13 +464,6 @@ def _lumina2() -> Any:
             max_position_embeddings=2048,
             attn_implementation="eager",
         )
-    )
-    return Lumina2Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_vae(16, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035),
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
     )
 
 

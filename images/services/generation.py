@@ -44,6 +44,7 @@ from accounts.ratelimit import rate_limit_check
 from billing import services as billing
 from billing.errors import InsufficientCredits, KeyBudgetExceeded
 from billing.models import CreditAccount, UsageRecord
+from billing.selectors import account_get
 from core.errors import APIError, InvalidRequest, PermissionDeniedError, RateLimited, ServiceUnavailable
 from core.idempotency import idempotency_attach_job
 from images import selectors
@@ -149,18 +150,26 @@ def _in_flight_count(tenant: Tenant) -> int:
     return Job.objects.filter(tenant=tenant, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).count()
 
 
-def _money_precheck(*, caller: Caller, quote: int) -> None:
-    """Reads, no locks: refuse now what the hold would refuse anyway (key budget,
-    available balance), before any fetch or decode. The hold re-checks under lock."""
-    key = caller.api_key
-    if key is not None and key.monthly_credit_limit is not None:
-        spent = billing.key_month_spend(api_key=key)
-        if spent + quote > key.monthly_credit_limit:
-            raise KeyBudgetExceeded(
-                f"This API key's monthly budget of {key.monthly_credit_limit} credits is used up "
-                f"({spent} spent or held); this request costs {quote} credits."
-            )
-    account = billing.account_for(tenant=caller.tenant)
+def _key_budget_check(*, key: APIKey | None, spent: int | None, quote: int | None) -> None:
+    """402 `key_budget_exceeded` when the key's month so far (`spent`; None for keys
+    without a budget) plus `quote` passes its monthly budget; with `quote` None, when the
+    budget is already used up (before the request is priced)."""
+    if key is None or spent is None:
+        return
+    limit = key.monthly_credit_limit
+    if (spent < limit) if quote is None else (spent + quote <= limit):
+        return
+    cost = f"; this request costs {quote} credits" if quote is not None else ""
+    raise KeyBudgetExceeded(
+        f"This API key's monthly budget of {key.monthly_credit_limit} credits is used up ({spent} spent or held){cost}."
+    )
+
+
+def _money_precheck(*, caller: Caller, quote: int, spent: int | None) -> None:
+    """Reads, no locks and no writes: refuse now what the hold would refuse anyway (key
+    budget, available balance), before any fetch or decode. The hold re-checks under lock."""
+    _key_budget_check(key=caller.api_key, spent=spent, quote=quote)
+    account = account_get(tenant=caller.tenant)
     if account.available < quote:
         raise InsufficientCredits(
             f"Insufficient credits: this request costs {quote} credits and your available balance is "
@@ -206,13 +215,10 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
         )
     model = model_resolve(fields=request.fields, default=request.default_model, api_key=caller.api_key)
     key = caller.api_key
-    if key is not None and key.monthly_credit_limit is not None:
-        spent = billing.key_month_spend(api_key=key)
-        if spent >= key.monthly_credit_limit:
-            raise KeyBudgetExceeded(
-                f"This API key's monthly budget of {key.monthly_credit_limit} credits is used "
-                f"up ({spent} spent or held)."
-            )
+    # The key's month so far, read once: a budget already used up is refused now, the
+    # request's own price is checked against it once priced (step 9).
+    spent = billing.key_month_spend(api_key=key) if key is not None and key.monthly_credit_limit is not None else None
+    _key_budget_check(key=key, spent=spent, quote=None)
     rate_limit_check(caller=caller)
     cap = _in_flight_cap(tenant)
     if cap and _in_flight_count(tenant) >= cap:
@@ -257,7 +263,7 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
         )
     quote = _quote(model=model, request=request, params=params)
     try:
-        _money_precheck(caller=caller, quote=quote)
+        _money_precheck(caller=caller, quote=quote, spent=spent)
     except InsufficientCredits as exc:
         _refused(caller=caller, model=model, request=request, params=params, error=exc)
         raise

@@ -483,3 +483,16 @@ def test_a_paid_result_the_store_cannot_read_is_not_retryable_and_replays_once_t
     assert len(again.json()["data"]) == 1
     assert Job.objects.filter(tenant=tenant.tenant).count() == 1
     assert CreditAccount.objects.get(tenant=tenant.tenant).balance == 10_000 - 16
+
+
+def test_a_key_budget_exactly_the_price_is_accepted_and_one_credit_less_is_not(api, parked, tenant):
+    body = {"model": "dall-e-2", "prompt": "x", "size": "256x256"}  # 16 credits
+    tenant.key.monthly_credit_limit = 16
+    tenant.key.save(update_fields=["monthly_credit_limit"])
+    assert post_json(api, "/v1/images/generations", body, tenant, HTTP_PREFER="respond-async").status_code == 202
+    refused = post_json(api, "/v1/images/generations", body, tenant)  # 16 held: used up
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "key_budget_exceeded"
+    tenant.key.monthly_credit_limit = 31
+    tenant.key.save(update_fields=["monthly_credit_limit"])
+    short = post_json(api, "/v1/images/generations", body, tenant)  # 16 + 16 > 31
+    assert short.status_code == 402 and "costs 16 credits" in short.json()["error"]["message"]
