@@ -31,13 +31,13 @@ def run_direct(
     import torch
     import transformers.utils.logging
 
-    from images import pipelines
+    from images.backends.local.device import select_device
     from images.files import image_encode
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
 
-    device, dtype = pipelines.select_device()  # the worker's choice: CUDA/fp16 > MPS/fp16 > CPU/fp32
+    device, dtype = select_device()  # the worker's choice: CUDA/fp16 > MPS/fp16 > CPU/fp32
     started = time.perf_counter()
     pipe = plain_pipeline(model_path, dtype)
     pipe.to(device)
@@ -144,12 +144,12 @@ def run_direct_processes(
     between them (what a hand-tuned loop on this CPU could do). CPU only."""
     import multiprocessing
 
-    from images import pipelines
+    from images.backends.local.lanes import usable_cores
 
     context = multiprocessing.get_context("spawn")
     barrier, out = context.Barrier(processes), context.Queue()
     shares = [n // processes + (1 if i < n % processes else 0) for i in range(processes)]
-    threads = max(1, pipelines.usable_cores() // processes)
+    threads = max(1, usable_cores() // processes)
     workers = [
         context.Process(
             target=_direct_process,

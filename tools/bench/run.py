@@ -141,9 +141,9 @@ def bench_run(o: BenchOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
             with CpuWatch(_sessions(deployment)) as serial_cpu:
                 serial = run_generations(client, gen_key, **load, n=o.n, concurrency=1, label="serial")
         jobs = probe(deployment, "jobs", "bench ")
-        from images import pipelines  # the worker runs on this machine, with this environment
+        from images.backends.local.lanes import lane_count  # the worker runs here, with this environment
 
-        lanes = pipelines.lane_count(max(1, processes)) * max(1, processes)  # in all its processes
+        lanes = lane_count(max(1, processes)) * max(1, processes)  # in all its processes
         platform_loaded = summarise_generations(loaded, jobs, o.n, lanes)
         platform_loaded["cpu"] = loaded_cpu.as_dict(own_is_everything=False)
         platform_serial = None
