@@ -40,7 +40,14 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
 @admin.register(CreditAccount)
 class CreditAccountAdmin(ReadOnlyAdmin):
-    list_display = ("tenant", "balance", "held", "updated_at")
+    """`owed`: credits a refund or dispute took back beyond the balance (spent or held);
+    the tenant can spend nothing until later credits cover it (docs/operations.md)."""
+
+    list_display = ("tenant", "balance", "held", "owed", "updated_at")
+
+    @admin.display(description="owed")
+    def owed(self, obj: CreditAccount) -> int:
+        return obj.owed
 
 
 @admin.register(Hold)
@@ -140,7 +147,8 @@ class CreditPackAdmin(admin.ModelAdmin):
 
 
 class UnrecoveredFilter(admin.SimpleListFilter):
-    """Payments whose refund or lost dispute could not take all its credits back."""
+    """Payments whose refund or lost dispute left credits out of the ledger (only an
+    earlier version did; billing_reconcile lists them)."""
 
     title = "credits unrecovered"
     parameter_name = "unrecovered"
@@ -158,8 +166,9 @@ class UnrecoveredFilter(admin.SimpleListFilter):
 
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyAdmin):
-    """Card payments. `credits unrecovered`: credits a refund or lost dispute should have
-    taken back but could not (already spent or held): settle them with the customer."""
+    """Card payments. `credits reversed`: credits taken back by refunds and disputes (all
+    of them: what was spent or held became a debt, see the account's `owed`).
+    `credits unrecovered`: credits an earlier version left out of the ledger."""
 
     list_display = (
         "created_at",
@@ -171,6 +180,7 @@ class PaymentAdmin(ReadOnlyAdmin):
         "status",
         "amount_refunded",
         "amount_disputed",
+        "dispute_status",
         "credits_reversed",
         "credits_unrecovered",
         "receipt",

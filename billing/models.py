@@ -7,21 +7,36 @@ from django.db import models
 from django.db.models import F, Q
 
 from accounts.models import APIKey, Tenant
+from billing.currencies import currency_normalise, currency_validate, minimum_charge_problem
 
 
 class CreditAccount(models.Model):
-    """A tenant's balance: a cache of its ledger, updated in the same transaction."""
+    """A tenant's balance: a cache of its ledger, updated in the same transaction.
+
+    The balance may fall below `held`, and below zero, through one path only: a Stripe
+    refund or lost dispute takes back all the credits it paid for, spent or held
+    (`billing.services.credits_reverse`). Then `owed` > 0 is a debt: every hold needs
+    `balance >= held + price`, so nothing more is spent until later credits cover it.
+    Every other removal (operator, capture of a hold) stays within the balance, and the
+    database refuses `held > balance + debt_allowed`."""
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, primary_key=True, related_name="credit_account")
     balance = models.BigIntegerField(default=0)  # credits owned = sum(ledger.amount)
     held = models.BigIntegerField(default=0)  # credits reserved by open holds = sum(ledger.held_delta)
+    # Credits by which `held` may exceed `balance` (a debt): raised only by a reversal that
+    # took more than was available, cleared by the next hold (which needs no debt).
+    debt_allowed = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(held__gte=0), name="account_held_non_negative"),
-            # The database itself refuses overspending: holds never exceed the balance.
-            models.CheckConstraint(condition=Q(balance__gte=F("held")), name="account_held_covered"),
+            # The database itself refuses overspending: holds never exceed the balance, save
+            # for the debt a reversal left (debt_allowed, 0 for every account not in debt).
+            models.CheckConstraint(
+                condition=Q(balance__gte=F("held") - F("debt_allowed")), name="account_held_covered"
+            ),
+            models.CheckConstraint(condition=Q(debt_allowed__gte=0), name="account_debt_allowed_non_negative"),
         ]
 
     def __str__(self) -> str:
@@ -29,7 +44,14 @@ class CreditAccount(models.Model):
 
     @property
     def available(self) -> int:
+        """Credits that may still be spent; negative while the tenant owes credits."""
         return self.balance - self.held
+
+    @property
+    def owed(self) -> int:
+        """Credits the tenant owes (0 when none): what later credits must cover before
+        anything can be spent again; credits still held count as spent."""
+        return max(0, self.held - self.balance)
 
 
 class LedgerEntry(models.Model):
@@ -42,6 +64,7 @@ class LedgerEntry(models.Model):
         CAPTURE = "capture"
         RELEASE = "release"
         REFUND = "refund"
+        REVERSAL = "reversal"  # a Stripe refund or dispute took back (or returned) a payment's credits
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="ledger")
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -141,7 +164,8 @@ class CreditPack(models.Model):
     name = models.CharField(max_length=100)
     credits = models.PositiveBigIntegerField()  # credits granted
     price = models.PositiveIntegerField()  # minor units of `currency`
-    currency = models.CharField(max_length=3, default="usd")  # ISO 4217, lower case (Stripe's spelling)
+    # ISO 4217, lower case (Stripe's spelling): normalised on save, so "USD" is stored "usd".
+    currency = models.CharField(max_length=3, default="usd", validators=[currency_validate])
     active = models.BooleanField(default=True)
 
     class Meta:
@@ -149,6 +173,24 @@ class CreditPack(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.credits} credits for {self.price} {self.currency} (minor units)"
+
+    def save(self, *args, **kwargs) -> None:
+        self.currency = currency_normalise(self.currency)
+        currency_validate(self.currency)
+        super().save(*args, **kwargs)
+
+    def clean_fields(self, exclude=None) -> None:
+        """Field checks, then Stripe's minimum charge, reported on the price (or the
+        currency) when the form edits it: a form that edits neither (the changelist's
+        `active` toggle) can still switch off a pack that is too cheap."""
+        from django.core.exceptions import ValidationError
+
+        super().clean_fields(exclude=exclude)
+        self.currency = currency_normalise(self.currency)
+        field = next((name for name in ("price", "currency") if name not in (exclude or ())), None)
+        problem = minimum_charge_problem(amount=self.price or 0, currency=self.currency)
+        if field and problem:
+            raise ValidationError({field: f"{problem} Stripe refuses smaller payments."})
 
 
 class Payment(models.Model):
@@ -168,15 +210,19 @@ class Payment(models.Model):
     provider = models.CharField(max_length=16, default="stripe")
     external_id = models.CharField(max_length=255, unique=True)  # the PaymentIntent id
     amount = models.PositiveIntegerField()  # minor units of `currency`
-    currency = models.CharField(max_length=3)
+    currency = models.CharField(max_length=3, validators=[currency_validate])  # lower case, normalised on save
     credits = models.PositiveBigIntegerField()  # credits this payment grants
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.PENDING, db_index=True)
     receipt_url = models.URLField(max_length=500, blank=True, default="")
     amount_refunded = models.PositiveIntegerField(default=0)  # minor units refunded (Stripe's running total)
-    amount_disputed = models.PositiveIntegerField(default=0)  # minor units lost in a dispute
-    credits_reversed = models.BigIntegerField(default=0)  # credits taken back through the ledger
-    # Credits a refund or lost dispute should have taken back but could not (already
-    # spent or held): shown to the operator in the admin, never silently dropped.
+    amount_disputed = models.PositiveIntegerField(default=0)  # minor units a dispute withdrew (and kept)
+    # The charge's dispute as far as we know: "", withdrawn (funds taken by Stripe), won
+    # (reinstated) or lost. Only moves forward in that order, so a late event is ignored.
+    dispute_status = models.CharField(max_length=16, blank=True, default="")
+    credits_reversed = models.BigIntegerField(default=0)  # credits taken back through the ledger (all of them)
+    # Credits a reversal recorded by an earlier version left out of the ledger (it took at
+    # most the available balance). Now always 0 after an event: the next event for the
+    # payment takes them back; billing_reconcile lists the payments that still have some.
     credits_unrecovered = models.BigIntegerField(default=0)
     created_by = models.CharField(max_length=150, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -187,6 +233,10 @@ class Payment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.external_id} ({self.status})"
+
+    def save(self, *args, **kwargs) -> None:
+        self.currency = currency_normalise(self.currency)
+        super().save(*args, **kwargs)
 
 
 class VoucherBatch(models.Model):
