@@ -62,7 +62,9 @@ def _count_all(buckets: list[str], now: float) -> tuple[list[int], int]:
 
 def rate_limit_check(*, caller, now: float | None = None) -> Window | None:
     """Count this request against the caller's own limit (a key's, or a dashboard
-    member's) and the tenant's; raise 429 past either. Marks the caller counted and
+    member's), the limit of every key above a key (the keys that created it: a key's
+    rpm bounds its whole subtree) and the tenant's, in one pipelined round trip; raise
+    429 past any, naming whose limit it is. Marks the caller counted and
     stores the tightest window's headers on it. Calling it twice for one request
     counts once."""
     if caller.rate_counted:
@@ -74,25 +76,33 @@ def rate_limit_check(*, caller, now: float | None = None) -> Window | None:
         if caller.api_key is not None
         else settings.DEFAULT_MEMBER_RPM
     )
-    limits = [
-        (bucket, limit)
-        for bucket, limit in (
-            (caller.identity, own_limit),
-            (f"t:{tenant.pk}", tenant.rpm_limit or settings.DEFAULT_TENANT_RPM),
-        )
-        if limit
-    ]
+    # (bucket, limit, who): the caller's own; each key above a key (its rpm, or the
+    # installation default, is a ceiling for its whole subtree: the request counts in the
+    # bucket that key's own requests count in); the tenant's.
+    candidates = [(caller.identity, own_limit, "this API key" if caller.api_key is not None else "this member")]
+    if caller.api_key is not None and caller.api_key.parent_id is not None:
+        from accounts.selectors import key_lineage
+
+        for ancestor in key_lineage(key=caller.api_key)[:-1]:
+            candidates.append(
+                (
+                    f"k:{ancestor.prefix}",
+                    ancestor.rpm_limit or settings.DEFAULT_KEY_RPM,
+                    f"the API key '{ancestor.prefix}' that created this key (shared by every key it created)",
+                )
+            )
+    candidates.append((f"t:{tenant.pk}", tenant.rpm_limit or settings.DEFAULT_TENANT_RPM, "this organization"))
+    limits = [(bucket, limit, who) for bucket, limit, who in candidates if limit]
     caller.rate_counted = True
     if not limits:
         return None
-    counts, reset = _count_all([bucket for bucket, _ in limits], now)
+    counts, reset = _count_all([bucket for bucket, _, _ in limits], now)
     tightest: Window | None = None
-    for (bucket, limit), used in zip(limits, counts, strict=True):
+    for (_, limit, who), used in zip(limits, counts, strict=True):
         window = Window(limit=limit, remaining=max(0, limit - used), reset=max(1, reset))
         if used > limit:
-            who = "organization" if bucket.startswith("t:") else "API key" if bucket.startswith("k:") else "member"
             raise RateLimited(
-                f"Rate limit reached: {limit} requests per minute for this {who}. Retry in {window.reset} s.",
+                f"Rate limit reached: {limit} requests per minute for {who}. Retry in {window.reset} s.",
                 headers={"Retry-After": str(window.reset), **ratelimit_headers(window)},
             )
         if tightest is None or window.remaining < tightest.remaining:

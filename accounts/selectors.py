@@ -32,11 +32,27 @@ def key_is_unrestricted(key: APIKey) -> bool:
 
 
 def _subtree(key: APIKey) -> set[int]:
+    return key_subtree_ids(key=key)
+
+
+def key_subtree_ids(*, key: APIKey) -> set[int]:
+    """The ids of `key` and of every key below it (the keys it created, and theirs)."""
     found, frontier = {key.pk}, [key.pk]
     while frontier:
         frontier = list(APIKey.objects.filter(parent_id__in=frontier).values_list("pk", flat=True))
         found.update(frontier)
     return found
+
+
+def key_lineage(*, key: APIKey) -> list[APIKey]:
+    """`key` and the keys above it (the admin key that created it, and so on), root
+    first: the keys whose monthly budget and rpm bound this one (a key's limits are
+    ceilings for its whole subtree). Walks `parent`, which Django caches on each
+    instance, so asking twice for the same key object costs no query."""
+    chain = [key]
+    while chain[-1].parent_id is not None and len(chain) < 64:  # (64: a cycle guard, never reached)
+        chain.append(chain[-1].parent)
+    return chain[::-1]
 
 
 def key_manages(*, manager: APIKey, key: APIKey) -> bool:

@@ -2,8 +2,24 @@ from core.errors import APIError, InsufficientCredits
 
 
 class KeyBudgetExceeded(InsufficientCredits):
+    """402 `key_budget_exceeded`: a monthly budget on the key or on a key above it (one
+    that created it, whose budget is a ceiling for its whole subtree) does not allow the
+    request. Raised only by `billing.services.key_budget_check`. The error object carries
+    its data beside the sentence: `budget_key` (the prefix of the key whose budget it
+    is), `limit`, `spent` (captured or held this month by that key and the keys below
+    it) and `required` (this request's price; null before it is priced)."""
+
     code = "key_budget_exceeded"
-    offers_top_up = False  # the key's own monthly budget: buying credits would not help
+    offers_top_up = False  # a key's monthly budget: buying credits would not help
+
+    def __init__(self, message: str, *, budget_key: str, limit: int, spent: int, required: int | None) -> None:
+        super().__init__(message)
+        self.data = {"budget_key": budget_key, "limit": limit, "spent": spent, "required": required}
+
+    def body(self):
+        body = super().body()
+        body["error"].update(self.data)
+        return body
 
 
 class InvalidVoucher(APIError):

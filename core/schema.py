@@ -26,6 +26,7 @@ ERROR_DESCRIPTIONS = {
     404: "Not found (another tenant's object is a 404 too)",
     405: "Method not allowed",
     409: "Idempotency-Key still in progress",
+    410: "The job was cancelled or ran out of time (or its images expired): not retryable",
     413: "Request or file too large",
     415: "Unsupported media type",
     429: "Rate limit or too many jobs in flight",
@@ -42,4 +43,4 @@ def errors(*statuses: int, serializer=ErrorSerializer) -> dict[int, OpenApiRespo
 
 
 AUTH_ERRORS = (401, 403, 405, 429, 500)
-CHARGED_ERRORS = (400, 401, 402, 403, 405, 409, 413, 415, 429, 500, 502, 503, 504)
+CHARGED_ERRORS = (400, 401, 402, 403, 405, 409, 410, 413, 415, 429, 500, 502, 503, 504)

@@ -31,9 +31,10 @@ from accounts.principals import Caller
 from accounts.ratelimit import caller_from_request
 from billing.selectors import credits_available
 from core import idempotency
-from core.errors import APIError, InvalidRequest, NotFound, PermissionDeniedError, ServiceUnavailable, UpstreamError
+from core.errors import APIError, InvalidRequest, NotFound, PermissionDeniedError, ServiceUnavailable
 from core.schema import AUTH_ERRORS, CHARGED_ERRORS, errors
 from images import selectors
+from images.errors import job_error
 from images.files import (
     StorageUnavailable,
     image_presigned_url,
@@ -115,7 +116,9 @@ def credit_headers(job: Job) -> dict[str, str]:
 
 
 def job_result_response(*, job: Job, request: Request, renderer: Renderer) -> Response:
-    """The answer for a job of a synchronous request: the rendered images, or the error."""
+    """The answer for a job of a synchronous request: the rendered images, or the error
+    for how it ended (`images.errors.job_error`: a cancelled or timed-out job is a
+    non-retryable 410), with the credit headers either way."""
     if job.status == Job.Status.SUCCEEDED:
         try:
             body = renderer.body(request, job)
@@ -130,10 +133,10 @@ def job_result_response(*, job: Job, request: Request, renderer: Renderer) -> Re
                 headers={"Retry-After": "5"},
             ) from exc
         return Response(body, headers=credit_headers(job))
-    if job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
-        if job.error_code == "service_unavailable":
-            raise ServiceUnavailable(job.error_message, headers={"Retry-After": "5"})
-        raise UpstreamError(f"{job.error_message} (job {job.pk}; nothing was charged)", code=job.error_code or None)
+    error = job_error(job=job)
+    if error is not None:  # ended without images: one error per outcome (images/errors.py)
+        error.headers.update(credit_headers(job))
+        raise error
     raise JobWaitTimeout(
         f"The image is still being generated (job {job.pk}, status {job.status}) after "
         f"{int(settings.JOB_WAIT_SECONDS)} s; it will be charged when it completes."
