@@ -6,4 +6,7 @@ class AccountsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from accounts import adapters  # noqa: F401  (connects allauth's email_confirmed to the sign-up service)
+        from accounts import (
+            adapters,  # noqa: F401  (connects allauth's email_confirmed to the sign-up service)
+            checks,  # noqa: F401  (registers the system checks)
+        )

@@ -1,3 +1,4 @@
+from allauth.account.decorators import secure_admin_login
 from django.contrib import admin
 from django.http import HttpRequest
 from django.urls import include, path, re_path
@@ -14,6 +15,11 @@ from core.errors import APIError, InvalidRequest, NotFound, json_error_response
 from core.metrics import metrics_view
 from health import healthz, readyz
 from images import api as images_api
+
+# The admin has no login form of its own: /admin/login/ sends a signed-out visitor to
+# LOGIN_URL (/dashboard/login/, then allauth's login stages: the second factor, a
+# verified email), as allauth documents; a signed-in non-staff user gets a 403.
+admin.site.login = secure_admin_login(admin.site.login)
 
 urlpatterns = [
     # The served address opens the dashboard (sign-in or sign-up); the API lives under /v1.

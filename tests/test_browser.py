@@ -89,9 +89,10 @@ def shot(page, name: str) -> None:
 
 def admin_login(page, live, username: str = "operator") -> None:
     page.goto(live.url + "/admin/login/?next=/admin/")
+    assert "/dashboard/login/" in page.url  # the admin's login is the shared login flow
     page.fill("#id_username", username)
     page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
+    page.click("button[type=submit]")
 
 
 def dashboard_login(page, live, username: str) -> None:

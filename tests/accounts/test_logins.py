@@ -1,5 +1,5 @@
-"""Login lockout (django-axes) on both login pages, password rules, and API keys that
-are never locked."""
+"""Login lockout (django-axes) on both password forms (/admin/login/ only forwards to
+the username form), password rules, and API keys that are never locked."""
 
 from __future__ import annotations
 
@@ -11,18 +11,24 @@ from django.test import Client
 from accounts.models import Membership
 
 PASSWORD = "plum-orbit-tandem-42"
-LOGIN_PAGES = ["/admin/login/", "/dashboard/login/"]
+LOGIN_PAGES = ["/dashboard/login/", "/accounts/login/"]
 
 
 @pytest.fixture
 def staff_owner(tenant) -> User:
-    """Signs in to both pages: staff for the admin, owner for the dashboard."""
-    user = User.objects.create_user("olive", password=PASSWORD, is_staff=True)
+    """Signs in on both forms (by username, by verified email): staff for the admin,
+    owner for the dashboard."""
+    from allauth.account.models import EmailAddress
+
+    user = User.objects.create_user("olive", "olive@example.com", password=PASSWORD, is_staff=True)
+    EmailAddress.objects.create(user=user, email="olive@example.com", verified=True, primary=True)
     Membership.objects.create(tenant=tenant.tenant, user=user, role=Membership.Role.OWNER)
     return user
 
 
 def login(client: Client, page: str, password: str, address: str = "203.0.113.7"):
+    if page == "/accounts/login/":
+        return client.post(page, {"login": "olive@example.com", "password": password}, REMOTE_ADDR=address)
     return client.post(page, {"username": "olive", "password": password}, REMOTE_ADDR=address)
 
 
@@ -52,11 +58,23 @@ def test_fewer_failures_than_the_limit_do_not_lock(db, staff_owner, page):
     assert login(client, page, PASSWORD).status_code == 302 and signed_in(client)
 
 
-def test_lockout_on_one_page_holds_on_the_other(db, staff_owner):
+def test_the_admin_address_checks_no_password_and_forwards_to_the_username_form(db, staff_owner):
+    client = Client()
+    for _ in range(6):
+        forwarded = login(client, "/admin/login/", "wrong-password")
+        assert forwarded.status_code == 302 and forwarded["Location"].startswith("/dashboard/login/")
+    assert not signed_in(client)
+    # Nothing was checked there, so nothing was counted: the right password still works.
+    assert login(client, "/dashboard/login/", PASSWORD).status_code == 302 and signed_in(client)
+    assert client.get("/admin/").status_code == 200
+
+
+def test_lockout_on_the_username_form_holds_for_the_admin(db, staff_owner):
     client = Client()
     for _ in range(5):
-        login(client, "/admin/login/", "wrong-password")
-    assert login(client, "/dashboard/login/", PASSWORD).status_code == 429 and not signed_in(client)
+        login(client, "/dashboard/login/", "wrong-password")
+    assert login(client, "/dashboard/login/?next=/admin/", PASSWORD).status_code == 429 and not signed_in(client)
+    assert client.get("/admin/").status_code == 302
 
 
 def test_wrong_api_keys_never_lock_anything(api, registry, tenant):
