@@ -30,6 +30,25 @@ class TenantAdmin(admin.ModelAdmin):
     inlines = [MembershipInline]
     actions = ["grant_credits"]
 
+    def save_formset(self, request, form, formset, change) -> None:
+        """A member deleted in the inline leaves through `membership_remove`: the keys
+        they made are revoked with them (the last owner stays, with an error)."""
+        if formset.model is not Membership:
+            return super().save_formset(request, form, formset, change)
+        from accounts.services import membership_remove
+
+        instances = formset.save(commit=False)  # deletions are left to us
+        for membership in formset.deleted_objects:
+            try:
+                revoked = membership_remove(membership=membership)
+            except APIError as exc:
+                self.message_user(request, f"{membership.user}: {exc.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"{membership.user} removed; {len(revoked)} key(s) they made revoked.")
+        for membership in instances:
+            membership.save()
+        formset.save_m2m()
+
     @admin.display(description="balance (credits)")
     def balance(self, obj: Tenant) -> int:
         account = getattr(obj, "credit_account", None)
@@ -142,6 +161,7 @@ class APIKeyAdmin(admin.ModelAdmin):
             tenant=data["tenant"],
             name=data.get("name") or "default",
             created_by=request.user.get_username(),
+            created_by_user=request.user,
             rpm_limit=data.get("rpm_limit"),
             expiry_date=data.get("expiry_date"),
             allowed_models=data.get("allowed_models") or [],
@@ -216,3 +236,48 @@ class InvitationAdmin(admin.ModelAdmin):
         )
         obj.pk = invitation.pk
         obj._state.adding = False
+
+
+from accounts.models import TrialGrant  # noqa: E402
+
+
+@admin.register(TrialGrant)
+class TrialGrantAdmin(admin.ModelAdmin):
+    """Which mailbox got the sign-up trial (one per mailbox); deleting a row lets that
+    mailbox have a trial again."""
+
+    list_display = ("mailbox", "tenant", "user", "credits", "created_at")
+    search_fields = ("mailbox", "tenant__name")
+    readonly_fields = ("mailbox", "tenant", "user", "credits", "created_at")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.contrib.auth.admin import UserAdmin as _DjangoUserAdmin  # noqa: E402
+
+_User = get_user_model()
+
+
+class UserAdmin(_DjangoUserAdmin):
+    """Django's user admin; deleting a user first revokes the keys they made
+    (accounts.services.user_keys_revoke), as removing them from a tenant does."""
+
+    def delete_model(self, request, obj) -> None:
+        from accounts.services import user_keys_revoke
+
+        user_keys_revoke(user_id=obj.pk)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        from accounts.services import user_keys_revoke
+
+        for user_id in queryset.values_list("pk", flat=True):
+            user_keys_revoke(user_id=user_id)
+        super().delete_queryset(request, queryset)
+
+
+if admin.site.is_registered(_User) and isinstance(admin.site._registry[_User], _DjangoUserAdmin):
+    admin.site.unregister(_User)
+    admin.site.register(_User, UserAdmin)

@@ -86,6 +86,7 @@ class KeyViewSet(viewsets.ViewSet):
             tenant=manager.tenant,
             name=data.get("name") or "default",
             created_by=manager.actor,
+            created_by_user=request.user if manager.key is None else None,
             rpm_limit=data.get("rpm_limit"),
             expiry_date=data.get("expires_at"),
             allowed_models=data.get("allowed_models"),

@@ -65,6 +65,12 @@ class APIKey(AbstractAPIKey):
     # site or manage.py made it). Such a key lies within its parent's scope and is
     # revoked with it (accounts.services.api_key_revoke).
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    # The person whose session made this key (dashboard, /v1/keys as an owner, the admin
+    # site); removing them from the tenant revokes it (accounts.services.membership_remove).
+    # `created_by` stays the display text ("manage.py", "key:<prefix>", a username).
+    created_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"
@@ -88,9 +94,32 @@ class Invitation(models.Model):
     accepted_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The account that signed up through this invitation's link with the invited address
+    # (set at sign-up, before verification); only that account, once it has verified the
+    # address, accepts it (accounts.services.signup_complete).
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         indexes = [models.Index(fields=["email"], name="invitation_email")]
 
     def __str__(self) -> str:
         return f"{self.email} → {self.tenant or 'own tenant'}"
+
+
+class TrialGrant(models.Model):
+    """The one sign-up trial a mailbox gets (accounts.services.mailbox_key: lower case,
+    no +tag, no dots where the provider ignores them). The unique mailbox makes the rule
+    hold under concurrent sign-ups: a second tenant for the same mailbox gets no trial."""
+
+    mailbox = models.CharField(max_length=254, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    credits = models.PositiveBigIntegerField()  # credits granted
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.mailbox} → {self.tenant_id}"

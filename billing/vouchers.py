@@ -5,8 +5,10 @@ and by POST /v1/credits/redeem.
 A code is used at most `max_uses` times even under concurrent redemption (one
 conditional `UPDATE ... SET uses = uses + 1 WHERE uses < max_uses`) and at most once per
 tenant (a unique constraint); the credits enter through the ledger keyed
-`voucher:<voucher id>:<tenant id>`. Wrong codes are counted per tenant and per client
-address; past VOUCHER_FAILURE_LIMIT in the window, redemption answers 429."""
+`voucher:<voucher id>:<tenant id>`. Wrong codes are counted per key or member
+(VOUCHER_FAILURE_LIMIT) and per tenant (VOUCHER_FAILURE_TENANT_LIMIT) in a window; past
+either, redemption answers 429. Never per client address: behind a proxy every
+customer shares one, and one tenant's guesses would lock everybody else out."""
 
 from __future__ import annotations
 
@@ -105,30 +107,51 @@ def vouchers_create(
 # ---- wrong-code limits ----
 
 
-def _failure_keys(tenant: Tenant, address: str) -> list[str]:
+def _failure_buckets(tenant: Tenant, actor: str) -> list[tuple[str, int]]:
+    """(cache key, limit) of each counter an attempt by `actor` for `tenant` counts in."""
     window = int(time.time() // settings.VOUCHER_FAILURE_WINDOW_SECONDS)
-    return [f"vfail:t:{tenant.pk}:{window}", f"vfail:a:{address or '-'}:{window}"]
+    buckets = [
+        (f"vfail:t:{tenant.pk}:{window}", settings.VOUCHER_FAILURE_TENANT_LIMIT),
+        (f"vfail:m:{tenant.pk}:{actor or '-'}:{window}", settings.VOUCHER_FAILURE_LIMIT),
+    ]
+    return [(key, limit) for key, limit in buckets if limit > 0]
 
 
-def _failures_check(tenant: Tenant, address: str) -> None:
-    limit = settings.VOUCHER_FAILURE_LIMIT
-    if limit and any((cache.get(key) or 0) >= limit for key in _failure_keys(tenant, address)):
-        window = settings.VOUCHER_FAILURE_WINDOW_SECONDS
-        retry = max(1, window - int(time.time()) % window)
-        raise RateLimited(
-            f"Too many wrong voucher codes. Try again in {retry} s.",
-            code="voucher_attempts_exceeded",
-            headers={"Retry-After": str(retry)},
-        )
+def _counter_add(key: str, delta: int) -> int:
+    """Atomic add on a cache counter (Redis INCRBY/DECRBY with the cache's Redis; a
+    lock in the local-memory cache); the counter lives one window."""
+    cache.add(key, 0, timeout=settings.VOUCHER_FAILURE_WINDOW_SECONDS + 5)
+    try:
+        return cache.incr(key, delta)
+    except ValueError:  # expired between the two calls
+        cache.add(key, max(delta, 0), timeout=settings.VOUCHER_FAILURE_WINDOW_SECONDS + 5)
+        return max(delta, 0)
 
 
-def _failure_count(tenant: Tenant, address: str) -> None:
-    for key in _failure_keys(tenant, address):
-        cache.add(key, 0, timeout=settings.VOUCHER_FAILURE_WINDOW_SECONDS + 5)
-        try:
-            cache.incr(key)
-        except ValueError:
-            cache.add(key, 1, timeout=settings.VOUCHER_FAILURE_WINDOW_SECONDS + 5)
+def _attempt_reserve(tenant: Tenant, actor: str) -> list[str]:
+    """Count this attempt as a failure up front (atomic increments), so concurrent
+    guesses cannot all pass a check made before any of them is counted; past a limit,
+    429. The caller gives the reservation back (`_attempt_release`) when the code turns
+    out to be a real one."""
+    buckets = _failure_buckets(tenant, actor)
+    counted = []
+    for key, limit in buckets:
+        counted.append(key)
+        if _counter_add(key, 1) > limit:
+            _attempt_release(counted)  # a refused attempt is not a guess
+            window = settings.VOUCHER_FAILURE_WINDOW_SECONDS
+            retry = max(1, window - int(time.time()) % window)
+            raise RateLimited(
+                f"Too many wrong voucher codes. Try again in {retry} s.",
+                code="voucher_attempts_exceeded",
+                headers={"Retry-After": str(retry)},
+            )
+    return counted
+
+
+def _attempt_release(keys: list[str]) -> None:
+    for key in keys:
+        _counter_add(key, -1)
 
 
 @dataclass(frozen=True)
@@ -138,16 +161,17 @@ class Redeemed:
     available: int  # credits
 
 
-def voucher_redeem(*, tenant: Tenant, code: str, actor: str = "", client_address: str = "") -> Redeemed:
-    """Redeem `code` for `tenant`: 400 `invalid_voucher` for a wrong code (counted;
-    429 past the limit), 400 `voucher_expired`, `voucher_used_up` or
-    `voucher_already_redeemed` for a real code that cannot be used."""
-    _failures_check(tenant, client_address)
+def voucher_redeem(*, tenant: Tenant, code: str, actor: str = "") -> Redeemed:
+    """Redeem `code` for `tenant`: 400 `invalid_voucher` for a wrong code (counted for
+    `actor`, the key or member, and for the tenant; 429 `voucher_attempts_exceeded` past
+    either limit, even for a right code), 400 `voucher_expired`, `voucher_used_up` or
+    `voucher_already_redeemed` for a real code that cannot be used (not counted)."""
+    reserved = _attempt_reserve(tenant, actor)
     parsed = _normalise(code)
     voucher = Voucher.objects.filter(prefix=parsed[0]).first() if parsed else None
     if voucher is None or not hmac.compare_digest(voucher.code_hash, _hash(parsed[1])):
-        _failure_count(tenant, client_address)
-        raise InvalidVoucher("This voucher code is not valid.")
+        raise InvalidVoucher("This voucher code is not valid.")  # the reservation stays: a counted failure
+    _attempt_release(reserved)
     if voucher.expires_at is not None and voucher.expires_at <= timezone.now():
         raise VoucherNotRedeemable("This voucher code has expired.", code="voucher_expired")
     if VoucherRedemption.objects.filter(voucher=voucher, tenant=tenant).exists():
