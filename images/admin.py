@@ -24,25 +24,41 @@ class ImageModelAdmin(admin.ModelAdmin):
     def family(self, obj: ImageModel) -> str:
         return (obj.capabilities or {}).get("family", "unknown")
 
+    readonly_fields = ("capabilities_source",)
+
     @admin.action(description="Recognise the family from the model folder (model_index.json)")
     def capabilities_refresh(self, request, queryset) -> None:
         """What `manage.py model_add --update` records, for rows added by hand: the
         capabilities the web tier checks before holding credits."""
-        from pathlib import Path
-
-        from django.conf import settings
-
-        from images.families_catalog import FamilyError, recognise_folder
-
         for model in queryset:
-            folder = Path(model.source) if Path(model.source).is_absolute() else Path(settings.MODEL_DIR) / model.source
-            try:
-                _, capabilities = recognise_folder(folder)
-            except FamilyError as exc:
-                self.message_user(request, f"{model.public_id}: {exc}", level="error")
-                continue
-            ImageModel.objects.filter(pk=model.pk).update(capabilities=capabilities)
+            self._capabilities_refresh(request, model)
+
+    def save_model(self, request, obj, form, change) -> None:
+        """Save, then recompute the capabilities when the row's source is new to them (a
+        new row, a copied one, an edited source): the old source's would let through what
+        the new family cannot do (images/services/models.py)."""
+        super().save_model(request, obj, form, change)
+        if obj.capabilities_source != obj.source or "source" in form.changed_data:
+            self._capabilities_refresh(request, obj)
+
+    def _capabilities_refresh(self, request, model: ImageModel) -> None:
+        from images.families_catalog import FamilyError
+        from images.services.models import model_capabilities_compute, model_capabilities_refresh
+
+        capabilities = model_capabilities_refresh(model=model)
+        if capabilities:
             self.message_user(request, f"{model.public_id}: {capabilities['family']} family recorded")
+            return
+        try:
+            model_capabilities_compute(source=model.source)
+            reason = "unknown"
+        except FamilyError as exc:
+            reason = str(exc)
+        self.message_user(
+            request,
+            f"{model.public_id}: capabilities unknown until a worker loads it ({reason})",
+            level="warning",
+        )
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(price_count=Count("prices"))

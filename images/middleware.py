@@ -161,9 +161,9 @@ class WorkerLifecycle(dramatiq.Middleware):
 def _device_label() -> str:
     """What this worker runs on, for its heartbeat ("cuda: <name>", "cpu"); never raises."""
     try:
-        from images.backends.local.device import device_info
+        from images.backends import get_backend  # the one way in (images/backends/__init__.py)
 
-        info = device_info()
+        info = get_backend().device_info()
         return f"{info['device']}: {info['cuda_name']}" if info.get("cuda_name") else info["device"]
     except Exception:
         return "unknown"

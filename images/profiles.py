@@ -167,6 +167,15 @@ def input_image_tokens(width: int, height: int) -> int:
 # ---------------------------------------------------------------------------
 
 
+def model_capabilities(model) -> dict:
+    """The row's capabilities when they were computed from its current source; {}
+    (unknown: nothing refused, the worker corrects the row) when its source has changed
+    since (images/services/models.py)."""
+    if model.capabilities_source != model.source:
+        return {}
+    return model.capabilities or {}
+
+
 def edit_mode_for(capabilities: dict, *, masked: bool) -> str | None:
     """The family's edit mode serving an edit (masked: inpainting) or a variation; None
     when it has none. An unknown model (empty capabilities) is assumed to have them all."""
@@ -189,7 +198,7 @@ def capabilities_check(*, model, kind: str, masked: bool, fields: dict) -> None:
     once decoded, see generation_create)."""
     from core.errors import InvalidRequest
 
-    caps = model.capabilities or {}
+    caps = model_capabilities(model)
     if not caps:
         return
     family = caps.get("family", "this")

@@ -232,7 +232,10 @@ def test_unknown_and_derived_folders_are_refused_with_the_reason(tmp_path, famil
 
 def test_size_rule_is_refused_naming_size():
     model = SimpleNamespace(
-        public_id="m", capabilities={"family": "sana", "edit_modes": [], "negative_prompt": True, "size_multiple": 32}
+        public_id="m",
+        capabilities={"family": "sana", "edit_modes": [], "negative_prompt": True, "size_multiple": 32},
+        source="m",
+        capabilities_source="m",  # computed from this source (images/services/models.py)
     )
     capabilities_check(model=model, kind="generate", masked=False, fields={"size": "1024x1024"})
     with pytest.raises(InvalidRequest) as info:
@@ -285,6 +288,7 @@ def test_dall_e_3_style_scales_only_a_cfg_guidance(guidance_mode, vivid, registr
     model = ImageModel.objects.get(public_id="dall-e-3")
     model.guidance = 2.0
     model.capabilities = {"family": "x", "guidance": guidance_mode} if guidance_mode else {}
+    model.capabilities_source = model.source  # computed from this source (images/services/models.py)
     params = generation_params_resolve(data={"model": "dall-e-3", "prompt": "a fox", "style": "vivid"}, model=model)
     assert params.guidance == pytest.approx(vivid)
 

@@ -31,14 +31,17 @@ from typing import Any  # noqa: E402
 
 # transformers' and diffusers' lazy modules are not safe to import from two threads at
 # once ("cannot import name ... from partially initialized module"), and a job imports
-# them from a lane while its token count runs on another thread: import them here, with
-# the package, which `images.backends.get_backend` imports once under a lock.
+# them from a lane while its token count runs on another thread: everything this package
+# uses of them is imported at module level, here and in its modules, which
+# `images.backends.get_backend` imports once under a lock. No function in this package
+# imports anything (but config.current's `django.conf`, imported long before).
 import diffusers.utils.logging  # noqa: E402, F401
 import transformers.utils.logging  # noqa: E402, F401
 
 from images.backends.base import GenerationResult, GenerationTask, PipelineSource  # noqa: E402
 from images.backends.local import device, families, lanes, runner, tokens  # noqa: E402
 from images.backends.local.batcher import batcher  # noqa: E402
+from images.families_catalog import capabilities_of, folder_capabilities  # noqa: E402
 
 
 class LocalBackend:
@@ -51,8 +54,6 @@ class LocalBackend:
         return tokens.count_tokens(source, text)
 
     def capabilities(self, source: PipelineSource) -> dict[str, Any]:
-        from images.families_catalog import capabilities_of, folder_capabilities
-
         location = os.path.expanduser(source.source)
         if os.path.isdir(location):
             return folder_capabilities(location)

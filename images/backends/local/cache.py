@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import gc
 import logging
 import os
 import threading
@@ -9,7 +11,11 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+import diffusers.utils.logging
 import torch
+import transformers.utils.logging
+from diffusers import DiffusionPipeline
+from transformers import PreTrainedTokenizerBase
 
 from images.backends.base import PipelineError, PipelineSource, error_summary
 from images.backends.local import config, families
@@ -36,10 +42,6 @@ def _looks_like_path(source: str) -> bool:
 
 
 def _load(source: PipelineSource, device: str, dtype: torch.dtype) -> Any:
-    import diffusers.utils.logging
-    import transformers.utils.logging
-    from diffusers import DiffusionPipeline
-
     # Loading bars are noise in worker logs (this package is the only diffusers user).
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
@@ -152,10 +154,6 @@ def counting_tokenizer(source: PipelineSource) -> tuple[threading.Lock, Any] | N
     lanes, made once per cached model; None when the pipeline has no tokenizer. A
     processor (FLUX.2-dev's `tokenizer` is one, and its first argument is *images*: a
     URL prompt would be fetched) is never called: its text tokenizer is used."""
-    import copy
-
-    from transformers import PreTrainedTokenizerBase
-
     pipe = get_pipeline(source, lane=0)
     tokenizer = getattr(pipe, "tokenizer", None)
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
@@ -171,8 +169,6 @@ def counting_tokenizer(source: PipelineSource) -> tuple[threading.Lock, Any] | N
 
 def clear_cache() -> None:
     """Drop every cached pipeline (for tests and operators)."""
-    import gc
-
     with _CACHE_LOCK:
         _VARIANTS.clear()
         _COUNTING.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+import diffusers
 import torch
 
 from images.backends.base import PipelineError
@@ -61,8 +62,6 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def device_info() -> dict[str, Any]:
     """{"device", "dtype", "torch", "diffusers", "cuda_name" (None off CUDA)}."""
-    import diffusers
-
     device, dtype = select_device()
     cuda_name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
     return {

@@ -31,7 +31,18 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import diffusers
 import torch
+
+# Resolved now (diffusers' lazy module imports on first attribute access: see the
+# package docstring), not on a lane.
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+    DiffusionPipeline,
+)
+from PIL import Image as PILImage
 
 from images.backends.base import GenerationTask, PipelineError, PipelineSource
 from images.backends.local import previews
@@ -111,16 +122,14 @@ class Family:
         """The text-to-image pipeline of the folder or hub id `location`: the family's
         own class when the folder names it (HiDream is not in diffusers' auto mapping),
         else diffusers' auto mapping, else whatever class the folder names."""
-        import diffusers
-
         class_name = (model_config or {}).get("_class_name")
         own = getattr(diffusers, class_name, None) if self.spec and class_name in self.spec.pipelines else None
         if own is not None:
             return own.from_pretrained(location, **kwargs)
         try:
-            return diffusers.AutoPipelineForText2Image.from_pretrained(location, **kwargs)
+            return AutoPipelineForText2Image.from_pretrained(location, **kwargs)
         except ValueError:  # "AutoPipeline can't find a pipeline linked to ..."
-            return diffusers.DiffusionPipeline.from_pretrained(location, **kwargs)
+            return DiffusionPipeline.from_pretrained(location, **kwargs)
 
     def prepare(self, pipe: Any, *, device: str, settings: LocalConfig) -> None:
         """Tune a freshly loaded pipeline (on its device) for serving: compile and the
@@ -163,14 +172,12 @@ class Family:
     def derive(self, base: Any, mode: str) -> Any:
         """The img2img/inpaint/reference pipeline sharing base's components (no extra
         weights). Raises whatever diffusers raises when the architecture has none."""
-        import diffusers
-
         if mode == "reference":
             return base  # the text-to-image pipeline itself, given `image=`
         class_name = self.spec.pipeline_for(mode) if self.spec else None
         if class_name:
             return assemble(getattr(diffusers, class_name), base)
-        auto = diffusers.AutoPipelineForImage2Image if mode == "img2img" else diffusers.AutoPipelineForInpainting
+        auto = AutoPipelineForImage2Image if mode == "img2img" else AutoPipelineForInpainting
         # Unlike DiffusionPipeline.from_pipe the Auto* classes do not cast the shared modules.
         pipe = auto.from_pipe(base)
         pipe.set_progress_bar_config(disable=True)
@@ -306,8 +313,6 @@ class Family:
         with random weights: garbage), so the composite makes "keep" mean keep."""
         if mode != "inpaint":
             return images
-        from PIL import Image as PILImage
-
         init = first.init_image if first.init_image.mode == "RGB" else first.init_image.convert("RGB")
         mask = first.mask_image if first.mask_image.mode == "L" else first.mask_image.convert("L")
         return [PILImage.composite(image, init, mask) for image in images]
@@ -360,8 +365,6 @@ def _source_class(location: str) -> str | None:
         except (OSError, ValueError, AttributeError):
             return None
     try:  # a hub id: its model_index.json in the local hub cache, never fetched here
-        from diffusers import DiffusionPipeline
-
         return DiffusionPipeline.load_config(location, local_files_only=True).get("_class_name")
     except Exception:
         return None

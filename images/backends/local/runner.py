@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image as PILImage
 
 from images.backends.base import (
     GenerationResult,
@@ -118,8 +119,6 @@ def validate(task: GenerationTask, index: int) -> None:
 
 
 def _validate_images(task: GenerationTask, fail: Callable[[str], PipelineError]) -> None:
-    from PIL import Image as PILImage
-
     if task.mask_image is not None and task.init_image is None:
         raise fail("mask_image requires init_image")
     for name in ("init_image", "mask_image"):

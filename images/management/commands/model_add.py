@@ -16,33 +16,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from billing.models import Price
-from images.families_catalog import NO_GUIDANCE, FamilyError, recognise_folder
+from images.families_catalog import NO_GUIDANCE, FamilyError
 from images.models import ImageModel
 from images.profiles import PROFILES
-
-
-def _resolve_folder(source: str) -> Path:
-    """The folder of `source`: absolute, under MODEL_DIR, or a hub id already in the
-    local hub cache (never downloaded here)."""
-    path = Path(source).expanduser()
-    candidates = [path] if path.is_absolute() else [Path(settings.MODEL_DIR) / source, path]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    if source.count("/") == 1 and not path.is_absolute():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(source, "model_index.json")
-        except Exception:
-            cached = None
-        if isinstance(cached, str):
-            return Path(cached).parent
-        raise CommandError(
-            f"{source} looks like a hub id but is not in the local hub cache; download it first "
-            f"(huggingface-cli download {source}) or pass its folder"
-        )
-    raise CommandError(f"{source}: no such folder (relative paths are looked up under MODEL_DIR={settings.MODEL_DIR})")
+from images.services.models import model_capabilities_compute, model_folder_resolve
 
 
 class Command(BaseCommand):
@@ -77,14 +54,17 @@ class Command(BaseCommand):
         update: bool,
         **options,
     ) -> None:
-        folder = _resolve_folder(source)
+        try:
+            model_folder_resolve(source=source)
+        except FamilyError as exc:
+            raise CommandError(str(exc)) from None
         relative = Path(source).expanduser()
         if not relative.is_absolute() and relative.is_dir() and not (Path(settings.MODEL_DIR) / source).is_dir():
             # Found relative to this directory only: store the absolute path, so a worker
             # started elsewhere finds it (rows resolve relative sources under MODEL_DIR).
             source = str(relative.resolve())
         try:
-            spec, capabilities = recognise_folder(folder)
+            spec, capabilities = model_capabilities_compute(source=source)
         except FamilyError as exc:
             raise CommandError(f"cannot serve {source}: {exc}") from None
         existing = ImageModel.objects.filter(public_id=public_id).first()
@@ -116,6 +96,7 @@ class Command(BaseCommand):
                     "steps_by_quality": steps,
                     "guidance": guidance,
                     "capabilities": capabilities,
+                    "capabilities_source": source,  # (images/services/models.py)
                     "is_free": free,
                     "enabled": True,
                 },

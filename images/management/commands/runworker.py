@@ -52,6 +52,9 @@ def processes_arg(value: str) -> int | str:
 
 def auto_threads(processes: int) -> int:
     """Two jobs per image slot of the process's lanes (see the module docstring)."""
+    from images.backends import get_backend
+
+    get_backend()  # imports the local package once, whole (images/backends/__init__.py)
     from images.backends.local import lanes, runner
 
     return 2 * lanes.lane_count(processes) * runner.resolve_max_batch(None)
@@ -60,6 +63,9 @@ def auto_threads(processes: int) -> int:
 def auto_processes() -> int:
     """One per usable core (at most 4) on CPU; one on CUDA/MPS."""
     # Imports torch; this process is exec'd over right after.
+    from images.backends import get_backend
+
+    get_backend()  # imports the local package once, whole (images/backends/__init__.py)
     from images.backends.local import device, lanes
 
     kind, _ = device.select_device()

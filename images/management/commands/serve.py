@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 import broker_setup
 
@@ -62,6 +62,14 @@ class Command(BaseCommand):
                     f'-d \'{{"model": "dall-e-2", "prompt": "a lighthouse", "size": "256x256", '
                     f'"response_format": "url"}}\'\n'
                 )
+        if workers > 1 and settings.METRICS_TOKEN and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Each process would count alone and scrapes would go backwards (settings.py);
+            # the metrics of this process are made already, too late to switch modes here.
+            raise CommandError(
+                f"--workers {workers} with metrics on (METRICS_TOKEN) needs prometheus_client's "
+                "multiprocess mode: set WEB_CONCURRENCY instead of --workers (a folder under VAR_DIR "
+                "is then used), or PROMETHEUS_MULTIPROC_DIR"
+            )
         queue = "embedded worker" if embedded else "broker " + settings.BROKER_URL.split("@")[-1]
         self.stdout.write(f"Serving on http://{host}:{port} ({queue})")
         self.stdout.flush()
