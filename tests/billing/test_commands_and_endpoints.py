@@ -48,7 +48,8 @@ def test_usage_groups_and_csv(api, worker, make_tenant):
     for _ in range(3):  # two succeed, the third is refused (402)
         post_json(api, URL, SMALL, tenant)
     by_day = api.get("/v1/usage", **tenant.auth).json()
-    assert by_day["totals"] == {"requests": 3, "images": 2, "pixels": 2 * 256 * 256, "credits": 32}
+    totals = {k: by_day["totals"][k] for k in ("requests", "images", "pixels", "credits", "cancelled", "pending")}
+    assert totals == {"requests": 3, "images": 2, "pixels": 2 * 256 * 256, "credits": 32, "cancelled": 0, "pending": 0}
     assert by_day["data"][0]["refused"] == 1
     by_model = api.get("/v1/usage?group_by=model", **tenant.auth).json()
     assert by_model["data"][0]["model"] == "dall-e-2"
