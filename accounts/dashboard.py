@@ -18,6 +18,7 @@ from datetime import date, timedelta
 from functools import wraps
 from typing import Any
 
+from allauth.decorators import rate_limit
 from django.contrib import messages
 from django.contrib.admin import site as admin_site
 from django.contrib.auth import views as auth_views
@@ -25,6 +26,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import selectors as account_selectors
@@ -70,28 +72,42 @@ def _base_url(request: HttpRequest) -> str:
     return request.build_absolute_uri("/")
 
 
-class PasswordOnlyLoginForm(auth_views.AuthenticationForm):
-    """The username + password form (members made by the operator may have no email).
-    A user with two-factor authentication on must sign in through allauth's login
-    (/accounts/login/), which asks for the code; this form never bypasses it."""
+def login_email_verification(user) -> str:
+    """allauth's email-verification mode for a sign-in: ACCOUNT_EMAIL_VERIFICATION for
+    an account that has an address (signed up or invited: "mandatory" means it cannot
+    sign in before the address is verified); "none" for one without any, which the
+    operator made (manage.py member_create, createsuperuser) and vouches for."""
+    from allauth.account import app_settings as account_settings
+    from allauth.account.models import EmailAddress
 
-    def confirm_login_allowed(self, user) -> None:
-        super().confirm_login_allowed(user)
-        from allauth.mfa.models import Authenticator
-
-        if Authenticator.objects.filter(user=user).exists():
-            from django import forms
-
-            raise forms.ValidationError(
-                "This account uses two-factor authentication: sign in at /accounts/login/.", code="mfa_required"
-            )
+    if EmailAddress.objects.filter(user=user).exists():
+        return account_settings.EMAIL_VERIFICATION
+    return account_settings.EmailVerificationMethod.NONE
 
 
+@method_decorator(rate_limit(action="login"), name="dispatch")
 class LoginView(auth_views.LoginView):
+    """The username + password form (members made by the operator may have no email;
+    /admin/login/ sends staff here too). The password is checked here, where django-axes
+    counts the failures; the session is then opened by allauth, through the same login
+    stages as /accounts/login/: the verified email and the second factor (an account
+    with TOTP goes on to /accounts/2fa/authenticate/). Posts count against allauth's
+    `login` rate like its own form's."""
+
     template_name = "dashboard/login.html"
-    authentication_form = PasswordOnlyLoginForm
     redirect_authenticated_user = True
     next_page = "/dashboard/"
+
+    def form_valid(self, form) -> HttpResponse:
+        from allauth.account.utils import perform_login
+
+        user = form.get_user()
+        return perform_login(
+            self.request,
+            user,
+            email_verification=login_email_verification(user),
+            redirect_url=self.get_success_url(),
+        )
 
 
 logout_view = auth_views.LogoutView.as_view(next_page=LOGIN_URL)
@@ -116,7 +132,7 @@ def keys(request: HttpRequest) -> HttpResponse:
             return render(request, "dashboard/forbidden.html", status=403)
         name = (request.POST.get("name") or "").strip()[:50] or "default"
         key, raw = account_services.api_key_create(
-            tenant=request.tenant, name=name, created_by=request.user.get_username()
+            tenant=request.tenant, name=name, created_by=request.user.get_username(), created_by_user=request.user
         )
         # Rendered, not redirected: the raw key exists in this response only.
         return render(request, "dashboard/key_created.html", {"key": key, "raw": raw, "nav": "keys"})
@@ -152,9 +168,11 @@ def _usage_rows(request: HttpRequest) -> tuple[date, date, list[dict]]:
 @member_required
 @require_GET
 def usage(request: HttpRequest) -> HttpResponse:
+    from billing.selectors import usage_totals
+
     start, end, rows = _usage_rows(request)
     charts = [bar_chart(rows, start=start, days=USAGE_DAYS, field=field) for field in ("images", "credits")]
-    totals = {k: sum(r[k] for r in rows) for k in ("requests", "images", "credits")}
+    totals = usage_totals(rows)
     return render(
         request,
         "dashboard/usage.html",
@@ -165,11 +183,11 @@ def usage(request: HttpRequest) -> HttpResponse:
 @member_required
 @require_GET
 def usage_csv(request: HttpRequest) -> HttpResponse:
+    from billing.selectors import USAGE_COLUMNS
+
     start, end, rows = _usage_rows(request)
     buffer = io.StringIO()
-    writer = csv.DictWriter(
-        buffer, fieldnames=["day", "requests", "succeeded", "failed", "refused", "images", "pixels", "credits"]
-    )
+    writer = csv.DictWriter(buffer, fieldnames=["day", *USAGE_COLUMNS])
     writer.writeheader()
     writer.writerows(rows)
     response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
@@ -297,7 +315,6 @@ def billing_redeem(request: HttpRequest) -> HttpResponse:
             tenant=request.tenant,
             code=request.POST.get("code", ""),
             actor=f"member:{request.user.pk}",
-            client_address=request.META.get("REMOTE_ADDR", ""),
         )
     except APIError as exc:
         messages.error(request, exc.message)
@@ -367,9 +384,30 @@ def billing_pay(request: HttpRequest) -> HttpResponse:
 # ---- Members and invitations (owners) ----
 
 
+def _members_page(request: HttpRequest, status: int = 200) -> HttpResponse:
+    from accounts.models import APIKey, Invitation
+
+    members = list(Membership.objects.filter(tenant=request.tenant).select_related("user").order_by("id"))
+    keys: dict[int, list[APIKey]] = {}
+    for key in APIKey.objects.filter(tenant=request.tenant, revoked=False, created_by_user__isnull=False):
+        keys.setdefault(key.created_by_user_id, []).append(key)
+    return render(
+        request,
+        "dashboard/members.html",
+        {
+            # Each member with the active keys they made: removing them revokes those.
+            "members": [(m, keys.get(m.user_id, [])) for m in members],
+            "invitations": Invitation.objects.filter(tenant=request.tenant, accepted_at__isnull=True).order_by("-id"),
+            "is_owner": _is_owner(request),
+            "roles": Membership.Role.values,
+            "nav": "members",
+        },
+        status=status,
+    )
+
+
 @member_required
 def members(request: HttpRequest) -> HttpResponse:
-    from accounts.models import Invitation
     from core.errors import APIError
 
     if request.method == "POST":
@@ -385,20 +423,36 @@ def members(request: HttpRequest) -> HttpResponse:
             )
         except APIError as exc:
             messages.error(request, exc.message)
-        else:
-            messages.success(request, f"Invitation sent to {invitation.email}.")
+            return _members_page(request, status=exc.status_code)
+        messages.success(request, f"Invitation sent to {invitation.email}.")
         return redirect("dashboard:members")
-    return render(
+    return _members_page(request)
+
+
+@member_required
+@require_POST
+def member_remove(request: HttpRequest, membership_id: int) -> HttpResponse:
+    """An owner removes a member; the keys that member made are revoked with them."""
+    from core.errors import APIError
+
+    if not _is_owner(request):
+        return render(request, "dashboard/forbidden.html", status=403)
+    membership = Membership.objects.filter(tenant=request.tenant, pk=membership_id).select_related("user").first()
+    if membership is None:
+        raise Http404("No such member.")
+    try:
+        revoked = account_services.membership_remove(membership=membership)
+    except APIError as exc:
+        messages.error(request, exc.message)
+        return _members_page(request, status=exc.status_code)
+    messages.success(
         request,
-        "dashboard/members.html",
-        {
-            "members": Membership.objects.filter(tenant=request.tenant).select_related("user").order_by("id"),
-            "invitations": Invitation.objects.filter(tenant=request.tenant, accepted_at__isnull=True).order_by("-id"),
-            "is_owner": _is_owner(request),
-            "roles": Membership.Role.values,
-            "nav": "members",
-        },
+        f"{membership.user.get_username()} removed; {len(revoked)} key(s) they made revoked"
+        + (f": {', '.join(k.prefix + '…' for k in revoked)}." if revoked else "."),
     )
+    if membership.user_id == request.user.pk:
+        return redirect("dashboard:home")
+    return redirect("dashboard:members")
 
 
 @require_GET
@@ -410,5 +464,7 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
     invitation = account_services.invitation_find(token=token)
     if invitation is None:
         return render(request, "dashboard/invitation_invalid.html", status=404)
+    from urllib.parse import urlencode
+
     request.session[INVITATION_SESSION_KEY] = token
-    return redirect(f"/accounts/signup/?email={invitation.email}")
+    return redirect(f"/accounts/signup/?{urlencode({'email': invitation.email})}")

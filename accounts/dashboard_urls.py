@@ -22,5 +22,6 @@ urlpatterns = [
     path("billing/alert/", dashboard.billing_alert, name="billing_alert"),
     path("billing/pay/", dashboard.billing_pay, name="billing_pay"),
     path("members/", dashboard.members, name="members"),
+    path("members/<int:membership_id>/remove/", dashboard.member_remove, name="member_remove"),
     path("invite/<str:token>/", dashboard.invitation_accept, name="invitation_accept"),
 ]

@@ -85,6 +85,7 @@ def api_key_create(
     monthly_credit_limit: int | None = None,
     is_admin: bool = False,
     parent: APIKey | None = None,
+    created_by_user=None,
 ) -> tuple[APIKey, str]:
     """Create a key; the raw key is returned once and never stored (only prefix + hash).
 
@@ -93,7 +94,9 @@ def api_key_create(
     the admin key making this one through /v1/keys: the new key is confined to the
     parent's scope (`key_scope_narrow`), is never an admin key itself, and is revoked
     with its parent. Owners' sessions and operators pass no parent: they are the
-    tenant's and the installation's authority, not a key's."""
+    tenant's and the installation's authority, not a key's. `created_by_user` is the
+    signed-in person making it, if any: the key is revoked when they leave the tenant
+    (`membership_remove`)."""
     limits = KeyLimits(
         rpm_limit=rpm_limit,
         expiry_date=expiry_date,
@@ -118,6 +121,7 @@ def api_key_create(
         monthly_credit_limit=limits.monthly_credit_limit,
         is_admin=is_admin,
         parent=parent,
+        created_by_user=created_by_user,
     )
     return key, raw
 
@@ -194,6 +198,39 @@ def invitation_find(*, token: str):
     )
 
 
+def invitation_email_clean(*, email: str) -> str:
+    """An invitation's address, lower case: one that Django's EmailValidator accepts
+    (no spaces, no CR or LF: nothing that could add a mail header), else 400
+    `invalid_value` on `email`. Every way of inviting (dashboard, admin) comes here."""
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_email
+
+    email = (email if isinstance(email, str) else "").strip().lower()
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise InvalidRequest("Enter a valid email address.", param="email", code="invalid_value") from None
+    if len(email) > 254:
+        raise InvalidRequest("Enter a valid email address.", param="email", code="invalid_value")
+    return email
+
+
+def invitation_claim(*, invitation, user, email: str) -> bool:
+    """At sign-up through the invitation's link (its token in the browser's session):
+    binds the invitation to this new account when `email` is exactly the invited
+    address (case aside). Returns whether it was claimed; a first claim stands.
+    `signup_complete` accepts it once this account has verified that address."""
+    from accounts.models import Invitation
+
+    if (email or "").strip().lower() != invitation.email.lower():
+        return False
+    return bool(
+        Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True, claimed_by__isnull=True).update(
+            claimed_by=user
+        )
+    )
+
+
 def invitation_create(
     *, email: str, tenant: Tenant | None, role: str = "member", invited_by: str = "", base_url: str = ""
 ) -> tuple[Invitation, str]:  # noqa: F821
@@ -208,9 +245,7 @@ def invitation_create(
 
     from accounts.models import Invitation, Membership
 
-    email = (email or "").strip().lower()
-    if "@" not in email or len(email) > 254:
-        raise InvalidRequest("Enter a valid email address.", param="email", code="invalid_value")
+    email = invitation_email_clean(email=email)
     if role not in Membership.Role.values:
         raise InvalidRequest("Unknown role.", param="role", code="invalid_value")
     token = secrets.token_urlsafe(32)
@@ -246,12 +281,47 @@ def _unique_tenant_name(base: str) -> str:
     return name
 
 
+def mailbox_key(*, email: str) -> str:
+    """The mailbox an address delivers to, for the one-trial rule: lower case, the
+    "+tag" of the local part dropped, and its dots dropped at the domains in
+    TRIAL_DOT_INSENSITIVE_DOMAINS (Gmail delivers s.a.m@ to sam@; googlemail.com is
+    gmail.com). `Sam+1@Example.com` -> `sam@example.com`."""
+    local, _, domain = (email or "").strip().lower().rpartition("@")
+    domain = "gmail.com" if domain == "googlemail.com" else domain
+    local = local.split("+", 1)[0]
+    dotless = {d.strip().lower() for d in settings.TRIAL_DOT_INSENSITIVE_DOMAINS}
+    if domain in dotless:
+        local = local.replace(".", "")
+    return f"{local}@{domain}"
+
+
+def trial_grant(*, tenant: Tenant, user, email: str) -> int:
+    """SIGNUP_TRIAL_CREDITS for a new tenant, once per mailbox (`mailbox_key`): a
+    TrialGrant row with a unique mailbox is written first, in a savepoint, so of two
+    concurrent sign-ups of one mailbox exactly one gets the credits. Returns the
+    credits granted (0: trials off, or this mailbox already had one)."""
+    from django.db import IntegrityError
+
+    from accounts.models import TrialGrant
+    from billing.services import credits_grant
+
+    credits = settings.SIGNUP_TRIAL_CREDITS
+    if credits <= 0:
+        return 0
+    try:
+        with transaction.atomic():
+            TrialGrant.objects.create(mailbox=mailbox_key(email=email), tenant=tenant, user=user, credits=credits)
+    except IntegrityError:
+        return 0
+    credits_grant(tenant=tenant, amount=credits, actor="signup", note="trial", idempotency_key=f"trial:user:{user.pk}")
+    return credits
+
+
 def tenant_create_for_signup(*, user, email: str) -> Tenant:
     """A new customer's tenant: the user as owner, the operator's default moderation
-    level and limits, and SIGNUP_TRIAL_CREDITS through the ledger (note "trial", one
-    grant per user whatever happens twice)."""
+    level and limits, and the trial credits when their mailbox has not had a trial yet
+    (`trial_grant`)."""
     from accounts.models import Membership
-    from billing.services import credits_grant
 
     tenant = Tenant.objects.create(
         name=_unique_tenant_name(email.split("@")[0]),
@@ -260,24 +330,21 @@ def tenant_create_for_signup(*, user, email: str) -> Tenant:
         max_concurrent_jobs=settings.SIGNUP_MAX_CONCURRENT_JOBS or None,
     )
     Membership.objects.create(tenant=tenant, user=user, role=Membership.Role.OWNER)
-    if settings.SIGNUP_TRIAL_CREDITS > 0:
-        credits_grant(
-            tenant=tenant,
-            amount=settings.SIGNUP_TRIAL_CREDITS,
-            actor="signup",
-            note="trial",
-            idempotency_key=f"trial:user:{user.pk}",
-        )
+    trial_grant(tenant=tenant, user=user, email=email)
     return tenant
 
 
 @transaction.atomic
 def signup_complete(*, user, email: str):
-    """Called once a sign-up's email is verified. An open invitation for the address
-    makes the user a member of the inviting tenant (or, from the operator, the owner of
-    a new one); otherwise, when SIGNUP_MODE is open, the user gets a new tenant with
-    trial credits. Idempotent: a user who already belongs to a tenant keeps it.
-    Returns the membership, or None (sign-ups closed and no invitation)."""
+    """Called once a sign-up's email is verified. The open invitation this account
+    claimed by following its link (`invitation_claim`), for exactly the address just
+    verified, makes the user a member of the inviting tenant (or, from the operator,
+    the owner of a new one). Nothing else joins an existing tenant: an invitation that
+    merely names the address is not accepted by a sign-up that did not follow its link.
+    Otherwise, when SIGNUP_MODE is open, the user gets a new tenant (with the trial
+    credits if the mailbox has not had a trial). Idempotent: a user who already belongs
+    to a tenant keeps it. Returns the membership, or None (sign-ups closed, no
+    invitation)."""
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
@@ -291,7 +358,7 @@ def signup_complete(*, user, email: str):
     email = email.strip().lower()
     invitation = (
         Invitation.objects.select_for_update()
-        .filter(email__iexact=email, accepted_at__isnull=True, expires_at__gt=timezone.now())
+        .filter(claimed_by=user, email=email, accepted_at__isnull=True, expires_at__gt=timezone.now())
         .order_by("-created_at")
         .first()
     )
@@ -309,3 +376,37 @@ def signup_complete(*, user, email: str):
         return None
     tenant = tenant_create_for_signup(user=user, email=email)
     return Membership.objects.get(tenant=tenant, user=user)
+
+
+# ---- Members ----
+
+
+@transaction.atomic
+def membership_remove(*, membership) -> list[APIKey]:
+    """Remove a person from a tenant, and revoke every key of that tenant they made
+    (and the keys those keys made, as `api_key_revoke` always does): a key never
+    outlives its maker's access. The tenant's last owner cannot be removed (400
+    `last_owner`): someone must be able to manage it. Returns the keys revoked."""
+    from accounts.models import Membership
+
+    # Serialise removals in one tenant (two owners removing each other at once).
+    list(Membership.objects.select_for_update().filter(tenant_id=membership.tenant_id).values_list("pk", flat=True))
+    owners = Membership.objects.filter(tenant_id=membership.tenant_id, role=Membership.Role.OWNER)
+    if membership.role == Membership.Role.OWNER and not owners.exclude(pk=membership.pk).exists():
+        raise InvalidRequest("The tenant's last owner cannot be removed.", param="member", code="last_owner")
+    keys = user_keys_revoke(user_id=membership.user_id, tenant_id=membership.tenant_id)
+    Membership.objects.filter(pk=membership.pk).delete()
+    return keys
+
+
+@transaction.atomic
+def user_keys_revoke(*, user_id: int, tenant_id: int | None = None) -> list[APIKey]:
+    """Revoke the active keys a person made (in one tenant, or everywhere: before the
+    user is deleted, the admin's user deletion calls this), each with its subtree."""
+    keys = APIKey.objects.filter(created_by_user_id=user_id, revoked=False)
+    if tenant_id is not None:
+        keys = keys.filter(tenant_id=tenant_id)
+    keys = list(keys)
+    for key in keys:
+        api_key_revoke(key=key)
+    return keys

@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.selectors import USAGE_GROUPS, usage_summary
+from billing.selectors import USAGE_COLUMNS, USAGE_GROUPS, usage_summary, usage_totals
 from billing.services import account_for
 from core.errors import InvalidRequest
 from core.schema import AUTH_ERRORS, errors
@@ -72,7 +72,8 @@ def _days_before(day: date, days: int) -> date:
 
 
 class UsageView(APIView):
-    """GET /v1/usage?start=&end=&group_by=day|model|key[&format=csv]"""
+    """GET /v1/usage?start=&end=&group_by=day|model|key[&format=csv]: billing.selectors.USAGE_COLUMNS
+    per group, and their totals (docs/api.md)."""
 
     def get(self, request: Request):
         end = _date_param(request, "end") or timezone.now().date()
@@ -88,14 +89,13 @@ class UsageView(APIView):
         rows = usage_summary(tenant=request.auth.tenant, start=start, end=end, group_by=group_by)
         if output == "csv":
             buffer = io.StringIO()
-            columns = [group_by, "requests", "succeeded", "failed", "refused", "images", "pixels", "credits"]
-            writer = csv.DictWriter(buffer, fieldnames=columns)
+            writer = csv.DictWriter(buffer, fieldnames=[group_by, *USAGE_COLUMNS])
             writer.writeheader()
             writer.writerows(rows)
             response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = f'attachment; filename="usage-{start}-{end}-{group_by}.csv"'
             return response
-        totals = {k: sum(r[k] for r in rows) for k in ("requests", "images", "pixels", "credits")}
+        totals = usage_totals(rows)
         return Response(
             {
                 "object": "usage",
@@ -143,7 +143,6 @@ class RedeemView(APIView):
             tenant=key.tenant,
             code=data.validated_data["code"],
             actor=f"key:{key.prefix}",
-            client_address=request.META.get("REMOTE_ADDR", ""),
         )
         return Response(
             RedeemResponse(

@@ -27,6 +27,12 @@ def ledger_reconcile() -> list[Mismatch]:
         row["tenant_id"]: row["s"]
         for row in Hold.objects.filter(status=Hold.Status.OPEN).values("tenant_id").annotate(s=Sum("amount"))
     }
+    reversed_taken = {
+        row["tenant_id"]: -row["s"]
+        for row in LedgerEntry.objects.filter(kind=LedgerEntry.Kind.REVERSAL, amount__lt=0)
+        .values("tenant_id")
+        .annotate(s=Sum("amount"))
+    }
     for account in CreditAccount.objects.select_related("tenant"):
         row = sums.get(account.tenant_id, {"amount": 0, "held": 0})
         if account.balance != (row["amount"] or 0):
@@ -47,8 +53,17 @@ def ledger_reconcile() -> list[Mismatch]:
                     f"held {account.held} != open holds {open_holds.get(account.tenant_id, 0)}",
                 )
             )
-        if account.balance < 0 or account.held > account.balance:
-            problems.append(Mismatch(account.tenant_id, account.tenant.name, "negative available balance"))
+        # Only a reversal can leave a balance below what is held (a debt, listed by
+        # credits_owed): a debt without one, or larger than its reversals took, is a fault.
+        if account.owed > reversed_taken.get(account.tenant_id, 0):
+            problems.append(
+                Mismatch(
+                    account.tenant_id,
+                    account.tenant.name,
+                    f"negative available balance: owes {account.owed} credits, more than refunds and disputes "
+                    f"took back ({reversed_taken.get(account.tenant_id, 0)})",
+                )
+            )
     last = {}
     for entry in LedgerEntry.objects.order_by("tenant_id", "id").values("tenant_id", "balance_after", "amount", "id"):
         previous = last.get(entry["tenant_id"], 0)
@@ -64,16 +79,91 @@ def ledger_reconcile() -> list[Mismatch]:
     return problems
 
 
+@dataclass
+class Owed:
+    """A tenant's debt: `credits` it must pay before it can spend again (held credits
+    counted as spent), and the payments whose refunds or disputes took them back."""
+
+    tenant_id: int
+    tenant: str
+    credits: int
+    balance: int
+    held: int
+    payments: list[str]
+
+
+def credits_owed() -> list[Owed]:
+    """Every tenant that owes credits (CreditAccount.owed > 0: a refund or dispute took
+    back credits already spent or held), by tenant id."""
+    from billing.models import Payment
+
+    owed = []
+    for account in CreditAccount.objects.filter(held__gt=F("balance")).select_related("tenant").order_by("tenant_id"):
+        payments = list(
+            Payment.objects.filter(tenant_id=account.tenant_id, credits_reversed__gt=0)
+            .order_by("id")
+            .values_list("external_id", flat=True)
+        )
+        owed.append(Owed(account.tenant_id, account.tenant.name, account.owed, account.balance, account.held, payments))
+    return owed
+
+
+def payments_uncredited() -> list:
+    """Payments the customer paid that granted nothing (`mismatch`: another amount or
+    currency than the pack's): credits owed to the customer until the operator settles."""
+    from billing.models import Payment
+
+    return list(
+        Payment.objects.filter(status=Payment.Status.MISMATCH)
+        .annotate(returned=F("amount_refunded") + F("amount_disputed"))
+        .filter(returned__lt=F("amount"))  # a mismatch refunded in full owes nothing
+        .select_related("tenant")
+        .order_by("id")
+    )
+
+
+def payments_unrecovered() -> list:
+    """Payments with credits a refund or dispute never took back (left by a version
+    before reversals reached held and spent credits; the payment's next event takes them)."""
+    from billing.models import Payment
+
+    return list(Payment.objects.filter(credits_unrecovered__gt=0).select_related("tenant").order_by("id"))
+
+
 USAGE_GROUPS = ("day", "model", "key")
+
+# The columns of every usage row, in the order CSV exports write them (new columns are
+# appended, so positional readers of older exports keep working). Each request counts in
+# exactly one of succeeded/failed/cancelled/refused/pending (their sum is `requests`), and
+# every charged credit in one of credits_succeeded/credits_cancelled (their sum is
+# `credits`, which equals the ledger's captures): a succeeded job pays its quote pro rata
+# to the images made, a cancelled one the steps it ran, a failed, refused or blocked
+# request nothing, and one still in flight nothing yet (its credits are held, not charged).
+USAGE_COLUMNS = (
+    "requests",
+    "succeeded",
+    "failed",
+    "refused",  # refused (402, 429) or blocked by moderation, before any job existed
+    "images",
+    "pixels",
+    "credits",
+    "cancelled",
+    "pending",  # queued or running at the time of the read
+    "credits_succeeded",
+    "credits_cancelled",
+)
 
 
 def usage_summary(*, tenant, start, end, group_by: str) -> list[dict]:
-    """Usage records of one tenant between two dates (inclusive, UTC), grouped."""
+    """Usage records of one tenant between two dates (inclusive, UTC), grouped by
+    `group_by` (day, model or key); each row has the group and USAGE_COLUMNS (integers;
+    credits in credits)."""
     from django.db.models import Count, Q
     from django.db.models.functions import TruncDate
 
     from billing.models import UsageRecord
 
+    Outcome = UsageRecord.Outcome
     rows = UsageRecord.objects.filter(tenant=tenant, created_at__date__gte=start, created_at__date__lte=end)
     if group_by == "day":
         rows = rows.annotate(group=TruncDate("created_at")).values("group")
@@ -83,12 +173,16 @@ def usage_summary(*, tenant, start, end, group_by: str) -> list[dict]:
         rows = rows.values(group=F("api_key__prefix"))
     rows = rows.annotate(
         requests=Count("id"),
+        succeeded=Count("id", filter=Q(outcome=Outcome.SUCCEEDED)),
+        failed=Count("id", filter=Q(outcome=Outcome.FAILED)),
+        refused=Count("id", filter=Q(outcome__in=[Outcome.REFUSED, Outcome.BLOCKED])),
         images=Sum("images"),
         pixels=Sum("pixels"),
         credits=Sum("credits_charged"),
-        succeeded=Count("id", filter=Q(outcome="succeeded")),
-        failed=Count("id", filter=Q(outcome="failed")),
-        refused=Count("id", filter=Q(outcome__in=["refused", "blocked"])),
+        cancelled=Count("id", filter=Q(outcome=Outcome.CANCELLED)),
+        pending=Count("id", filter=Q(outcome=Outcome.PENDING)),
+        credits_succeeded=Sum("credits_charged", filter=Q(outcome=Outcome.SUCCEEDED)),
+        credits_cancelled=Sum("credits_charged", filter=Q(outcome=Outcome.CANCELLED)),
     ).order_by("group")
     result = []
     for row in rows:
@@ -96,10 +190,15 @@ def usage_summary(*, tenant, start, end, group_by: str) -> list[dict]:
         result.append(
             {
                 group_by: group.isoformat() if hasattr(group, "isoformat") else group,
-                **{k: int(v or 0) for k, v in row.items()},
+                **{k: int(row[k] or 0) for k in USAGE_COLUMNS},
             }
         )
     return result
+
+
+def usage_totals(rows: list[dict]) -> dict[str, int]:
+    """The sum of every USAGE_COLUMNS column over usage_summary rows."""
+    return {k: sum(r[k] for r in rows) for k in USAGE_COLUMNS}
 
 
 def credits_available(*, tenant_id: int) -> int:

@@ -9,7 +9,8 @@ import uuid
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.models import APIKey, Tenant
@@ -84,6 +85,57 @@ def credits_grant(
         return entry
 
 
+def credits_reverse(*, tenant: Tenant, credits: int, actor: str, note: str, idempotency_key: str) -> LedgerEntry:
+    """Take back `credits` (or, negative, give them back) for a payment's refund or
+    dispute: a `reversal` ledger row. Unlike credits_grant, taking back is never refused:
+    credits held by jobs in flight and credits already spent are reached too, and what
+    the balance cannot cover becomes a debt (`CreditAccount.owed`, a balance below what
+    is held), which stops all spending (holds need `balance >= held + price`) until
+    later credits pay it. The policy: Stripe withdraws disputed and refunded money at
+    once, so the credits it bought stop being spendable at once (docs/operations.md).
+    Idempotent by `idempotency_key`."""
+    if not isinstance(credits, int) or isinstance(credits, bool) or credits == 0 or abs(credits) > MAX_GRANT:
+        raise InvalidAmount(f"The amount must be a non-zero whole number of credits up to {MAX_GRANT}.", param="amount")
+    with transaction.atomic():
+        account_for(tenant=tenant)
+        existing = LedgerEntry.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing
+        # One statement (the database checks held <= balance + debt_allowed on its result):
+        # the allowance grows to the debt this reversal leaves, if any.
+        CreditAccount.objects.filter(tenant=tenant).update(
+            balance=F("balance") - credits,
+            debt_allowed=Greatest(F("debt_allowed"), F("held") - F("balance") + credits),
+        )
+        entry = _append(
+            tenant_id=tenant.pk,
+            kind=LedgerEntry.Kind.REVERSAL,
+            amount=-credits,
+            held_delta=0,
+            key=idempotency_key,
+            actor=actor,
+            note=note,
+        )
+        balance_alert_check(tenant_id=tenant.pk, available=entry.balance_after - entry.held_after)
+        return entry
+
+
+def insufficient_credits(*, account: CreditAccount, cost: int) -> InsufficientCredits:
+    """The 402 for a request costing `cost` credits that `account` cannot pay: one
+    sentence for the hold and the pre-check. A debt is named as one (never a negative
+    available balance)."""
+    if account.owed:
+        return InsufficientCredits(
+            f"Insufficient credits: this request costs {cost} credits and your account owes {account.owed} credits "
+            "(credits of a refunded or disputed payment, already spent or held). Nothing can be spent until new "
+            "credits cover the debt."
+        )
+    return InsufficientCredits(
+        f"Insufficient credits: this request costs {cost} credits and your available balance is "
+        f"{account.available} credits ({account.balance} total, {account.held} held by requests in flight)."
+    )
+
+
 def price_quote(*, model, kind: str, size: str, quality: str, n: int) -> int:
     """Credits for n images of `model`: the matching Price row's credits_per_image times n.
 
@@ -125,37 +177,90 @@ def _month_start(now: datetime) -> datetime:
 
 
 def key_month_spend(*, api_key: APIKey, now: datetime | None = None) -> int:
-    """Credits this key has captured or holds open since the start of the month (UTC)."""
+    """Credits captured or held open since the start of the month (UTC) by this key and
+    every key below it (the keys it created, and theirs): what its budget bounds."""
+    from accounts.selectors import key_subtree_ids
+
     since = _month_start(now or timezone.now())
-    rows = Hold.objects.filter(api_key=api_key, created_at__gte=since)
-    captured = rows.filter(status=Hold.Status.CAPTURED).aggregate(s=Sum("captured"))["s"] or 0
-    held = rows.filter(status=Hold.Status.OPEN).aggregate(s=Sum("amount"))["s"] or 0
-    return captured + held
+    ids = key_subtree_ids(key=api_key)
+    rows = Hold.objects.filter(api_key_id__in=ids, created_at__gte=since)
+    totals = rows.aggregate(
+        captured=Sum("captured", filter=Q(status=Hold.Status.CAPTURED)),
+        held=Sum("amount", filter=Q(status=Hold.Status.OPEN)),
+    )
+    return (totals["captured"] or 0) + (totals["held"] or 0)
+
+
+def key_budget_check(*, api_key: APIKey | None, amount: int | None, lock: bool = False) -> None:
+    """The one rule for "does this key's budget allow it?": every monthly budget on the
+    path from the root of the key's tree down to the key itself (a key's budget is a
+    ceiling for its whole subtree, issue 19) must cover what that key's subtree has
+    spent or holds this month plus `amount` credits. With `amount` None (not yet
+    priced), refuses only a budget that is already used up.
+
+    With `lock` (inside the job's transaction, from credits_hold), each budgeted key is
+    locked with SELECT ... FOR UPDATE in root-first order (one order for every request,
+    so no deadlock) and its limit re-read, so two requests from anywhere in one subtree
+    cannot both fit under a shared budget. Without it (generation_create's pre-check
+    before any fetch or decode), reads only; the hold checks again under the locks.
+
+    Raises KeyBudgetExceeded (402 `key_budget_exceeded`) naming the key whose budget
+    it is, the first from the root that does not allow it."""
+    from accounts.selectors import key_lineage
+
+    if api_key is None:
+        return
+    lineage = key_lineage(key=api_key)
+    budgeted = [key for key in lineage if key.monthly_credit_limit is not None]
+    if lock:
+        assert transaction.get_connection().in_atomic_block, "a locked budget check runs inside the hold's transaction"
+        # Budgets as they are now (one set on an ancestor meanwhile binds too), each row
+        # locked root first and read again under its lock.
+        now_budgeted = set(
+            APIKey.objects.filter(pk__in=[k.pk for k in lineage], monthly_credit_limit__isnull=False).values_list(
+                "pk", flat=True
+            )
+        )
+        locked = APIKey.objects.select_for_update().only("pk", "prefix", "monthly_credit_limit")
+        budgeted = [locked.get(pk=k.pk) for k in lineage if k.pk in now_budgeted]
+    for key in budgeted:
+        limit = key.monthly_credit_limit
+        if limit is None:  # (lifted since this request read the key)
+            continue
+        spent = key_month_spend(api_key=key)
+        if (spent < limit) if amount is None else (spent + amount <= limit):
+            continue
+        cost = f"; this request costs {amount} credits" if amount is not None else ""
+        if key.pk == api_key.pk:
+            whose = "This API key's monthly budget"
+            by = ""
+        else:
+            whose = f"The monthly budget of the API key '{key.prefix}' that created this key"
+            by = " by it and the keys it created; it is shared by all of them"
+        raise KeyBudgetExceeded(
+            f"{whose} of {limit} credits is used up ({spent} spent or held{by}){cost}.",
+            budget_key=key.prefix,
+            limit=limit,
+            spent=spent,
+            required=amount,
+        )
 
 
 def credits_hold(*, tenant: Tenant, api_key: APIKey | None, job, amount: int) -> Hold:
     """Reserve `amount` credits for `job`. Must run inside the transaction that creates
-    the job, so a refusal (402) leaves neither a hold nor a job."""
+    the job, so a refusal (402) leaves neither a hold nor a job. The key's monthly
+    budgets (its own and those above it) are checked under their row locks first
+    (`key_budget_check`)."""
     assert transaction.get_connection().in_atomic_block, "credits_hold must run inside the job's transaction"
-    if api_key is not None and api_key.monthly_credit_limit is not None:
-        # Serialise this key's spends so two requests cannot both fit under the limit.
-        APIKey.objects.select_for_update().filter(pk=api_key.pk).first()
-        spent = key_month_spend(api_key=api_key)
-        if spent + amount > api_key.monthly_credit_limit:
-            raise KeyBudgetExceeded(
-                f"This API key's monthly budget of {api_key.monthly_credit_limit} credits is used up "
-                f"({spent} spent or held); this request costs {amount} credits."
-            )
+    key_budget_check(api_key=api_key, amount=amount, lock=True)
     # One conditional UPDATE: the check and the write cannot be separated by another request.
     query = CreditAccount.objects.filter(tenant=tenant, balance__gte=F("held") + amount)
-    if not query.update(held=F("held") + amount):
+    # A hold that fits leaves no debt, so it also clears a reversal's debt allowance.
+    if not query.update(held=F("held") + amount, debt_allowed=0):
         account = account_for(tenant=tenant)  # (a tenant without an account row yet gets one)
-        if not query.update(held=F("held") + amount):
+        if not query.update(held=F("held") + amount, debt_allowed=0):
             account.refresh_from_db()
-            raise InsufficientCredits(
-                f"Insufficient credits: this request costs {amount} credits and your available balance is "
-                f"{account.available} credits ({account.balance} total, {account.held} held by requests in flight)."
-            )
+            raise insufficient_credits(account=account, cost=amount)
     hold = Hold.objects.create(job=job, tenant=tenant, api_key=api_key, amount=amount)
     _append(tenant_id=tenant.pk, kind=LedgerEntry.Kind.HOLD, amount=0, held_delta=amount, key=f"hold:{job.pk}", job=job)
     return hold

@@ -33,6 +33,10 @@ class ImageModel(models.Model):
     # guidance mode, negative prompts, edit modes, size multiple. Filled by `manage.py
     # model_add` or by the worker that loads the model; {} = unknown (nothing refused).
     capabilities = models.JSONField(default=dict, blank=True)
+    # The `source` that `capabilities` were computed from: written with them (always
+    # through images/services/models.py or the worker's correction). A row whose source
+    # has changed since has stale capabilities, read as unknown (images.profiles).
+    capabilities_source = models.CharField(max_length=500, blank=True, default="", editable=False)
     enabled = models.BooleanField(default=True)
     # A model without price rows is refused (fail closed) unless the operator marks it free on purpose.
     is_free = models.BooleanField(default=False, help_text="Serve without price rows, charging 0 credits.")
@@ -109,6 +113,10 @@ class GeneratedImage(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     bytes = models.PositiveIntegerField()
+    # The seed this image was made with (images.validation.image_seed(job.seed, index));
+    # sending it back as `seed` with n=1 makes the same image. Null only for rows made
+    # before it was recorded (the migration fills those in from the job).
+    seed = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

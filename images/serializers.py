@@ -18,15 +18,22 @@ from drf_spectacular.utils import extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 
 from core.schema import ErrorDetailSerializer
-from images.files import ImagesExpired, image_read, image_url, job_images_check, job_images_expired
+from images.errors import job_error
+from images.files import image_read, image_url, job_images_check
 from images.models import ImageModel, Job
 from images.profiles import PROFILES, output_tokens
+from images.validation import image_seed
 
 
 class ImageDataSerializer(serializers.Serializer):
     url = serializers.URLField(required=False, help_text="Signed link, readable without the key, one hour")
     b64_json = serializers.CharField(required=False)
     revised_prompt = serializers.CharField(required=False, help_text="dall-e-3 only")
+    seed = serializers.IntegerField(
+        required=False,
+        help_text="Extension (not in OpenAI's API): the seed this image was made with; sent back as `seed` "
+        "with n=1 it makes the same image (docs/api.md)",
+    )
 
 
 class InputTokensDetailsSerializer(serializers.Serializer):
@@ -69,6 +76,11 @@ class TaskSerializer(serializers.Serializer):
     progress = TaskProgressSerializer()
     credits_charged = serializers.IntegerField(
         help_text="Credits charged so far (a cancelled task pays for the steps it ran)"
+    )
+    seeds = serializers.ListField(
+        child=serializers.IntegerField(),
+        help_text="Extension: the seed of each image, in order (the images made, once succeeded; "
+        "before that, the seeds the task will use)",
     )
     result = ImagesResponseSerializer(allow_null=True)
     error = ErrorDetailSerializer(allow_null=True)
@@ -166,6 +178,8 @@ def images_response_body(*, job: Job, base_url: str) -> dict[str, Any]:
             item["b64_json"] = base64.b64encode(image_read(image)).decode("ascii")
         if profile.style:
             item["revised_prompt"] = job.prompt
+        if image.seed is not None:
+            item["seed"] = image.seed
         data.append(item)
     body: dict[str, Any] = {"created": int(job.created_at.timestamp()), "data": data}
     if profile.gpt:
@@ -181,6 +195,17 @@ def images_response_body(*, job: Job, base_url: str) -> dict[str, Any]:
 
 def _ts(value) -> int | None:
     return int(value.timestamp()) if value else None
+
+
+def job_seeds(job: Job) -> list[int]:
+    """The seed of each image of a job: the images' own once it succeeded, else the
+    seeds its n images will use (or would have: a failed or cancelled task's seeds can
+    be sent again)."""
+    if job.status == Job.Status.SUCCEEDED:
+        seeds = [image.seed for image in job.images.all()]
+        if all(seed is not None for seed in seeds):
+            return seeds
+    return [image_seed(job.seed, i) for i in range(job.n)]
 
 
 def task_body(*, job: Job, base_url: str) -> dict[str, Any]:
@@ -199,25 +224,15 @@ def task_body(*, job: Job, base_url: str) -> dict[str, Any]:
         "finished_at": _ts(job.finished_at),
         "progress": {"steps_done": done, "steps_total": total, "fraction": round(done / total, 3)},
         "credits_charged": hold.captured if hold is not None else 0,
+        "seeds": job_seeds(job),
         "result": None,
         "error": None,
     }
-    if job.status == Job.Status.SUCCEEDED and job_images_expired(job):
-        body["error"] = {
-            "message": f"The images were deleted after {settings.RETENTION_DAYS} days (retention).",
-            "type": ImagesExpired.type,
-            "param": None,
-            "code": ImagesExpired.code,
-        }
+    error = job_error(job=job)  # how it ended, as a waiting request hears it (images/errors.py)
+    if error is not None:
+        body["error"] = error.body()["error"]
     elif job.status == Job.Status.SUCCEEDED:
         body["result"] = images_response_body(job=job, base_url=base_url)
-    elif job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
-        body["error"] = {
-            "message": job.error_message,
-            "type": "server_error" if job.status == Job.Status.FAILED else "invalid_request_error",
-            "param": None,
-            "code": job.error_code or None,
-        }
     return TaskSerializer(body).data
 
 
@@ -237,7 +252,8 @@ def model_list_body(models: list[ImageModel]) -> dict[str, Any]:
 
 
 def vision_body(*, job: Job, base_url: str) -> dict[str, Any]:
-    """Seed 000: every image with both `url` and `b64_json`."""
+    """Seed 000: every image with both `url` and `b64_json`, exactly the seed's item
+    shape (its images' seeds are on the task: GET /v1/images/tasks/{id[4:]})."""
     job_images_check(job)
     data = [
         {"url": image_url(img, base_url=base_url), "b64_json": base64.b64encode(image_read(img)).decode("ascii")}

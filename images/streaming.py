@@ -20,6 +20,7 @@ from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from images import notify
+from images.errors import job_error
 from images.files import image_read
 from images.models import Job
 from images.serializers import usage_body
@@ -82,9 +83,13 @@ def sse_events(*, job_id: Any, prefix: str) -> Iterator[bytes]:
             sent += 1
         elif event.get("type") == "done":
             break
-    job = Job.objects.select_related("model").get(pk=job_id)
-    if job.status != Job.Status.SUCCEEDED:
-        yield _error_frame(f"{job.error_message} (job {job.pk}; nothing was charged)", job.error_code or None)
+    job = Job.objects.select_related("model", "hold").get(pk=job_id)
+    error = job_error(job=job)  # the same message, type and code as a waiting request gets
+    if error is not None:
+        yield _frame("error", {"type": "error", **error.body()})
+        return
+    if job.status != Job.Status.SUCCEEDED:  # (a "done" event ahead of the row: not finished after all)
+        yield _error_frame(f"The image is not ready (job {job.pk}, status {job.status}).", "job_wait_timeout")
         return
     import base64
 
@@ -98,6 +103,7 @@ def sse_events(*, job_id: Any, prefix: str) -> Iterator[bytes]:
                 "b64_json": base64.b64encode(image_read(image)).decode("ascii"),
                 **_common(job),
                 "usage": usage,
+                **({"seed": image.seed} if image.seed is not None else {}),  # our extension (docs/api.md)
             },
         )
 

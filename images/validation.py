@@ -16,10 +16,17 @@ from rest_framework import serializers
 from core.errors import InvalidRequest
 from images.families_catalog import CFG, TRUE_CFG
 from images.models import ImageModel
-from images.profiles import MODELS_WITHOUT_FIDELITY, PROFILES, STYLE_TEMPLATES, Profile
+from images.profiles import MODELS_WITHOUT_FIDELITY, PROFILES, STYLE_TEMPLATES, Profile, model_capabilities
 
 GPT_ONLY = ("background", "output_format", "output_compression", "moderation", "stream", "partial_images")
 MAX_SEED = 2**32 - 1
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image `index` (0-based) of a request with seed `seed`: seed + index,
+    wrapping past MAX_SEED to 0, so that every image's seed is itself a valid `seed`
+    (sent back with n=1 it makes that image again; docs/api.md)."""
+    return (seed + index) % (MAX_SEED + 1)
 
 
 _TYPE_NAMES = {
@@ -117,7 +124,7 @@ class StrictSerializer(serializers.Serializer):
 
 class ExtensionFields(StrictSerializer):
     """Our extensions to every generation shape (not in OpenAI's API; docs/api.md):
-    reproducibility (`seed`: image i uses seed + i) and negative prompts."""
+    reproducibility (`seed`: image i uses image_seed(seed, i), seed + i) and negative prompts."""
 
     seed = StrictIntegerField(required=False, allow_null=True, min_value=0, max_value=MAX_SEED)
     negative_prompt = StrictCharField(
@@ -291,7 +298,7 @@ def generation_params_resolve(
         # The factor scales a classifier-free guidance scale; a guidance embedding (FLUX.1-dev)
         # or a step-distilled model's unused value is not a CFG scale, so it stays as set.
         # Unknown families (no capabilities recorded) are treated as CFG, as before.
-        if (model.capabilities or {}).get("guidance", CFG) in (CFG, TRUE_CFG):
+        if model_capabilities(model).get("guidance", CFG) in (CFG, TRUE_CFG):
             guidance = round(guidance * factor, 3)
 
     output_format = data.get("output_format") or "png"

@@ -37,6 +37,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 from dramatiq.middleware import TimeLimitExceeded
 
+from core.errors import InvalidRequest
 from images import notify
 from images.backends import get_backend
 from images.backends.base import (
@@ -46,9 +47,12 @@ from images.backends.base import (
     effective_steps,
     preview_steps_for,
 )
+from images.errors import UNSUPPORTED_BY_FAMILY
 from images.files import CONTENT_TYPES, image_delete_files, image_encode, image_save
 from images.models import ImageModel, Job
+from images.profiles import capabilities_check
 from images.services.jobs import job_complete, job_fail, job_progress, job_start
+from images.validation import image_seed
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +140,7 @@ def pipeline_source(model: ImageModel) -> PipelineSource:
     return PipelineSource(source=source, dtype=model.dtype, local_files_only=not settings.MODEL_ALLOW_DOWNLOADS)
 
 
-def _encode_and_store(job: Job, index: int, image: Any) -> dict[str, Any]:
+def _encode_and_store(job: Job, index: int, image: Any, seed: int) -> dict[str, Any]:
     fmt = job.params.get("output_format", "png")
     data = image_encode(image, output_format=fmt, compression=int(job.params.get("output_compression", 100)))
     name = image_save(job_id=str(job.pk), index=index, data=data, output_format=fmt)
@@ -147,6 +151,7 @@ def _encode_and_store(job: Job, index: int, image: Any) -> dict[str, Any]:
         "width": image.width,
         "height": image.height,
         "bytes": len(data),
+        "seed": seed,
     }
 
 
@@ -251,8 +256,12 @@ def job_run(*, job_id: str) -> None:
 
     backend = get_backend()
     source = pipeline_source(job.model)
-    _capabilities_record(job.model, backend, source)
     extra = job.params.get("extra") or {}
+    refusal = _capabilities_reconcile(job, backend, source, masked=bool(extra.get("mask_file")))
+    if refusal is not None:  # a 400 for this job too (images.errors), never a retryable 502
+        logger.warning("job %s refused by the model's family: %s", job.pk, refusal)
+        job_fail(job_id=job.pk, code=UNSUPPORTED_BY_FAMILY, message=str(refusal))
+        return
     try:
         init_image, mask_image = _inputs(extra)
     except Exception:
@@ -270,7 +279,7 @@ def job_run(*, job_id: str) -> None:
         height=job.height,
         steps=job.steps,
         guidance=job.guidance,
-        seeds=[job.seed + i for i in range(job.n)],
+        seeds=[image_seed(job.seed, i) for i in range(job.n)],
         on_step=on_step,
         init_image=init_image,
         mask_image=mask_image,
@@ -308,7 +317,9 @@ def job_run(*, job_id: str) -> None:
         logger.info("job %s stopped after %d step(s): %s", job.pk, result.steps_done, result.stopped or STOP_SETTLED)
         _fail_stopped(job, result.stopped or STOP_SETTLED)
         return
-    futures = [_encoder.submit(_encode_and_store, job, i, image) for i, image in enumerate(result.images)]
+    futures = [
+        _encoder.submit(_encode_and_store, job, i, image, task.seeds[i]) for i, image in enumerate(result.images)
+    ]
     try:
         stored = [future.result() for future in futures]
     except Exception as exc:
@@ -320,19 +331,41 @@ def job_run(*, job_id: str) -> None:
         image_delete_files([row["file"] for row in stored])
 
 
-def _capabilities_record(model: ImageModel, backend: Any, source: PipelineSource) -> None:
-    """Record what the model's family can do the first time a worker runs it, so that
-    the web tier refuses what it cannot serve before holding credits (the row's
-    `capabilities`; `manage.py model_add` fills it up front)."""
-    if model.capabilities:
-        return
+def _capabilities_reconcile(job: Job, backend: Any, source: PipelineSource, *, masked: bool) -> Exception | None:
+    """Compare what the model's source is (the family the backend finds in the folder it
+    loads) with what the row says, correct the row when they disagree (its source edited
+    by hand, copied, or never recognised), and check this job against the truth with the
+    web tier's own rule (images.profiles.capabilities_check). Returns that refusal (the
+    job cannot be served: the caller gets a 400, and the next request is refused before
+    any hold), or None. Unknown capabilities refuse nothing."""
+    model = job.model
     try:
-        capabilities = backend.capabilities(source)
-        if capabilities:
-            ImageModel.objects.filter(pk=model.pk).update(capabilities=capabilities)
-            model.capabilities = capabilities
+        found = backend.capabilities(source)
     except Exception:  # informative: the job runs whatever happens here
-        logger.warning("could not record the capabilities of model %s", model.public_id, exc_info=True)
+        logger.warning("could not read the capabilities of model %s", model.public_id, exc_info=True)
+        return None
+    if not found:
+        return None
+    if found != model.capabilities or model.capabilities_source != model.source:
+        # Conditional on the source this job loaded: a newer edit's own refresh wins.
+        corrected = ImageModel.objects.filter(pk=model.pk, source=model.source).update(
+            capabilities=found, capabilities_source=model.source
+        )
+        if corrected:
+            logger.warning(
+                "model %s: recorded capabilities (%s family) did not match its source %s (%s family); corrected",
+                model.public_id,
+                (model.capabilities or {}).get("family", "unknown"),
+                model.source,
+                found.get("family"),
+            )
+        model.capabilities, model.capabilities_source = found, model.source
+    fields = {"negative_prompt": job.params.get("negative_prompt") or "", "size": f"{job.width}x{job.height}"}
+    try:
+        capabilities_check(model=model, kind=job.kind, masked=masked, fields=fields)
+    except InvalidRequest as exc:
+        return exc
+    return None
 
 
 def _fail_stopped(job: Job, reason: str) -> None:

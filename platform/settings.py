@@ -11,6 +11,7 @@ Every variable is documented in docs/configuration.md.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -368,6 +369,20 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 # The lockout answer: django-axes' plain text message with 429 (no template, no redirect).
 AXES_HTTP_RESPONSE_CODE = 429
+# Login records (the log lines and AccessLog rows) name the URL pattern, never the path:
+# a path can carry a secret (an email-confirmation key signs in).
+AXES_HANDLER = "accounts.backends.LoginRecordHandler"
+# Reverse proxies in front of the server that are the operator's own (0: none, the
+# connection's address is the client's). With N, the client is the N-th X-Forwarded-For
+# entry from the right; the one function every address-keyed limit uses
+# (core/client_address.py): axes' lockouts, allauth's and the sign-up limits.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured("TRUSTED_PROXY_COUNT must be 0 or more")
+AXES_CLIENT_IP_CALLABLE = "core.client_address.client_address"
+# DRF's own address (`get_ident`, used by its address throttles) follows the same rule;
+# DRF's default (None) would trust the whole client-supplied header.
+REST_FRAMEWORK["NUM_PROXIES"] = TRUSTED_PROXY_COUNT
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -407,9 +422,28 @@ ACCOUNT_EMAIL_VERIFICATION = "mandatory"
 ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_EMAIL_SUBJECT_PREFIX = env.str("ACCOUNT_EMAIL_SUBJECT_PREFIX", default="[Image API] ")
-# Failed logins are django-axes' (429 past AXES_FAILURE_LIMIT, the same on every login
-# page); allauth's own login_failed limit would answer first, with a form error.
-ACCOUNT_RATE_LIMITS = {"login_failed": None}
+# Every authentication step is rate limited (allauth's format "count/period/per", per =
+# ip, key or user, several joined by commas; an answer past a limit is a 429). Failed
+# passwords are django-axes' (its 429 at AXES_FAILURE_LIMIT per username and address on
+# every login form; accounts.adapters). login_failed is the second-factor step's limit
+# (TOTP and recovery codes): by default as many wrong codes per user as axes allows wrong
+# passwords, in the same cool-off; a fresh password buys no fresh guesses. ACCOUNT_RATE_LIMITS_JSON
+# replaces any of them ({"reset_password": "10/m/ip,2/h/key"}); accounts.checks refuses
+# a rate that does not parse and warns when login_failed is off.
+_COOLOFF_SECONDS = int(AXES_COOLOFF_TIME.total_seconds())
+ACCOUNT_RATE_LIMITS = {
+    "login": "30/m/ip",  # login form posts, any account (also /dashboard/login/)
+    "login_failed": f"20/m/ip,{AXES_FAILURE_LIMIT}/{_COOLOFF_SECONDS}s/key",
+    "reset_password": "20/m/ip,3/15m/key",  # reset emails, per address asked for
+    "reset_password_from_key": "20/m/ip",  # the emailed link's page
+    "confirm_email": "1/3m/key",  # verification emails (re)sent to one address
+    "reauthenticate": "10/m/user",
+    "change_password": "5/m/user",
+    "manage_email": "10/m/user",
+    **env.json("ACCOUNT_RATE_LIMITS_JSON", default={}),
+}
+# The emailed reset link sets a password and never signs in (a session needs the second factor).
+ACCOUNT_LOGIN_ON_PASSWORD_RESET = False
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 # open: anyone may sign up; invite: only people invited by an owner or the operator;
 # closed: nobody (members are made with manage.py member_create or the admin).
@@ -421,6 +455,28 @@ SIGNUP_MODERATION_LEVEL = env.str("SIGNUP_MODERATION_LEVEL", default="standard")
 SIGNUP_RPM_LIMIT = env.int("SIGNUP_RPM_LIMIT", default=0)  # 0 = the installation default
 SIGNUP_MAX_CONCURRENT_JOBS = env.int("SIGNUP_MAX_CONCURRENT_JOBS", default=0)  # 0 = the installation default
 INVITATION_DAYS = env.int("INVITATION_DAYS", default=14)
+# One trial per mailbox (accounts.services.mailbox_key): lower case, "+tag" dropped, and
+# dots dropped at these domains, whose mail service ignores them (googlemail.com = gmail.com).
+TRIAL_DOT_INSENSITIVE_DOMAINS = env.list("TRIAL_DOT_INSENSITIVE_DOMAINS", default=["gmail.com", "googlemail.com"])
+# Sign-up attempts (sign-up form posts) per client address and per network (/24 IPv4,
+# /64 IPv6), "<count>/<period>" with period s, m, h or d (allauth's rate syntax); "" = none.
+SIGNUP_RATE_LIMIT_PER_ADDRESS = env.str("SIGNUP_RATE_LIMIT_PER_ADDRESS", default="10/h")
+SIGNUP_RATE_LIMIT_PER_NETWORK = env.str("SIGNUP_RATE_LIMIT_PER_NETWORK", default="30/h")
+for _name, _rate in (
+    ("SIGNUP_RATE_LIMIT_PER_ADDRESS", SIGNUP_RATE_LIMIT_PER_ADDRESS),
+    ("SIGNUP_RATE_LIMIT_PER_NETWORK", SIGNUP_RATE_LIMIT_PER_NETWORK),
+):
+    if _rate and not re.fullmatch(r"[1-9][0-9]*/[0-9]*[smhd]", _rate):
+        raise ImproperlyConfigured(f"{_name} must look like 10/h (count/period, period s, m, h or d), not {_rate!r}")
+# allauth counts them (its cache, keyed on core.client_address); "signup_network" is
+# consumed by accounts.adapters.AccountAdapter.is_open_for_signup. ACCOUNT_RATE_LIMITS_JSON
+# naming "signup" or "signup_network" wins.
+ACCOUNT_RATE_LIMITS.setdefault(
+    "signup", f"{SIGNUP_RATE_LIMIT_PER_ADDRESS}/ip" if SIGNUP_RATE_LIMIT_PER_ADDRESS else None
+)
+ACCOUNT_RATE_LIMITS.setdefault(
+    "signup_network", f"{SIGNUP_RATE_LIMIT_PER_NETWORK}/key" if SIGNUP_RATE_LIMIT_PER_NETWORK else None
+)
 # Email through Django's API: the console backend (the server's output) unless EMAIL_URL
 # names SMTP (smtp+tls://user:password@host:587) or another django-environ email URL.
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
@@ -437,8 +493,10 @@ STRIPE_JS_URL = env.str("STRIPE_JS_URL", default="https://js.stripe.com/v3/")
 # through the Payment Element; e.g. "card" restricts the PaymentIntents to cards.
 STRIPE_PAYMENT_METHOD_TYPES = env.list("STRIPE_PAYMENT_METHOD_TYPES", default=[])
 VOUCHERS_ENABLED = env.bool("VOUCHERS_ENABLED", default=True)
-# Wrong voucher codes allowed per tenant and per client address in the window, then 429.
+# Wrong voucher codes allowed per key or dashboard member, and per tenant (all its keys
+# and members together), in the window; then 429. 0 = no limit.
 VOUCHER_FAILURE_LIMIT = env.int("VOUCHER_FAILURE_LIMIT", default=10)
+VOUCHER_FAILURE_TENANT_LIMIT = env.int("VOUCHER_FAILURE_TENANT_LIMIT", default=30)
 VOUCHER_FAILURE_WINDOW_SECONDS = env.int("VOUCHER_FAILURE_WINDOW_SECONDS", default=900)
 # Where a 402 sends the customer; "" = the dashboard's billing page while payments or vouchers are on.
 TOP_UP_URL = env.str("TOP_UP_URL", default="") or (
@@ -472,6 +530,26 @@ SPECTACULAR_SETTINGS = {
 # process's counters add up in one scrape. With metrics on, database queries, errors and
 # connection counts too, through its wrapping database engine (same driver underneath).
 INSTALLED_APPS += ["django_prometheus"]
+# Several gunicorn processes each count their own requests, and a scrape reaches one of
+# them: the totals would jump between processes and go backwards. prometheus_client's
+# multiprocess mode adds every process's files in PROMETHEUS_MULTIPROC_DIR up instead.
+# With metrics on (METRICS_TOKEN) and WEB_CONCURRENCY > 1 and no folder named, it is
+# VAR_DIR/prometheus. The variable must be in the environment before prometheus_client
+# is first imported (settings load first), and the folder must exist before any metric
+# is made (every command, `migrate` included, makes django-prometheus' metrics): it is
+# created here. `serve --workers N` without it is refused (serve.py).
+WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+if METRICS_TOKEN and WEB_CONCURRENCY > 1 and not PROMETHEUS_MULTIPROC_DIR:
+    PROMETHEUS_MULTIPROC_DIR = str(VAR_DIR / "prometheus")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+if PROMETHEUS_MULTIPROC_DIR:
+    try:
+        Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"PROMETHEUS_MULTIPROC_DIR={PROMETHEUS_MULTIPROC_DIR} cannot be created: {exc}"
+        ) from None
 # Scrape-time collectors of the platform's own numbers (from the database; images/metrics.py).
 METRICS_COLLECTORS = ["images.metrics.PlatformCollector"]
 MIDDLEWARE = [

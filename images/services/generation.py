@@ -9,7 +9,7 @@ refuse has passed:
 
  1. the tenant's status (403 `tenant_suspended`);
  2. the model and the key's scope: model list (403 `model_not_allowed`), a monthly
-    budget already used up (402 `key_budget_exceeded`);
+    budget already used up, the key's own or one above it (402 `key_budget_exceeded`);
  3. rate limits (429, counted once per request) and the in-flight cap (429);
  4. the model's queue is served by this installation's workers (503, no retry);
  5. what the model can do (its profile's capabilities: 400 `unsupported_model`);
@@ -42,7 +42,7 @@ from accounts.models import APIKey, Tenant
 from accounts.principals import Caller
 from accounts.ratelimit import rate_limit_check
 from billing import services as billing
-from billing.errors import InsufficientCredits, KeyBudgetExceeded
+from billing.errors import InsufficientCredits
 from billing.models import CreditAccount, UsageRecord
 from billing.selectors import account_get
 from core.errors import APIError, InvalidRequest, PermissionDeniedError, RateLimited, ServiceUnavailable
@@ -150,31 +150,14 @@ def _in_flight_count(tenant: Tenant) -> int:
     return Job.objects.filter(tenant=tenant, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).count()
 
 
-def _key_budget_check(*, key: APIKey | None, spent: int | None, quote: int | None) -> None:
-    """402 `key_budget_exceeded` when the key's month so far (`spent`; None for keys
-    without a budget) plus `quote` passes its monthly budget; with `quote` None, when the
-    budget is already used up (before the request is priced)."""
-    if key is None or spent is None:
-        return
-    limit = key.monthly_credit_limit
-    if (spent < limit) if quote is None else (spent + quote <= limit):
-        return
-    cost = f"; this request costs {quote} credits" if quote is not None else ""
-    raise KeyBudgetExceeded(
-        f"This API key's monthly budget of {key.monthly_credit_limit} credits is used up ({spent} spent or held){cost}."
-    )
-
-
-def _money_precheck(*, caller: Caller, quote: int, spent: int | None) -> None:
-    """Reads, no locks and no writes: refuse now what the hold would refuse anyway (key
-    budget, available balance), before any fetch or decode. The hold re-checks under lock."""
-    _key_budget_check(key=caller.api_key, spent=spent, quote=quote)
+def _money_precheck(*, caller: Caller, quote: int) -> None:
+    """Reads, no locks and no writes: refuse now what the hold would refuse anyway (the
+    key's budgets, its own and those above it; the available balance), before any fetch
+    or decode. The hold re-checks under lock."""
+    billing.key_budget_check(api_key=caller.api_key, amount=quote)
     account = account_get(tenant=caller.tenant)
     if account.available < quote:
-        raise InsufficientCredits(
-            f"Insufficient credits: this request costs {quote} credits and your available balance is "
-            f"{account.available} credits ({account.balance} total, {account.held} held by requests in flight)."
-        )
+        raise billing.insufficient_credits(account=account, cost=quote)
 
 
 def _resolve(*, request: GenerationRequest, model: ImageModel) -> GenerationParams:
@@ -215,10 +198,9 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
         )
     model = model_resolve(fields=request.fields, default=request.default_model, api_key=caller.api_key)
     key = caller.api_key
-    # The key's month so far, read once: a budget already used up is refused now, the
-    # request's own price is checked against it once priced (step 9).
-    spent = billing.key_month_spend(api_key=key) if key is not None and key.monthly_credit_limit is not None else None
-    _key_budget_check(key=key, spent=spent, quote=None)
+    # A budget already used up (the key's own, or one above it) is refused now; the
+    # request's own price is checked against them once priced (step 9).
+    billing.key_budget_check(api_key=key, amount=None)
     rate_limit_check(caller=caller)
     cap = _in_flight_cap(tenant)
     if cap and _in_flight_count(tenant) >= cap:
@@ -257,13 +239,14 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
             api_key=key,
             model=model,
             prompt=params.prompt,
-            requested=params.moderation if request.kind == Job.Kind.GENERATE else None,
+            # A body without the field resolves to "auto"; JSON edits take it as generations do.
+            requested=params.moderation,
             endpoint=request.endpoint,
             request_id=caller.request_id,
         )
     quote = _quote(model=model, request=request, params=params)
     try:
-        _money_precheck(caller=caller, quote=quote, spent=spent)
+        _money_precheck(caller=caller, quote=quote)
     except InsufficientCredits as exc:
         _refused(caller=caller, model=model, request=request, params=params, error=exc)
         raise
