@@ -282,11 +282,24 @@ def _unique_tenant_name(base: str) -> str:
 
 
 def mailbox_key(*, email: str) -> str:
-    """The mailbox an address delivers to, for the one-trial rule: lower case, the
-    "+tag" of the local part dropped, and its dots dropped at the domains in
-    TRIAL_DOT_INSENSITIVE_DOMAINS (Gmail delivers s.a.m@ to sam@; googlemail.com is
-    gmail.com). `Sam+1@Example.com` -> `sam@example.com`."""
-    local, _, domain = (email or "").strip().lower().rpartition("@")
+    """The mailbox an address delivers to, for the one-trial rule: Unicode NFKC and case
+    folded; a quoted local part unquoted (`"sam"@` is `sam@`, RFC 5321); the domain in
+    its ASCII (IDNA) form (`exämple.com` is `xn--exmple-cua.com`, full-width letters are
+    ASCII ones); the "+tag" of the local part dropped, and its dots dropped at the
+    domains in TRIAL_DOT_INSENSITIVE_DOMAINS (Gmail delivers s.a.m@ to sam@;
+    googlemail.com is gmail.com). Other providers' sub-addressing (a "-tag" at Yahoo,
+    Fastmail's `anything@sam.fastmail.com`) is not folded: the sign-up limits per
+    address and network bound those. `Sam+1@Example.com` -> `sam@example.com`."""
+    import re
+    import unicodedata
+
+    local, _, domain = unicodedata.normalize("NFKC", (email or "").strip()).casefold().rpartition("@")
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])
+    try:
+        domain = domain.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:  # (a label too long or empty: not an address Django accepts anyway)
+        pass
     domain = "gmail.com" if domain == "googlemail.com" else domain
     local = local.split("+", 1)[0]
     dotless = {d.strip().lower() for d in settings.TRIAL_DOT_INSENSITIVE_DOMAINS}

@@ -3,13 +3,18 @@
 Start-up steps that every process runs (`migrate`, `platform_setup`: `make run` and
 `make worker` both do) must not run twice at once on one database: two `migrate`s on a
 fresh PostgreSQL database both see a table missing and both create it ("relation
-already exists"). Under the lock the second waits, then finds the work done.
+already exists"). Under the lock the second waits, then finds the work done. SQLite
+needs the same: it serialises single writes, not a whole `migrate` (each migration is
+its own transaction, planned before the first one runs), so two `migrate`s on one fresh
+file interleave and one fails the same way; there the lock is an exclusive `flock` on a
+file beside the database's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
@@ -17,14 +22,19 @@ from django.db import DEFAULT_DB_ALIAS, connections
 @contextmanager
 def advisory_lock(name: str, *, using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     """Hold PostgreSQL's session advisory lock keyed by `name` (hashtext: a 32-bit key)
-    for the block, waiting as long as another process holds it; nothing on other
-    databases (SQLite serialises writers itself, and is one machine's file).
+    for the block, waiting as long as another process holds it. On a SQLite file, an
+    exclusive `flock` on `<database>.<name>.lock` beside it (`_file_lock`); nothing on
+    an in-memory database or another engine.
 
     The lock lives on a connection of its own, opened here and closed after the block
     (which releases it even if the process dies): the block's own queries may close or
     replace Django's connection without letting the lock go early.
     """
     connection = connections[using]
+    if connection.vendor == "sqlite":
+        with _file_lock(connection.settings_dict["NAME"], name):
+            yield
+        return
     if connection.vendor != "postgresql":
         yield
         return
@@ -36,3 +46,28 @@ def advisory_lock(name: str, *, using: str = DEFAULT_DB_ALIAS) -> Iterator[None]
         yield
     finally:
         raw.close()  # ends the session, and with it the lock
+
+
+@contextmanager
+def _file_lock(database: object, name: str) -> Iterator[None]:
+    """An exclusive, blocking `flock` on a lock file beside the SQLite database `database`
+    (a path), for the block; released when the file closes (or the process dies).
+    Nothing for an in-memory database, or where `fcntl` does not exist (Windows)."""
+    path = str(database or "")
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # (no flock on Windows: one process at a time is the operator's)
+        yield
+        return
+    safe = "".join(c if c.isalnum() else "-" for c in name)
+    lock_path = Path(f"{path}.{safe}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -24,7 +24,9 @@ class ImageModelAdmin(admin.ModelAdmin):
     def family(self, obj: ImageModel) -> str:
         return (obj.capabilities or {}).get("family", "unknown")
 
-    readonly_fields = ("capabilities_source",)
+    # Computed from the source (images/services/models.py), never typed: a family edited
+    # here would let through what the folder's family cannot do.
+    readonly_fields = ("capabilities", "capabilities_source")
 
     @admin.action(description="Recognise the family from the model folder (model_index.json)")
     def capabilities_refresh(self, request, queryset) -> None:

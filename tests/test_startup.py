@@ -37,7 +37,10 @@ def _on_postgresql() -> bool:
     return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
 
 
-@pytest.mark.skipif(not _on_postgresql(), reason="the start-up race is PostgreSQL's (SQLite serialises writers)")
+@pytest.mark.skipif(
+    not _on_postgresql(),
+    reason="PostgreSQL runs only (SQLite: test_two_starts_on_a_fresh_sqlite_database_both_migrate)",
+)
 def test_two_starts_on_a_fresh_postgresql_database_both_migrate_and_set_up():
     from tools.deployment import pg_admin  # (psycopg: PostgreSQL runs only)
 
@@ -75,6 +78,30 @@ def test_two_starts_on_a_fresh_postgresql_database_both_migrate_and_set_up():
             assert int(seeded.stdout.strip().splitlines()[-1]) > 0
         finally:
             pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_two_starts_on_a_fresh_sqlite_database_both_migrate(tmp_path):
+    """`make run` and `make worker` share the embedded SQLite file: two `migrate`s at once
+    used to interleave their migrations ("table ... already exists" in one of them)."""
+    for attempt in range(3):
+        env = _env(VAR_DIR=str(tmp_path / f"var{attempt}"))
+        for name in ("DATABASE_URL", "BROKER_URL", "CACHE_URL"):  # embedded: var/db.sqlite3
+            env.pop(name, None)
+        starts = [
+            subprocess.Popen(
+                [sys.executable, "manage.py", "migrate", "-v0"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        outputs = [(p.communicate(timeout=600)[0], p.returncode) for p in starts]
+        assert [rc for _, rc in outputs] == [0, 0], f"attempt {attempt}:\n" + "\n".join(o[-2000:] for o, _ in outputs)
+        shown = _manage("showmigrations", "--plan", env=env)
+        assert shown.returncode == 0 and "[ ]" not in shown.stdout
 
 
 def test_migrate_creates_a_missing_prometheus_multiproc_dir(tmp_path):

@@ -273,6 +273,23 @@ def test_mailbox_key_folds_case_tags_and_ignored_dots():
     assert mailbox_key(email="s.am@example.com") != mailbox_key(email="sam@example.com")  # dots matter elsewhere
 
 
+def test_mailbox_key_folds_quoted_local_parts_and_international_domains():
+    """Other spellings of one mailbox that Django's validator (so the sign-up form)
+    accepts: a quoted local part (RFC 5321: "sam"@ is sam@), a domain in Unicode or in
+    its ASCII (IDNA) form, full-width letters (which IDNA maps to ASCII)."""
+    from accounts.services import mailbox_key
+
+    assert {
+        mailbox_key(email=e)
+        for e in ('"sam"@example.com', '"sam+1"@example.com', '"SAM"@Example.com', "sam@ＥＸＡＭＰＬＥ.com")
+    } == {"sam@example.com"}
+    assert {mailbox_key(email=e) for e in ("sam@exämple.com", "sam@xn--exmple-cua.com", "SAM+2@EXÄMPLE.com")} == {
+        "sam@xn--exmple-cua.com"
+    }
+    assert mailbox_key(email='"s.am"@gmail.com') == "sam@gmail.com"
+    assert mailbox_key(email="s.am@exämple.com") != mailbox_key(email="sam@exämple.com")  # dots still matter
+
+
 def test_one_trial_per_mailbox_whatever_the_tags_case_or_gmail_dots(db, settings):
     for email in (
         "sam+1@example.com",
@@ -289,6 +306,17 @@ def test_one_trial_per_mailbox_whatever_the_tags_case_or_gmail_dots(db, settings
     assert len(balances) == 5  # everyone gets a tenant...
     assert balances == [750, 0, 0, 750, 0]  # ...but one trial per mailbox
     assert LedgerEntry.objects.filter(note="trial").count() == 2
+    assert ledger_reconcile() == []
+
+
+def test_one_trial_per_mailbox_whatever_its_quoting_or_domain_spelling(db, settings):
+    for email in ("sam@exämple.com", '"sam"@xn--exmple-cua.com', "SAM+1@ＥＸÄＭＰＬＥ.com"):
+        client = Client()
+        assert sign_up(client, email).status_code == 302
+        verify_from_outbox(client, email)
+    tenants = Tenant.objects.order_by("id")
+    balances = [CreditAccount.objects.filter(tenant=t).values_list("balance", flat=True).first() or 0 for t in tenants]
+    assert len(balances) == 3 and sorted(balances) == [0, 0, settings.SIGNUP_TRIAL_CREDITS]
     assert ledger_reconcile() == []
 
 

@@ -138,6 +138,18 @@ def test_admin_copy_of_a_row_with_another_source_gets_that_source_capabilities(t
     assert copy.capabilities["family"] == target.name
 
 
+def test_capabilities_typed_in_the_admin_do_not_replace_the_sources(tmp_path, registry, client):
+    """The operator edits the family in the admin's capabilities field, the source
+    unchanged: the row keeps what its folder says (capabilities are computed, never typed)."""
+    target = CANNOT_INPAINT[0]
+    model = _add("typed", _folder(tmp_path, target))
+    assert model.capabilities["family"] == target.name
+    model.capabilities = {**model.capabilities, "family": INPAINTING.name, "edit_modes": list(INPAINTING.edit_modes)}
+    _admin_repoint(client, model, model.source)  # the form posts the typed capabilities
+    model.refresh_from_db()
+    assert model.capabilities["family"] == target.name and "inpaint" not in model.capabilities.get("edit_modes", [])
+
+
 @pytest.mark.parametrize("drift", ["bulk_update", "folder_replaced"])
 def test_worker_corrects_a_row_that_disagrees_with_its_source(drift, tmp_path, worker, api, tenant, settings):
     settings.JOB_WAIT_SECONDS = 60
