@@ -89,3 +89,10 @@ def idempotency_complete(*, record: IdempotencyRecord, status: int, body: Any, h
 def idempotency_abandon(*, record: IdempotencyRecord) -> None:
     """Forget a key whose request changed nothing (so a retry may run afresh)."""
     IdempotencyRecord.objects.filter(pk=record.pk, job_id__isnull=True).delete()
+
+
+def idempotency_forget_job(*, job_id: Any) -> None:
+    """Forget the unanswered key of a job cancelled because its client left before it
+    started (images.services.jobs.job_abandon, in its transaction): nothing was charged,
+    so the client's retry with that key runs afresh."""
+    IdempotencyRecord.objects.filter(job_id=job_id).exclude(status=IdempotencyRecord.Status.COMPLETED).delete()

@@ -68,6 +68,11 @@ def job_error(*, job: Job) -> APIError | None:
     if job.status not in (Job.Status.FAILED, Job.Status.CANCELLED):
         return None
     message = f"{job.error_message} ({_charged_note(job)})"
+    if job.status == Job.Status.CANCELLED and job.error_code == "client_disconnected":
+        # (jobs.job_abandon: its client left before it started; docs/api.md, issue 20)
+        return JobCancelled(
+            f"The client disconnected before the job started ({_charged_note(job)}).", code="client_disconnected"
+        )
     if job.status == Job.Status.CANCELLED:
         return JobCancelled(f"The job was cancelled before it finished ({_charged_note(job)}).")
     if job.error_code in OUT_OF_TIME:

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
+from core.waiting import CLIENT_POLL_SECONDS
 from images import notify
 from images.errors import job_error
 from images.files import image_read
 from images.models import Job
 from images.serializers import usage_body
+from images.services.jobs import job_abandon
 
 KEEPALIVE_SECONDS = 10.0
 
@@ -47,13 +49,20 @@ def _error_frame(message: str, code: str | None, type_: str = "server_error") ->
     return _frame("error", {"type": "error", "error": {"message": message, "type": type_, "param": None, "code": code}})
 
 
-def sse_events(*, job_id: Any, prefix: str) -> Iterator[bytes]:
+def sse_events(*, job_id: Any, prefix: str, client_gone: Callable[[], bool] | None = None) -> Iterator[bytes]:
     """prefix: 'image_generation' or 'image_edit'. A job that is already finished (an
-    Idempotency-Key replay) gets its completed events at once, without previews."""
+    Idempotency-Key replay) gets its completed events at once, without previews.
+
+    client_gone (core.waiting.ClientWatch.gone) is asked every CLIENT_POLL_SECONDS
+    while the stream waits: once the client has left, a job not yet started is
+    abandoned (cancelled, nothing charged) and the stream ends; a started job is left
+    to finish and be charged (its task, or a replay by Idempotency-Key, reads it)."""
     job = Job.objects.select_related("model").get(pk=job_id)
     wanted = int(job.params.get("partial_images") or 0)
     sent = 0
     deadline = time.monotonic() + settings.JOB_WAIT_SECONDS
+    poll = KEEPALIVE_SECONDS if client_gone is None else CLIENT_POLL_SECONDS
+    quiet_since = time.monotonic()
     yield b": stream open\n\n"
     while job.status not in Job.TERMINAL:
         remaining = deadline - time.monotonic()
@@ -63,8 +72,14 @@ def sse_events(*, job_id: Any, prefix: str) -> Iterator[bytes]:
                 "job_wait_timeout",
             )
             return
-        event = notify.job_event_next(job.pk, min(KEEPALIVE_SECONDS, remaining))
+        event = notify.job_event_next(job.pk, min(poll, remaining))
+        if client_gone is not None and client_gone():
+            job_abandon(job_id=job.pk)
+            return
         if event is None:
+            if time.monotonic() - quiet_since < KEEPALIVE_SECONDS:
+                continue
+            quiet_since = time.monotonic()
             job.refresh_from_db(fields=["status"])
             if job.status in Job.TERMINAL:
                 break
@@ -108,8 +123,16 @@ def sse_events(*, job_id: Any, prefix: str) -> Iterator[bytes]:
         )
 
 
-def sse_response(*, job: Job, prefix: str, headers: dict[str, str] | None = None) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(sse_events(job_id=job.pk, prefix=prefix), content_type="text/event-stream")
+def sse_response(
+    *,
+    job: Job,
+    prefix: str,
+    headers: dict[str, str] | None = None,
+    client_gone: Callable[[], bool] | None = None,
+) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(
+        sse_events(job_id=job.pk, prefix=prefix, client_gone=client_gone), content_type="text/event-stream"
+    )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     for key, value in (headers or {}).items():

@@ -303,6 +303,12 @@ if MODERATION_CLASSIFIER_FAILURE not in ("open", "closed"):
 # ---- Generation -------------------------------------------------------------------
 # How long a synchronous request waits for its job before answering with the job id.
 JOB_WAIT_SECONDS = env.float("JOB_WAIT_SECONDS", default=300.0)
+# gunicorn threads per web process (serve.py), and how many of them may wait for a job
+# (synchronous generations and streams; core/waiting.py): past it a waiting request is a
+# 503 `server_busy` at once. 0: WEB_THREADS - min(8, WEB_THREADS // 2), so that balance,
+# task and model requests always find a free thread. Must stay below WEB_THREADS.
+WEB_THREADS = env.int("WEB_THREADS", default=32)
+WEB_MAX_WAITING = env.int("WEB_MAX_WAITING", default=0)
 # A job not finished this long after it was queued is failed and its hold released.
 JOB_DEADLINE_SECONDS = env.int("JOB_DEADLINE_SECONDS", default=900)
 # How often each worker fails jobs past their deadline and releases their holds (0: never).

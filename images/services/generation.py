@@ -22,7 +22,7 @@ refuse has passed:
 10. URL fetches and decoding of the inputs (in memory);
 11. one transaction: the in-flight cap under the account lock, the job, the credit
     hold (402 if a concurrent request took the credits), the usage record and the
-    Idempotency-Key link;
+    Idempotency-Key link; rolled back if the client has left meanwhile (499);
 12. after commit: the inputs are stored, then the job is sent to its queue. A failure
     there fails the job and releases its hold before the caller hears 503.
 """
@@ -30,6 +30,7 @@ refuse has passed:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -47,6 +48,7 @@ from billing.models import CreditAccount, UsageRecord
 from billing.selectors import account_get
 from core.errors import APIError, InvalidRequest, PermissionDeniedError, RateLimited, ServiceUnavailable
 from core.idempotency import idempotency_attach_job
+from core.waiting import ClientDisconnected
 from images import selectors
 from images.dispatch import job_enqueue, queue_is_served
 from images.models import ImageModel, Job
@@ -82,7 +84,9 @@ class GenerationRequest:
     default_model: the model when `fields` names none (a vendor's default);
     json_references: the images came as JSON references (OpenAI's JSON edit body,
       which only GPT image models take);
-    idempotency_record_id: links the job to its Idempotency-Key record."""
+    idempotency_record_id: links the job to its Idempotency-Key record;
+    client_gone: whether the client has already left (core.waiting.ClientWatch.gone),
+      asked last, inside the hold's transaction: a client that left is charged nothing."""
 
     endpoint: str
     kind: str = Job.Kind.GENERATE
@@ -92,6 +96,7 @@ class GenerationRequest:
     default_model: str = DEFAULT_MODEL
     json_references: bool = False
     idempotency_record_id: int | None = None
+    client_gone: Callable[[], bool] | None = None
 
 
 def model_resolve(*, fields: dict[str, Any], default: str, api_key: APIKey | None) -> ImageModel:
@@ -324,6 +329,10 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
             )
             if request.idempotency_record_id is not None:
                 idempotency_attach_job(record_id=request.idempotency_record_id, job_id=job.pk)
+            if request.client_gone is not None and request.client_gone():
+                # Gave up while queued in the server or while its inputs were fetched:
+                # nobody would receive the images (issue 20). Rolled back, nothing held.
+                raise ClientDisconnected("The client disconnected before its job was created; nothing was charged.")
             transaction.on_commit(after_commit)
     except (InsufficientCredits, RateLimited) as exc:
         _refused(caller=caller, model=model, request=request, params=params, error=exc)

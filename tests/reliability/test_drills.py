@@ -230,7 +230,10 @@ def test_web_restart_while_waiting_then_retry_with_idempotency_key(server):
     assert (balance["balance"], balance["held"]) == (10_000 - 160, 0)
 
 
-def test_overload_only_200_402_429_and_reconcile_clean(tmp_path):
+def test_overload_only_200_402_429_busy_503_and_reconcile_clean(tmp_path):
+    """300 synchronous generations at once against one web process: each is answered with
+    its images, a 402, a 429, or (past WEB_MAX_WAITING) an immediate 503 `server_busy`
+    with Retry-After; nothing hangs and the money reconciles."""
     live = start_live_server(tmp_path)
     try:
         keys = []
@@ -247,12 +250,13 @@ def test_overload_only_200_402_429_and_reconcile_clean(tmp_path):
             )
             keys.append(key)
         results: list[tuple[int, float]] = []
+        busy: list[tuple[str | None, str | None]] = []  # (error code, Retry-After) of each 503
         lock = threading.Lock()
 
         def one(i: int) -> None:
             started = time.monotonic()
             try:
-                status, _, _ = call(
+                status, headers, body = call(
                     live,
                     "POST",
                     "/v1/images/generations",
@@ -264,6 +268,8 @@ def test_overload_only_200_402_429_and_reconcile_clean(tmp_path):
                 status = -1
             with lock:
                 results.append((status, time.monotonic() - started))
+                if status == 503:
+                    busy.append((body["error"]["code"], headers.get("Retry-After")))
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(300)]
         for thread in threads:
@@ -272,12 +278,14 @@ def test_overload_only_200_402_429_and_reconcile_clean(tmp_path):
             thread.join(timeout=240)
         statuses = [s for s, _ in results]
         assert len(statuses) == 300
-        assert set(statuses) <= {200, 402, 429}, sorted(set(statuses))
+        assert set(statuses) <= {200, 402, 429, 503}, sorted(set(statuses))
+        assert all(code == "server_busy" and retry_after for code, retry_after in busy), busy[:3]
         assert statuses.count(200) <= 9
-        refusals = sorted(t for s, t in results if s in (402, 429))
+        refusals = sorted(t for s, t in results if s in (402, 429, 503))
         p99 = refusals[int(len(refusals) * 0.99) - 1]
         print(
-            f"overload: {statuses.count(200)} x 200, {statuses.count(402)} x 402, {statuses.count(429)} x 429; "
+            f"overload: {statuses.count(200)} x 200, {statuses.count(402)} x 402, {statuses.count(429)} x 429, "
+            f"{statuses.count(503)} x 503; "
             f"refusal p50 {statistics.median(refusals) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
         )
         assert live.manage("billing_reconcile").returncode == 0

@@ -101,6 +101,14 @@ class Command(BaseCommand):
             raise CommandError("--size must look like 256x256") from None
         if o["n"] < 1 or o["concurrency"] < 1 or o["repeats"] < 1:
             raise CommandError("--n, --concurrency and --repeats must be at least 1")
+        from core.waiting import default_max_waiting
+
+        waiting_cap = settings.WEB_MAX_WAITING or default_max_waiting(o["web_threads"])
+        if o["concurrency"] > waiting_cap:  # the rest would be refused 503 server_busy (core/waiting.py)
+            raise CommandError(
+                f"--concurrency {o['concurrency']} is above the {waiting_cap} requests that may wait with "
+                f"--web-threads {o['web_threads']} (WEB_MAX_WAITING, docs/configuration.md): raise --web-threads"
+            )
         # 0 processes: the embedded worker, inside the web process.
         processes = (
             0

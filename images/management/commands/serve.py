@@ -43,13 +43,18 @@ class Command(BaseCommand):
         parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
         parser.add_argument("--port", type=int, default=settings.PORT)
         parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
-        parser.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "32")))
+        parser.add_argument("--threads", type=int, default=settings.WEB_THREADS)
 
     def handle(self, *args, host: str, port: int, workers: int, threads: int, **options):
         from gunicorn.app.base import BaseApplication
 
+        from core.waiting import waiting_configure
         from wsgi import application
 
+        try:  # (before gunicorn forks: every process inherits it)
+            max_waiting = waiting_configure(threads=threads)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         embedded = not settings.BROKER_URL
         if embedded:
             workers = 1  # the in-process broker lives in one process
@@ -71,7 +76,10 @@ class Command(BaseCommand):
                 "is then used), or PROMETHEUS_MULTIPROC_DIR"
             )
         queue = "embedded worker" if embedded else "broker " + settings.BROKER_URL.split("@")[-1]
-        self.stdout.write(f"Serving on http://{host}:{port} ({queue})")
+        self.stdout.write(
+            f"Serving on http://{host}:{port} ({queue}; {threads} threads per process, "
+            f"at most {max_waiting} waiting for a job)"
+        )
         self.stdout.flush()
 
         worker_threads = settings.EMBEDDED_WORKER_THREADS
