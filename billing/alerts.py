@@ -4,12 +4,13 @@ threshold, not one per request.
 `balance_alert_check` runs inside the transaction that changed the balance (a capture,
 a grant, a release): a single conditional UPDATE disarms the alert and stamps it when the
 available balance is below the threshold, and the email is sent by a Dramatiq actor
-after that transaction commits; the alert re-arms (again one conditional UPDATE) once
-the available balance is back at or above the threshold."""
+after that transaction commits; the alert re-arms (the same UPDATE) once the available
+balance is back at or above the threshold."""
 
 from __future__ import annotations
 
 from django.db import transaction
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from billing.models import BalanceAlert
@@ -17,20 +18,31 @@ from billing.models import BalanceAlert
 
 def balance_alert_check(*, tenant_id: int, available: int) -> bool:
     """Fire (disarm + send after commit) or re-arm the tenant's alert for `available`
-    credits; True when an email was scheduled. Tenants without a threshold cost one
-    UPDATE that matches nothing."""
-    fired_at = timezone.now()
-    fired = BalanceAlert.objects.filter(tenant_id=tenant_id, armed=True, threshold__gt=available).update(
-        armed=False, last_fired_at=fired_at
-    )
-    if fired:
-        from billing.actors import low_balance_notify
+    credits; True when an email was scheduled.
 
-        stamp = fired_at.isoformat()
-        transaction.on_commit(lambda: low_balance_notify.send(tenant_id, stamp))
-        return True
-    BalanceAlert.objects.filter(tenant_id=tenant_id, armed=False, threshold__lte=available).update(armed=True)
-    return False
+    One conditional UPDATE flips `armed` exactly when it is wrong for `available` (armed
+    and below the threshold: fire; disarmed and at or above it: re-arm), stamping
+    `last_fired_at` when it fires. So a tenant without an alert, or whose alert is
+    already right, costs one UPDATE that matches nothing; a flip costs one more
+    statement, to tell a firing from a re-arming by the stamp."""
+    fired_at = timezone.now()
+    below = Q(threshold__gt=available)
+    flipped = BalanceAlert.objects.filter(
+        Q(armed=True, threshold__gt=available) | Q(armed=False, threshold__lte=available), tenant_id=tenant_id
+    ).update(
+        armed=Case(When(below, then=Value(False)), default=Value(True)),
+        last_fired_at=Case(When(below, then=Value(fired_at)), default=F("last_fired_at")),
+    )
+    if (
+        not flipped
+        or not BalanceAlert.objects.filter(tenant_id=tenant_id, armed=False, last_fired_at=fired_at).exists()
+    ):
+        return False
+    from billing.actors import low_balance_notify
+
+    stamp = fired_at.isoformat()
+    transaction.on_commit(lambda: low_balance_notify.send(tenant_id, stamp))
+    return True
 
 
 def balance_alert_set(*, tenant, threshold: int) -> BalanceAlert:

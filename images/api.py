@@ -33,7 +33,8 @@ from billing.selectors import credits_available
 from core import idempotency
 from core.errors import APIError, InvalidRequest, NotFound, PermissionDeniedError, ServiceUnavailable
 from core.schema import AUTH_ERRORS, CHARGED_ERRORS, errors
-from images import selectors
+from core.waiting import ClientDisconnected, ClientWatch, ServerBusy, client_watch, waiting_slot_take
+from images import selectors, task_status
 from images.errors import job_error
 from images.files import (
     StorageUnavailable,
@@ -52,6 +53,7 @@ from images.serializers import (
     model_body,
     model_list_body,
     task_body,
+    task_body_from_status,
 )
 from images.services import jobs as job_services
 from images.services.generation import GenerationRequest, generation_create
@@ -170,11 +172,32 @@ class ChargedViewSet(viewsets.ViewSet):
         return caller
 
     def charged(self, request: Request, mapper: Mapper, renderer: Renderer) -> Response:
-        """Idempotency-Key (Stripe's semantics, core/idempotency.py) around one submission."""
+        """A request that will wait for its job (synchronous or streamed) first takes one
+        of this process's waiting places (core/waiting.py: 503 `server_busy` at once past
+        WEB_MAX_WAITING, before anything is held); it is given back when the answer is
+        made, or when a stream is closed."""
         caller = self.caller(request)
+        waits = not renderer.always_async and (
+            _wants_stream(request.data) or "respond-async" not in request.headers.get("Prefer", "")
+        )
+        slot = waiting_slot_take() if waits else None
+        response = None
+        try:
+            response = self._charged(request, caller, mapper, renderer, client_watch(request.META))
+            return response
+        finally:
+            if slot is not None and getattr(response, "streaming", False):
+                slot.release_when_closed(response)
+            elif slot is not None:
+                slot.release()
+
+    def _charged(
+        self, request: Request, caller: Caller, mapper: Mapper, renderer: Renderer, client: ClientWatch
+    ) -> Response:
+        """Idempotency-Key (Stripe's semantics, core/idempotency.py) around one submission."""
         key = request.headers.get("Idempotency-Key")
         if key is None:
-            return self._submit(request, caller, mapper, renderer, None)
+            return self._submit(request, caller, mapper, renderer, None, client)
         fingerprint = idempotency.request_fingerprint(
             method=request.method, path=request.path, data=request.data, files=request.FILES
         )
@@ -185,37 +208,51 @@ class ChargedViewSet(viewsets.ViewSet):
         if not is_new:
             return self._replay(request, record, renderer)
         try:
-            response = self._submit(request, caller, mapper, renderer, record.pk)
+            response = self._submit(request, caller, mapper, renderer, record.pk, client)
         except Exception as exc:  # rendered here so that the answer can be recorded
             response = self.handle_exception(exc)
-        record.refresh_from_db(fields=["job_id"])
+        try:
+            record.refresh_from_db(fields=["job_id"])
+        except type(record).DoesNotExist:
+            return response  # forgotten: its client left before the job started (jobs.job_abandon)
         if getattr(response, "streaming", False):
             return response  # replays re-stream the finished job (see _replay)
         if record.job_id is None:
             # Nothing started (validation, 402, 429, 503...): keep no result, as Stripe does.
             idempotency.idempotency_abandon(record=record)
-        elif response.status_code not in (202, 503, JobWaitTimeout.status_code):
-            # (202 and 504: still running; 503: the store was away. Replays render the job again.)
+        elif response.status_code not in (202, 503, JobWaitTimeout.status_code, ClientDisconnected.status_code):
+            # (202, 504 and 499: still running; 503: the store was away. Replays render the job again.)
             idempotency.idempotency_complete(
                 record=record, status=response.status_code, body=response.data, headers=_replayable_headers(response)
             )
         return response
 
     def _submit(
-        self, request: Request, caller: Caller, mapper: Mapper, renderer: Renderer, record_id: int | None
+        self,
+        request: Request,
+        caller: Caller,
+        mapper: Mapper,
+        renderer: Renderer,
+        record_id: int | None,
+        client: ClientWatch,
     ) -> Response:
         generation = mapper(request)
         generation.idempotency_record_id = record_id
+        generation.client_gone = client.gone  # a client already gone is charged nothing
         job = generation_create(caller=caller, request=generation)
         if caller.ratelimit_headers:
             request._request.ratelimit_headers = caller.ratelimit_headers
         if job.params.get("stream") and not renderer.always_async:
-            return sse_response(job=job, prefix=renderer.stream_prefix)
+            return sse_response(job=job, prefix=renderer.stream_prefix, client_gone=client.gone)
         if renderer.always_async or "respond-async" in request.headers.get("Prefer", ""):
             body = task_body(job=job, base_url=base_url(request))
             location = request.build_absolute_uri(f"/v1/images/tasks/{job.pk}")
             return Response(body, status=202, headers={"Location": location, "Preference-Applied": "respond-async"})
-        job = job_services.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS)
+        job = job_services.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS, client_gone=client.gone)
+        if client.left:
+            # Not started: cancelled and free (job_abandon). Started: it runs on and is
+            # charged; its Idempotency-Key or its task reads it. The answer goes nowhere.
+            raise ClientDisconnected(f"The client disconnected while waiting for job {job.pk} ({job.status}).")
         return job_result_response(job=job, request=request, renderer=renderer)
 
     def _replay(self, request: Request, record, renderer: Renderer):
@@ -443,17 +480,39 @@ class ImagesViewSet(ChargedViewSet):
         return self.charged(request, variation_mapper, OPENAI_GENERATION)
 
 
-def tenant_job(request: Request, task_id: str) -> Job:
-    """The caller's tenant's job, or 404 (another tenant's job looks exactly like a missing one)."""
+def _active_caller(request: Request) -> Caller | None:
     caller = caller_from_request(request)
     if caller is not None and caller.tenant.status != Tenant.Status.ACTIVE:  # (keys are refused at authentication)
         raise PermissionDeniedError(
             "This organization is suspended. Contact your platform operator.", code="tenant_suspended"
         )
+    return caller
+
+
+def tenant_job(request: Request, task_id: str) -> Job:
+    """The caller's tenant's job, or 404 (another tenant's job looks exactly like a missing one)."""
+    caller = _active_caller(request)
     job = selectors.job_get(tenant=caller.tenant, job_id=task_id) if caller else None
     if job is None:
         raise NotFound("No such task.", param="id", code="not_found")
     return job
+
+
+# Seconds a client is asked to wait before polling a queued or running task again, and
+# the longest long poll (`?wait=`).
+TASK_RETRY_AFTER = 1
+TASK_MAX_WAIT = 60
+
+
+def task_wait_seconds(raw: str | None) -> int:
+    """`?wait=N`: a whole number of seconds from 0 to TASK_MAX_WAIT (absent: 0)."""
+    if raw is None:
+        return 0
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 3 or int(raw) > TASK_MAX_WAIT:
+        raise InvalidRequest(
+            f"'wait' must be a whole number of seconds from 0 to {TASK_MAX_WAIT}.", param="wait", code="invalid_value"
+        )
+    return int(raw)
 
 
 class TaskViewSet(viewsets.ViewSet):
@@ -466,9 +525,47 @@ class TaskViewSet(viewsets.ViewSet):
     def _job(self, request: Request, task_id: str) -> Job:
         return tenant_job(request, task_id)
 
-    @extend_schema(summary="Read a task", tags=["tasks"], responses={200: TaskSerializer, **errors(404, *AUTH_ERRORS)})
+    def _task(self, request: Request, task_id: str, caller: Caller | None) -> tuple[dict[str, Any], dict[str, str]]:
+        """The task body and the status snapshot it was read with: a queued or running
+        task of the caller's tenant from its snapshot (no database), else from the row."""
+        status = task_status.task_status_read(job_id=task_id)
+        live = task_status.task_status_live(status)
+        if live and caller is not None and live["tenant"] == str(caller.tenant.pk):
+            return task_body_from_status(job_id=task_id, status=live), status
+        return task_body(job=self._job(request, task_id), base_url=base_url(request)), status
+
+    @extend_schema(
+        summary="Read a task",
+        tags=["tasks"],
+        description="A queued or running task is answered with `Retry-After` (seconds until the next "
+        "poll is worth it). `?wait=N` (0 to 60 seconds) holds the answer until the task changes "
+        "(a new status, a step done, the end) or N seconds pass (docs/api.md).",
+        parameters=[
+            OpenApiParameter(
+                "wait", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False, description="Long poll, 0-60 s"
+            )
+        ],
+        responses={200: TaskSerializer, **errors(400, 404, *AUTH_ERRORS)},
+    )
     def retrieve(self, request: Request, task_id: str) -> Response:
-        return Response(task_body(job=self._job(request, task_id), base_url=base_url(request)))
+        wait = task_wait_seconds(request.query_params.get("wait"))
+        caller = _active_caller(request)
+        body, seen = self._task(request, task_id, caller)
+        if wait and body["status"] not in Job.TERMINAL:
+            # A long poll holds a thread like a waiting generation: it takes a waiting
+            # place (core/waiting.py), and without one answers at once (a short poll).
+            try:
+                slot = waiting_slot_take()
+            except ServerBusy:
+                slot = None
+            if slot is not None:
+                try:
+                    task_status.task_status_wait(job_id=task_id, seen=seen, timeout=wait)
+                finally:
+                    slot.release()
+                body, _ = self._task(request, task_id, caller)
+        headers = {} if body["status"] in Job.TERMINAL else {"Retry-After": str(TASK_RETRY_AFTER)}
+        return Response(body, headers=headers)
 
     @extend_schema(
         summary="Cancel a task",

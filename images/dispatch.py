@@ -12,6 +12,7 @@ from core.errors import ServiceUnavailable
 from images.actors import run_generation
 from images.models import Job
 from images.services.jobs import job_fail
+from images.task_status import task_status_set
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ def queue_is_served(queue: str) -> bool:
 def job_enqueue(*, job: Job) -> None:
     """Send the job's message to its model's queue. If the broker refuses, the job is
     failed and its hold released before the caller hears 503: nothing stays held."""
+    task_status_set(job=job)  # polls read the queued task from here (images.task_status)
     try:
         broker = dramatiq.get_broker()
         broker.declare_queue(job.model.queue)

@@ -10,6 +10,7 @@ Shapes: ImagesResponse (reference §6), the task object, the model object (OpenA
 from __future__ import annotations
 
 import base64
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -233,6 +234,30 @@ def task_body(*, job: Job, base_url: str) -> dict[str, Any]:
         body["error"] = error.body()["error"]
     elif job.status == Job.Status.SUCCEEDED:
         body["result"] = images_response_body(job=job, base_url=base_url)
+    return TaskSerializer(body).data
+
+
+def task_body_from_status(*, job_id: str, status: dict[str, str]) -> dict[str, Any]:
+    """A queued or running task from its status snapshot (images.task_status), the same
+    object task_body renders from the row: nothing is charged, no result, no error yet."""
+    total = max(1, int(status["steps"]))
+    done = min(int(status.get("steps_done") or 0), total)
+    started = status.get("started_at")
+    body: dict[str, Any] = {
+        "id": str(job_id),
+        "object": "image.task",
+        "status": status["status"],
+        "model": status["model"],
+        "kind": status["kind"],
+        "created_at": int(float(status["created_at"])),
+        "started_at": int(float(started)) if started else None,
+        "finished_at": None,
+        "progress": {"steps_done": done, "steps_total": total, "fraction": round(done / total, 3)},
+        "credits_charged": 0,
+        "seeds": json.loads(status["seeds"]),
+        "result": None,
+        "error": None,
+    }
     return TaskSerializer(body).data
 
 

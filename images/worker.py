@@ -52,6 +52,7 @@ from images.files import CONTENT_TYPES, image_delete_files, image_encode, image_
 from images.models import ImageModel, Job
 from images.profiles import capabilities_check
 from images.services.jobs import job_complete, job_fail, job_progress, job_start
+from images.task_status import task_status_progress, task_status_shared
 from images.validation import image_seed
 
 logger = logging.getLogger(__name__)
@@ -61,11 +62,15 @@ _encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
 # Progress writes and token counts: database and tokenizer work that must not hold up
 # a pipeline lane (on_step runs on the lane) nor wait for it.
 _side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="side")
-# Progress is written to the database at most this often per job (seconds).
+# Progress is written to the database at most this often per job (seconds), where it
+# is written there at all: only when web processes cannot see the job's status snapshot
+# (images.task_status.task_status_shared); else every step goes to the snapshot.
 PROGRESS_INTERVAL = 0.5
-# How often the status of the jobs running in this process is read back to notice a
-# cancellation (seconds): one query for all of them, none while none runs.
+# How often the status snapshots of the jobs running in this process are looked at to
+# notice a cancellation (seconds; no database), and how often their rows are read back
+# as a backstop (one query for all of them, none while none runs).
 SETTLED_POLL_INTERVAL = 0.25
+SETTLED_DB_INTERVAL = 5.0
 # The share of JOB_TIME_LIMIT_MS the pipeline may use. The rest is left for encoding,
 # storing and settling, so that our own stop comes before Dramatiq's (an asynchronous
 # exception that could land anywhere, even in the middle of settling).
@@ -79,53 +84,72 @@ STOP_DEADLINE = "deadline"
 
 class _SettledWatch:
     """Which of this process's running jobs were settled by someone else (a client's
-    cancel, the deadline sweep): a thread reads their status back every
-    SETTLED_POLL_INTERVAL and sets their event. The thread runs only while some job is
-    watched and closes its database connection when it stops."""
+    cancel, the deadline sweep): one thread looks every SETTLED_POLL_INTERVAL at their
+    status snapshots (images.task_status: whoever settles a job writes its tombstone
+    there) and, as a backstop for a tombstone that could not be written, reads their
+    rows every SETTLED_DB_INTERVAL. So a job shorter than that costs no query and no
+    connection (the watch used to open one per job and query every 0.25 s); the thread
+    lives as long as the process and waits without a query while no job runs."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._events: dict[str, threading.Event] = {}
         self._thread: threading.Thread | None = None
+        self._db_due = 0.0
 
     def watch(self, job_id: Any) -> threading.Event:
         with self._lock:
+            if not self._events:
+                self._db_due = time.monotonic() + self._db_interval()
             event = self._events.setdefault(str(job_id), threading.Event())
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="job-settled-watch", daemon=True)
                 self._thread.start()
+            self._lock.notify_all()
             return event
 
     def unwatch(self, job_id: Any) -> None:
         with self._lock:
             self._events.pop(str(job_id), None)
 
+    @staticmethod
+    def _db_interval() -> float:
+        from images.task_status import task_status_shared
+
+        return SETTLED_DB_INTERVAL if task_status_shared() else SETTLED_POLL_INTERVAL
+
     def _loop(self) -> None:
         from django.db import connection
 
-        try:
-            while True:
-                time.sleep(SETTLED_POLL_INTERVAL)
-                with self._lock:
-                    ids = list(self._events)
-                    if not ids:
-                        self._thread = None
-                        return
+        from images.task_status import task_status_read
+
+        while True:
+            with self._lock:
+                if not self._events:
+                    # Idle: close the connection if the backstop opened one (only jobs
+                    # running longer than SETTLED_DB_INTERVAL make it read the rows).
+                    connection.close()
+                    self._lock.wait_for(lambda: self._events)
+            time.sleep(SETTLED_POLL_INTERVAL)
+            with self._lock:
+                ids = list(self._events)
+                from_db = time.monotonic() >= self._db_due
+                if from_db:
+                    self._db_due = time.monotonic() + self._db_interval()
+            settled = {job_id for job_id in ids if task_status_read(job_id=job_id).get("final")}
+            if from_db and ids:
                 try:
-                    settled = (
+                    rows = (
                         Job.objects.filter(pk__in=ids).exclude(status=Job.Status.RUNNING).values_list("pk", flat=True)
                     )
-                    settled = {str(pk) for pk in settled}
+                    settled |= {str(pk) for pk in rows}
                 except Exception:  # the database is away: the time limit and deadline still apply
                     logger.warning("could not read back running jobs' status", exc_info=True)
                     close_old_connections()
-                    continue
-                with self._lock:
-                    for job_id in settled:
-                        if job_id in self._events:
-                            self._events[job_id].set()
-        finally:
-            connection.close()
+            with self._lock:
+                for job_id in settled:
+                    if job_id in self._events:
+                        self._events[job_id].set()
 
 
 _settled_watch = _SettledWatch()
@@ -171,13 +195,17 @@ def _inputs(extra: dict[str, Any]) -> tuple[Any, Any]:
     return load(extra.get("init_file"), "RGB"), load(extra.get("mask_file"), "L")
 
 
-def _progress_write(job_id: Any, steps_done: int) -> None:
+def _progress_write(job_id: Any, steps_done: int, *, database: bool) -> None:
+    """Steps done, to the job's status snapshot (polls, and a cancel's charge) and, only
+    where web processes cannot see the snapshot, to the row."""
+    task_status_progress(job_id=job_id, steps_done=steps_done)
+    if not database:
+        return
     try:
         job_progress(job_id=job_id, steps_done=steps_done)
     except Exception:  # progress is informative; the job goes on
         logger.warning("could not record progress of job %s", job_id, exc_info=True)
-    finally:
-        close_old_connections()
+        close_old_connections()  # (a broken connection is replaced on the next write)
 
 
 def _publish_preview(job: Job, index: int, image: Any, steps_done: int) -> None:
@@ -193,9 +221,8 @@ def _publish_preview(job: Job, index: int, image: Any, steps_done: int) -> None:
         running = job_progress(job_id=job.pk, steps_done=steps_done)
     except Exception:
         logger.warning("could not record the preview step of job %s; preview dropped", job.pk, exc_info=True)
+        close_old_connections()  # (a broken connection is replaced on the next write)
         return
-    finally:
-        close_old_connections()
     if not running:
         return
     fmt = job.params.get("output_format", "png")
@@ -242,6 +269,7 @@ def job_run(*, job_id: str) -> None:
 
     last_write = [0.0]
     last_step = [0, 1]  # the latest on_step (done, total), for the previews that follow it
+    progress_in_db = not task_status_shared()
 
     def job_steps(done: int, total: int) -> int:
         # img2img runs fewer steps than asked; progress is recorded on the job's scale.
@@ -250,9 +278,9 @@ def job_run(*, job_id: str) -> None:
     def on_step(done: int, total: int) -> None:
         last_step[:] = [done, total]
         now = time.monotonic()
-        if done == total or now - last_write[0] >= PROGRESS_INTERVAL:
+        if not progress_in_db or done == total or now - last_write[0] >= PROGRESS_INTERVAL:
             last_write[0] = now
-            _side.submit(_progress_write, job.pk, job_steps(done, total))
+            _side.submit(_progress_write, job.pk, job_steps(done, total), database=progress_in_db)
 
     backend = get_backend()
     source = pipeline_source(job.model)

@@ -1,7 +1,7 @@
 """Writes for a job's life after it was created: wait, start, progress, complete,
 fail, cancel, sweep.
 
-The web tier calls job_wait and job_cancel; the worker (images.worker) calls
+The web tier calls job_wait, job_cancel and job_abandon; the worker (images.worker) calls
 job_start, job_progress, job_complete and job_fail. Every transition is a conditional
 UPDATE on the job's status, so a message delivered twice, a worker that crashed
 and came back, or a sweep racing a worker settles each job exactly once.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +22,7 @@ from django.utils import timezone
 
 from billing import services as billing
 from billing.models import UsageRecord
-from images import notify
+from images import notify, task_status
 from images.files import image_delete_files
 from images.models import GeneratedImage, Job
 
@@ -32,18 +33,32 @@ def _ms(delta: timedelta | None) -> int | None:
     return None if delta is None else max(0, int(delta.total_seconds() * 1000))
 
 
-def job_wait(*, job_id: Any, timeout: float) -> Job:
-    """Block until the job is terminal or `timeout` seconds pass; returns the fresh row."""
+def job_wait(*, job_id: Any, timeout: float, client_gone: Callable[[], bool] | None = None) -> Job:
+    """Block until the job is terminal or `timeout` seconds pass; returns the fresh row.
+
+    client_gone: whether the waiting client has left (core.waiting.ClientWatch.gone),
+    asked every CLIENT_POLL_SECONDS. Once it has: a job not yet started is abandoned
+    (job_abandon: cancelled, nothing charged) and returned; a started one is returned as
+    it is, still running, and the caller stops waiting."""
     from core.logging import log_context_bind
+    from core.waiting import CLIENT_POLL_SECONDS
 
     log_context_bind(job_id=str(job_id))  # the rest of this request's log lines name the job
     deadline = time.monotonic() + timeout
+    step = 2.0 if client_gone is None else CLIENT_POLL_SECONDS
+    read_at = 0.0
     while True:
         # The signal is a hint (kept until collected, so one sent before this call still
         # counts); the database is the truth, re-read after it and at least every 2 s.
         remaining = deadline - time.monotonic()
-        if remaining > 0:
-            notify.job_wait_signal(str(job_id), min(remaining, 2.0))
+        signalled = remaining > 0 and notify.job_wait_signal(str(job_id), min(remaining, step))
+        if client_gone is not None and client_gone():
+            job_abandon(job_id=job_id)
+            return Job.objects.select_related("model", "hold").get(pk=job_id)
+        now = time.monotonic()
+        if not (signalled or now - read_at >= 2.0 or deadline - now <= 0):
+            continue
+        read_at = now
         job = Job.objects.select_related("model", "hold").get(pk=job_id)  # (the hold: for the credit headers)
         if job.status in Job.TERMINAL or deadline - time.monotonic() <= 0:
             return job
@@ -57,7 +72,9 @@ def job_start(*, job_id: Any) -> Job | None:
     )
     if not claimed:
         return None
-    return Job.objects.select_related("model").get(pk=job_id)
+    job = Job.objects.select_related("model").get(pk=job_id)
+    task_status.task_status_set(job=job)  # polls see it running, without the database
+    return job
 
 
 def job_progress(*, job_id: Any, steps_done: int) -> bool:
@@ -102,6 +119,7 @@ def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_
             latency_ms=_ms(now - job.created_at),
         )
     _inputs_delete(job)
+    task_status.task_status_final(job_id=job.pk)
     notify.job_notify(job.pk)
     return True
 
@@ -134,6 +152,7 @@ def job_fail(*, job_id: Any, code: str, message: str, status: str = Job.Status.F
             queue_wait_ms=_ms(job.started_at - job.created_at) if job.started_at else None,
         )
     _inputs_delete(job)
+    task_status.task_status_final(job_id=job_id)
     notify.job_notify(job_id)
     return True
 
@@ -158,7 +177,8 @@ def job_cancel(*, job: Job) -> int:
 
     The client pays for the work done: ceil(quote * steps_done / steps) credits,
     captured from the hold (the rest released), where steps_done is what the worker
-    recorded, delivered previews included (a preview at step k is recorded as k steps
+    recorded (in the job's status snapshot or, for previews, in the row: the larger),
+    delivered previews included (a preview at step k is recorded as k steps
     done before it is sent; see images.worker). A job that had not started (or had done
     no step) is charged 0 and its hold released in full. The job turns `cancelled` at
     once; its worker notices within a step or so, stops its pipeline and settles
@@ -168,12 +188,16 @@ def job_cancel(*, job: Job) -> int:
     0 returned; the capture is keyed by the job, so it happens at most once.
     """
     now = timezone.now()
+    # The steps the worker reported outside the database (images.task_status) count as
+    # done too; the row keeps the larger of the two, so what is charged is what it shows.
+    reported = task_status.task_status_steps_done(job_id=job.pk)
     with transaction.atomic():
         won = Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
             status=Job.Status.CANCELLED,
             finished_at=now,
             error_code="cancelled",
             error_message="The job was cancelled by the client.",
+            steps_done=Greatest(F("steps_done"), reported),
         )
         if not won:
             return 0
@@ -193,5 +217,42 @@ def job_cancel(*, job: Job) -> int:
             queue_wait_ms=_ms(row.started_at - row.created_at) if row.started_at else None,
         )
     _inputs_delete(row)
+    task_status.task_status_final(job_id=row.pk)
     notify.job_notify(row.pk)
     return charge
+
+
+def job_abandon(*, job_id: Any) -> bool:
+    """The client of a waiting request left (core.waiting) before its job started:
+    cancel the job (`client_disconnected`), release its hold in full (nothing charged)
+    and forget its Idempotency-Key, all in one transaction, so that the client's retry
+    with the same key runs afresh instead of replaying the cancellation (docs/api.md,
+    "A client that leaves"). A job already started (or finished) is left alone: it runs
+    to completion, is charged, and is read back by its key or its task. Returns whether
+    the job was cancelled; safe to call twice (the update is conditional on `queued`)."""
+    from core.idempotency import idempotency_forget_job
+
+    now = timezone.now()
+    with transaction.atomic():
+        won = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+            status=Job.Status.CANCELLED,
+            finished_at=now,
+            error_code="client_disconnected",
+            error_message="The client disconnected before the job started; nothing was charged.",
+        )
+        if not won:
+            return False
+        job = Job.objects.get(pk=job_id)
+        billing.hold_release(job=job)
+        UsageRecord.objects.filter(job=job).update(
+            outcome=UsageRecord.Outcome.CANCELLED,
+            error_code="client_disconnected",
+            credits_charged=0,
+            latency_ms=_ms(now - job.created_at),
+        )
+        idempotency_forget_job(job_id=job_id)
+    logger.info("client left before job %s started: cancelled, nothing charged", job_id)
+    _inputs_delete(job)
+    task_status.task_status_final(job_id=job_id)
+    notify.job_notify(job_id)
+    return True
