@@ -102,7 +102,9 @@ def test_concurrent_first_requests_to_a_fresh_embedded_server_all_succeed(tmp_pa
     from tests.live import start_live_server
 
     for attempt in range(SERVERS):
-        server = start_live_server(tmp_path / f"run{attempt}", {"WARM_UP_MODELS": "true"})
+        run_dir = tmp_path / f"run{attempt}"
+        run_dir.mkdir()
+        server = start_live_server(run_dir, {"WARM_UP_MODELS": "true"})
         try:
             client = openai.OpenAI(api_key=server.tenant(), base_url=server.url + "/v1", max_retries=0, timeout=180)
 
