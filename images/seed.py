@@ -7,7 +7,7 @@ from django.db import transaction
 from billing.models import Price
 from images.models import ImageModel
 
-DEMO_SOURCE = "demo-sd-tiny"  # folder under MODEL_DIR built by `manage.py build_demo_model`
+DEMO_SOURCE = "demo-sd-tiny"  # folder under MODEL_DIR installed by `manage.py build_demo_model`
 
 # Demo model: steps per quality value (more steps = slower = pricier in a real model).
 DEMO_STEPS = {"standard": 4, "hd": 6, "low": 2, "medium": 3, "high": 4, "default": 4}

@@ -1,4 +1,4 @@
-"""Fixtures for the GPU-layer tests: a demo model built once per module, on the CPU."""
+"""Fixtures for the GPU-layer tests: the trained demo model (copied once per module), on the CPU."""
 
 from contextlib import ExitStack
 
@@ -7,7 +7,7 @@ import pytest
 from images.backends.base import PipelineSource
 from images.backends.local import config
 from images.backends.local.cache import clear_cache
-from images.backends.local.demo import build_demo_model
+from images.demo_model import demo_model_install
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def model_dir(tmp_path_factory):
     # Pin the device so results do not depend on the host, and start from defaults.
     with config.override(device="cpu", max_batch=None, cache_size=2, vae_tiling=False, lanes=None):
         path = tmp_path_factory.mktemp("models") / "demo"
-        build_demo_model(path, seed=0)
+        demo_model_install(path)
         yield path
     clear_cache()
 

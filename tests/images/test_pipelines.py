@@ -1,4 +1,4 @@
-"""The torch/diffusers layer on the tiny random demo model, on CPU. No Django needed."""
+"""The torch/diffusers layer on the tiny trained demo model, on CPU. No Django needed."""
 
 from __future__ import annotations
 
@@ -49,21 +49,39 @@ def test_model_folder_is_complete_and_local(model_dir):
     assert not list(model_dir.rglob("*.bin"))
     tokenizer = model_dir / "tokenizer"
     assert (tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()
-    assert json.loads((model_dir / "platform_demo.json").read_text()) == {"demo": True, "seed": 0}
+    marker = json.loads((model_dir / "platform_model.json").read_text())
+    assert marker["native_size"] == 32 and marker["trained_by"] == "tools/demo_model/train.py"
     assert not [p for p in model_dir.parent.iterdir() if p.name.startswith(".")]  # no leftover temp dir
 
 
-def test_build_is_reproducible_and_idempotent(model_dir, tmp_path):
-    def weights(path):
-        return {p.relative_to(path): p.read_bytes() for p in path.rglob("*.safetensors")}
+def weights(path):
+    return {p.relative_to(path): p.read_bytes() for p in path.rglob("*.safetensors")}
 
+
+def test_random_build_is_reproducible_and_idempotent(tmp_path):
+    # The random-weight builder stays for tools/arch_models.py and tools/tiny_families.py.
     build_demo_model(tmp_path / "same", seed=0)
+    build_demo_model(tmp_path / "again", seed=0)
     build_demo_model(tmp_path / "other", seed=1)
-    assert weights(tmp_path / "same") == weights(model_dir)
-    assert weights(tmp_path / "other") != weights(model_dir)
+    assert weights(tmp_path / "same") == weights(tmp_path / "again")
+    assert weights(tmp_path / "other") != weights(tmp_path / "same")
     build_demo_model(tmp_path / "same", seed=0)  # already there: no-op
     with pytest.raises(FileExistsError):
         build_demo_model(tmp_path / "same", seed=5)
+
+
+def test_install_copies_the_committed_weights_once_and_replaces_the_random_model(model_dir, tmp_path):
+    from images.demo_model import DEMO_WEIGHTS, demo_model_install
+
+    assert weights(model_dir) == weights(DEMO_WEIGHTS)
+    build_demo_model(tmp_path / "demo", seed=0)  # what `make setup` left before the trained model
+    assert demo_model_install(tmp_path / "demo") is True
+    assert weights(tmp_path / "demo") == weights(DEMO_WEIGHTS)
+    assert demo_model_install(tmp_path / "demo") is False  # already current: nothing copied
+    (tmp_path / "operator").mkdir()
+    (tmp_path / "operator" / "model_index.json").write_text("{}")
+    with pytest.raises(FileExistsError):
+        demo_model_install(tmp_path / "operator")  # never overwrites an operator's folder
 
 
 def test_get_pipeline_loads_locally_and_caches(source):

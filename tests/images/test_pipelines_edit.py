@@ -26,9 +26,23 @@ from images.backends.base import (  # noqa: E402
     effective_steps,
     preview_steps_for,
 )
-from images.backends.local import cache, previews  # noqa: E402
+from images.backends.local import cache, config, previews  # noqa: E402
 from images.backends.local.cache import get_pipeline  # noqa: E402
+from images.backends.local.demo import build_demo_model  # noqa: E402
 from images.backends.local.runner import run_batch  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """These tests look at latents and previews at the size asked, the generic path of an
+    operator's model: the random-weight builder's model draws at any size, while the
+    trained demo model draws at 32x32 and is resized (tests/images/test_demo_oracle.py)."""
+    with config.override(device="cpu", max_batch=None, cache_size=2, vae_tiling=False, lanes=None):
+        path = tmp_path_factory.mktemp("models") / "random-demo"
+        build_demo_model(path, seed=0)
+        yield path
+    cache.clear_cache()
+
 
 SIZE = 256
 HALF_LATENT = SIZE // 8 // 2  # latent columns of the left half

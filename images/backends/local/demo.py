@@ -1,10 +1,12 @@
 """A tiny, randomly initialised Stable Diffusion pipeline built from configs.
 
-It exists so that the whole platform (API, queue, worker, GPU layer) can run and be
-tested on a CPU-only host without downloading anything: the weights are random (the
-images look like coloured noise), but every component is a real diffusers / transformers
-class, saved in the standard `save_pretrained` layout (safetensors), so it loads through
-exactly the same `from_pretrained` path as a real checkpoint.
+The platform's demo model is no longer this one: it is the trained pipeline committed
+under images/backends/local/demo_weights (docs/demo-model.md, images/demo_model.py).
+This random-weight builder stays for tooling that needs a model of a given shape without
+training one (tools/arch_models.py and tools/tiny_families.py reuse its byte-level
+tokenizer). Every component is a real diffusers / transformers class, saved in the
+standard `save_pretrained` layout (safetensors), so it loads through exactly the same
+`from_pretrained` path as a real checkpoint; the images look like coloured noise.
 
 Sizes were chosen for speed on a 2-core CPU (about 1 s for one 1024x1024 image at 4
 steps): the UNet (~1.4M parameters) only attends at its lowest resolution, and the VAE

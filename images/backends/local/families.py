@@ -45,7 +45,7 @@ from diffusers import (
 from PIL import Image as PILImage
 
 from images.backends.base import GenerationTask, PipelineError, PipelineSource
-from images.backends.local import previews
+from images.backends.local import native, previews
 from images.families_catalog import CFG, DISTILLED, FAMILIES, KLEIN_PIPELINES, NO_GUIDANCE, TRUE_CFG, FamilySpec
 
 if TYPE_CHECKING:
@@ -248,7 +248,10 @@ class Family:
         if "_auto_resize" in params:  # Kontext: render at the size asked, not a preferred one
             kwargs["_auto_resize"] = False
             kwargs["max_area"] = first.width * first.height
-        kwargs.update(self._image_kwargs(mode, first, len(rows), strength))
+        size = native.native_size(pipe)
+        if size is not None:  # drawn at its native size, fitted to the request in finish()
+            kwargs["width"] = kwargs["height"] = size
+        kwargs.update(self._image_kwargs(mode, first, len(rows), strength, size))
         if "callback_on_step_end" in params:
             kwargs["callback_on_step_end"] = on_step_end
         elif "callback" in params:  # the legacy callback(step, timestep, latents) (PixArt)
@@ -292,10 +295,14 @@ class Family:
         return {"negative_prompt": [fill if n is None else n for n in negatives]}
 
     @staticmethod
-    def _image_kwargs(mode: str, first: GenerationTask, size: int, strength: float) -> dict[str, Any]:
+    def _image_kwargs(
+        mode: str, first: GenerationTask, size: int, strength: float, native_size: int | None = None
+    ) -> dict[str, Any]:
         if mode == "text2img":
             return {}
         init = first.init_image if first.init_image.mode == "RGB" else first.init_image.convert("RGB")
+        if native_size is not None:
+            init = native.to_native(init, native_size)
         if mode == "reference":
             return {"image": init}
         # One copy per image: with a list of generators diffusers encodes each copy with
@@ -303,14 +310,23 @@ class Family:
         kwargs: dict[str, Any] = {"image": [init] * size, "strength": strength}
         if mode == "inpaint":
             mask = first.mask_image if first.mask_image.mode == "L" else first.mask_image.convert("L")
+            if native_size is not None:
+                mask = native.to_native(mask, native_size)
             kwargs["mask_image"] = [mask] * size
         return kwargs
 
-    def finish(self, mode: str, first: GenerationTask, images: list[Image.Image]) -> list[Image.Image]:
-        """Post-process a call's RGB images. Inpainting pastes the input back where the
+    def finish(
+        self, mode: str, first: GenerationTask, images: list[Image.Image], *, pipe: Any = None
+    ) -> list[Image.Image]:
+        """Post-process a call's RGB images. A model with a native size (`pipe`'s, see
+        images.backends.local.native) drew them at that size: they are fitted to the
+        task's size first. Inpainting pastes the input back where the
         mask is black (softly where it is grey): the pipeline already keeps the black
         region at the input's latents, but a VAE round trip is lossy (colour shifts, blur;
         with random weights: garbage), so the composite makes "keep" mean keep."""
+        if pipe is not None and native.native_size(pipe) is not None:
+            base = first.init_image if mode != "text2img" else None
+            images = [native.fit(image, first.width, first.height, base=base) for image in images]
         if mode != "inpaint":
             return images
         init = first.init_image if first.init_image.mode == "RGB" else first.init_image.convert("RGB")
@@ -325,6 +341,11 @@ class Family:
         """Small RGB previews of a step's latents (rows = images), decoded the way the
         family's pipeline decodes. Raises PipelineError."""
         layout = self.spec.latents if self.spec else "spatial"
+        if layout == "spatial" and native.native_size(pipe) is not None:
+            scale = min(1.0, max_size / max(width, height))  # the request's shape, at most max_size
+            small = (max(8, round(width * scale)), max(8, round(height * scale)))
+            decoded = previews.decode_latents_preview(pipe, latents, max_size=max_size)
+            return [native.fit(image, *small) for image in decoded]
         if layout == "spatial":
             return previews.decode_latents_preview(pipe, latents, max_size=max_size)
         if layout == "packed":

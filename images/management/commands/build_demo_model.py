@@ -3,26 +3,24 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from images.demo_model import demo_model_install
 from images.seed import DEMO_SOURCE
 
 
 class Command(BaseCommand):
-    help = "Build the small random-weight demo Stable Diffusion model under MODEL_DIR (if missing)."
+    help = (
+        "Install the trained demo model (committed weights, docs/demo-model.md) under MODEL_DIR "
+        "if missing or outdated. Copies files only: no torch, no training."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--force", action="store_true", help="rebuild even if present")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--force", action="store_true", help="copy again even if present")
 
-    def handle(self, *args, force: bool, seed: int, **options):
+    def handle(self, *args, force: bool, **options):
         path = Path(settings.MODEL_DIR) / DEMO_SOURCE
-        if (path / "model_index.json").exists() and not force:
-            return
-        from images.backends.local.demo import build_demo_model  # imports torch: worker side only
-
-        if force and path.exists():
+        if force and (path / "platform_model.json").is_file():
             import shutil
 
             shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        build_demo_model(path, seed=seed)
-        self.stdout.write(f"Built the demo model in {path}")
+        if demo_model_install(path):
+            self.stdout.write(f"Installed the demo model in {path}")

@@ -6,7 +6,7 @@ from images.seed import registry_seed
 
 
 class Command(BaseCommand):
-    help = "Idempotent setup after migrate: build the demo model if missing, seed models and prices."
+    help = "Idempotent setup after migrate: install the demo model if missing, seed models and prices."
 
     def add_arguments(self, parser):
         parser.add_argument("--no-model", action="store_true", help="skip the demo model (web-only hosts)")
