@@ -1,8 +1,9 @@
+from django import forms
 from django.contrib import admin
 from django.db.models import Count
 
 from billing.models import Price
-from images.models import BlockedPrompt, GeneratedImage, ImageModel, Job, ModerationTerm
+from images.models import BlockedPrompt, GeneratedImage, ImageModel, Job, LoraAdapter, ModerationTerm
 
 
 class PriceInline(admin.TabularInline):
@@ -109,3 +110,48 @@ class BlockedPromptAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+class LoraAdapterForm(forms.ModelForm):
+    """The path must be a .safetensors file or a folder with one (as `manage.py lora_add`)."""
+
+    class Meta:
+        model = LoraAdapter
+        fields = (
+            "name",
+            "path",
+            "base_model",
+            "family",
+            "surcharge_credits",
+            "trigger_words",
+            "public",
+            "tenants",
+            "owner",
+            "enabled",
+        )
+
+    def clean_path(self) -> str:
+        from images.services.loras import LoraPathError, lora_path_resolve
+
+        try:
+            return lora_path_resolve(self.cleaned_data["path"])
+        except LoraPathError as exc:
+            raise forms.ValidationError(f"Not a LoRA adapter: {exc}") from None
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("base_model") and not data.get("family"):
+            raise forms.ValidationError("Name the base model (or the family) the adapter was trained for.")
+        return data
+
+
+@admin.register(LoraAdapter)
+class LoraAdapterAdmin(admin.ModelAdmin):
+    """LoRA adapters over base models (issue 23; docs/models.md). Not public: only the
+    listed tenants (and its owner) may use it."""
+
+    form = LoraAdapterForm
+    list_display = ("name", "base_model", "family", "surcharge_credits", "public", "owner", "enabled", "created_at")
+    list_filter = ("enabled", "public", "base_model")
+    search_fields = ("name", "trigger_words")
+    filter_horizontal = ("tenants",)

@@ -299,7 +299,8 @@ def read_model_index(folder: str | Path) -> dict[str, Any]:
     if not index.is_file():
         raise FamilyError(
             f"{folder} has no model_index.json: not a diffusers pipeline folder "
-            "(single-file checkpoints and LoRAs are not served)"
+            "(single-file checkpoints are not served; a LoRA adapter is added over its base model "
+            "with `manage.py lora_add`)"
         )
     try:
         data = json.loads(index.read_text(encoding="utf-8"))

@@ -26,6 +26,7 @@ __all__ = [
     "Backend",
     "GenerationResult",
     "GenerationTask",
+    "LoraSpec",
     "PipelineError",
     "PipelineSource",
     "effective_steps",
@@ -41,6 +42,16 @@ class PipelineSource:
     # (bf16 for transformer families), fp16 on MPS, fp32 on CPU
     dtype: str = "auto"
     local_files_only: bool = True  # the operator may set False to allow hub downloads
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA adapter a task runs with (issue 23): the catalog name, the resolved
+    file or folder (images.services.loras), and its scale in [-2, 2] (0 = not applied)."""
+
+    name: str
+    path: str
+    scale: float = 1.0
 
 
 @dataclass
@@ -80,6 +91,9 @@ class GenerationTask:
     # on the lane every step: read a flag or a clock, never the database). Exceptions are
     # logged and count as "carry on".
     should_stop: Callable[[], str | None] | None = None
+    # LoRA adapters to apply, in request order (issue 23); () = the base model. Tasks
+    # batch only with tasks of the same effective adapter set (adapters.effective).
+    loras: tuple[LoraSpec, ...] = ()
 
     @property
     def kind(self) -> str:

@@ -18,7 +18,7 @@ from diffusers import DiffusionPipeline
 from transformers import PreTrainedTokenizerBase
 
 from images.backends.base import PipelineError, PipelineSource, error_summary
-from images.backends.local import config, families
+from images.backends.local import adapters, config, families, native
 from images.backends.local.device import DTYPES, dtype_name, free_memory, resolve_dtype, select_device
 from images.backends.local.lanes import current_lane
 
@@ -56,6 +56,7 @@ def _load(source: PipelineSource, device: str, dtype: torch.dtype) -> Any:
         kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": source.local_files_only}
         kwargs.update(family.load_kwargs(model_config))
         pipe = family.load(location, model_config, **kwargs)
+        native.attach(pipe, location)  # a model that draws at one size (the demo model)
         pipe.to(device)
     except Exception as exc:
         raise PipelineError(f"could not load model {source.source!r}: {error_summary(exc)}") from exc
@@ -130,6 +131,7 @@ def get_pipeline(source: PipelineSource, kind: str = "text2img", *, lane: int | 
                 for variant_key in [k for k in _VARIANTS if k[0] == old_key]:
                     del _VARIANTS[variant_key]
                 _COUNTING.pop(old_key, None)
+                adapters.forget(old_key)
                 logger.info("evicted pipeline %s from the cache", old_key[0])
                 evicted = True
             if evicted:
@@ -172,5 +174,7 @@ def clear_cache() -> None:
     with _CACHE_LOCK:
         _VARIANTS.clear()
         _COUNTING.clear()
+        for key in _CACHE:
+            adapters.forget(key)
         _CACHE.clear()
     gc.collect()

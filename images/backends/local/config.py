@@ -19,6 +19,9 @@ max_batch (PIPELINE_MAX_BATCH; None = automatic)
     CUDA, 4 on MPS, 1 on CPU (batching measured slower there).
 cache_size (PIPELINE_CACHE_SIZE; 2)
     Models kept loaded per process, >= 1, least recently used evicted.
+lora_cache_size (LORA_CACHE_SIZE; 8)
+    LoRA adapters kept loaded per model, >= 1, least recently used unloaded (issue 23;
+    images.backends.local.adapters). A call needing more loads them all anyway.
 compile, compile_mode, compile_backend (PIPELINE_COMPILE, PIPELINE_COMPILE_MODE,
 PIPELINE_COMPILE_BACKEND; off, None = torch's default, "inductor")
     torch.compile the denoiser at load (1/true/yes/on); warm-up compiles it for
@@ -58,6 +61,7 @@ VARIABLES: dict[str, str] = {
     "lanes": "PIPELINE_LANES",
     "max_batch": "PIPELINE_MAX_BATCH",
     "cache_size": "PIPELINE_CACHE_SIZE",
+    "lora_cache_size": "LORA_CACHE_SIZE",
     "compile": "PIPELINE_COMPILE",
     "compile_mode": "PIPELINE_COMPILE_MODE",
     "compile_backend": "PIPELINE_COMPILE_BACKEND",
@@ -76,6 +80,7 @@ class LocalConfig:
     lanes: int | None = None
     max_batch: int | None = None
     cache_size: int = 2
+    lora_cache_size: int = 8
     compile: bool = False
     compile_mode: str | None = None
     compile_backend: str = "inductor"
@@ -97,6 +102,7 @@ class LocalConfig:
             lanes=_count(VARIABLES["lanes"], raw("lanes")),
             max_batch=_count(VARIABLES["max_batch"], raw("max_batch")),
             cache_size=_count(VARIABLES["cache_size"], raw("cache_size")) or 2,
+            lora_cache_size=_count(VARIABLES["lora_cache_size"], raw("lora_cache_size")) or 8,
             compile=raw("compile").lower() in _TRUE,
             compile_mode=raw("compile_mode") or None,
             compile_backend=raw("compile_backend") or "inductor",

@@ -33,8 +33,8 @@ from images.backends.base import (
     effective_steps,
     error_summary,
 )
-from images.backends.local import config, families
-from images.backends.local.cache import get_pipeline
+from images.backends.local import adapters, config, families
+from images.backends.local.cache import cache_key, get_pipeline
 from images.backends.local.device import free_memory, generator_device, select_device
 from images.backends.local.lanes import current_lane, lane_count, run_lock
 from images.backends.local.previews import PREVIEW_MAX_SIZE, PreviewState
@@ -298,9 +298,13 @@ def _run_chunk(
         raise PipelineError(f"generation failed: {error_summary(exc)}") from exc
 
     images = [image if image.mode == "RGB" else image.convert("RGB") for image in output.images]
-    if len(images) != len(chunk) or any(im.size != (first.width, first.height) for im in images):
+    if len(images) != len(chunk):
         raise PipelineError("generation failed: the pipeline returned unexpected images")
-    return family.finish(mode, first, images), time.perf_counter() - started
+    # finish() fits a native-size model's images to the task's size (images.backends.local.native).
+    images = family.finish(mode, first, images, pipe=pipe)
+    if any(im.size != (first.width, first.height) for im in images):
+        raise PipelineError("generation failed: the pipeline returned unexpected images")
+    return images, time.perf_counter() - started
 
 
 # ---------------------------------------------------------------------------
@@ -344,6 +348,7 @@ def run_batch(
                 task.steps,
                 float(task.guidance),
                 *families.family_for_source(task.source).batch_key(task),
+                adapters.effective(task.loras),  # never another request's adapter (issue 23)
             )
         else:
             key = ("own call", index)  # each img2img/inpaint task has its own input image(s)
@@ -356,25 +361,27 @@ def run_batch(
         for indices in groups.values():
             first = tasks[indices[0]]
             pipe = get_pipeline(first.source, first.kind, lane=lane)
-            items: list[_Item] = [(t, j) for t in indices for j in range(len(tasks[t].seeds))]
-            chunks = [items[k : k + limit] for k in range(0, len(items), limit)]
-            # A task split over several calls reports progress over all of them.
-            for t in indices:
-                states[t] = _TaskState(calls=sum(any(i[0] == t for i in c) for c in chunks))
-            for planned in chunks:
-                for t in dict.fromkeys(t for t, _ in planned):
-                    if not states[t].stopped:
-                        states[t].stopped = _stop_reason(tasks[t], t, failed)
-                chunk = [item for item in planned if not states[item[0]].stopped]
-                if not chunk:
-                    continue
-                chunk_images, elapsed = _run_chunk(pipe, tasks, chunk, states, failed)
-                for r, (t, _) in enumerate(chunk):
-                    states[t].seconds += elapsed / len(chunk)  # shared call time, split per image
-                    if chunk_images is not None and not states[t].stopped:
-                        states[t].images.append(chunk_images[r])
-                for t in dict.fromkeys(t for t, _ in chunk):
-                    states[t].calls_done += 1
+            # The group's adapter set, active on the model's shared modules for its calls.
+            with adapters.activate(pipe, cache_key(first.source), first.loras):
+                items: list[_Item] = [(t, j) for t in indices for j in range(len(tasks[t].seeds))]
+                chunks = [items[k : k + limit] for k in range(0, len(items), limit)]
+                # A task split over several calls reports progress over all of them.
+                for t in indices:
+                    states[t] = _TaskState(calls=sum(any(i[0] == t for i in c) for c in chunks))
+                for planned in chunks:
+                    for t in dict.fromkeys(t for t, _ in planned):
+                        if not states[t].stopped:
+                            states[t].stopped = _stop_reason(tasks[t], t, failed)
+                    chunk = [item for item in planned if not states[item[0]].stopped]
+                    if not chunk:
+                        continue
+                    chunk_images, elapsed = _run_chunk(pipe, tasks, chunk, states, failed)
+                    for r, (t, _) in enumerate(chunk):
+                        states[t].seconds += elapsed / len(chunk)  # shared call time, split per image
+                        if chunk_images is not None and not states[t].stopped:
+                            states[t].images.append(chunk_images[r])
+                    for t in dict.fromkeys(t for t, _ in chunk):
+                        states[t].calls_done += 1
     results = []
     for index in range(len(tasks)):
         state = states[index]
