@@ -62,6 +62,10 @@ class FetchRefused(InvalidRequest):
     code = "invalid_url"
 
 
+class FetchTargetRefused(FetchRefused):
+    """The URL's host is (or resolves to) an address that may not be reached."""
+
+
 class FetchTooLarge(FetchRefused):
     code = "file_too_large"
 
@@ -306,3 +310,109 @@ def _read_body(response: http.client.HTTPResponse, *, max_bytes: int, refuse, wh
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks), response.getheader("Content-Type", "")
+
+
+@dataclass(frozen=True)
+class PostResult:
+    status: int  # the HTTP status the server answered (a redirect is an answer, never followed)
+    body: bytes  # at most `max_bytes` of the answer's body (the rest is not read)
+    address: str  # the address actually connected to
+
+
+def http_post(
+    url: str,
+    *,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    allow_private: bool = False,
+    max_bytes: int = 4096,
+    param: str | None = None,
+) -> PostResult:
+    """POST `body` to an http(s) URL under the same rules as `http_fetch` (one DNS
+    resolution, every answer globally routable unless `allow_private`, the connection
+    pinned to a checked address, no proxy, no redirect followed, one deadline of
+    `timeout` seconds over everything). Used for outgoing webhooks (images.services.webhooks).
+
+    Returns whatever status the server answered, with at most `max_bytes` of its body
+    (the rest is never read). Raises FetchRefused for a refused target, a connection
+    that failed or the deadline passed (its message says which)."""
+    deadline = time.monotonic() + timeout
+    where = f" in '{param}'" if param else ""
+
+    def refuse(message: str) -> FetchRefused:
+        return FetchRefused(message, param=param)
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise refuse(f"The URL{where} must be http or https.")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):
+        raise refuse(f"The URL{where} is not valid.") from None
+    if not host:
+        raise refuse(f"The URL{where} has no host.")
+    try:
+        answers = _resolve(host, port, deadline)
+    except TimeoutError:
+        raise refuse(f"Resolving the host of the URL{where} took too long.") from None
+    except (OSError, UnicodeError):
+        raise refuse(f"Could not resolve the host of the URL{where}.") from None
+    targets: list[IPAddress] = []
+    for answer in answers:
+        target = address_connect_target(ipaddress.ip_address(answer), allow_private=allow_private)
+        if target is None:
+            raise FetchTargetRefused(
+                f"The URL{where} points at a private, loopback or otherwise non-public address, which is not allowed.",
+                param=param,
+            )
+        targets.append(target)
+    if not targets:
+        raise refuse(f"Could not resolve the host of the URL{where}.")
+
+    watchdog = _Watchdog(max(0.0, deadline - time.monotonic()))
+    sock = None
+    try:
+        sock, target = _connect(targets, port, deadline)
+        watchdog.sock = sock
+        if parts.scheme == "https":
+            context = ssl.create_default_context()
+            sock.settimeout(_remaining(deadline))
+            sock = context.wrap_socket(sock, server_hostname=host)
+            watchdog.sock = sock
+        sock.settimeout(_remaining(deadline))
+        connection = http.client.HTTPConnection(host, port)
+        connection.sock = sock
+        default_port = 443 if parts.scheme == "https" else 80
+        host_header = f"[{host}]" if ":" in host else host
+        if port != default_port:
+            host_header += f":{port}"
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.putrequest("POST", path, skip_host=True, skip_accept_encoding=True)
+        connection.putheader("Host", host_header)
+        connection.putheader("User-Agent", "image-platform-webhooks/1")
+        connection.putheader("Content-Length", str(len(body)))
+        connection.putheader("Connection", "close")
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        try:
+            content = response.read(max_bytes) if max_bytes else b""
+            status = response.status
+        finally:
+            response.close()
+        if watchdog.fired or time.monotonic() > deadline:
+            raise TimeoutError("deadline passed")
+    except ssl.SSLCertVerificationError:
+        raise refuse(f"The TLS certificate of the URL{where} is not valid for its host.") from None
+    except (OSError, http.client.HTTPException, ValueError):
+        if watchdog.fired or time.monotonic() >= deadline:
+            raise refuse(f"The URL{where} did not answer within {timeout:g} s.") from None
+        raise refuse(f"Could not reach the URL{where} (unreachable or the connection failed).") from None
+    finally:
+        watchdog.cancel()
+        if sock is not None:
+            sock.close()
+    return PostResult(status=status, body=content, address=str(target))

@@ -67,3 +67,42 @@ def generation_given_up(message_data: dict, retry_data: dict) -> None:
         code="generation_failed",
         message=f"Image generation failed after {retries + 1} attempt(s).",
     )
+
+
+def webhook_should_retry(retries: int, exception: BaseException) -> bool:
+    """The webhook actors retry only the database lost or busy (their services are safe
+    to run twice); a receiver's failures are retried by the service itself, with its own
+    backoff (images.services.webhooks)."""
+    return retries < 5 and isinstance(exception, TRANSIENT_ERRORS)
+
+
+@dramatiq.actor(
+    queue_name="default",
+    max_retries=5,
+    retry_when=webhook_should_retry,
+    time_limit=120_000,
+    throws=(),
+    max_backoff=60_000,
+)
+def webhook_job_finished(job_id: str) -> None:
+    """A job became terminal (sent after its commit by images.services.jobs): make its
+    event's deliveries and send their first attempts (issue 24)."""
+    from images.services.webhooks import webhook_events_create
+
+    webhook_events_create(job_id=job_id)
+
+
+@dramatiq.actor(
+    queue_name="default",
+    max_retries=5,
+    retry_when=webhook_should_retry,
+    time_limit=60_000,
+    throws=(),
+    max_backoff=60_000,
+)
+def webhook_deliver(delivery_id: str, attempt: int) -> None:
+    """Attempt `attempt` (1-based) of one webhook delivery; a failed attempt queues the
+    next one itself, delayed (images.services.webhooks.webhook_delivery_attempt)."""
+    from images.services.webhooks import webhook_delivery_attempt
+
+    webhook_delivery_attempt(delivery_id=delivery_id, attempt=attempt)
