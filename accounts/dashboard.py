@@ -72,6 +72,64 @@ def _base_url(request: HttpRequest) -> str:
     return request.build_absolute_uri("/")
 
 
+KEY_PLACEHOLDER = "$IMAGE_API_KEY"  # samples never carry a stored key: the reader exports their own
+DOCS_URL = "/docs/"
+
+
+def api_base_url(request: HttpRequest) -> str:
+    """The OpenAI-compatible base URL of this installation as the browser reached it
+    (scheme and host from the request, so behind a proxy it needs USE_X_FORWARDED_HOST /
+    SECURE_PROXY_SSL_HEADER like every absolute link): `https://host/v1`."""
+    return request.build_absolute_uri("/v1").rstrip("/")
+
+
+def quickstart_samples(*, base_url: str, model: str, size: str) -> dict[str, str]:
+    """Ready-to-paste calls of POST /v1/images/generations: {"curl", "python", "node"}.
+    The key is always the IMAGE_API_KEY environment variable (KEY_PLACEHOLDER), never a
+    stored key. Python and Node use the official `openai` SDKs with `base_url`."""
+    key = KEY_PLACEHOLDER
+    py_key = 'os.environ["IMAGE_API_KEY"]'
+    node_key = "process.env.IMAGE_API_KEY"
+    return {
+        "curl": (
+            f"curl {base_url}/images/generations \\\n"
+            f'  -H "Authorization: Bearer {key}" \\\n'
+            '  -H "Content-Type: application/json" \\\n'
+            f'  -d \'{{"model": "{model}", "prompt": "a lighthouse at dusk", "size": "{size}"}}\''
+        ),
+        "python": (
+            "# pip install openai\n"
+            "import os\n\nfrom openai import OpenAI\n\n"
+            f'client = OpenAI(base_url="{base_url}", api_key={py_key})\n'
+            f'image = client.images.generate(model="{model}", prompt="a lighthouse at dusk", size="{size}")\n'
+            "print(image.data[0].url)"
+        ),
+        "node": (
+            "// npm install openai\n"
+            'import OpenAI from "openai";\n\n'
+            f'const client = new OpenAI({{ baseURL: "{base_url}", apiKey: {node_key} }});\n'
+            "const image = await client.images.generate(\n"
+            f'  {{ model: "{model}", prompt: "a lighthouse at dusk", size: "{size}" }},\n'
+            ");\n"
+            "console.log(image.data[0].url);"
+        ),
+    }
+
+
+def _sample_model() -> tuple[str, str]:
+    """The model and size the samples use: dall-e-2 256x256 when offered (the cheapest
+    seeded one), else the first enabled model at its profile's default size."""
+    from images import selectors as image_selectors
+    from images.profiles import PROFILES
+
+    models = image_selectors.image_model_list()
+    chosen = next((m for m in models if m.public_id == "dall-e-2"), models[0] if models else None)
+    if chosen is None:
+        return "dall-e-2", "1024x1024"
+    profile = PROFILES[chosen.profile]
+    return chosen.public_id, "256x256" if "256x256" in profile.sizes else profile.default_size
+
+
 def login_email_verification(user) -> str:
     """allauth's email-verification mode for a sign-in: ACCOUNT_EMAIL_VERIFICATION for
     an account that has an address (signed up or invited: "mandatory" means it cannot
@@ -121,7 +179,21 @@ def home(request: HttpRequest) -> HttpResponse:
 
     account = account_get(tenant=request.tenant)
     in_flight = jobs_in_flight_count(tenant=request.tenant)
-    return render(request, "dashboard/home.html", {"account": account, "in_flight": in_flight, "nav": "home"})
+    base_url = api_base_url(request)
+    model, size = _sample_model()
+    return render(
+        request,
+        "dashboard/home.html",
+        {
+            "account": account,
+            "in_flight": in_flight,
+            "nav": "home",
+            "base_url": base_url,
+            "samples": quickstart_samples(base_url=base_url, model=model, size=size),
+            "docs_url": DOCS_URL,
+            "can_manage": _can_manage(request),
+        },
+    )
 
 
 @member_required
@@ -135,7 +207,20 @@ def keys(request: HttpRequest) -> HttpResponse:
             tenant=request.tenant, name=name, created_by=request.user.get_username(), created_by_user=request.user
         )
         # Rendered, not redirected: the raw key exists in this response only.
-        return render(request, "dashboard/key_created.html", {"key": key, "raw": raw, "nav": "keys"})
+        base_url = api_base_url(request)
+        model, size = _sample_model()
+        return render(
+            request,
+            "dashboard/key_created.html",
+            {
+                "key": key,
+                "raw": raw,
+                "nav": "keys",
+                "base_url": base_url,
+                "sample": quickstart_samples(base_url=base_url, model=model, size=size)["curl"],
+                "docs_url": DOCS_URL,
+            },
+        )
     return render(
         request,
         "dashboard/keys.html",
@@ -198,13 +283,20 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
 @member_required
 @require_GET
 def jobs(request: HttpRequest) -> HttpResponse:
-    from images.files import image_url
+    from django.urls import reverse
+
+    from images.files import job_images_expired
     from images.selectors import job_list_recent
 
     recent = job_list_recent(tenant=request.tenant, limit=50)
-    base = _base_url(request)
     items = [
-        {"job": job, "thumb": image_url(job.images.all()[0], base_url=base) if job.images.all() else None}
+        {
+            "job": job,
+            # a small WebP (job_image_thumbnail), not the full image
+            "thumb": reverse("dashboard:job_image_thumbnail", args=[job.pk, job.images.all()[0].index])
+            if job.images.all() and not job_images_expired(job)
+            else None,
+        }
         for job in recent
     ]
     return render(request, "dashboard/jobs.html", {"items": items, "nav": "jobs"})
@@ -214,29 +306,65 @@ def jobs(request: HttpRequest) -> HttpResponse:
 @require_GET
 def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
     from images import selectors as image_selectors
-    from images.files import image_url
 
     job = image_selectors.job_get(tenant=request.tenant, job_id=job_id)
     if job is None:
         raise Http404("No such job.")  # another tenant's job looks exactly like a missing one
-    base = _base_url(request)
-    images = [image_url(image, base_url=base) for image in job.images.all()]
-    return render(request, "dashboard/job_detail.html", {"job": job, "images": images, "nav": "jobs"})
+    credits_label, credits = job_credits(job)
+    return render(
+        request,
+        "dashboard/job_detail.html",
+        {
+            "job": job,
+            "images": _job_images(request=request, job=job),
+            "credits_label": credits_label,
+            "credits": credits,
+            "nav": "jobs",
+        },
+    )
+
+
+def playground_models() -> list[dict[str, Any]]:
+    """What the playground offers for each enabled model, read from its API profile
+    (images/profiles.py: sizes, qualities, n, GPT-only output formats, dall-e-3's styles)
+    and its family's capabilities (negative prompts; unknown capabilities offer it, as
+    the API accepts it then). The page renders its controls from this list only:
+    [{"id", "profile", "sizes", "default_size", "qualities", "default_quality", "n_max",
+    "formats", "styles", "negative_prompt", "prompt_max"}]."""
+    from images import selectors as image_selectors
+    from images.profiles import PROFILES, STYLE_TEMPLATES, model_capabilities
+
+    options = []
+    for model in image_selectors.image_model_list():
+        profile = PROFILES[model.profile]
+        capabilities = model_capabilities(model)
+        options.append(
+            {
+                "id": model.public_id,
+                "profile": profile.name,
+                "sizes": list(profile.sizes),
+                "default_size": profile.default_size,
+                "qualities": list(profile.qualities),
+                "default_quality": profile.auto_quality,
+                "n_max": profile.n_max,
+                "formats": ["png", "jpeg", "webp"] if profile.gpt else [],
+                "styles": list(STYLE_TEMPLATES) if profile.style else [],
+                "negative_prompt": bool(capabilities.get("negative_prompt", True)),
+                "prompt_max": profile.prompt_max,
+            }
+        )
+    return options
 
 
 @member_required
 @require_GET
 def playground(request: HttpRequest) -> HttpResponse:
-    from images import selectors as image_selectors
-
+    models = playground_models()
+    default = next((m["id"] for m in models if m["id"] == "dall-e-2"), models[0]["id"] if models else "")
     return render(
         request,
         "dashboard/playground.html",
-        {
-            "models": image_selectors.image_model_list(),
-            "nav": "playground",
-            "sizes": ["256x256", "512x512", "1024x1024"],
-        },
+        {"models": models, "default_model": default, "nav": "playground"},
     )
 
 
@@ -468,3 +596,111 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
 
     request.session[INVITATION_SESSION_KEY] = token
     return redirect(f"/accounts/signup/?{urlencode({'email': invitation.email})}")
+
+
+# ---- Prices and job thumbnails (issue 21) ----
+
+
+def _job_images(*, request: HttpRequest, job) -> list[dict[str, Any]]:
+    """The job page's images: a thumbnail served by `job_image_thumbnail` (same tenant
+    check as the page), the original's signed link and a download file name."""
+    from django.urls import reverse
+
+    from images.files import image_url, job_images_expired
+
+    if job_images_expired(job):
+        return []
+    base = _base_url(request)
+    return [
+        {
+            "index": image.index,
+            "thumb": reverse("dashboard:job_image_thumbnail", args=[job.pk, image.index]),
+            "url": image_url(image, base_url=base),
+            "download_name": f"{job.pk}-{image.index}.{image.file.rsplit('.', 1)[-1]}",
+            "width": image.width,
+            "height": image.height,
+        }
+        for image in job.images.all()
+    ]
+
+
+def job_credits(job) -> tuple[str, int]:
+    """What the job page says about credits: ("Credits charged", captured) once the job
+    has finished (0 for a failed or cancelled one, whose hold was released), else
+    ("Credits held", the quote held while it runs)."""
+    hold = getattr(job, "hold", None)
+    if job.status in job.TERMINAL:
+        return "Credits charged", hold.captured if hold is not None else 0
+    return "Credits held", hold.amount if hold is not None else job.quote
+
+
+@member_required
+@require_GET
+def job_image_thumbnail(request: HttpRequest, job_id: str, index: int) -> HttpResponse:
+    """A small WebP of one of the tenant's images (images.files.image_thumbnail, made
+    once and cached). Another tenant's job, a missing index or a purged image: 404."""
+    from images import selectors as image_selectors
+    from images.files import ImagesExpired, StorageUnavailable, image_thumbnail, job_images_expired
+
+    job = image_selectors.job_get(tenant=request.tenant, job_id=job_id)
+    image = job.images.filter(index=index).first() if job is not None and not job_images_expired(job) else None
+    if image is None:
+        raise Http404("No such image.")
+    try:
+        data = image_thumbnail(image)
+    except ImagesExpired as exc:
+        raise Http404("The image is no longer stored.") from exc
+    except StorageUnavailable:
+        return HttpResponse("The image store is unavailable; retry shortly.", status=503, headers={"Retry-After": "5"})
+    return HttpResponse(data, content_type="image/webp", headers={"Cache-Control": "private, max-age=86400"})
+
+
+def price_table() -> list[dict[str, Any]]:
+    """Every enabled model's prices for the prices page: [{"model": public id, "profile",
+    "lines": [{"kind", "size", "quality", "credits", "money": "$0.016" or ""}]}], the same
+    lines as the `pricing` of GET /v1/models (images.selectors.model_pricing), money in
+    the active language (billing.currencies, Babel)."""
+    from billing.currencies import decimal_money_format
+    from images import selectors as image_selectors
+
+    table = []
+    for model in image_selectors.image_model_list():
+        lines = [
+            {
+                "kind": line.kind,
+                "size": line.size,
+                "quality": line.quality,
+                "credits": line.credits,
+                "money": decimal_money_format(line.amount, line.currency) if line.amount is not None else "",
+            }
+            for line in image_selectors.model_pricing(model)
+        ]
+        table.append({"model": model.public_id, "profile": model.profile, "lines": lines})
+    return table
+
+
+@member_required
+@require_GET
+def prices(request: HttpRequest) -> HttpResponse:
+    """/dashboard/prices/: the price of one image per model, kind, size and quality."""
+    from billing.currencies import decimal_money_format
+    from billing.selectors import credits_money
+
+    one = credits_money(1)  # what one credit is worth (CREDIT_VALUE), None when unset
+    credit = decimal_money_format(*one) if one else ""
+    return render(request, "dashboard/prices.html", {"models": price_table(), "credit_value": credit, "nav": "prices"})
+
+
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """/favicon.ico (browsers ask for it on every page, the API's docs and the admin
+    included): the dashboard's icon from its static files, 200, cached a day."""
+    from django.contrib.staticfiles import finders
+    from django.http import FileResponse
+
+    path = finders.find("dashboard/favicon.ico")
+    if path is None:
+        raise Http404("No icon.")
+    response = FileResponse(open(path, "rb"), content_type="image/x-icon")  # noqa: SIM115 (closed by Django)
+    response["Cache-Control"] = "public, max-age=86400"
+    return response

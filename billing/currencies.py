@@ -8,8 +8,12 @@ mismatch. Amounts stay integers in the currency's minor unit (cents; yen for jpy
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
+from babel.core import Locale, UnknownLocaleError
+from babel.numbers import format_currency
 from django.core.exceptions import ValidationError
+from django.utils import translation
 
 _CODE = re.compile(r"^[a-z]{3}$")
 
@@ -64,6 +68,47 @@ ZERO_DECIMAL = {
 }
 
 
+# Stripe's three-decimal currencies (minor unit = 1/1000); every other currency not in
+# ZERO_DECIMAL has cents (https://docs.stripe.com/currencies#three-decimal).
+THREE_DECIMAL = {"bhd", "jod", "kwd", "omr", "tnd"}
+
+
+def minor_unit_exponent(currency: str) -> int:
+    """Decimal places of the currency's minor unit as Stripe counts them: 0 (jpy), 3
+    (kwd) or 2 (everything else)."""
+    code = currency_normalise(currency)
+    if code in ZERO_DECIMAL:
+        return 0
+    return 3 if code in THREE_DECIMAL else 2
+
+
+def _babel_locale(locale: str | None) -> Locale:
+    """The Babel locale for a Django language code ("en-us", "de"); the active
+    language when None; en_US when Babel does not know it."""
+    try:
+        return Locale.parse(translation.to_locale(locale or translation.get_language() or "en-us"))
+    except (UnknownLocaleError, ValueError):
+        return Locale.parse("en_US")
+
+
+def money_format(minor_units: int, currency: str, locale: str | None = None) -> str:
+    """An integer amount in the currency's minor unit, as a person reads it in
+    `locale` (a Django language code; the active language when None), by Babel/CLDR:
+    1000 usd -> "$10.00", 1000 eur in "de" -> "10,00 €", 500 jpy -> "¥500". Exact
+    (Decimal, no floats) and never rounded."""
+    code = currency_normalise(currency)
+    amount = Decimal(int(minor_units)).scaleb(-minor_unit_exponent(code))
+    return format_currency(amount, code.upper(), locale=_babel_locale(locale), decimal_quantization=False)
+
+
+def decimal_money_format(amount: Decimal, currency: str, locale: str | None = None) -> str:
+    """A Decimal amount in whole units (a price per image may be a fraction of a cent:
+    Decimal("0.016") usd -> "$0.016"), formatted like `money_format`: at least the
+    currency's usual decimals, more when the amount has them."""
+    code = currency_normalise(currency)
+    return format_currency(amount, code.upper(), locale=_babel_locale(locale), decimal_quantization=False)
+
+
 def currency_normalise(value: object) -> str:
     """`value` stripped and in lower case (Stripe's spelling); no validation."""
     return str(value or "").strip().lower()
@@ -79,11 +124,10 @@ def currency_validate(value: str) -> None:
 
 
 def amount_display(*, amount: int, currency: str) -> str:
-    """Minor units as a human amount: 50 usd -> "0.50 USD", 50 jpy -> "50 JPY"."""
+    """Minor units as a plain amount for messages and logs (the dashboard uses
+    `money_format`): 50 usd -> "0.50 USD", 50 jpy -> "50 JPY", 1234 kwd -> "1.234 KWD"."""
     code = currency_normalise(currency)
-    if code in ZERO_DECIMAL:
-        return f"{amount} {code.upper()}"
-    return f"{amount // 100}.{amount % 100:02d} {code.upper()}"
+    return f"{Decimal(int(amount)).scaleb(-minor_unit_exponent(code)):f} {code.upper()}"
 
 
 def minimum_charge_problem(*, amount: int, currency: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from django.db.models import F, Sum
 
@@ -235,3 +236,82 @@ def vouchers_enabled() -> bool:
     from django.conf import settings
 
     return bool(settings.VOUCHERS_ENABLED)
+
+
+# ---- Prices as data (GET /v1/models `pricing`, the dashboard's prices page) ----
+
+
+def price_best(rows, *, kind: str, size: str, quality: str) -> int | None:
+    """The one rule for which Price row prices a request (billing.services.price_quote):
+    of the rows whose kind, size and quality each equal the request's or are '' (any),
+    the most specific wins, compared kind first, then size, then quality. Returns its
+    credits per image, or None when no row matches. `rows`: Price rows of one model."""
+    best: tuple[tuple[bool, bool, bool], int] | None = None
+    for row in rows:
+        if row.kind not in (kind, "") or row.size not in (size, "") or row.quality not in (quality, ""):
+            continue
+        rank = (row.kind != "", row.size != "", row.quality != "")
+        if best is None or rank > best[0]:
+            best = (rank, row.credits_per_image)
+    return None if best is None else best[1]
+
+
+def credits_money(credits: int) -> tuple[Decimal, str] | None:
+    """What `credits` are worth as (amount in whole units, ISO currency in lower case),
+    from settings CREDIT_VALUE and CREDIT_CURRENCY: 16 credits at 0.001 usd ->
+    (Decimal("0.016"), "usd"). None when CREDIT_VALUE is empty (credits only). Exact:
+    Decimal arithmetic, no floats."""
+    from django.conf import settings
+
+    if not settings.CREDIT_VALUE:
+        return None
+    return Decimal(int(credits)) * Decimal(settings.CREDIT_VALUE.strip()), settings.CREDIT_CURRENCY
+
+
+@dataclass(frozen=True)
+class PriceLine:
+    """The price of one image of a model for one request kind, size and quality."""
+
+    kind: str  # generate | edit | variation
+    size: str  # "1024x1024"
+    quality: str  # the resolved quality ("standard", "hd", "low"...)
+    credits: int  # credits per image (integer; what price_quote charges for n=1)
+    amount: Decimal | None  # the same in whole units of `currency`; None: CREDIT_VALUE unset
+    currency: str  # ISO 4217, lower case ("usd"); "" when amount is None
+
+    def as_dict(self) -> dict[str, object]:
+        """The `pricing` item of GET /v1/models (docs/api.md): amount as a decimal string
+        ("0.016"), currency in capitals ("USD"), both null when CREDIT_VALUE is unset."""
+        return {
+            "kind": self.kind,
+            "size": self.size,
+            "quality": self.quality,
+            "credits": self.credits,
+            "amount": None if self.amount is None else format(self.amount.normalize(), "f"),
+            "currency": self.currency.upper() or None,
+        }
+
+
+def model_price_list(
+    *, model, kinds: tuple[str, ...], sizes: tuple[str, ...], qualities: tuple[str, ...], rows=None
+) -> list[PriceLine]:
+    """The price of one image for every kind x size x quality the caller names (the
+    model's API profile, images/profiles.py: what a request can ask for), resolved by the
+    same rule as billing.services.price_quote. A combination without a matching row is
+    left out (a request for it is refused, 400 `price_not_configured`); a model marked
+    `is_free` costs 0 everywhere. `rows`: the model's Price rows when already loaded
+    (prefetched), else read here. Ordered kind, size, quality as given."""
+    from billing.models import Price
+
+    rows = list(Price.objects.filter(model=model) if rows is None else rows)
+    lines = []
+    for kind in kinds:
+        for size in sizes:
+            for quality in qualities:
+                credits = 0 if model.is_free else price_best(rows, kind=kind, size=size, quality=quality)
+                if credits is None:
+                    continue
+                money = credits_money(credits)
+                amount, currency = money if money else (None, "")
+                lines.append(PriceLine(kind, size, quality, credits, amount, currency))
+    return lines

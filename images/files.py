@@ -197,3 +197,46 @@ def _signed_at(token: str) -> float:
 def image_url(image: GeneratedImage, *, base_url: str) -> str:
     base = settings.PUBLIC_BASE_URL or base_url.rstrip("/")
     return f"{base}/v1/files/{image_token(image)}"
+
+
+THUMBNAIL_EDGE = 256  # px: the longest side of a dashboard thumbnail
+THUMBNAIL_QUALITY = 80  # WebP quality (0-100)
+
+
+def image_thumbnail_name(file_name: str) -> str:
+    """Where the thumbnail of the stored image `file_name` is cached: beside it,
+    `images/ab/<job>-0.png` -> `images/ab/<job>-0.thumb.webp` (the retention purge
+    deletes it with the original)."""
+    stem = file_name.rsplit(".", 1)[0]
+    return f"{stem}.thumb.webp"
+
+
+def image_thumbnail(image: GeneratedImage) -> bytes:
+    """A small WebP copy of a stored image (longest side THUMBNAIL_EDGE px, never
+    enlarged), made on first use and cached in the storage under
+    `image_thumbnail_name`. The caller checks the tenant's access first (it reads any
+    image). Raises ImagesExpired when the original is gone, StorageUnavailable (503)
+    when the store cannot be reached, like `image_read`."""
+    from PIL import Image as PILImage
+
+    name = image_thumbnail_name(image.file)
+    try:
+        with default_storage.open(name, "rb") as handle:
+            return handle.read()
+    except Exception as exc:
+        if not _missing(exc):
+            raise StorageUnavailable(
+                "The image store is unavailable; retry shortly.", headers={"Retry-After": "5"}
+            ) from exc
+    with PILImage.open(io.BytesIO(image_read(image))) as original:
+        original.thumbnail((THUMBNAIL_EDGE, THUMBNAIL_EDGE))
+        picture = original.convert("RGBA" if "A" in original.getbands() else "RGB")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="WEBP", quality=THUMBNAIL_QUALITY)
+    data = buffer.getvalue()
+    try:
+        if not default_storage.exists(name):
+            default_storage.save(name, ContentFile(data))
+    except Exception:  # a cache only: the next view makes it again
+        pass
+    return data

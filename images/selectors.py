@@ -9,7 +9,21 @@ from images.models import GeneratedImage, ImageModel, Job
 
 
 def image_model_list() -> list[ImageModel]:
-    return list(ImageModel.objects.filter(enabled=True).order_by("public_id"))
+    """Enabled models by public id, their Price rows prefetched (for `model_pricing`)."""
+    return list(ImageModel.objects.filter(enabled=True).order_by("public_id").prefetch_related("prices"))
+
+
+def model_pricing(model: ImageModel):
+    """The model's price per image for every kind, size and quality its API profile
+    accepts (images/profiles.py), as billing.selectors.PriceLine items; combinations
+    without a price row are left out (refused as `price_not_configured`)."""
+    from billing.selectors import model_price_list
+    from images.profiles import PROFILES
+
+    profile = PROFILES[model.profile]
+    return model_price_list(
+        model=model, kinds=profile.kinds, sizes=profile.sizes, qualities=profile.qualities, rows=model.prices.all()
+    )
 
 
 def image_model_get(*, public_id: str) -> ImageModel | None:

@@ -19,10 +19,12 @@ from drf_spectacular.utils import extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 
 from core.schema import ErrorDetailSerializer
+from images import selectors
 from images.errors import job_error
 from images.files import image_read, image_url, job_images_check
 from images.models import ImageModel, Job
 from images.profiles import PROFILES, output_tokens
+from images.queue_position import queue_position
 from images.validation import image_seed
 
 
@@ -85,6 +87,25 @@ class TaskSerializer(serializers.Serializer):
     )
     result = ImagesResponseSerializer(allow_null=True)
     error = ErrorDetailSerializer(allow_null=True)
+    queue_position = serializers.IntegerField(
+        allow_null=True,
+        required=False,
+        help_text="Extension: a queued task's place in its model's queue (1 = next); null once running "
+        "or finished (images/queue_position.py)",
+    )
+
+
+class ModelPriceSerializer(serializers.Serializer):
+    """One price of a model (extension, docs/api.md): one image of `kind` at `size` and `quality`."""
+
+    kind = serializers.ChoiceField(choices=["generate", "edit", "variation"])
+    size = serializers.CharField(help_text="e.g. 1024x1024")
+    quality = serializers.CharField(help_text="the resolved quality: standard, hd, low, medium, high")
+    credits = serializers.IntegerField(help_text="credits charged per image (what the ledger records)")
+    amount = serializers.CharField(
+        allow_null=True, help_text='the same in `currency`, a decimal string ("0.016"); null when not configured'
+    )
+    currency = serializers.CharField(allow_null=True, help_text='ISO 4217 code in capitals ("USD")')
 
 
 class ModelSerializer(serializers.Serializer):
@@ -92,6 +113,10 @@ class ModelSerializer(serializers.Serializer):
     object = serializers.CharField(default="model")
     created = serializers.IntegerField()
     owned_by = serializers.CharField()
+    # Extension (not in OpenAI's model object; clients ignore unknown fields): the price
+    # per image for every kind, size and quality the model accepts, so a client can price
+    # a request before sending it.
+    pricing = ModelPriceSerializer(many=True)
 
 
 @extend_schema_serializer(many=False)  # the list action answers one object, not an array
@@ -228,6 +253,9 @@ def task_body(*, job: Job, base_url: str) -> dict[str, Any]:
         "seeds": job_seeds(job),
         "result": None,
         "error": None,
+        "queue_position": queue_position(queue=job.model.queue, job_id=job.pk)
+        if job.status == Job.Status.QUEUED
+        else None,
     }
     error = job_error(job=job)  # how it ended, as a waiting request hears it (images/errors.py)
     if error is not None:
@@ -257,6 +285,9 @@ def task_body_from_status(*, job_id: str, status: dict[str, str]) -> dict[str, A
         "seeds": json.loads(status["seeds"]),
         "result": None,
         "error": None,
+        "queue_position": queue_position(queue=status["queue"], job_id=job_id)
+        if status["status"] == Job.Status.QUEUED and status.get("queue")
+        else None,
     }
     return TaskSerializer(body).data
 
@@ -268,6 +299,7 @@ def model_body(model: ImageModel) -> dict[str, Any]:
             "object": "model",
             "created": int(model.created_at.timestamp()),
             "owned_by": model.owned_by,
+            "pricing": [line.as_dict() for line in selectors.model_pricing(model)],
         }
     ).data
 

@@ -20,6 +20,42 @@ from rest_framework import serializers
 from billing import api as billing_api
 from core.schema import AUTH_ERRORS, errors
 
+# /docs/ lists the OpenAI-compatible endpoints first, the platform's own extensions next
+# and the vendor-shaped endpoints last: Swagger UI groups operations by tag in the order
+# of the document's root `tags` (set from this list by `tags_ordered`), and
+# `operation_order` sorts the paths the same way for readers of the JSON.
+TAGS = [
+    {"name": "images", "description": "OpenAI Images API: generations, edits, variations (and signed image links)."},
+    {"name": "models", "description": "OpenAI Models API; each model carries its `pricing` (extension)."},
+    {"name": "tasks", "description": "Extension: asynchronous jobs (`Prefer: respond-async`), polled or cancelled."},
+    {"name": "billing", "description": "Extension: balance, usage and vouchers, in integer credits."},
+    {"name": "keys", "description": "Extension: API keys made by admin keys."},
+    {"name": "webhooks", "description": "Extension: the tenant's webhook endpoints and deliveries."},
+    {"name": "vendors", "description": "Vendor-shaped endpoints (the shapes of other image APIs)."},
+]
+OPENAI_PATHS = ("/v1/images/generations", "/v1/images/edits", "/v1/images/variations", "/v1/models")
+VENDOR_PATHS = ("/api/", "/v1/vision/")
+
+
+def operation_order(endpoint: tuple) -> tuple:
+    """drf-spectacular's SORT_OPERATIONS key: OpenAI's paths, then the other /v1 paths,
+    then the vendor shapes; alphabetical (drf-spectacular's own order) within each."""
+    from drf_spectacular.plumbing import alpha_operation_sorter
+
+    path = endpoint[0]
+    group = 0 if path.startswith(OPENAI_PATHS) else 2 if path.startswith(VENDOR_PATHS) else 1
+    return (group, alpha_operation_sorter(endpoint))
+
+
+def tags_ordered(result: dict, generator, request, public) -> dict:
+    """drf-spectacular postprocessing hook: the document's root `tags` in TAGS' order
+    (tags no operation uses are left out; one missing from TAGS goes last)."""
+    used = {tag for item in result.get("paths", {}).values() for op in item.values() for tag in op.get("tags", [])}
+    known = [tag for tag in TAGS if tag["name"] in used]
+    names = {tag["name"] for tag in known}
+    result["tags"] = known + [{"name": name} for name in sorted(used - names)]
+    return result
+
 
 class APIKeyScheme(OpenApiAuthenticationExtension):
     """`Authorization: Bearer <key>`, as the OpenAI clients send it."""

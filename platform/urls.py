@@ -24,6 +24,7 @@ admin.site.login = secure_admin_login(admin.site.login)
 urlpatterns = [
     # The served address opens the dashboard (sign-in or sign-up); the API lives under /v1.
     path("", RedirectView.as_view(url="/dashboard/", permanent=False)),
+    path("favicon.ico", dashboard.favicon, name="favicon"),
     path("healthz", healthz),
     path("readyz", readyz),
     path("metrics", metrics_view),

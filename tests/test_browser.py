@@ -194,7 +194,11 @@ def test_playground_runs_a_charged_job_to_the_finished_image(page, live):
     page.goto(live.url + "/dashboard/jobs/")
     card = page.locator(f"a[data-job='{job_id}'] img")
     card.wait_for()
-    assert page.evaluate("(img) => img.complete && img.naturalWidth", card.element_handle()) == 256
+    card.scroll_into_view_if_needed()  # (thumbnails load lazily)
+    page.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=card.element_handle())
+    # The card shows the small encoded copy (a 256-px image is never enlarged).
+    assert "/thumb" in card.get_attribute("src")
+    assert page.evaluate("(img) => img.naturalWidth", card.element_handle()) == 256
     shot(page, "dashboard-jobs")
     page.goto(live.url + "/dashboard/usage/")
     assert int(page.inner_text("#usage-table tbody tr:last-child td:nth-child(6)")) >= 1

@@ -31,7 +31,7 @@ from django.utils import timezone
 from core.heartbeats import heartbeats_prune
 from core.idempotency import TTL as IDEMPOTENCY_TTL
 from core.models import IdempotencyRecord
-from images.files import ImagesExpired, image_delete_files
+from images.files import ImagesExpired, image_delete_files, image_thumbnail_name
 from images.models import BlockedPrompt, GeneratedImage, Job
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ def images_purge(*, cutoff: datetime, dry_run: bool = False) -> tuple[int, int, 
         if not batch:
             break
         rows = list(GeneratedImage.objects.filter(job_id__in=batch).values_list("job_id", "file"))
-        failed = {job_id for job_id, name in rows if not _delete(name)}
+        # (the dashboard's cached thumbnail goes with its image: images.files.image_thumbnail)
+        failed = {job_id for job_id, name in rows if not (_delete(name) and _delete(image_thumbnail_name(name)))}
         skipped |= failed
         done = [job_id for job_id in batch if job_id not in failed]
         with transaction.atomic():

@@ -13,11 +13,13 @@ can be used and tested on its own. Modules, each one concern:
     runner    validation, grouping into calls, step callbacks, stopping, warm-up
     batcher   batching tasks of different threads (requests) into one call
     previews  decoding intermediate latents into small previews
+    native    models that draw at one size (the demo model): resizing to the size asked
     tokens    counting a prompt's tokens
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 # No telemetry pings from the hub clients (set before diffusers/transformers are
@@ -37,6 +39,22 @@ from typing import Any  # noqa: E402
 # imports anything (but config.current's `django.conf`, imported long before).
 import diffusers.utils.logging  # noqa: E402, F401
 import transformers.utils.logging  # noqa: E402, F401
+
+
+class _TorchvisionFallbackFilter:
+    """Drops transformers' once-per-class notice "`CLIPImageProcessor` requires
+    torchvision (not installed); falling back to `CLIPImageProcessorPil`...", printed at
+    every start for each image processor a pipeline imports (CLIP, SigLIP, SigLIP 2).
+    requirements/worker.txt leaves torchvision out on purpose and the PIL processors are
+    the ones these pipelines used before transformers 5, so the notice asks for nothing;
+    every other record of that logger (real import errors included) passes."""
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not ("requires torchvision (not installed); falling back to" in message and "Pil`" in message)
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackFilter())
 
 from images.backends.base import GenerationResult, GenerationTask, PipelineSource  # noqa: E402
 from images.backends.local import device, families, lanes, runner, tokens  # noqa: E402
