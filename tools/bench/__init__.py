@@ -21,6 +21,9 @@ The deployment uses PostgreSQL + Redis when DATABASE_URL / BROKER_URL / CACHE_UR
 namespace), else SQLite and the in-process worker. tools/bench/run.py runs the phases,
 tools/bench/report.py renders them: a table on stdout and JSON in --out. `manage.py bench`
 only parses the arguments. See docs/benchmarks.md.
+
+`manage.py bench --phase web` runs tools/bench/web.py instead: one web process and no
+worker under waiting requests, streams, pollers and clients that leave (issue 20).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ action prints one JSON line. Typed functions, one entry point; no Python kept as
 
     python -m tools.bench.probe model dall-e-2 [--quality standard --steps 4 --source DIR]
     python -m tools.bench.probe jobs "bench "
+    python -m tools.bench.probe tenants "webbench-"
 """
 
 from __future__ import annotations
@@ -58,6 +59,32 @@ def job_timings(*, prompt_prefix: str) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def tenant_money(*, name_prefix: str) -> dict[str, dict[str, Any]]:
+    """tenant name -> its credits (balance and held, in credits), its jobs and holds
+    counted by status, the credits its holds captured and its usage records charged:
+    what the web phase reads to tell whether abandoned requests were charged."""
+    from django.db.models import Count, Sum
+
+    from accounts.models import Tenant
+    from billing.models import CreditAccount, Hold, UsageRecord
+    from images.models import Job
+
+    out = {}
+    for tenant in Tenant.objects.filter(name__startswith=name_prefix):
+        account = CreditAccount.objects.filter(tenant=tenant).first()
+        holds = Hold.objects.filter(tenant=tenant)
+        out[tenant.name] = {
+            "balance": account.balance if account else 0,
+            "held": account.held if account else 0,
+            "jobs": dict(Job.objects.filter(tenant=tenant).order_by().values_list("status").annotate(n=Count("id"))),
+            "holds": dict(holds.order_by().values_list("status").annotate(n=Count("id"))),
+            "captured": holds.aggregate(total=Sum("captured"))["total"] or 0,
+            "usage_charged": UsageRecord.objects.filter(tenant=tenant).aggregate(total=Sum("credits_charged"))["total"]
+            or 0,
+        }
+    return out
+
+
 def _django_setup() -> None:
     """As manage.py does: platform/ appended to the path (never inserted), then the settings."""
     platform_dir = str(ROOT / "platform")
@@ -79,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     model.add_argument("--source", default=None)
     jobs = actions.add_parser("jobs", help="the timings of the jobs whose prompt starts with PREFIX")
     jobs.add_argument("prefix")
+    tenants = actions.add_parser("tenants", help="the credits, jobs and holds of the tenants named PREFIX...")
+    tenants.add_argument("prefix")
     args = parser.parse_args(argv)
     _django_setup()
     if args.action == "model":
@@ -90,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         except ImageModel.DoesNotExist:
             parser.exit(1, f"no model {args.public_id!r} in the deployment's registry\n")
+    elif args.action == "tenants":
+        out = tenant_money(name_prefix=args.prefix)
     else:
         out = job_timings(prompt_prefix=args.prefix)
     sys.stdout.write(json.dumps(out) + "\n")

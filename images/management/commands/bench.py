@@ -1,4 +1,5 @@
-"""`make bench`: diffusers alone vs. the platform over HTTP (docs/benchmarks.md).
+"""`make bench`: diffusers alone vs. the platform over HTTP (docs/benchmarks.md); with
+`--phase web`, the web tier under requests that wait (tools/bench/web.py).
 
 Arguments only: the benchmark is tools.bench (phases, deployment, report)."""
 
@@ -21,6 +22,32 @@ class Command(BaseCommand):
     help = "Benchmark: diffusers alone vs. the platform over HTTP (see docs/benchmarks.md)."
 
     def add_arguments(self, parser):
+        parser.add_argument(
+            "--phase",
+            choices=["platform", "web"],
+            default="platform",
+            help="platform (default): the direct, platform and api phases; web: one web process and no "
+            "worker under waiting requests, streams, pollers and clients that leave (PostgreSQL + Redis; "
+            "the options below marked [web])",
+        )
+        parser.add_argument("--waiting", type=int, default=1000, help="[web] synchronous generations held open")
+        parser.add_argument("--streams", type=int, default=300, help="[web] stream: true generations held open")
+        parser.add_argument("--hold-seconds", type=float, default=10, help="[web] how long they are held (default 10)")
+        parser.add_argument(
+            "--probe-timeout", type=float, default=8, help="[web] a GET /v1/balance slower than this fails (8 s)"
+        )
+        parser.add_argument("--pollers", type=int, default=1000, help="[web] clients polling one queued task")
+        parser.add_argument("--poll-seconds", type=float, default=10, help="[web] how long they poll (default 10)")
+        parser.add_argument("--abandon", type=int, default=40, help="[web] generations whose clients leave")
+        parser.add_argument(
+            "--abandon-after", type=float, default=3, help="[web] seconds before those clients leave (default 3)"
+        )
+        parser.add_argument(
+            "--worker-timeout",
+            type=float,
+            default=300,
+            help="[web] seconds to wait for the worker started at the end to run the queue (default 300)",
+        )
         parser.add_argument("--n", type=int, default=32, help="images per phase (default 32)")
         parser.add_argument("--concurrency", type=int, default=4, help="client threads (default 4)")
         parser.add_argument(
@@ -89,9 +116,15 @@ class Command(BaseCommand):
             help="before each phase, wait up to this many seconds for the machine to be "
             "idle (< 15%% busy for one second); 0: don't (default 60)",
         )
-        parser.add_argument("--out", default=str(ROOT / "bench-results" / "bench.json"))
+        parser.add_argument(
+            "--out",
+            default=None,
+            help="JSON results (default bench-results/bench.json, or bench-web.json for --phase web)",
+        )
 
     def handle(self, *args, **o):
+        if o["phase"] == "web":
+            return self.handle_web(o)
         from tools.bench import report
         from tools.bench.run import BenchOptions, bench_run
 
@@ -144,11 +177,42 @@ class Command(BaseCommand):
             result = bench_run(options, say=self.say)
         except ToolError as exc:
             raise CommandError(str(exc)) from exc
-        out = Path(o["out"])
+        out = Path(o["out"] or ROOT / "bench-results" / "bench.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         self.stdout.write(report.table(result))
         self.stdout.write(f"\nWrote {out}")
+
+    def handle_web(self, o):
+        """--phase web: tools/bench/web.py; figures printed and stored, never asserted."""
+        from tools.bench.web import WebOptions, table, web_run
+
+        counts = ("waiting", "streams", "pollers", "abandon")
+        if any(o[name] < 0 for name in counts) or o["hold_seconds"] <= 0 or o["poll_seconds"] <= 0:
+            raise CommandError("--waiting, --streams, --pollers and --abandon must be 0 or more, the seconds above 0")
+        options = WebOptions(
+            waiting=o["waiting"],
+            streams=o["streams"],
+            hold_seconds=o["hold_seconds"],
+            probe_timeout=o["probe_timeout"],
+            pollers=o["pollers"],
+            poll_seconds=o["poll_seconds"],
+            abandon=o["abandon"],
+            abandon_after=o["abandon_after"],
+            worker_timeout=o["worker_timeout"],
+        )
+        call_command("build_demo_model")  # the worker started at the end runs the poll task
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            result = web_run(options, say=self.say)
+        except ToolError as exc:
+            raise CommandError(str(exc)) from exc
+        out = Path(o["out"] or ROOT / "bench-results" / "bench-web.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        self.stdout.write(table(result))
+        self.stdout.write(f"Wrote {out}")
 
     def say(self, text: str) -> None:
         self.stderr.write(text)
