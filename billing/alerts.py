@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
-from billing.models import BalanceAlert
+from billing.models import BalanceAlert, CreditAccount
 
 
 def balance_alert_check(*, tenant_id: int, available: int) -> bool:
@@ -43,6 +43,27 @@ def balance_alert_check(*, tenant_id: int, available: int) -> bool:
     stamp = fired_at.isoformat()
     transaction.on_commit(lambda: low_balance_notify.send(tenant_id, stamp))
     return True
+
+
+def balance_alert_due_sql(connection) -> str:
+    """A boolean SQL expression, for the RETURNING clause of an UPDATE of
+    billing_creditaccount (`billing.services.update_returning`): whether the tenant's
+    alert needs a flip for the row's new available balance (balance - held), the same
+    condition as balance_alert_check's UPDATE. So a settle calls balance_alert_check
+    only when it will match a row, and a tenant without an alert, or whose alert is
+    already right, costs no statement at all (issue 20). Read in the statement that
+    changed the balance, under its row lock: as current as the UPDATE it replaces."""
+    qn = connection.ops.quote_name
+    alert, account = BalanceAlert._meta, CreditAccount._meta
+    table, tenant = qn(alert.db_table), qn(alert.get_field("tenant").column)
+    threshold, armed = qn(alert.get_field("threshold").column), qn(alert.get_field("armed").column)
+    acc = qn(account.db_table)
+    available = f"({acc}.{qn('balance')} - {acc}.{qn('held')})"
+    return (
+        f"EXISTS (SELECT 1 FROM {table} WHERE {table}.{tenant} = {acc}.{qn(account.get_field('tenant').column)} AND "
+        f"(({table}.{armed} AND {table}.{threshold} > {available}) OR "
+        f"(NOT {table}.{armed} AND {table}.{threshold} <= {available})))"
+    )
 
 
 def balance_alert_set(*, tenant, threshold: int) -> BalanceAlert:

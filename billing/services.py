@@ -5,16 +5,22 @@ idempotency key makes a repeat a no-op. No lock is ever held while a model runs.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Sum
-from django.db.models.functions import Greatest
+from django.db import IntegrityError, connections, transaction
+from django.db.models import Case, F, IntegerField, Q, QuerySet, Sum, Value, When
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Greatest, Least
+from django.db.models.signals import post_delete, post_save
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from accounts.models import APIKey, Tenant
-from billing.alerts import balance_alert_check
+from billing.alerts import balance_alert_check, balance_alert_due_sql
 from billing.errors import InsufficientCredits, InvalidAmount, KeyBudgetExceeded, PriceNotConfigured
 from billing.models import CreditAccount, Hold, LedgerEntry, Price
 
@@ -27,6 +33,72 @@ MAX_GRANT = 10**12
 def account_for(*, tenant: Tenant) -> CreditAccount:
     account, _ = CreditAccount.objects.get_or_create(tenant=tenant)
     return account
+
+
+def _returning_supported(connection) -> bool:
+    """Whether the database takes UPDATE ... RETURNING (PostgreSQL; SQLite >= 3.35, the
+    version from which Django reports RETURNING for inserts)."""
+    return connection.features.can_return_columns_from_insert
+
+
+def update_returning(
+    queryset: QuerySet, returning: Sequence[str], *, extra: Sequence[str] = (), **values
+) -> list[tuple]:
+    """`queryset.update(**values)` that also returns the `returning` columns (attnames,
+    in that order) of every row it updated, after the update: one statement instead of
+    an UPDATE and a re-read (issue 20: the money path's round trips).
+
+    The ORM builds the UPDATE (F() expressions, quoting, conversions of the written
+    values); only ` RETURNING cols` is appended, which PostgreSQL and SQLite >= 3.35 both
+    take (Django 5.2's ORM has no update-returning). `extra`: SQL expressions returned
+    after the columns (trusted code only, never user input). Values come back raw (no
+    from_db converters): use it for integer, boolean and id columns. On a database without RETURNING it
+    falls back to reading the rows' ids, updating those and reading them again (3
+    statements), which is exact only inside a transaction that holds the write lock
+    (SQLite's BEGIN IMMEDIATE does)."""
+    db = queryset.db
+    connection = connections[db]
+    if not _returning_supported(connection):
+        ids = list(queryset.values_list("pk", flat=True))
+        if not ids or not queryset.filter(pk__in=ids).update(**values):
+            return []
+        rows = queryset.model._base_manager.using(db).filter(pk__in=ids)
+        names = [f"_extra{i}" for i in range(len(extra))]
+        rows = rows.annotate(**{name: RawSQL(sql, ()) for name, sql in zip(names, extra, strict=True)})
+        return list(rows.values_list(*returning, *names))
+    query = queryset.query.chain(UpdateQuery)
+    query.add_update_values(values)
+    sql, params = query.get_compiler(db).as_sql()
+    opts = queryset.model._meta
+    columns = ", ".join([*(connection.ops.quote_name(opts.get_field(name).column) for name in returning), *extra])
+    with transaction.mark_for_rollback_on_error(using=db), connection.cursor() as cursor:
+        cursor.execute(f"{sql} RETURNING {columns}", params)
+        return cursor.fetchall()
+
+
+def _ledger_insert(
+    *,
+    tenant_id: int,
+    kind: str,
+    amount: int,
+    held_delta: int,
+    balance_after: int,
+    held_after: int,
+    key: str,
+    job=None,
+) -> LedgerEntry:
+    """Append a ledger row for an account row that the caller has just updated (so
+    locked), with the balance and held amount that its UPDATE ... RETURNING gave back."""
+    return LedgerEntry.objects.create(
+        tenant_id=tenant_id,
+        kind=kind,
+        amount=amount,
+        held_delta=held_delta,
+        balance_after=balance_after,
+        held_after=held_after,
+        job=job,
+        idempotency_key=key,
+    )
 
 
 def _append(
@@ -149,19 +221,21 @@ def price_quote(*, model, kind: str, size: str, quality: str, n: int) -> int:
     closed: no matching row raises PriceNotConfigured (400; the caller has held nothing
     and queued nothing yet). Integers only: credits_per_image is an integer column and n
     must be an int, so no float ever reaches a price.
+
+    The model's rows come from a per-process cache (`_price_rows`): a price saved in
+    this process applies at once, one saved elsewhere (another web process, the admin
+    of another server, `manage.py model_add`) within PRICE_CACHE_SECONDS.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise TypeError(f"n must be a whole number of images, at least 1 (got {n!r})")
     if model.is_free:
         return 0
-    rows = Price.objects.filter(model=model, kind__in=[kind, ""], size__in=[size, ""], quality__in=[quality, ""])
-    best: tuple[tuple[bool, bool, bool], int] | None = None
-    for row in rows:
-        rank = (row.kind != "", row.size != "", row.quality != "")
-        if best is None or rank > best[0]:
-            best = (rank, row.credits_per_image)
-    if best is not None:
-        return best[1] * n
+    from billing.selectors import price_best
+
+    rows = _price_rows(model_id=model.pk)
+    credits = price_best(rows, kind=kind, size=size, quality=quality)
+    if credits is not None:
+        return credits * n
     logger.warning(
         "No price for model %s (kind %s, size %s, quality %s): request refused", model.public_id, kind, size, quality
     )
@@ -170,6 +244,48 @@ def price_quote(*, model, kind: str, size: str, quality: str, n: int) -> int:
         "so it cannot be used for this request. Try another model or size, or ask your platform operator "
         "to configure its price."
     )
+
+
+# Price rows per model, cached in each process (issue 20: one statement fewer per
+# request). A save or delete of a Price or ImageModel row through the ORM in this process
+# empties the cache at once (and again when its transaction commits); a change made in
+# another process, or by a queryset update()/bulk_create (no signals), is seen here
+# within this many seconds. docs/configuration.md ("Prices") says so to operators.
+PRICE_CACHE_SECONDS = 5.0
+_price_cache: dict[int, tuple[float, list[Price]]] = {}
+_price_cache_lock = threading.Lock()
+
+
+def _price_rows(*, model_id: int) -> list[Price]:
+    """The model's Price rows (read-only: shared between threads), at most
+    PRICE_CACHE_SECONDS old (see above)."""
+    now = time.monotonic()
+    cached = _price_cache.get(model_id)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    rows = list(Price.objects.filter(model_id=model_id))
+    with _price_cache_lock:
+        _price_cache[model_id] = (now + PRICE_CACHE_SECONDS, rows)
+    return rows
+
+
+def price_cache_clear(**ignored) -> None:
+    """Forget every cached price (a signal receiver: Price and ImageModel saves and
+    deletes), now and again once the saving transaction commits, so no request of
+    this process that reads after the commit prices with the old rows."""
+    with _price_cache_lock:
+        _price_cache.clear()
+
+    def clear_again() -> None:
+        with _price_cache_lock:
+            _price_cache.clear()
+
+    transaction.on_commit(clear_again)
+
+
+for _signal in (post_save, post_delete):
+    for _sender in (Price, "images.ImageModel"):
+        _signal.connect(price_cache_clear, sender=_sender, dispatch_uid=f"price-cache-{_signal}-{_sender}")
 
 
 def _month_start(now: datetime) -> datetime:
@@ -214,15 +330,17 @@ def key_budget_check(*, api_key: APIKey | None, amount: int | None, lock: bool =
     budgeted = [key for key in lineage if key.monthly_credit_limit is not None]
     if lock:
         assert transaction.get_connection().in_atomic_block, "a locked budget check runs inside the hold's transaction"
-        # Budgets as they are now (one set on an ancestor meanwhile binds too), each row
-        # locked root first and read again under its lock.
-        now_budgeted = set(
-            APIKey.objects.filter(pk__in=[k.pk for k in lineage], monthly_credit_limit__isnull=False).values_list(
-                "pk", flat=True
-            )
+        # Budgets as they are now (one set on an ancestor meanwhile binds too), read and
+        # locked in one statement, root first: PostgreSQL locks the rows of SELECT ...
+        # ORDER BY ... FOR UPDATE in the order it returns them (issue 20: one statement
+        # whatever the depth, was 1 + one per budgeted key).
+        depth = Case(*(When(pk=k.pk, then=Value(i)) for i, k in enumerate(lineage)), output_field=IntegerField())
+        budgeted = list(
+            APIKey.objects.select_for_update()
+            .filter(pk__in=[k.pk for k in lineage], monthly_credit_limit__isnull=False)
+            .only("pk", "prefix", "monthly_credit_limit")
+            .order_by(depth)
         )
-        locked = APIKey.objects.select_for_update().only("pk", "prefix", "monthly_credit_limit")
-        budgeted = [locked.get(pk=k.pk) for k in lineage if k.pk in now_budgeted]
     for key in budgeted:
         limit = key.monthly_credit_limit
         if limit is None:  # (lifted since this request read the key)
@@ -246,57 +364,132 @@ def key_budget_check(*, api_key: APIKey | None, amount: int | None, lock: bool =
         )
 
 
-def credits_hold(*, tenant: Tenant, api_key: APIKey | None, job, amount: int) -> Hold:
+def _account_take(*, tenant: Tenant, amount: int) -> tuple[int, int] | None:
+    """One conditional `UPDATE ... RETURNING`: held += amount where balance >= held +
+    amount, so the check and the write cannot be separated by another request. When it
+    matches, the account row stays locked until the transaction ends, and (balance,
+    held) after it come back; None when the account cannot pay or has no row yet (then
+    nothing is locked). A hold that fits leaves no debt, so it also clears a reversal's
+    debt allowance."""
+    rows = update_returning(
+        CreditAccount.objects.filter(tenant=tenant, balance__gte=F("held") + amount),
+        ("balance", "held"),
+        held=F("held") + amount,
+        debt_allowed=0,
+    )
+    return rows[0] if rows else None
+
+
+def credits_hold(
+    *,
+    tenant: Tenant,
+    api_key: APIKey | None,
+    job,
+    amount: int,
+    locked_check: Callable[[], None] | None = None,
+) -> Hold:
     """Reserve `amount` credits for `job`. Must run inside the transaction that creates
-    the job, so a refusal (402) leaves neither a hold nor a job. The key's monthly
-    budgets (its own and those above it) are checked under their row locks first
-    (`key_budget_check`)."""
+    the job, so a refusal (402) leaves neither a hold nor a job.
+
+    Lock, check, write, in this order on every path (so no two requests deadlock): the
+    account row (locked by the conditional UPDATE that takes the credits or, when that
+    matches nothing, by SELECT ... FOR UPDATE to tell why), then `locked_check` under
+    that lock (the caller's in-flight cap), then the key's monthly budgets (its own and
+    those above it, each under its row lock, root first: `key_budget_check`). A refusal
+    raises, and the caller's transaction rolls the taken credits back. Refusals come in
+    the order locked_check's (429), 402 `key_budget_exceeded`, 402 `insufficient_quota`.
+
+    Statements when it fits (issue 20): the UPDATE ... RETURNING, the budget read (plus
+    locks and spend sums where budgets exist), the hold and its ledger row."""
     assert transaction.get_connection().in_atomic_block, "credits_hold must run inside the job's transaction"
-    key_budget_check(api_key=api_key, amount=amount, lock=True)
-    # One conditional UPDATE: the check and the write cannot be separated by another request.
-    query = CreditAccount.objects.filter(tenant=tenant, balance__gte=F("held") + amount)
-    # A hold that fits leaves no debt, so it also clears a reversal's debt allowance.
-    if not query.update(held=F("held") + amount, debt_allowed=0):
-        account = account_for(tenant=tenant)  # (a tenant without an account row yet gets one)
-        if not query.update(held=F("held") + amount, debt_allowed=0):
+    taken = _account_take(tenant=tenant, amount=amount)
+    if taken is None:  # cannot pay, or no account row yet: lock it (creating it) to say why
+        locked = CreditAccount.objects.select_for_update()
+        account = locked.filter(tenant=tenant).first()
+        if account is None:
+            account_for(tenant=tenant)
+            account = locked.get(tenant=tenant)
+        if locked_check is not None:
+            locked_check()
+        key_budget_check(api_key=api_key, amount=amount, lock=True)
+        taken = _account_take(tenant=tenant, amount=amount)  # (a new row, or credits freed meanwhile)
+        if taken is None:
             account.refresh_from_db()
             raise insufficient_credits(account=account, cost=amount)
+    else:
+        if locked_check is not None:
+            locked_check()
+        key_budget_check(api_key=api_key, amount=amount, lock=True)
     hold = Hold.objects.create(job=job, tenant=tenant, api_key=api_key, amount=amount)
-    _append(tenant_id=tenant.pk, kind=LedgerEntry.Kind.HOLD, amount=0, held_delta=amount, key=f"hold:{job.pk}", job=job)
+    balance, held = taken
+    _ledger_insert(
+        tenant_id=tenant.pk,
+        kind=LedgerEntry.Kind.HOLD,
+        amount=0,
+        held_delta=amount,
+        balance_after=balance,
+        held_after=held,
+        key=f"hold:{job.pk}",
+        job=job,
+    )
     return hold
+
+
+# The hold's columns that _settle's UPDATE ... RETURNING gives back (integers and ids).
+_SETTLED_COLUMNS = ("id", "job_id", "tenant_id", "api_key_id", "amount", "captured")
 
 
 def _settle(*, job, charge: int | None) -> Hold | None:
     """Capture (charge is an int) or release (charge is None) the job's hold, once.
-    No savepoints: any failure here fails the caller's whole transaction."""
+    No savepoints: any failure here fails the caller's whole transaction.
+
+    Exactly once, keyed by the job: the hold's own conditional `UPDATE ... WHERE status =
+    'open' RETURNING` is the check (a second settler waits on the row lock, then matches
+    nothing and gets the settled hold back), then the account's `UPDATE ... RETURNING`
+    (lock order: the hold, then the account, as before; it also says whether the
+    balance alert needs a flip: `balance_alert_due_sql`) and the ledger row (its key
+    `capture:<job>` / `release:<job>` is unique): 3 statements, 4 or 5 when the alert
+    fires or re-arms."""
+    now = timezone.now()
     with transaction.atomic(savepoint=False):
-        hold = Hold.objects.select_for_update().filter(job=job).first()
-        if hold is None or hold.status != Hold.Status.OPEN:
-            return hold  # already settled: a second run of the actor is a no-op
         if charge is None:
-            kind, amount, status = LedgerEntry.Kind.RELEASE, 0, Hold.Status.RELEASED
+            kind, status, captured = LedgerEntry.Kind.RELEASE, Hold.Status.RELEASED, Value(0)
         else:
-            kind, amount, status = LedgerEntry.Kind.CAPTURE, -min(charge, hold.amount), Hold.Status.CAPTURED
-        CreditAccount.objects.filter(tenant_id=hold.tenant_id).update(
-            balance=F("balance") + amount, held=F("held") - hold.amount
+            kind, status, captured = LedgerEntry.Kind.CAPTURE, Hold.Status.CAPTURED, Least(F("amount"), Value(charge))
+        rows = update_returning(
+            Hold.objects.filter(job=job, status=Hold.Status.OPEN),
+            _SETTLED_COLUMNS,
+            status=status,
+            captured=captured,
+            settled_at=now,
+        )
+        if not rows:
+            return Hold.objects.filter(job=job).first()  # already settled: a second run of the actor is a no-op
+        hold = Hold.from_db(Hold.objects.db, [*_SETTLED_COLUMNS, "status", "settled_at"], [*rows[0], status, now])
+        amount = -hold.captured
+        ((balance, held, alert_due),) = update_returning(
+            CreditAccount.objects.filter(tenant_id=hold.tenant_id),
+            ("balance", "held"),
+            extra=[balance_alert_due_sql(connections[CreditAccount.objects.db])],
+            balance=F("balance") + amount,
+            held=F("held") - hold.amount,
         )
         try:
             with transaction.atomic(savepoint=False):
-                entry = _append(
+                _ledger_insert(
                     tenant_id=hold.tenant_id,
                     kind=kind,
                     amount=amount,
                     held_delta=-hold.amount,
+                    balance_after=balance,
+                    held_after=held,
                     key=f"{kind}:{job.pk}",
                     job=job,
                 )
         except IntegrityError:
             raise RuntimeError(f"ledger already has a {kind} for job {job.pk} but its hold was open") from None
-        hold.status = status
-        hold.captured = -amount
-        hold.settled_at = timezone.now()
-        hold.save(update_fields=["status", "captured", "settled_at"])
-        balance_alert_check(tenant_id=hold.tenant_id, available=entry.balance_after - entry.held_after)
+        if alert_due:  # (the account's UPDATE said whether the alert's UPDATE would match)
+            balance_alert_check(tenant_id=hold.tenant_id, available=balance - held)
         return hold
 
 

@@ -42,6 +42,7 @@ from images import notify
 from images.backends import get_backend
 from images.backends.base import (
     GenerationTask,
+    LoraSpec,
     PipelineError,
     PipelineSource,
     effective_steps,
@@ -313,6 +314,8 @@ def job_run(*, job_id: str) -> None:
         mask_image=mask_image,
         strength=strength,
         should_stop=_stop_rule(job, settled, expired),
+        # LoRA adapters (issue 23), resolved by images.services.loras when the job was made.
+        loras=tuple(LoraSpec(**lora) for lora in job.params.get("loras") or ()),
     )
     if partials:  # streaming: previews at steps spread over the steps actually run
         task.preview_steps = preview_steps_for(effective_steps(task), partials)
