@@ -1,6 +1,27 @@
 """Requests that wait for a job: how many one web process lets wait (admission), and
 whether the client of a waiting request is still there (issue 20).
 
+Two servers run the same views (images/management/commands/serve.py):
+
+- ASGI (`WEB_SERVER=asgi`, opt-in for now: gunicorn + uvicorn's worker over platform/asgi.py).
+  A waiting request costs no thread and no database connection while it waits. The
+  DRF view still runs as sync code (auth, throttles, `generation_create`,
+  Idempotency-Key, the envelope) on a thread; when it must wait it returns a
+  `DeferredResponse` (the job id, how to render), `WaitingMiddleware` (the innermost
+  middleware, async) awaits the job's events on the event loop (images.notify's one
+  subscriber per process), then renders the answer on a thread again. Streams are
+  async iterators (images.streaming). Sync code runs at most WEB_THREADS at a time
+  per process (`run_sync`, a semaphore), so at most that many database connections
+  are open; a deferred request's connection is closed before it waits. Django's ASGI
+  handler still keeps one parked, idle thread per open request (its per-request
+  ThreadSensitiveContext executor, created by the request_started signal): no CPU, no
+  connection, about the memory docs/operations.md gives per waiting request.
+  A client that leaves: Django cancels the request's task on `http.disconnect`;
+  `AsgiClientWatch` turns that into the same outcome as below (a job not yet started
+  is abandoned, nothing charged). The cap defaults to ASGI_MAX_WAITING.
+- WSGI (gunicorn gthread, the default `WEB_SERVER=gthread`, and Django's test client): what
+  follows; a waiting request holds a thread until its answer.
+
 A synchronous generation (an edit, a variation, a vendor shape) and a `stream: true`
 request keep a gunicorn thread (serve.py: the gthread worker, WEB_THREADS per process)
 until their job ends, seconds to minutes. Without a cap, WEB_THREADS of them take every
@@ -26,14 +47,19 @@ have left, as nginx does.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import select
 import socket
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.http import HttpResponse
 
 from core.errors import APIError, ServiceUnavailable
 
@@ -44,6 +70,11 @@ RESERVED_THREADS = 8
 BUSY_RETRY_AFTER = 2
 # How often, in seconds, a waiting request looks whether its client is still there.
 CLIENT_POLL_SECONDS = 0.5
+# WEB_MAX_WAITING when it is 0 under the ASGI server: sized from memory (a waiting
+# request costs tens of KB there; docs/operations.md has the figure measured).
+ASGI_MAX_WAITING = 2000
+
+logger = logging.getLogger(__name__)
 
 
 class ServerBusy(ServiceUnavailable):
@@ -70,6 +101,7 @@ class ClientDisconnected(APIError):
 _lock = threading.Lock()
 _waiting = 0
 _threads: int | None = None  # this process's gunicorn threads, set by serve (else WEB_THREADS)
+_asgi = False  # set by serve (the ASGI server) and platform/asgi.py
 
 
 def default_max_waiting(threads: int) -> int:
@@ -79,14 +111,23 @@ def default_max_waiting(threads: int) -> int:
 
 def waiting_limit() -> int:
     """How many requests of this process may wait for a job at once."""
+    if _asgi:
+        return settings.WEB_MAX_WAITING or ASGI_MAX_WAITING
     return settings.WEB_MAX_WAITING or default_max_waiting(_threads or settings.WEB_THREADS)
 
 
-def waiting_configure(*, threads: int) -> int:
-    """Fix this process's thread count (serve.py, before gunicorn forks) and return the
-    cap. ValueError when the cap would not leave at least one thread to the requests
-    that do not wait (1 <= WEB_MAX_WAITING < threads)."""
-    global _threads
+def waiting_configure(*, threads: int, asgi: bool = False) -> int:
+    """Fix this process's server (serve.py, before gunicorn forks) and return the cap.
+    ASGI: WEB_MAX_WAITING, or ASGI_MAX_WAITING when 0; ValueError below 1. Threads
+    (gthread): ValueError when the cap would not leave at least one thread to the
+    requests that do not wait (1 <= WEB_MAX_WAITING < threads)."""
+    global _threads, _asgi
+    if asgi:
+        _asgi = True
+        limit = settings.WEB_MAX_WAITING or ASGI_MAX_WAITING
+        if limit < 1:
+            raise ValueError(f"WEB_MAX_WAITING={limit} must be at least 1")
+        return limit
     limit = settings.WEB_MAX_WAITING or default_max_waiting(threads)
     if not 1 <= limit < threads:
         raise ValueError(
@@ -117,8 +158,22 @@ class WaitingSlot:
 
     def release_when_closed(self, response: Any) -> None:
         """For a streaming response: keep the slot until the server closes the response
-        (after its last byte, or when its client went away)."""
+        (after its last byte, or when its client went away). An async stream (ASGI)
+        gives it back when its iterator ends or is cancelled, or when the response is
+        closed without being read."""
+        if getattr(response, "is_async", False):
+            response.streaming_content = _closing_async(response.streaming_content, self.release)
+            response._resource_closers.append(self.release)
+            return
         response.streaming_content = _ClosingIterator(iter(response.streaming_content), self.release)
+
+
+async def _closing_async(inner, on_close):
+    try:
+        async for chunk in inner:
+            yield chunk
+    finally:
+        on_close()
 
 
 class _ClosingIterator:
@@ -209,3 +264,118 @@ def client_watch(environ: Mapping[str, Any]) -> ClientWatch:
     """The watch for a WSGI request (its `META`): gunicorn's socket, or none."""
     sock = environ.get("gunicorn.socket")
     return ClientWatch(sock if isinstance(sock, socket.socket) else None)
+
+
+def client_watch_of(request: Any) -> ClientWatch:
+    """The watch of a request (a DRF or Django request): the ASGI one WaitingMiddleware
+    put there, else gunicorn's socket (gthread), else one that never leaves."""
+    meta = request.META
+    watch = meta.get("platform.client_watch")
+    return watch if isinstance(watch, ClientWatch) else client_watch(meta)
+
+
+# ---- ASGI: waiting without a thread ----------------------------------------------------------
+
+
+@dataclass
+class AsgiClientWatch(ClientWatch):
+    """The client of one ASGI request. `left` is set on the event loop when Django
+    cancels the request (the client disconnected); the view's thread reads it through
+    `gone()` (generation_create refuses before holding anything). Cleanups registered
+    by the view (`handoff`: abandon the job, give the waiting place back) run exactly
+    once if the client leaves before `settle`, whichever side comes second."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _cleanups: list[Callable[[], Any]] = field(default_factory=list)
+
+    def gone(self) -> bool:
+        return self.left
+
+    def handoff(self, cleanup: Callable[[], Any]) -> bool:
+        """Run `cleanup` if the client leaves; run it now (and return False) if it already left."""
+        with self._lock:
+            if not self.left:
+                self._cleanups.append(cleanup)
+                return True
+        _run_cleanups([cleanup])
+        return False
+
+    def leave(self) -> None:
+        """The client left (sync: run it in a thread): the registered cleanups run now."""
+        with self._lock:
+            self.left = True
+            cleanups, self._cleanups = self._cleanups, []
+        _run_cleanups(cleanups)
+
+    def settle(self) -> None:
+        """The answer is made: nothing to clean up any more."""
+        with self._lock:
+            self._cleanups = []
+
+
+def _run_cleanups(cleanups: list[Callable[[], Any]]) -> None:
+    for cleanup in cleanups:
+        try:
+            cleanup()
+        except Exception:
+            logger.exception("cleanup after a client left failed")
+
+
+def request_is_asgi(request: Any) -> bool:
+    """Whether this request came through WaitingMiddleware's async path (then a view may
+    answer with a DeferredResponse)."""
+    return isinstance(request.META.get("platform.client_watch"), AsgiClientWatch)
+
+
+class DeferredResponse(HttpResponse):
+    """What a sync view returns under ASGI when its answer needs a job to finish:
+    WaitingMiddleware awaits `wait()` on the event loop (no thread, no connection),
+    then runs `finish(outcome)` on a thread, which returns the final, rendered response.
+    `slot` (a WaitingSlot) is given back when it is done, whatever happened."""
+
+    slot: WaitingSlot | None = None
+
+    async def wait(self) -> Any:
+        raise NotImplementedError
+
+    def finish(self, outcome: Any) -> HttpResponse:
+        raise NotImplementedError
+
+
+_sync_limits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _sync_limit() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    limit = _sync_limits.get(loop)
+    if limit is None:
+        limit = _sync_limits[loop] = asyncio.Semaphore(max(1, settings.WEB_THREADS))
+    return limit
+
+
+def _closing_connections(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        from django.db import connections
+
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for conn in connections.all(initialized_only=True):
+                if not conn.in_atomic_block:
+                    conn.close()
+
+    return call
+
+
+async def run_sync(fn: Callable[..., Any], *args: Any, close_db: bool = True, **kwargs: Any) -> Any:
+    """Run sync code (ORM, sync Redis) on the request's thread, at most WEB_THREADS at a
+    time per process; with `close_db`, its database connections are closed after (a
+    waiting request holds none)."""
+    async with _sync_limit():
+        return await sync_to_async(_closing_connections(fn) if close_db else fn)(*args, **kwargs)
+
+
+async def run_sync_view(get_response: Callable[[Any], Any], request: Any) -> Any:
+    """The rest of the middleware chain (the sync view), under the same limit."""
+    async with _sync_limit():
+        return await get_response(request)

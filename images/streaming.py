@@ -7,13 +7,22 @@ images.notify (Redis or in-process), never through the database.
 
 n > 1: the partial previews are those of the first image; then one `*.completed`
 event per image, in order (input tokens are counted on the first).
+
+Two iterators make the same frames: `sse_events` (sync: a WSGI thread reads the job's
+events, blocking) and `sse_events_async` (the ASGI server: the events come from the
+process's one subscriber, images.notify, and the stream holds no thread and no
+database connection while it waits; the job is read on a thread at the start, at each
+keep-alive and at the end). A client that leaves an async stream cancels it: a job not
+yet started is abandoned (job_abandon, nothing charged), a started one runs on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -98,29 +107,90 @@ def sse_events(*, job_id: Any, prefix: str, client_gone: Callable[[], bool] | No
             sent += 1
         elif event.get("type") == "done":
             break
+    yield from _final_frames(job_id=job_id, prefix=prefix)
+
+
+def _final_frames(*, job_id: Any, prefix: str) -> list[bytes]:
+    """The frames that end a stream: one `*.completed` per image, or the error."""
     job = Job.objects.select_related("model", "hold").get(pk=job_id)
     error = job_error(job=job)  # the same message, type and code as a waiting request gets
     if error is not None:
-        yield _frame("error", {"type": "error", **error.body()})
-        return
+        return [_frame("error", {"type": "error", **error.body()})]
     if job.status != Job.Status.SUCCEEDED:  # (a "done" event ahead of the row: not finished after all)
-        yield _error_frame(f"The image is not ready (job {job.pk}, status {job.status}).", "job_wait_timeout")
-        return
-    import base64
-
-    images = list(job.images.all())
-    for i, image in enumerate(images):
+        return [_error_frame(f"The image is not ready (job {job.pk}, status {job.status}).", "job_wait_timeout")]
+    frames = []
+    for i, image in enumerate(job.images.all()):
         usage = usage_body(job, images=1, with_input=i == 0)  # input tokens are counted on the first image
-        yield _frame(
-            f"{prefix}.completed",
-            {
-                "type": f"{prefix}.completed",
-                "b64_json": base64.b64encode(image_read(image)).decode("ascii"),
-                **_common(job),
-                "usage": usage,
-                **({"seed": image.seed} if image.seed is not None else {}),  # our extension (docs/api.md)
-            },
+        frames.append(
+            _frame(
+                f"{prefix}.completed",
+                {
+                    "type": f"{prefix}.completed",
+                    "b64_json": base64.b64encode(image_read(image)).decode("ascii"),
+                    **_common(job),
+                    "usage": usage,
+                    **({"seed": image.seed} if image.seed is not None else {}),  # our extension (docs/api.md)
+                },
+            )
         )
+    return frames
+
+
+def _stream_start(*, job_id: Any) -> tuple[dict[str, Any], int, bool]:
+    job = Job.objects.select_related("model").get(pk=job_id)
+    return _common(job), int(job.params.get("partial_images") or 0), job.status in Job.TERMINAL
+
+
+async def sse_events_async(*, job_id: Any, prefix: str) -> AsyncIterator[bytes]:
+    """The frames of `sse_events`, waiting on the event loop (see the module's docstring)."""
+    from core.waiting import run_sync
+    from images.services.jobs import job_settled
+
+    loop = asyncio.get_running_loop()
+    common, wanted, settled = await run_sync(_stream_start, job_id=job_id)
+    sent = 0
+    deadline = loop.time() + settings.JOB_WAIT_SECONDS
+    yield b": stream open\n\n"
+    try:
+        async with notify.job_events(job_id) as events:
+            settled = settled or await run_sync(job_settled, job_id=job_id)
+            while not settled:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    yield _error_frame(
+                        f"The image is still being generated (job {job_id}); read it later with "
+                        f"GET /v1/images/tasks/{job_id}.",
+                        "job_wait_timeout",
+                    )
+                    return
+                try:
+                    kind, event = await asyncio.wait_for(events.get(), min(KEEPALIVE_SECONDS, remaining))
+                except TimeoutError:
+                    settled = await run_sync(job_settled, job_id=job_id)  # (events are hints)
+                    if not settled:
+                        yield b": keep-alive\n\n"
+                    continue
+                if kind != "event":
+                    continue
+                if event.get("type") == "partial" and sent < wanted:
+                    yield _frame(
+                        f"{prefix}.partial_image",
+                        {
+                            "type": f"{prefix}.partial_image",
+                            "b64_json": event["b64"],
+                            **common,
+                            "partial_image_index": sent,
+                        },
+                    )
+                    sent += 1
+                elif event.get("type") == "done":
+                    settled = True
+    except asyncio.CancelledError:
+        # The client left: a job not started yet is cancelled and costs nothing.
+        await asyncio.shield(run_sync(job_abandon, job_id=job_id))
+        raise
+    for frame in await run_sync(_final_frames, job_id=job_id, prefix=prefix):
+        yield frame
 
 
 def sse_response(
@@ -129,10 +199,15 @@ def sse_response(
     prefix: str,
     headers: dict[str, str] | None = None,
     client_gone: Callable[[], bool] | None = None,
+    asynchronous: bool = False,
 ) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(
-        sse_events(job_id=job.pk, prefix=prefix, client_gone=client_gone), content_type="text/event-stream"
+    """The event stream of a job; `asynchronous`: an async iterator (the ASGI server)."""
+    events = (
+        sse_events_async(job_id=job.pk, prefix=prefix)
+        if asynchronous
+        else sse_events(job_id=job.pk, prefix=prefix, client_gone=client_gone)
     )
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     for key, value in (headers or {}).items():

@@ -31,6 +31,8 @@ from typing import Any
 
 from django.conf import settings
 
+from images.queue_position import queue_position_add, queue_position_remove
+
 logger = logging.getLogger(__name__)
 
 # Seconds a snapshot lives without a write: a job cannot outlive its deadline, and a
@@ -128,7 +130,10 @@ def _write(job_id: Any, mode: str, ttl: int, fields: dict[str, Any]) -> bool:
             current = {**current, **{name: str(value) for name, value in fields.items()}}
         _local[job_id] = (now + ttl, current)
         _cond.notify_all()
-        return True
+    from images.notify import local_event_fire
+
+    local_event_fire(job_id, "status", None)  # the ASGI waits of this process (images.notify)
+    return True
 
 
 def task_status_set(*, job) -> bool:
@@ -146,7 +151,13 @@ def task_status_set(*, job) -> bool:
         "steps": job.steps,
         "steps_done": job.steps_done,
         "seeds": json.dumps(job_seeds(job)),
+        "queue": job.model.queue,  # (queue_position: where the task waits)
     }
+    # The queue's order (images.queue_position, issue 24): joined when queued, left when claimed.
+    if job.status == "queued":
+        queue_position_add(queue=job.model.queue, job_id=job.pk)
+    else:
+        queue_position_remove(job_id=job.pk, queues=[job.model.queue])
     return _write(job.pk, "set", _ttl(), fields)
 
 
@@ -158,6 +169,7 @@ def task_status_progress(*, job_id: Any, steps_done: int) -> bool:
 def task_status_final(*, job_id: Any) -> None:
     """The job is settled: polls read the database from now on (a tombstone)."""
     _write(job_id, "final", FINAL_TTL, {})
+    queue_position_remove(job_id=job_id)  # (settled while queued: cancelled, abandoned, swept)
 
 
 def task_status_read(*, job_id: Any) -> dict[str, str]:

@@ -1,10 +1,23 @@
-"""`make run`: serve the API with gunicorn (threads), and in the embedded mode also
-run the Dramatiq worker inside the same process."""
+"""`make run`: serve the API with gunicorn, and in the embedded mode also run the
+Dramatiq worker inside the same process.
+
+The server (WEB_SERVER): `asgi` (opt-in until the live suites pass under it; see
+core/waiting.py) is gunicorn with uvicorn's worker
+(uvicorn-worker) over platform/asgi.py: a request that waits for its job (a
+synchronous generation, a stream, a long poll) costs no thread and no database
+connection while it waits (core/waiting.py), so one process holds thousands of them,
+up to WEB_MAX_WAITING (default core.waiting.ASGI_MAX_WAITING). WEB_THREADS is then how
+many requests run their sync code (the DRF views, the ORM) at once per process.
+`gthread` (the default for now) is the WSGI server, WEB_THREADS threads per process, each waiting
+request holding one; WEB_MAX_WAITING below WEB_THREADS), kept as a fallback.
+WEB_CONCURRENCY processes either way; the embedded worker starts in post_worker_init
+and the prometheus multiprocess hooks are the same."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -36,6 +49,33 @@ def demo_tenant_ensure(stdout) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
+def port_free_check(host: str, port: int) -> None:
+    """CommandError (so a non-zero exit) naming the address when `host`:`port` cannot be
+    bound, e.g. another server holds it: checked before anything is printed, so no
+    "Serving on" or curl line points at whatever holds the port. The test socket is
+    closed at once; SO_REUSEADDR as the server's own, so a port in TIME_WAIT passes."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CommandError(
+            f"Cannot serve on {host}:{port}: {exc.strerror}. Set HOST to an address of this machine."
+        ) from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            state = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc.strerror})"
+            raise CommandError(
+                f"Port {port} on {host} {state}: stop what holds it, or choose another port, "
+                f"e.g. PORT={port + 1} make run."
+            ) from exc
+
+
 class Command(BaseCommand):
     help = "Serve the platform on 127.0.0.1:$PORT (in-process worker when BROKER_URL is unset)."
 
@@ -46,15 +86,32 @@ class Command(BaseCommand):
         parser.add_argument("--threads", type=int, default=settings.WEB_THREADS)
 
     def handle(self, *args, host: str, port: int, workers: int, threads: int, **options):
+        port_free_check(host, port)
         from gunicorn.app.base import BaseApplication
 
         from core.waiting import waiting_configure
-        from wsgi import application
 
+        server = os.environ.get("WEB_SERVER", "gthread")
+        if server not in ("asgi", "gthread"):
+            raise CommandError(f"WEB_SERVER={server!r}: use 'gthread' (the default for now) or 'asgi'")
+        asgi = server == "asgi"
         try:  # (before gunicorn forks: every process inherits it)
-            max_waiting = waiting_configure(threads=threads)
+            max_waiting = waiting_configure(threads=threads, asgi=asgi)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
+        if asgi:
+            from uvicorn_worker import UvicornWorker
+
+            from asgi import application
+
+            class Worker(UvicornWorker):
+                CONFIG_KWARGS = {"loop": "auto", "http": "auto", "lifespan": "off"}  # (Django has no lifespan)
+
+            worker_class: Any = Worker
+        else:
+            from wsgi import application
+
+            worker_class = "gthread"
         embedded = not settings.BROKER_URL
         if embedded:
             workers = 1  # the in-process broker lives in one process
@@ -76,8 +133,9 @@ class Command(BaseCommand):
                 "is then used), or PROMETHEUS_MULTIPROC_DIR"
             )
         queue = "embedded worker" if embedded else "broker " + settings.BROKER_URL.split("@")[-1]
+        shape = "ASGI" if asgi else "gthread"
         self.stdout.write(
-            f"Serving on http://{host}:{port} ({queue}; {threads} threads per process, "
+            f"Serving on http://{host}:{port} ({queue}; {shape}, {threads} threads per process, "
             f"at most {max_waiting} waiting for a job)"
         )
         self.stdout.flush()
@@ -111,7 +169,7 @@ class Command(BaseCommand):
                     "bind": f"{host}:{port}",
                     "workers": workers,
                     "threads": threads,
-                    "worker_class": "gthread",
+                    "worker_class": worker_class,
                     "timeout": 120,
                     "graceful_timeout": 30,
                     "accesslog": os.environ.get("ACCESS_LOG") or None,
