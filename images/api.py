@@ -6,10 +6,18 @@ in images/vendors.py; the dashboard playground) is a *mapper* (request -> a
 `ChargedViewSet.charged`: Idempotency-Key handling, `generation_create` (every rule
 lives there), then waiting, streaming or answering 202. Views never decide anything
 about models, money or limits.
+
+Waiting (core/waiting.py). Under the ASGI server the flow above runs on a thread up to
+the wait; then the view returns a `JobWait` (a DeferredResponse: the job id, the
+renderer, what Idempotency-Key still has to record), which WaitingMiddleware awaits
+on the event loop (no thread, no connection) and renders on a thread again; streams
+are async iterators; a long poll of a task (`?wait=N`) is a `TaskWait`. Under WSGI
+(gthread, Django's test client) the same code waits on its thread, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +41,17 @@ from billing.selectors import credits_available
 from core import idempotency
 from core.errors import APIError, InvalidRequest, NotFound, PermissionDeniedError, ServiceUnavailable
 from core.schema import AUTH_ERRORS, CHARGED_ERRORS, errors
-from core.waiting import ClientDisconnected, ClientWatch, ServerBusy, client_watch, waiting_slot_take
+from core.waiting import (
+    AsgiClientWatch,
+    ClientDisconnected,
+    ClientWatch,
+    DeferredResponse,
+    ServerBusy,
+    client_watch_of,
+    request_is_asgi,
+    run_sync,
+    waiting_slot_take,
+)
 from images import selectors, task_status
 from images.errors import job_error
 from images.files import (
@@ -62,10 +80,13 @@ from images.streaming import sse_response
 from images.validation import (
     EditJSONRequestSerializer,
     EditRequestSerializer,
+    ExtensionFields,
     GenerationRequestSerializer,
     StrictCharField,
-    StrictSerializer,
+    StrictChoiceField,
+    StrictIntegerField,
     VariationRequestSerializer,
+    cancel_after_parse,
 )
 
 
@@ -181,12 +202,16 @@ class ChargedViewSet(viewsets.ViewSet):
             _wants_stream(request.data) or "respond-async" not in request.headers.get("Prefer", "")
         )
         slot = waiting_slot_take() if waits else None
+        client = client_watch_of(request)
         response = None
         try:
-            response = self._charged(request, caller, mapper, renderer, client_watch(request.META))
+            response = self._charged(request, caller, mapper, renderer, client)
             return response
         finally:
-            if slot is not None and getattr(response, "streaming", False):
+            if slot is not None and isinstance(response, DeferredResponse):
+                response.slot = slot  # given back by WaitingMiddleware after the wait
+                client.handoff(slot.release)  # (or now / when the client leaves first)
+            elif slot is not None and getattr(response, "streaming", False):
                 slot.release_when_closed(response)
             elif slot is not None:
                 slot.release()
@@ -211,6 +236,13 @@ class ChargedViewSet(viewsets.ViewSet):
             response = self._submit(request, caller, mapper, renderer, record.pk, client)
         except Exception as exc:  # rendered here so that the answer can be recorded
             response = self.handle_exception(exc)
+        if isinstance(response, JobWait):
+            response.record = record  # recorded after the wait (JobWait.finish)
+            return response
+        return self._record_answer(record, response)
+
+    def _record_answer(self, record, response):
+        """Keep the first answer for the Idempotency-Key's replays (or forget the key)."""
         try:
             record.refresh_from_db(fields=["job_id"])
         except type(record).DoesNotExist:
@@ -237,17 +269,25 @@ class ChargedViewSet(viewsets.ViewSet):
         client: ClientWatch,
     ) -> Response:
         generation = mapper(request)
+        generation.cancel_after = cancel_after_parse(request.headers.get("Cancel-After"))  # (issue 24)
         generation.idempotency_record_id = record_id
         generation.client_gone = client.gone  # a client already gone is charged nothing
         job = generation_create(caller=caller, request=generation)
         if caller.ratelimit_headers:
             request._request.ratelimit_headers = caller.ratelimit_headers
-        if job.params.get("stream") and not renderer.always_async:
-            return sse_response(job=job, prefix=renderer.stream_prefix, client_gone=client.gone)
         if renderer.always_async or "respond-async" in request.headers.get("Prefer", ""):
             body = task_body(job=job, base_url=base_url(request))
             location = request.build_absolute_uri(f"/v1/images/tasks/{job.pk}")
             return Response(body, status=202, headers={"Location": location, "Preference-Applied": "respond-async"})
+        if isinstance(client, AsgiClientWatch):
+            # ASGI: wait without a thread. If the client leaves from now on (or has left
+            # already), a job not yet started is abandoned: cancelled, nothing charged.
+            client.handoff(lambda: job_services.job_abandon(job_id=job.pk))
+            if job.params.get("stream"):
+                return sse_response(job=job, prefix=renderer.stream_prefix, asynchronous=True)
+            return JobWait(view=self, request=request, renderer=renderer, job_id=job.pk)
+        if job.params.get("stream"):
+            return sse_response(job=job, prefix=renderer.stream_prefix, client_gone=client.gone)
         job = job_services.job_wait(job_id=job.pk, timeout=settings.JOB_WAIT_SECONDS, client_gone=client.gone)
         if client.left:
             # Not started: cancelled and free (job_abandon). Started: it runs on and is
@@ -261,7 +301,7 @@ class ChargedViewSet(viewsets.ViewSet):
         job = Job.objects.select_related("model", "hold").filter(pk=record.job_id).first() if record.job_id else None
         finished = job is not None and job.status in Job.TERMINAL
         if record.mode == "event-stream" and finished:
-            response = sse_response(job=job, prefix=renderer.stream_prefix)
+            response = sse_response(job=job, prefix=renderer.stream_prefix, asynchronous=request_is_asgi(request))
         elif record.status == record.Status.COMPLETED and record.response_body is not None:
             response = Response(record.response_body, status=record.response_status, headers=record.response_headers)
         elif finished:
@@ -284,6 +324,40 @@ class ChargedViewSet(viewsets.ViewSet):
             )
         response["Idempotent-Replayed"] = "true"
         return response
+
+
+class JobWait(DeferredResponse):
+    """A synchronous request's answer under ASGI once its job is submitted: awaited by
+    WaitingMiddleware (images.services.jobs.job_wait_async), then rendered on a thread
+    exactly as the thread-bound path renders it (job_result_response, the DRF
+    exception handler, the Idempotency-Key's record)."""
+
+    def __init__(self, *, view: ChargedViewSet, request: Request, renderer: Renderer, job_id: Any) -> None:
+        super().__init__(status=202)
+        self.view, self.drf_request, self.renderer, self.job_id = view, request, renderer, job_id
+        self.record = None
+
+    async def wait(self) -> bool:
+        return await job_services.job_wait_async(job_id=self.job_id, timeout=settings.JOB_WAIT_SECONDS)
+
+    def finish(self, outcome: bool) -> HttpResponse:
+        view, request = self.view, self.drf_request
+        job = Job.objects.select_related("model", "hold").get(pk=self.job_id)
+        try:
+            response = job_result_response(job=job, request=request, renderer=self.renderer)
+        except Exception as exc:
+            response = view.handle_exception(exc)
+        if self.record is not None:
+            response = view._record_answer(self.record, response)
+        return _rendered(view, request, response)
+
+
+def _rendered(view: viewsets.ViewSet, request: Request, response: Response) -> HttpResponse:
+    """What DRF's dispatch does to a view's answer, for one made after a wait."""
+    response = view.finalize_response(request, response)
+    if hasattr(response, "render"):
+        response.render()
+    return response
 
 
 # ---- Request mappers (parse only) ----------------------------------------------------------
@@ -403,6 +477,16 @@ STREAM = OpenApiResponse(
 )
 
 
+CANCEL_AFTER = OpenApiParameter(
+    "Cancel-After",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="A deadline (`30s`, `5m`, `1h`, `1m30s`): a job not finished by then is stopped, its credits "
+    "released, its task `failed` with `deadline_exceeded` (docs/api.md, issue 24)",
+)
+
+
 def charged_schema(summary: str, *, request, response=STREAM, tags=("images",), error_serializer=None, **kwargs):
     error_responses = (
         errors(*CHARGED_ERRORS) if error_serializer is None else errors(*CHARGED_ERRORS, serializer=error_serializer)
@@ -411,7 +495,7 @@ def charged_schema(summary: str, *, request, response=STREAM, tags=("images",), 
         summary=summary,
         tags=list(tags),
         request=request,
-        parameters=[IDEMPOTENCY, PREFER],
+        parameters=[IDEMPOTENCY, PREFER, CANCEL_AFTER],
         responses={200: response, **ASYNC_202, **error_responses},
         **kwargs,
     )
@@ -552,18 +636,26 @@ class TaskViewSet(viewsets.ViewSet):
         caller = _active_caller(request)
         body, seen = self._task(request, task_id, caller)
         if wait and body["status"] not in Job.TERMINAL:
-            # A long poll holds a thread like a waiting generation: it takes a waiting
-            # place (core/waiting.py), and without one answers at once (a short poll).
+            # A long poll waits like a generation: it takes a waiting place
+            # (core/waiting.py), and without one answers at once (a short poll).
             try:
                 slot = waiting_slot_take()
             except ServerBusy:
                 slot = None
+            if slot is not None and request_is_asgi(request):
+                client_watch_of(request).handoff(slot.release)
+                deferred = TaskWait(view=self, request=request, task_id=task_id, caller=caller, seen=seen, wait=wait)
+                deferred.slot = slot
+                return deferred
             if slot is not None:
                 try:
                     task_status.task_status_wait(job_id=task_id, seen=seen, timeout=wait)
                 finally:
                     slot.release()
                 body, _ = self._task(request, task_id, caller)
+        return self._task_response(body)
+
+    def _task_response(self, body: dict[str, Any]) -> Response:
         headers = {} if body["status"] in Job.TERMINAL else {"Retry-After": str(TASK_RETRY_AFTER)}
         return Response(body, headers=headers)
 
@@ -583,6 +675,36 @@ class TaskViewSet(viewsets.ViewSet):
         job_services.job_cancel(job=job)
         job = Job.objects.select_related("model", "hold").get(pk=job.pk)
         return Response(task_body(job=job, base_url=base_url(request)))
+
+
+class TaskWait(DeferredResponse):
+    """A long poll (`?wait=N`) under ASGI: woken by the job's status changes or events
+    (images.notify), without a thread; then the task is read again on a thread."""
+
+    def __init__(self, *, view: TaskViewSet, request: Request, task_id: str, caller, seen, wait: int) -> None:
+        super().__init__(status=202)
+        self.view, self.drf_request, self.task_id, self.caller = view, request, task_id, caller
+        self.seen, self.wait_seconds = seen, wait
+
+    async def wait(self) -> None:
+        from images import notify
+
+        async with notify.job_events(self.task_id) as events:
+            # Subscribed first, then compared: a write in between is not missed.
+            if await run_sync(task_status.task_status_read, job_id=self.task_id) != self.seen:
+                return
+            try:
+                await asyncio.wait_for(events.get(), self.wait_seconds)
+            except TimeoutError:
+                pass
+
+    def finish(self, outcome: None) -> HttpResponse:
+        try:
+            body, _ = self.view._task(self.drf_request, self.task_id, self.caller)
+            response = self.view._task_response(body)
+        except Exception as exc:
+            response = self.view.handle_exception(exc)
+        return _rendered(self.view, self.drf_request, response)
 
 
 class ImageModelViewSet(viewsets.ViewSet):
@@ -663,12 +785,19 @@ class ImageFileViewSet(viewsets.ViewSet):
 # ---- The dashboard playground (session + CSRF; same flow, same rules) -------------------------
 
 
-class PlaygroundRequestSerializer(StrictSerializer):
-    """The playground form: a prompt, a model and a size (one image)."""
+class PlaygroundRequestSerializer(ExtensionFields):
+    """The playground form: a prompt, a model, and what the model's profile offers (the
+    page reads them from accounts.dashboard.playground_models): size, quality, n,
+    output_format, style, plus seed and negative_prompt (ExtensionFields). The profile's
+    rules refuse what the model does not take, as on the API."""
 
     prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
     model = StrictCharField(required=False, allow_null=True, allow_blank=True)
     size = StrictCharField(required=False, allow_null=True)
+    quality = StrictCharField(required=False, allow_null=True)
+    n = StrictIntegerField(required=False, allow_null=True)
+    output_format = StrictChoiceField(choices=("png", "jpeg", "webp"), required=False, allow_null=True)
+    style = StrictCharField(required=False, allow_null=True)
 
 
 PLAYGROUND_ENDPOINT = "/dashboard/playground"
@@ -676,7 +805,7 @@ PLAYGROUND_ENDPOINT = "/dashboard/playground"
 
 def playground_mapper(request: Request) -> GenerationRequest:
     fields = validated(PlaygroundRequestSerializer, request.data)
-    return GenerationRequest(endpoint=PLAYGROUND_ENDPOINT, fields={**fields, "n": 1})
+    return GenerationRequest(endpoint=PLAYGROUND_ENDPOINT, fields={**fields, "n": fields.get("n") or 1})
 
 
 PLAYGROUND = Renderer(body=openai_images_body, always_async=True)

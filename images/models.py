@@ -25,7 +25,6 @@ class ImageModel(models.Model):
     # Denoising steps per quality value, e.g. {"low": 2, "medium": 3, "high": 4, "standard": 4, "hd": 6}.
     steps_by_quality = models.JSONField(default=dict)
     guidance = models.FloatField(default=5.0)  # classifier-free guidance scale (not money)
-    supports_alpha = models.BooleanField(default=False)
     # Images per pipeline call when batching jobs across requests; null = the device's
     # default (PIPELINE_MAX_BATCH, else 1 on CPU, 8 on CUDA). Measure before raising.
     max_batch = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -91,6 +90,9 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     deadline = models.DateTimeField(db_index=True)
     gpu_ms = models.PositiveIntegerField(null=True, blank=True)  # pipeline time attributed to this job
+    # Extension (issue 24): a per-request webhook target (`webhook_url`), told of the
+    # job's end like the tenant's endpoints (images.services.webhooks); "" = none.
+    webhook_url = models.CharField(max_length=2000, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]
@@ -172,3 +174,144 @@ class BlockedPrompt(models.Model):
 
     def __str__(self) -> str:
         return f"blocked on {self.endpoint} ({', '.join(self.categories)})"
+
+
+WEBHOOK_EVENTS = ("image.generation.completed", "image.generation.failed", "image.generation.cancelled")
+
+
+class WebhookSecretFields(models.Model):
+    """A Standard Webhooks signing secret with rotation (issue 24).
+
+    Secrets are stored as given out (`whsec_<base64 of 32 random bytes>`): HMAC signing
+    needs the secret itself, so it cannot be hashed like an API key; the database is
+    the trust boundary (docs/operations.md, "Webhooks"). After a rotation the previous
+    secret keeps signing too (a second `v1,` signature) until `previous_secret_expires_at`."""
+
+    secret = models.CharField(max_length=100)
+    previous_secret = models.CharField(max_length=100, blank=True, default="")
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    def signing_secrets(self, now) -> list[str]:
+        """The secrets that sign a message sent at `now`: the current one, then the
+        previous one while its grace period lasts."""
+        secrets = [self.secret]
+        if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
+            secrets.append(self.previous_secret)
+        return secrets
+
+
+class WebhookEndpoint(WebhookSecretFields):
+    """A tenant's URL told of its jobs' ends (`/v1/webhooks`, the dashboard)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="webhook_endpoints")
+    url = models.CharField(max_length=2000)
+    description = models.CharField(max_length=200, blank=True, default="")
+    events = models.JSONField(default=list)  # names from WEBHOOK_EVENTS; [] = every event
+    enabled = models.BooleanField(default=True)
+    # The current run of failed attempts: since when (null = the last attempt succeeded)
+    # and how many. An endpoint failing for WEBHOOK_DISABLE_AFTER_SECONDS is disabled.
+    failing_since = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    disabled_reason = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["tenant", "enabled"])]
+
+    def __str__(self) -> str:
+        return f"webhook {self.url}"
+
+    def wants(self, event: str) -> bool:
+        return self.enabled and (not self.events or event in self.events)
+
+
+class TenantWebhookSecret(WebhookSecretFields):
+    """The secret that signs deliveries to per-request `webhook_url`s (one per tenant,
+    made on first use; shown by `POST /v1/webhooks/request_secret`, which rotates it)."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="webhook_secret")
+
+    def __str__(self) -> str:
+        return f"request webhook secret of tenant {self.tenant_id}"
+
+
+class WebhookDelivery(models.Model):
+    """One event for one target, with its attempts. `event_id` is the `webhook-id`
+    header, the same on every attempt (receivers deduplicate by it: at-least-once)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # not yet delivered; next_attempt_at says when it is tried again
+        DELIVERED = "delivered"  # a 2xx answer
+        FAILED = "failed"  # given up: out of attempts, or its endpoint disabled or deleted
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, null=True, blank=True, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    url = models.CharField(max_length=2000)  # the target (an endpoint's URL, or the request's webhook_url)
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="webhook_deliveries")
+    # One delivery per (job, event, target): a redelivered actor message finds it.
+    dedupe_key = models.CharField(max_length=200, unique=True)
+    event_id = models.CharField(max_length=64, unique=True)  # "msg_<32 hex>"
+    event_type = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict)  # the event body, signed as sent
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True, default="")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"]),
+            models.Index(fields=["endpoint", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} ({self.status})"
+
+
+class LoraAdapter(models.Model):
+    """A LoRA adapter the operator serves on top of a base model (issue 23; docs/models.md,
+    "LoRA adapters"). Added with `manage.py lora_add` or the admin; requests name it in
+    `loras` (images.services.loras). Visibility: everyone when `public`, else only the
+    tenants in `tenants` (and `owner`, for a tenant's own upload). An adapter a tenant
+    may not use is answered exactly like one that does not exist."""
+
+    # The name requests use: letters, digits, '.', '_', '-' (at most 100 characters).
+    name = models.CharField(max_length=100, unique=True)
+    # A .safetensors file, or a folder holding one (diffusers' or kohya's format, as
+    # diffusers' load_lora_weights reads them); absolute, or relative to LORA_DIR.
+    path = models.CharField(max_length=500)
+    # The base model it fits (its denoiser's shapes); or, when null, any model whose
+    # family (ImageModel.capabilities["family"]) is `family`.
+    base_model = models.ForeignKey(
+        ImageModel, null=True, blank=True, on_delete=models.CASCADE, related_name="lora_adapters"
+    )
+    family = models.CharField(max_length=64, blank=True, default="")
+    # Extra credits per image (integer credits, added to the model's price per image).
+    surcharge_credits = models.PositiveIntegerField(default=0)
+    trigger_words = models.CharField(max_length=500, blank=True, default="")
+    public = models.BooleanField(default=True, help_text="Every tenant may use it (else only the listed tenants).")
+    tenants = models.ManyToManyField(Tenant, blank=True, related_name="lora_adapters")
+    # The tenant that uploaded it (a tenant's own adapter: visible to that tenant only); null = the operator's.
+    owner = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="owned_loras")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"lora {self.name}"

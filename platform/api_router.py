@@ -10,14 +10,18 @@ from rest_framework.routers import SimpleRouter
 
 from accounts.api import KeyViewSet
 from images.api import ImageFileViewSet, ImageModelViewSet, ImagesViewSet, TaskViewSet
+from images.loras_api import LoraViewSet
 from images.vendors import AigneViewSet, ResellerViewSet, VisionViewSet
+from images.webhooks_api import WebhookViewSet
 
 v1_router = SimpleRouter(trailing_slash=False)
 v1_router.register("images/tasks", TaskViewSet, basename="task")
 v1_router.register("images", ImagesViewSet, basename="images")
 v1_router.register("models", ImageModelViewSet, basename="model")
+v1_router.register("loras", LoraViewSet, basename="lora")
 v1_router.register("files", ImageFileViewSet, basename="file")
 v1_router.register("keys", KeyViewSet, basename="key")
+v1_router.register("webhooks", WebhookViewSet, basename="webhook")
 v1_router.register("vision/generate", VisionViewSet, basename="vision")
 
 api_router = SimpleRouter(trailing_slash=False)

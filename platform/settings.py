@@ -105,7 +105,8 @@ MIDDLEWARE = [
     "core.middleware.NullByteGuardMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, /docs/, dashboard) from the app folders, DEBUG or not, no CDN.
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # (whitenoise's middleware with an async path: core/middleware.py.)
+    "core.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -167,6 +168,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 WHITENOISE_USE_FINDERS = True  # serve straight from the apps' static folders: no collectstatic step
 STATIC_ROOT = env.path("STATIC_ROOT", default=VAR_DIR / "static")
+try:  # whitenoise warns at every start while it is missing (empty until collectstatic)
+    Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
+except OSError:  # a read-only image: the operator runs collectstatic at build time
+    pass
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=VAR_DIR / "media")
 MEDIA_URL = "media/"
 
@@ -235,6 +240,10 @@ LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if EMBEDDED else "json")
 LOG_PROMPTS = env.bool("LOG_PROMPTS", default=False)
 # Where built or downloaded model folders live (the demo model is built here).
 MODEL_DIR = env.path("MODEL_DIR", default=VAR_DIR / "models")
+# LoRA adapters (issue 23): relative adapter paths are under LORA_DIR; a request names
+# at most LORA_MAX_PER_REQUEST adapters in `loras` (docs/models.md, "LoRA adapters").
+LORA_DIR = env.path("LORA_DIR", default=VAR_DIR / "loras")
+LORA_MAX_PER_REQUEST = env.int("LORA_MAX_PER_REQUEST", default=3)
 
 # 64 MB: the largest multipart edit (several gpt-image inputs) must fit.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=64 * 1024 * 1024)
@@ -324,6 +333,20 @@ IMAGE_FETCH_ALLOW_PRIVATE = env.bool("IMAGE_FETCH_ALLOW_PRIVATE", default=False)
 # `input_too_large` before anything is decoded. 64 Mi pixels = sixteen 2048x2048 images.
 INPUT_PIXEL_BUDGET = env.int("INPUT_PIXEL_BUDGET", default=64 * 1024 * 1024)
 IMAGE_FETCH_TIMEOUT_SECONDS = env.float("IMAGE_FETCH_TIMEOUT_SECONDS", default=10.0)
+# Webhooks (issue 24; docs/operations.md "Webhooks"). Targets on private, loopback or
+# link-local addresses are refused unless allowed (tests, private networks).
+WEBHOOK_ALLOW_PRIVATE_TARGETS = env.bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", default=False)
+# Retries: attempt k+1 waits BASE * 2**(k-1) seconds (capped at MAX, +-20% jitter); with
+# the defaults 16 attempts span about 23 hours.
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=5.0)
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=21_600.0)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=16)
+# One attempt's deadline (resolve, connect, TLS, send, answer), seconds.
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# An endpoint whose attempts have all failed for this long is disabled, its owners emailed.
+WEBHOOK_DISABLE_AFTER_SECONDS = env.int("WEBHOOK_DISABLE_AFTER_SECONDS", default=86_400)
+# After a secret rotation the previous secret still signs (a second signature) this long.
+WEBHOOK_SECRET_GRACE_SECONDS = env.int("WEBHOOK_SECRET_GRACE_SECONDS", default=86_400)
 # Allow hub downloads for models whose source is a hub id (off: air-gapped hosts).
 MODEL_ALLOW_DOWNLOADS = env.bool("MODEL_ALLOW_DOWNLOADS", default=False)
 
@@ -499,6 +522,13 @@ STRIPE_JS_URL = env.str("STRIPE_JS_URL", default="https://js.stripe.com/v3/")
 # through the Payment Element; e.g. "card" restricts the PaymentIntents to cards.
 STRIPE_PAYMENT_METHOD_TYPES = env.list("STRIPE_PAYMENT_METHOD_TYPES", default=[])
 VOUCHERS_ENABLED = env.bool("VOUCHERS_ENABLED", default=True)
+# What one credit is worth, for showing prices as money (GET /v1/models `pricing`, the
+# dashboard's prices page): a decimal in whole units of CREDIT_CURRENCY; "" shows credits
+# only. Display only: balances and prices stay integer credits.
+CREDIT_VALUE = env.str("CREDIT_VALUE", default="0.001")
+CREDIT_CURRENCY = env.str("CREDIT_CURRENCY", default="usd").strip().lower()
+if CREDIT_VALUE and not re.fullmatch(r"\d+(\.\d+)?", CREDIT_VALUE.strip()):
+    raise ImproperlyConfigured(f"CREDIT_VALUE must be a decimal number such as 0.001 (got {CREDIT_VALUE!r})")
 # Wrong voucher codes allowed per key or dashboard member, and per tenant (all its keys
 # and members together), in the window; then 429. 0 = no limit.
 VOUCHER_FAILURE_LIMIT = env.int("VOUCHER_FAILURE_LIMIT", default=10)
@@ -528,6 +558,9 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {},
     "DISABLE_ERRORS_AND_WARNINGS": True,
+    # OpenAI's endpoints first, vendor shapes last (platform/api_schema.py).
+    "SORT_OPERATIONS": "api_schema.operation_order",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api_schema.tags_ordered"],
 }
 
 # ---- Metrics (core/metrics.py: GET /metrics with METRICS_TOKEN) ----
@@ -563,7 +596,11 @@ MIDDLEWARE = [
     *MIDDLEWARE[:-1],
     "django_prometheus.middleware.PrometheusAfterMiddleware",
     MIDDLEWARE[-1],
-]  # axes stays last
+]  # axes stays last (of the middleware that looks at requests; below it, only:)
+# The ASGI waits (core/waiting.py): innermost, so that the answer it makes after a wait
+# passes through every middleware above. Every entry must be async-capable
+# (tests/test_middleware_async.py).
+MIDDLEWARE.append("core.middleware.WaitingMiddleware")
 if METRICS_TOKEN and DATABASES["default"]["ENGINE"] in ("django.db.backends.postgresql", "django.db.backends.sqlite3"):
     DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
         "django.db.backends.", "django_prometheus.db.backends."

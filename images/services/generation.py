@@ -10,18 +10,22 @@ refuse has passed:
  1. the tenant's status (403 `tenant_suspended`);
  2. the model and the key's scope: model list (403 `model_not_allowed`), a monthly
     budget already used up, the key's own or one above it (402 `key_budget_exceeded`);
- 3. rate limits (429, counted once per request) and the in-flight cap (429);
+ 3. rate limits (429, counted once per request) and, for requests with input images,
+    the in-flight cap (429; a plain generation's is checked in step 11 only);
  4. the model's queue is served by this installation's workers (503, no retry);
  5. what the model can do (its profile's capabilities: 400 `unsupported_model`);
  6. input images, cheaply: counts, formats, byte and pixel limits, mask rules, read
     from headers without decoding;
- 7. strict parameters for the model's profile (400);
+ 7. strict parameters for the model's profile (400), then the request's LoRA adapters
+    against the catalog (images.services.loras: 400 `lora_not_found`, `lora_incompatible`);
  8. moderation at the tenant's level (400, recorded);
  9. the price (fails closed for unpriced models) against the key's budget and the
-    available balance (402) — still before any fetch or decode;
+    available balance (402) — still before any fetch or decode (requests with input
+    images only: a plain generation has nothing to fetch, so step 11 checks it once);
 10. URL fetches and decoding of the inputs (in memory);
-11. one transaction: the in-flight cap under the account lock, the job, the credit
-    hold (402 if a concurrent request took the credits), the usage record and the
+11. one transaction: the job, the credit hold (one conditional UPDATE that takes the
+    credits and locks the account row; 402 when they are not there), the in-flight cap
+    under that lock (429), the key's budgets (402), the usage record and the
     Idempotency-Key link; rolled back if the client has left meanwhile (499);
 12. after commit: the inputs are stored, then the job is sent to its queue. A failure
     there fails the job and releases its hold before the caller hears 503.
@@ -29,6 +33,7 @@ refuse has passed:
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +49,7 @@ from accounts.principals import Caller
 from accounts.ratelimit import rate_limit_check
 from billing import services as billing
 from billing.errors import InsufficientCredits
-from billing.models import CreditAccount, UsageRecord
+from billing.models import UsageRecord
 from billing.selectors import account_get
 from core.errors import APIError, InvalidRequest, PermissionDeniedError, RateLimited, ServiceUnavailable
 from core.idempotency import idempotency_attach_job
@@ -55,6 +60,7 @@ from images.models import ImageModel, Job
 from images.profiles import PROFILES, capabilities_check, input_image_tokens
 from images.services import inputs as inputs_service
 from images.services.inputs import InputImage
+from images.services.loras import loras_resolve
 from images.services.moderation import prompt_moderate
 from images.validation import GPT_ONLY, VARIATION_STRENGTH, GenerationParams, edit_strength, generation_params_resolve
 
@@ -97,6 +103,9 @@ class GenerationRequest:
     json_references: bool = False
     idempotency_record_id: int | None = None
     client_gone: Callable[[], bool] | None = None
+    # `Cancel-After` in seconds (images.validation.cancel_after_parse; issue 24): the job's
+    # deadline is the earlier of this and JOB_DEADLINE_SECONDS. None: the default only.
+    cancel_after: float | None = None
 
 
 def model_resolve(*, fields: dict[str, Any], default: str, api_key: APIKey | None) -> ImageModel:
@@ -187,8 +196,11 @@ def _nearest_gpt_size(width: int, height: int) -> str:
     return "1024x1024"
 
 
-def _quote(*, model: ImageModel, request: GenerationRequest, params: GenerationParams) -> int:
-    return billing.price_quote(model=model, kind=request.kind, size=params.size, quality=params.quality, n=params.n)
+def _quote(*, model: ImageModel, request: GenerationRequest, params: GenerationParams, surcharge: int = 0) -> int:
+    """The model's price for the request, plus `surcharge` credits per image (the LoRA
+    adapters' surcharges, issue 23). Integers only."""
+    base = billing.price_quote(model=model, kind=request.kind, size=params.size, quality=params.quality, n=params.n)
+    return base + surcharge * params.n
 
 
 def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
@@ -208,7 +220,11 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
     billing.key_budget_check(api_key=key, amount=None)
     rate_limit_check(caller=caller)
     cap = _in_flight_cap(tenant)
-    if cap and _in_flight_count(tenant) >= cap:
+    # Pre-checks (reads, no locks) only where something expensive (a fetch, a decode)
+    # comes between them and the hold's transaction, which checks again under the lock;
+    # a plain generation is checked once, there (issue 20: 2 statements fewer).
+    prechecked = bool(request.images) or request.mask is not None
+    if cap and prechecked and _in_flight_count(tenant) >= cap:
         error = _in_flight_error(cap)
         _refused(caller=caller, model=model, request=request, params=None, error=error)
         raise error
@@ -238,6 +254,8 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
         inputs_service.inputs_peek(request.images, request.mask, rules=rules)
 
     params = _resolve(request=request, model=model)
+    loras = loras_resolve(tenant=tenant, model=model, entries=request.fields.get("loras") or [])
+    surcharge = sum(lora.surcharge_credits for lora in loras)
     if params.prompt.strip():
         prompt_moderate(
             tenant=tenant,
@@ -249,12 +267,13 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
             endpoint=request.endpoint,
             request_id=caller.request_id,
         )
-    quote = _quote(model=model, request=request, params=params)
-    try:
-        _money_precheck(caller=caller, quote=quote)
-    except InsufficientCredits as exc:
-        _refused(caller=caller, model=model, request=request, params=params, error=exc)
-        raise
+    quote = _quote(model=model, request=request, params=params, surcharge=surcharge)
+    if prechecked:
+        try:
+            _money_precheck(caller=caller, quote=quote)
+        except InsufficientCredits as exc:
+            _refused(caller=caller, model=model, request=request, params=params, error=exc)
+            raise
 
     job_id = uuid.uuid4()
     prepared = None
@@ -263,7 +282,7 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
         inputs_service.inputs_fetch(request.images, request.mask, rules=rules)
         if size_pending:
             params = _resolve(request=request, model=model)
-            quote = _quote(model=model, request=request, params=params)
+            quote = _quote(model=model, request=request, params=params, surcharge=surcharge)
         prepared = inputs_service.inputs_prepare(
             request.images, request.mask, rules=rules, width=params.width, height=params.height
         )
@@ -280,6 +299,8 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
             "image_tokens": sum(input_image_tokens(i.width, i.height) for i in request.images) if profile.gpt else 0,
         }
 
+    params.loras = [lora.as_json() for lora in loras]
+
     def after_commit() -> None:
         if prepared is not None:
             try:
@@ -295,8 +316,9 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
 
     try:
         with transaction.atomic():
-            if cap:
-                _in_flight_locked_check(tenant=tenant, cap=cap)
+            # The job first (the hold refers to it), then the hold: it takes the credits
+            # with one conditional UPDATE that locks the account row, and under that lock
+            # counts the tenant's jobs in flight (this one included) for the cap.
             job = Job.objects.create(
                 id=job_id,
                 tenant=tenant,
@@ -313,9 +335,17 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
                 guidance=params.guidance,
                 seed=params.seed,
                 quote=quote,
-                deadline=timezone.now() + timedelta(seconds=settings.JOB_DEADLINE_SECONDS),
+                deadline=timezone.now()
+                + timedelta(seconds=min(settings.JOB_DEADLINE_SECONDS, request.cancel_after or math.inf)),
+                webhook_url=request.fields.get("webhook_url") or "",
             )
-            billing.credits_hold(tenant=tenant, api_key=key, job=job, amount=quote)
+            billing.credits_hold(
+                tenant=tenant,
+                api_key=key,
+                job=job,
+                amount=quote,
+                locked_check=(lambda: _in_flight_locked_check(tenant=tenant, cap=cap)) if cap else None,
+            )
             UsageRecord.objects.create(
                 tenant=tenant,
                 api_key=key,
@@ -341,11 +371,9 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
 
 
 def _in_flight_locked_check(*, tenant: Tenant, cap: int) -> None:
-    """The authoritative in-flight cap: the account row lock serialises the tenant's
-    submissions, so two requests cannot both take the last slot."""
-    locked = CreditAccount.objects.select_for_update().filter(tenant=tenant)
-    if locked.first() is None:  # (a tenant without an account row yet gets one)
-        billing.account_for(tenant=tenant)
-        locked.first()
-    if _in_flight_count(tenant) >= cap:
+    """The authoritative in-flight cap, run by credits_hold under the account row lock
+    (which serialises the tenant's submissions, so two requests cannot both take the
+    last slot) after this request's own job was inserted: it counts itself, so more than
+    `cap` refuses (429)."""
+    if _in_flight_count(tenant) > cap:
         raise _in_flight_error(cap)

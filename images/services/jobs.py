@@ -9,6 +9,7 @@ and came back, or a sweep racing a worker settles each job exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from billing.models import UsageRecord
 from images import notify, task_status
 from images.files import image_delete_files
 from images.models import GeneratedImage, Job
+from images.services.webhooks import webhooks_job_settled
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,48 @@ def job_wait(*, job_id: Any, timeout: float, client_gone: Callable[[], bool] | N
         job = Job.objects.select_related("model", "hold").get(pk=job_id)  # (the hold: for the credit headers)
         if job.status in Job.TERMINAL or deadline - time.monotonic() <= 0:
             return job
+
+
+# Seconds between two checks of a job by a waiter without a thread (its events are hints).
+RECHECK_SECONDS = 10.0
+
+
+def job_settled(*, job_id: Any) -> bool:
+    """Whether the job is final: its status snapshot (images.task_status, no database)
+    when it has one, else one read of its row."""
+    snapshot = task_status.task_status_read(job_id=job_id)
+    if snapshot.get("final"):
+        return True
+    if task_status.task_status_live(snapshot):
+        return False
+    return Job.objects.filter(pk=job_id, status__in=Job.TERMINAL).exists()
+
+
+async def job_wait_async(*, job_id: Any, timeout: float) -> bool:
+    """Wait without a thread (the ASGI server, core/waiting.py) until the job is final or
+    `timeout` seconds pass; returns whether it is final. Woken by the job's events
+    (images.notify's one subscriber per process); checks the job once after
+    subscribing and every RECHECK_SECONDS (a lost event costs at most that). The
+    caller reads the row after. Cancelled (its client left), it just stops: the caller
+    abandons the job (job_abandon)."""
+    from core.waiting import run_sync
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with notify.job_events(job_id) as events:
+        while True:
+            if await run_sync(job_settled, job_id=job_id):
+                return True
+            check_at = min(deadline, loop.time() + RECHECK_SECONDS)
+            while (remaining := check_at - loop.time()) > 0:
+                try:
+                    kind, event = await asyncio.wait_for(events.get(), remaining)
+                except TimeoutError:
+                    break
+                if kind == "event" and event.get("type") == "done":
+                    break
+            if loop.time() >= deadline:
+                return await run_sync(job_settled, job_id=job_id)
 
 
 def job_start(*, job_id: Any) -> Job | None:
@@ -121,6 +165,7 @@ def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_
     _inputs_delete(job)
     task_status.task_status_final(job_id=job.pk)
     notify.job_notify(job.pk)
+    webhooks_job_settled(job=job)  # (issue 24: after the commit, never inside it)
     return True
 
 
@@ -154,6 +199,7 @@ def job_fail(*, job_id: Any, code: str, message: str, status: str = Job.Status.F
     _inputs_delete(job)
     task_status.task_status_final(job_id=job_id)
     notify.job_notify(job_id)
+    webhooks_job_settled(job=job)
     return True
 
 
@@ -219,6 +265,7 @@ def job_cancel(*, job: Job) -> int:
     _inputs_delete(row)
     task_status.task_status_final(job_id=row.pk)
     notify.job_notify(row.pk)
+    webhooks_job_settled(job=row)
     return charge
 
 
@@ -255,4 +302,5 @@ def job_abandon(*, job_id: Any) -> bool:
     _inputs_delete(job)
     task_status.task_status_final(job_id=job_id)
     notify.job_notify(job_id)
+    webhooks_job_settled(job=job)
     return True

@@ -152,3 +152,56 @@ def test_warm_up_prepares_every_lane(source, two_lanes):
     runner.warm_up(source, lanes=2)
     key = cache.cache_key(source)
     assert (key, "text2img", 1) in cache._VARIANTS
+
+
+def test_a_full_batch_fires_before_the_window(source, monkeypatch):
+    """The window is an upper bound (as in Ray Serve's @serve.batch): once the pending
+    compatible tasks make max_batch images, the call starts at once. The window here is a
+    minute; the shared call must start within a quarter of it (the old fixed wait slept
+    the whole minute first)."""
+    window_s = 60
+    fired = threading.Event()
+    calls: list[int] = []
+    real = runner.run_batch
+
+    def run_batch(tasks, *, max_batch=None):
+        calls.append(len(tasks))
+        fired.set()
+        return real(tasks, max_batch=max_batch)
+
+    monkeypatch.setattr(runner, "run_batch", run_batch)
+    shared, results = Batcher(), {}
+
+    def one(name, t):
+        results[name] = shared.run(t, max_batch=3, window_ms=window_s * 1000)
+
+    jobs = {"a": task(source, [31, 32], "a lighthouse"), "b": task(source, [33], "a red fox")}
+    threads = [threading.Thread(target=one, args=item, daemon=True) for item in jobs.items()]
+    for thread in threads:
+        thread.start()
+    assert fired.wait(timeout=window_s / 4), "the full batch waited for the window"
+    for thread in threads:
+        thread.join(timeout=window_s / 4)
+    assert calls == [2]  # both jobs (3 images: the maximum) in one call
+    assert [len(results[name].images) for name in ("a", "b")] == [2, 1]
+
+
+def test_a_batch_that_is_not_full_waits_for_company_within_the_window(source, monkeypatch):
+    """A task short of max_batch still waits (up to the window) for a companion that
+    arrives later, and both share one call."""
+    calls = counting_run_batch(monkeypatch)
+    shared, results = Batcher(), {}
+
+    def one(name, t):
+        results[name] = shared.run(t, max_batch=4, window_ms=20_000)
+
+    first = threading.Thread(target=one, args=("a", task(source, [41])), daemon=True)
+    first.start()
+    while not shared._pending:  # the first task is waiting for company
+        time.sleep(0.01)
+    assert calls == []
+    second = threading.Thread(target=one, args=("b", task(source, [42, 43, 44])), daemon=True)
+    second.start()  # 1 + 3 images: the batch is full, so it fires now
+    first.join(timeout=10)
+    second.join(timeout=10)
+    assert calls == [2] and len(results["a"].images) == 1 and len(results["b"].images) == 3

@@ -2,9 +2,12 @@
 different customers into one pipeline call.
 
 Worker threads hand their task to `batcher.run(task)`. When batching is on (the
-model's or device's maximum batch is above 1) the thread waits up to `window_ms` for
-company, then takes every pending task with the same batch key (model source, size,
-steps, guidance, the family's isolation key; text-to-image only) up to the maximum number of images, and runs them
+model's or device's maximum batch is above 1) the thread waits for company until the
+batch is full (the pending compatible tasks reach the maximum number of images) or
+`window_ms` has passed, whichever comes first: the window is an upper bound, as in Ray
+Serve's `@serve.batch`, never a fixed wait. It then takes every pending task with the
+same batch key (model source, size, steps, guidance, the family's isolation key, the
+LoRA adapter set; text-to-image only) up to the maximum number of images, and runs them
 as one `runner.run_batch` call; each task gets its own result (its own seeds, progress,
 previews and stopping). A thread whose task was taken by another simply waits for it.
 With a maximum of 1 (the CPU default: batching measured slower there) a task runs
@@ -20,12 +23,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from images.backends.base import GenerationResult, GenerationTask, PipelineError
-from images.backends.local import families, lanes, runner
+from images.backends.local import adapters, families, lanes, runner
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +53,16 @@ def batch_key(task: GenerationTask) -> tuple | None:
         task.steps,
         float(task.guidance),
         *families.family_for_source(task.source).batch_key(task),
+        adapters.effective(task.loras),  # batch-mates share their adapter set (issue 23)
     )
 
 
 class Batcher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # Notified when a task arrives or is taken: a waiting thread looks again whether
+        # its batch is full or its task was taken.
+        self._changed = threading.Condition(self._lock)
         self._pending: list[_Entry] = []
 
     def run(self, task: GenerationTask, *, max_batch: int | None = None, window_ms: float = 0.0) -> GenerationResult:
@@ -67,14 +73,22 @@ class Batcher:
         if key is None or limit <= 1 or len(task.seeds) >= limit:
             return lanes.gpu_call(runner.run_batch, [task], max_batch=limit)[0]
         entry = _Entry(key, task, len(task.seeds))
-        with self._lock:
+        with self._changed:
             self._pending.append(entry)
-        if window_ms > 0:
-            time.sleep(window_ms / 1000)
+            self._changed.notify_all()
+            if window_ms > 0:
+                self._changed.wait_for(lambda: self._full_or_taken(entry, limit), timeout=window_ms / 1000)
         group = self._take(entry, limit)
         if group:
             lanes.pool().submit(self._run_group, group, limit)
         return lanes.wait(entry.future)
+
+    def _full_or_taken(self, entry: _Entry, limit: int) -> bool:
+        """(Lock held.) Whether `entry` was taken into another thread's batch, or the
+        pending tasks with its key already make `limit` images (no more company fits)."""
+        if entry not in self._pending:
+            return True
+        return sum(e.images for e in self._pending if e.key == entry.key) >= limit
 
     def _take(self, entry: _Entry, limit: int) -> list[_Entry]:
         """Claim this entry (if nobody has) and compatible company up to `limit` images."""
@@ -89,6 +103,7 @@ class Batcher:
                 images += other.images
             for member in group:
                 self._pending.remove(member)
+            self._changed.notify_all()  # its companions stop waiting for the window
             return group
 
     @staticmethod
