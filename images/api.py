@@ -1,7 +1,7 @@
 """HTTP adapters for the Images API, as DRF ViewSets on a router (platform/api_router.py).
 
 Every charged endpoint (OpenAI's generations, edits and variations; the vendor shapes
-in images/vendors.py; the dashboard playground) is a *mapper* (request -> a
+in images/vendors.py; the playground in dashboard/playground.py) is a *mapper* (request -> a
 `GenerationRequest`) and a *renderer* (job -> response) around the same flow,
 `ChargedViewSet.charged`: Idempotency-Key handling, `generation_create` (every rule
 lives there), then waiting, streaming or answering 202. Views never decide anything
@@ -28,7 +28,6 @@ from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRed
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, viewsets
-from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -80,11 +79,7 @@ from images.streaming import sse_response
 from images.validation import (
     EditJSONRequestSerializer,
     EditRequestSerializer,
-    ExtensionFields,
     GenerationRequestSerializer,
-    StrictCharField,
-    StrictChoiceField,
-    StrictIntegerField,
     VariationRequestSerializer,
     cancel_after_parse,
 )
@@ -482,8 +477,9 @@ CANCEL_AFTER = OpenApiParameter(
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
     required=False,
-    description="A deadline (`30s`, `5m`, `1h`, `1m30s`): a job not finished by then is stopped, its credits "
-    "released, its task `failed` with `deadline_exceeded` (docs/api.md, issue 24)",
+    description="A deadline (`30s`, `5m`, `1h`, `1m30s`): a job not finished by then is cancelled by the "
+    "cancel rules (free if it had not started, else the steps run are charged), its task `cancelled` with "
+    "`cancel_after_exceeded` (docs/api.md, issue 24)",
 )
 
 
@@ -780,54 +776,6 @@ class ImageFileViewSet(viewsets.ViewSet):
         response = FileResponse(handle, content_type=image.content_type)
         response["Cache-Control"] = "private, max-age=3600"
         return response
-
-
-# ---- The dashboard playground (session + CSRF; same flow, same rules) -------------------------
-
-
-class PlaygroundRequestSerializer(ExtensionFields):
-    """The playground form: a prompt, a model, and what the model's profile offers (the
-    page reads them from accounts.dashboard.playground_models): size, quality, n,
-    output_format, style, plus seed and negative_prompt (ExtensionFields). The profile's
-    rules refuse what the model does not take, as on the API."""
-
-    prompt = StrictCharField(trim_whitespace=False, allow_blank=True)
-    model = StrictCharField(required=False, allow_null=True, allow_blank=True)
-    size = StrictCharField(required=False, allow_null=True)
-    quality = StrictCharField(required=False, allow_null=True)
-    n = StrictIntegerField(required=False, allow_null=True)
-    output_format = StrictChoiceField(choices=("png", "jpeg", "webp"), required=False, allow_null=True)
-    style = StrictCharField(required=False, allow_null=True)
-
-
-PLAYGROUND_ENDPOINT = "/dashboard/playground"
-
-
-def playground_mapper(request: Request) -> GenerationRequest:
-    fields = validated(PlaygroundRequestSerializer, request.data)
-    return GenerationRequest(endpoint=PLAYGROUND_ENDPOINT, fields={**fields, "n": fields.get("n") or 1})
-
-
-PLAYGROUND = Renderer(body=openai_images_body, always_async=True)
-
-
-class PlaygroundViewSet(ChargedViewSet):
-    """POST /dashboard/api/generations (JSON, session + CSRF header): a charged job for
-    the signed-in member's tenant, under the same rules as an API key (their own
-    rate-limit bucket, `DEFAULT_MEMBER_RPM`, plus the tenant's); answers 202 + task.
-    GET /dashboard/api/tasks/{id} reads it back."""
-
-    authentication_classes = [SessionAuthentication]
-    lookup_field = "task_id"
-    lookup_value_regex = "[^/]+"
-
-    @extend_schema(exclude=True)
-    def create(self, request: Request) -> Response:
-        return self.charged(request, playground_mapper, PLAYGROUND)
-
-    @extend_schema(exclude=True)
-    def retrieve(self, request: Request, task_id: str) -> Response:
-        return Response(task_body(job=tenant_job(request, task_id), base_url=base_url(request)))
 
 
 class UnknownRouteView(APIView):

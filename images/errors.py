@@ -44,6 +44,8 @@ class JobOutOfTime(APIError):
 
 
 OUT_OF_TIME = ("deadline_exceeded", "time_limit_exceeded")
+# The error code of a job stopped by its client's `Cancel-After` (images.services.jobs).
+CANCEL_AFTER_EXCEEDED = "cancel_after_exceeded"
 # images.worker's code for a job its model's family cannot serve (a 400, like the web tier's).
 UNSUPPORTED_BY_FAMILY = "unsupported_parameter"
 
@@ -73,6 +75,9 @@ def job_error(*, job: Job) -> APIError | None:
         return JobCancelled(
             f"The client disconnected before the job started ({_charged_note(job)}).", code="client_disconnected"
         )
+    if job.status == Job.Status.CANCELLED and job.error_code == CANCEL_AFTER_EXCEEDED:
+        # (the client's own Cancel-After passed: jobs.job_deadline_reached; issue 24)
+        return JobCancelled(f"{message} It was cancelled.", code=CANCEL_AFTER_EXCEEDED)
     if job.status == Job.Status.CANCELLED:
         return JobCancelled(f"The job was cancelled before it finished ({_charged_note(job)}).")
     if job.error_code in OUT_OF_TIME:

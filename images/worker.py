@@ -52,7 +52,7 @@ from images.errors import UNSUPPORTED_BY_FAMILY
 from images.files import CONTENT_TYPES, image_delete_files, image_encode, image_save
 from images.models import ImageModel, Job
 from images.profiles import capabilities_check
-from images.services.jobs import job_complete, job_fail, job_progress, job_start
+from images.services.jobs import job_complete, job_deadline_reached, job_fail, job_progress, job_start
 from images.task_status import task_status_progress, task_status_shared
 from images.validation import image_seed
 
@@ -265,7 +265,7 @@ def job_run(*, job_id: str) -> None:
         logger.info("job %s already settled; duplicate delivery ignored", job_id)
         return
     if job.status == Job.Status.RUNNING and job.deadline and job.deadline < job.started_at:
-        job_fail(job_id=job.pk, code="deadline_exceeded", message="The job waited past its deadline.")
+        job_deadline_reached(job_id=job.pk)  # (no step run: a Cancel-After job is free)
         return
 
     last_write = [0.0]
@@ -403,11 +403,7 @@ def _fail_stopped(job: Job, reason: str) -> None:
     """Settle a job whose pipeline was stopped: release it for our limits; leave it as
     it is when it was settled by someone else (job_fail is conditional anyway)."""
     if reason == STOP_DEADLINE:
-        job_fail(
-            job_id=job.pk,
-            code="deadline_exceeded",
-            message="The job did not finish before its deadline; its credits were released.",
-        )
+        job_deadline_reached(job_id=job.pk)  # (the operator's deadline or the client's Cancel-After)
     elif reason == STOP_TIME_LIMIT:
         job_fail(
             job_id=job.pk,

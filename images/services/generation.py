@@ -203,6 +203,16 @@ def _quote(*, model: ImageModel, request: GenerationRequest, params: GenerationP
     return base + surcharge * params.n
 
 
+def _job_params(params, request: GenerationRequest) -> dict[str, Any]:
+    """The job's recorded parameters; with `cancel_after` (seconds) when the client's
+    Cancel-After is the job's deadline, so that reaching it cancels the job by the
+    cancel rules (jobs.job_deadline_reached) instead of failing it."""
+    recorded = params.as_json()
+    if request.cancel_after is not None and request.cancel_after < settings.JOB_DEADLINE_SECONDS:
+        recorded["cancel_after"] = request.cancel_after
+    return recorded
+
+
 def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
     """Turn a parsed request into a queued job with its credits held (the order of the
     checks is in this module's docstring). Returns the committed, enqueued Job.
@@ -326,7 +336,7 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
                 model=model,
                 kind=request.kind,
                 endpoint=request.endpoint,
-                params=params.as_json(),
+                params=_job_params(params, request),
                 prompt=params.model_prompt,
                 n=params.n,
                 width=params.width,

@@ -24,6 +24,7 @@ from django.utils import timezone
 from billing import services as billing
 from billing.models import UsageRecord
 from images import notify, task_status
+from images.errors import CANCEL_AFTER_EXCEEDED
 from images.files import image_delete_files
 from images.models import GeneratedImage, Job
 from images.services.webhooks import webhooks_job_settled
@@ -204,18 +205,43 @@ def job_fail(*, job_id: Any, code: str, message: str, status: str = Job.Status.F
 
 
 def jobs_sweep(*, now=None) -> int:
-    """Fail every unfinished job past its deadline (releasing its hold). Safe to run
-    from many processes at once: job_fail is conditional. Returns how many it failed."""
+    """Stop every unfinished job past its deadline (`job_deadline_reached`: the
+    operator's deadline fails it and releases its hold; a client's Cancel-After cancels
+    it by the cancel rules). Safe to run from many processes at once: every transition
+    is conditional. Returns how many it stopped."""
     now = now or timezone.now()
     count = 0
     for job_id in Job.objects.filter(deadline__lt=now).exclude(status__in=Job.TERMINAL).values_list("pk", flat=True):
-        if job_fail(
-            job_id=job_id,
-            code="deadline_exceeded",
-            message="The job did not finish before its deadline; its credits were released.",
-        ):
+        if job_deadline_reached(job_id=job_id):
             count += 1
     return count
+
+
+def job_deadline_reached(*, job_id: Any) -> bool:
+    """Stop an unfinished job whose deadline has passed; returns whether this call
+    settled it (False: finished meanwhile, by anyone).
+
+    Two deadlines meet in `Job.deadline` (images.services.generation): the operator's
+    JOB_DEADLINE_SECONDS and the client's `Cancel-After` (recorded in `params` when it is
+    the earlier). The client's deadline follows the cancel rules (`job_cancel`: not
+    started = free, else the steps run are charged; status `cancelled`, error code
+    `cancel_after_exceeded`); the operator's fails the job (`deadline_exceeded`, hold
+    released in full)."""
+    job = Job.objects.filter(pk=job_id).exclude(status__in=Job.TERMINAL).first()
+    if job is None:
+        return False
+    if (job.params or {}).get("cancel_after"):
+        won, _ = _job_cancel(
+            job=job,
+            code=CANCEL_AFTER_EXCEEDED,
+            message=f"The job did not finish within its Cancel-After ({job.params['cancel_after']:g} s).",
+        )
+        return won
+    return job_fail(
+        job_id=job.pk,
+        code="deadline_exceeded",
+        message="The job did not finish before its deadline; its credits were released.",
+    )
 
 
 def job_cancel(*, job: Job) -> int:
@@ -233,6 +259,12 @@ def job_cancel(*, job: Job) -> int:
     Idempotent: a job already finished (cancelled, failed, succeeded) is left alone and
     0 returned; the capture is keyed by the job, so it happens at most once.
     """
+    return _job_cancel(job=job, code="cancelled", message="The job was cancelled by the client.")[1]
+
+
+def _job_cancel(*, job: Job, code: str, message: str) -> tuple[bool, int]:
+    """job_cancel's rules with the recorded reason; returns (whether this call
+    cancelled it, the credits charged)."""
     now = timezone.now()
     # The steps the worker reported outside the database (images.task_status) count as
     # done too; the row keeps the larger of the two, so what is charged is what it shows.
@@ -241,12 +273,12 @@ def job_cancel(*, job: Job) -> int:
         won = Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
             status=Job.Status.CANCELLED,
             finished_at=now,
-            error_code="cancelled",
-            error_message="The job was cancelled by the client.",
+            error_code=code,
+            error_message=message,
             steps_done=Greatest(F("steps_done"), reported),
         )
         if not won:
-            return 0
+            return False, 0
         # Read after the update: progress writes need status RUNNING, so steps_done is final.
         row = Job.objects.get(pk=job.pk)
         steps_done = min(row.steps_done, row.steps)
@@ -257,7 +289,7 @@ def job_cancel(*, job: Job) -> int:
             billing.hold_release(job=row)
         UsageRecord.objects.filter(job=row).update(
             outcome=UsageRecord.Outcome.CANCELLED,
-            error_code="cancelled",
+            error_code=code,
             credits_charged=charge,
             latency_ms=_ms(now - row.created_at),
             queue_wait_ms=_ms(row.started_at - row.created_at) if row.started_at else None,
@@ -266,7 +298,7 @@ def job_cancel(*, job: Job) -> int:
     task_status.task_status_final(job_id=row.pk)
     notify.job_notify(row.pk)
     webhooks_job_settled(job=row)
-    return charge
+    return True, charge
 
 
 def job_abandon(*, job_id: Any) -> bool:

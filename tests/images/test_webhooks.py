@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.core import mail
+from django.db import transaction
 from django.utils import timezone
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -22,9 +23,9 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from accounts.services import api_key_create
 from billing.models import CreditAccount
 from core.http_fetch import FetchTargetRefused, http_post
-from images.models import Job, WebhookDelivery, WebhookEndpoint
+from images.models import ImageModel, Job, WebhookDelivery, WebhookEndpoint
 from images.services import webhooks as services
-from images.services.jobs import job_start, jobs_sweep
+from images.services.jobs import job_deadline_reached, job_start, jobs_sweep
 from images.validation import cancel_after_parse
 from tests.conftest import post_json
 
@@ -174,7 +175,7 @@ def test_a_cancelled_job_sends_image_generation_cancelled(api, worker, parked, t
 
 
 def test_cancel_after_stops_a_job_releases_its_hold_and_fires_its_webhook(api, worker, parked, tenant, admin, receiver):
-    endpoint = _endpoint(api, admin, receiver.url, events=["image.generation.failed"])
+    endpoint = _endpoint(api, admin, receiver.url, events=["image.generation.cancelled"])
     response = post_json(api, URL, SMALL, tenant, HTTP_CANCEL_AFTER="2s", **ASYNC)
     assert response.status_code == 202
     job = Job.objects.get(pk=response.json()["id"])
@@ -184,13 +185,49 @@ def test_cancel_after_stops_a_job_releases_its_hold_and_fires_its_webhook(api, w
     time.sleep(2.2)
     assert jobs_sweep() == 1  # (each worker runs this every JOB_SWEEP_SECONDS)
 
+    # The cancel rules: it never started, so it is free.
     account = CreditAccount.objects.get(tenant=tenant.tenant)
-    assert account.held == 0 and account.balance == 10_000  # released in full: it never ran
+    assert account.held == 0 and account.balance == 10_000
     task = api.get(f"/v1/images/tasks/{job.pk}", **tenant.auth).json()
-    assert task["status"] == "failed" and task["error"]["code"] == "deadline_exceeded"
-    requests = receiver.wait_for(_of_type("image.generation.failed"))
+    assert task["status"] == "cancelled" and task["error"]["code"] == "cancel_after_exceeded"
+    assert "Cancel-After" in task["error"]["message"]
+    requests = receiver.wait_for(_of_type("image.generation.cancelled"))
     event = Webhook(endpoint["secret"]).verify(requests[-1]["body"], requests[-1]["headers"])
-    assert event["data"]["error"]["code"] == "deadline_exceeded"
+    assert event["data"]["error"]["code"] == "cancel_after_exceeded"
+    assert event["data"]["credits_charged"] == 0
+
+
+def test_cancel_after_charges_the_steps_a_started_job_ran(registry, tenant):
+    """A running job stopped by its Cancel-After pays for the steps it ran, as a DELETE
+    would (job_cancel's rule), unlike the operator's deadline, which releases all."""
+    from billing.services import credits_hold
+
+    model = ImageModel.objects.get(public_id="dall-e-2")
+    with transaction.atomic():
+        job = Job.objects.create(
+            tenant=tenant.tenant,
+            model=model,
+            kind="generate",
+            prompt="p",
+            n=1,
+            width=256,
+            height=256,
+            steps=4,
+            guidance=1.0,
+            seed=1,
+            quote=40,
+            params={"cancel_after": 2.0},
+            status=Job.Status.RUNNING,
+            steps_done=1,
+            deadline=timezone.now() - timedelta(seconds=1),
+        )
+        credits_hold(tenant=tenant.tenant, api_key=None, job=job, amount=40)
+    assert job_deadline_reached(job_id=job.pk) is True
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED and job.error_code == "cancel_after_exceeded"
+    account = CreditAccount.objects.get(tenant=tenant.tenant)
+    assert account.held == 0 and account.balance == 10_000 - 10  # ceil(40 * 1 / 4)
+    assert job_deadline_reached(job_id=job.pk) is False  # settled once
 
 
 @pytest.mark.parametrize("raw", ["", "5", "2x", "1s1m", "-3s", "0s", "8d", "1.5s", "30 s", "９s"])
