@@ -3,7 +3,16 @@ from django.contrib import admin
 from django.db.models import Count
 
 from billing.models import Price
-from images.models import BlockedPrompt, GeneratedImage, ImageModel, Job, LoraAdapter, ModerationTerm
+from images.models import (
+    BlockedPrompt,
+    GeneratedImage,
+    ImageModel,
+    Job,
+    LoraAdapter,
+    ModerationTerm,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 
 class PriceInline(admin.TabularInline):
@@ -155,3 +164,31 @@ class LoraAdapterAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "public", "base_model")
     search_fields = ("name", "trigger_words")
     filter_horizontal = ("tenants",)
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    """Tenants' webhook endpoints (issue 24). The signing secrets are never shown or
+    edited here: a tenant rotates its own (`POST /v1/webhooks/{id}/rotate_secret`)."""
+
+    list_display = ("url", "tenant", "enabled", "consecutive_failures", "failing_since", "disabled_at")
+    list_filter = ("enabled",)
+    search_fields = ("url", "tenant__name")
+    exclude = ("secret", "previous_secret", "previous_secret_expires_at")
+    readonly_fields = ("tenant", "failing_since", "consecutive_failures", "disabled_at", "disabled_reason")
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    """The delivery log (read-only): one row per event and target, its attempts and
+    last error; "send again" is on the tenant's dashboard and API."""
+
+    list_display = ("event_type", "url", "tenant", "status", "attempts", "last_status_code", "next_attempt_at")
+    list_filter = ("status", "event_type")
+    search_fields = ("url", "event_id", "tenant__name")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
