@@ -16,6 +16,7 @@ COPY core core
 COPY accounts accounts
 COPY billing billing
 COPY images images
+COPY dashboard dashboard
 COPY tools tools
 
 # Nothing is written to the image's disk in production (images go to the object store);

@@ -1,8 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.http import HttpRequest
-from django.template.response import TemplateResponse
 
 from accounts.models import APIKey, Membership, Tenant
 from accounts.services import api_key_create, api_key_revoke, key_models_validate
@@ -17,18 +15,14 @@ class MembershipInline(admin.TabularInline):
     extra = 0
 
 
-class GrantCreditsForm(forms.Form):
-    amount = forms.IntegerField(help_text="Credits; negative removes (never more than is available).")
-    note = forms.CharField(max_length=500, required=False, help_text="Shown in the ledger, e.g. 'invoice 42'.")
-
-
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     list_display = ("name", "status", "moderation_level", "balance", "held", "created_at")
     list_filter = ("status", "moderation_level")
     search_fields = ("name",)
     inlines = [MembershipInline]
-    actions = ["grant_credits"]
+    # billing/admin.py registers a subclass with the "grant credits" action (billing
+    # sits above accounts; accounts imports no billing code).
 
     def save_formset(self, request, form, formset, change) -> None:
         """A member deleted in the inline leaves through `membership_remove`: the keys
@@ -58,41 +52,6 @@ class TenantAdmin(admin.ModelAdmin):
     def held(self, obj: Tenant) -> int:
         account = getattr(obj, "credit_account", None)
         return account.held if account else 0
-
-    @admin.action(description="Grant credits to the selected tenants", permissions=["change"])
-    def grant_credits(self, request: HttpRequest, queryset):
-        """Asks for an amount and a note on an intermediate page, then writes one ledger
-        row per tenant through billing.services.credits_grant."""
-        from billing.errors import InvalidAmount
-        from billing.services import credits_grant
-
-        form = GrantCreditsForm(request.POST if "apply" in request.POST else None)
-        if "apply" in request.POST and form.is_valid():
-            amount, note = form.cleaned_data["amount"], form.cleaned_data["note"]
-            for tenant in queryset:
-                try:
-                    entry = credits_grant(tenant=tenant, amount=amount, actor=request.user.get_username(), note=note)
-                except InvalidAmount as exc:
-                    self.message_user(request, f"{tenant.name}: {exc.message}", messages.ERROR)
-                else:
-                    self.message_user(
-                        request,
-                        f"{tenant.name}: {amount:+d} credits, balance now {entry.balance_after}.",
-                        messages.SUCCESS,
-                    )
-            return None
-        return TemplateResponse(
-            request,
-            "admin/grant_credits.html",
-            {
-                **self.admin_site.each_context(request),
-                "title": "Grant credits",
-                "form": form,
-                "tenants": queryset,
-                "opts": self.model._meta,
-                "action_checkbox_name": ACTION_CHECKBOX_NAME,
-            },
-        )
 
 
 class APIKeyForm(forms.ModelForm):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -16,17 +17,35 @@ def tenant_create(*, name: str) -> Tenant:
     return Tenant.objects.create(name=name)
 
 
+# How key_models_validate learns which model ids exist: the model registry is images',
+# a layer above accounts, so images registers a lookup at start-up
+# (ImagesConfig.ready -> model_catalog_register) instead of accounts importing it.
+_model_catalog: Callable[[list[str]], set[str]] | None = None
+
+
+def model_catalog_register(known_ids: Callable[[list[str]], set[str]]) -> None:
+    """Sets the lookup `key_models_validate` uses: `known_ids(ids)` returns the subset of
+    `ids` that name a model in the registry (enabled or not). Called by images'
+    AppConfig.ready; a second call replaces the first."""
+    global _model_catalog
+    _model_catalog = known_ids
+
+
 def key_models_validate(*, model_ids: list[str] | None) -> list[str]:
     """The model ids a key may use, stripped and de-duplicated in order; an id that names
-    no model in the registry (enabled or not) is a 400 naming it."""
-    from images.models import ImageModel
-
+    no model in the registry (enabled or not) is a 400 naming it. The registry is read
+    through the lookup images registers (`model_catalog_register`); without one (images
+    not installed) a non-empty list raises RuntimeError rather than pass unchecked."""
     if model_ids is not None and (not isinstance(model_ids, list) or not all(isinstance(m, str) for m in model_ids)):
         raise InvalidRequest(
             "'allowed_models' must be a list of model ids.", param="allowed_models", code="invalid_value"
         )
     wanted = list(dict.fromkeys(m.strip() for m in (model_ids or []) if m.strip()))
-    known = set(ImageModel.objects.filter(public_id__in=wanted).values_list("public_id", flat=True))
+    if not wanted:
+        return wanted
+    if _model_catalog is None:
+        raise RuntimeError("No model catalog registered (accounts.services.model_catalog_register).")
+    known = _model_catalog(wanted)
     unknown = [m for m in wanted if m not in known]
     if unknown:
         raise InvalidRequest(
@@ -308,33 +327,13 @@ def mailbox_key(*, email: str) -> str:
     return f"{local}@{domain}"
 
 
-def trial_grant(*, tenant: Tenant, user, email: str) -> int:
-    """SIGNUP_TRIAL_CREDITS for a new tenant, once per mailbox (`mailbox_key`): a
-    TrialGrant row with a unique mailbox is written first, in a savepoint, so of two
-    concurrent sign-ups of one mailbox exactly one gets the credits. Returns the
-    credits granted (0: trials off, or this mailbox already had one)."""
-    from django.db import IntegrityError
-
-    from accounts.models import TrialGrant
-    from billing.services import credits_grant
-
-    credits = settings.SIGNUP_TRIAL_CREDITS
-    if credits <= 0:
-        return 0
-    try:
-        with transaction.atomic():
-            TrialGrant.objects.create(mailbox=mailbox_key(email=email), tenant=tenant, user=user, credits=credits)
-    except IntegrityError:
-        return 0
-    credits_grant(tenant=tenant, amount=credits, actor="signup", note="trial", idempotency_key=f"trial:user:{user.pk}")
-    return credits
-
-
 def tenant_create_for_signup(*, user, email: str) -> Tenant:
     """A new customer's tenant: the user as owner, the operator's default moderation
-    level and limits, and the trial credits when their mailbox has not had a trial yet
-    (`trial_grant`)."""
+    level and limits. Then sends `accounts.signals.tenant_signed_up`, on which billing
+    grants the trial credits when the mailbox has not had a trial yet
+    (billing.trials.trial_grant; accounts imports no billing code)."""
     from accounts.models import Membership
+    from accounts.signals import tenant_signed_up
 
     tenant = Tenant.objects.create(
         name=_unique_tenant_name(email.split("@")[0]),
@@ -343,7 +342,7 @@ def tenant_create_for_signup(*, user, email: str) -> Tenant:
         max_concurrent_jobs=settings.SIGNUP_MAX_CONCURRENT_JOBS or None,
     )
     Membership.objects.create(tenant=tenant, user=user, role=Membership.Role.OWNER)
-    trial_grant(tenant=tenant, user=user, email=email)
+    tenant_signed_up.send(sender=Tenant, tenant=tenant, user=user, email=email)
     return tenant
 
 

@@ -1,7 +1,14 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
+from accounts.admin import TenantAdmin as AccountsTenantAdmin
+from accounts.models import Tenant
+from billing.errors import InvalidAmount
 from billing.models import CreditAccount, Hold, LedgerEntry, Price, UsageRecord
+from billing.services import credits_grant
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -291,3 +298,54 @@ class VoucherRedemptionAdmin(ReadOnlyAdmin):
 @admin.register(BalanceAlert)
 class BalanceAlertAdmin(admin.ModelAdmin):
     list_display = ("tenant", "threshold", "armed", "last_fired_at", "last_sent_at")
+
+
+class GrantCreditsForm(forms.Form):
+    amount = forms.IntegerField(help_text="Credits; negative removes (never more than is available).")
+    note = forms.CharField(max_length=500, required=False, help_text="Shown in the ledger, e.g. 'invoice 42'.")
+
+
+# The tenant admin is accounts' (accounts.admin.TenantAdmin) plus the "grant credits"
+# action, which writes the ledger: billing sits above accounts in the layers (see
+# tests/test_import_rules.py), so the action lives here and replaces the registration
+# (billing comes after accounts in INSTALLED_APPS, so its admin module loads later).
+admin.site.unregister(Tenant)
+
+
+@admin.register(Tenant)
+class TenantAdmin(AccountsTenantAdmin):
+    """accounts' tenant admin with the "Grant credits to the selected tenants" action."""
+
+    actions = ["grant_credits"]
+
+    @admin.action(description="Grant credits to the selected tenants", permissions=["change"])
+    def grant_credits(self, request: HttpRequest, queryset):
+        """Asks for an amount and a note on an intermediate page, then writes one ledger
+        row per tenant through billing.services.credits_grant."""
+        form = GrantCreditsForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            amount, note = form.cleaned_data["amount"], form.cleaned_data["note"]
+            for tenant in queryset:
+                try:
+                    entry = credits_grant(tenant=tenant, amount=amount, actor=request.user.get_username(), note=note)
+                except InvalidAmount as exc:
+                    self.message_user(request, f"{tenant.name}: {exc.message}", messages.ERROR)
+                else:
+                    self.message_user(
+                        request,
+                        f"{tenant.name}: {amount:+d} credits, balance now {entry.balance_after}.",
+                        messages.SUCCESS,
+                    )
+            return None
+        return TemplateResponse(
+            request,
+            "admin/grant_credits.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Grant credits",
+                "form": form,
+                "tenants": queryset,
+                "opts": self.model._meta,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            },
+        )

@@ -6,6 +6,12 @@ class ImagesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from accounts.services import model_catalog_register
+        from images.selectors import model_ids_known
+
+        # accounts checks a key's allowed_models against the registry through this lookup.
+        model_catalog_register(model_ids_known)
+
         # Declare every configured GPU queue on this process's broker, so the
         # web tier can enqueue to them and workers can consume them.
         import dramatiq

@@ -30,6 +30,12 @@ def image_model_get(*, public_id: str) -> ImageModel | None:
     return ImageModel.objects.filter(public_id=public_id, enabled=True).first()
 
 
+def model_ids_known(ids: list[str]) -> set[str]:
+    """The ids in `ids` that name a model in the registry, enabled or not (one query).
+    accounts checks a key's allowed_models with it (registered in ImagesConfig.ready)."""
+    return set(ImageModel.objects.filter(public_id__in=ids).values_list("public_id", flat=True))
+
+
 def job_get(*, tenant: Tenant, job_id: str | uuid.UUID) -> Job | None:
     try:
         job_uuid = uuid.UUID(str(job_id))

@@ -97,6 +97,8 @@ INSTALLED_APPS = [
     "accounts",
     "billing",
     "images",
+    # HTML and session surfaces; before allauth so its templates restyle allauth's pages.
+    "dashboard",
 ]
 
 MIDDLEWARE = [

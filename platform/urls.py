@@ -8,11 +8,13 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 import api_router
 import api_schema  # noqa: F401  (annotates the API views for the OpenAPI schema)
-from accounts import dashboard
 from billing import api as billing_api
 from billing.payments.webhook import stripe_webhook
 from core.errors import APIError, InvalidRequest, NotFound, json_error_response
 from core.metrics import metrics_view
+from dashboard import overview as dashboard_overview
+from dashboard import views as dashboard
+from dashboard.playground import PlaygroundViewSet
 from health import healthz, readyz
 from images import api as images_api
 
@@ -28,9 +30,9 @@ urlpatterns = [
     path("healthz", healthz),
     path("readyz", readyz),
     path("metrics", metrics_view),
-    path("admin/overview/", admin.site.admin_view(dashboard.admin_overview), name="admin-overview"),
+    path("admin/overview/", admin.site.admin_view(dashboard_overview.admin_overview), name="admin-overview"),
     path("admin/", admin.site.urls),
-    path("dashboard/", include("accounts.dashboard_urls")),
+    path("dashboard/", include("dashboard.urls")),
     path("docs/", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
     path("v1/openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-schema"),
     path("v1/balance", billing_api.BalanceView.as_view()),
@@ -40,12 +42,10 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("v1/", include(api_router.v1_router.urls)),
     path("api/", include(api_router.api_router.urls)),
-    path(
-        "dashboard/api/generations", images_api.PlaygroundViewSet.as_view({"post": "create"}), name="playground-submit"
-    ),
+    path("dashboard/api/generations", PlaygroundViewSet.as_view({"post": "create"}), name="playground-submit"),
     path(
         "dashboard/api/tasks/<str:task_id>",
-        images_api.PlaygroundViewSet.as_view({"get": "retrieve"}),
+        PlaygroundViewSet.as_view({"get": "retrieve"}),
         name="playground-task",
     ),
     # Anything else under the API prefixes: a 404 in the envelope, DEBUG or not.

@@ -1,9 +1,16 @@
 """The project's import rules, read from the code by grimp (every import statement,
 including those inside functions):
 
+- the apps are layers, highest first: dashboard > images > billing > accounts > core;
+  a module imports only from its own layer and those below (grimp's layer check,
+  0 illegal imports; a lower layer reaches a higher one through a signal or a
+  function the higher one registers, e.g. accounts.signals.tenant_signed_up and
+  accounts.services.model_catalog_register);
 - no import cycles among the project's modules;
 - no app imports another app's views (HTTP adapters): each app's views are reached
-  only through platform/urls.py and platform/api_router.py;
+  only through platform/urls.py and platform/api_router.py (one named exception: the
+  dashboard playground is images' charged endpoint with a session, built on
+  images.api.ChargedViewSet);
 - `core` depends on none of the project's apps;
 - torch, diffusers and transformers are imported only under images/backends/local/
   (and by the tooling in tools/), so the web tier never pays for them.
@@ -14,10 +21,23 @@ from __future__ import annotations
 import grimp
 import pytest
 
-APPS = ("core", "accounts", "billing", "images")
+APPS = ("core", "accounts", "billing", "images", "dashboard")
 PACKAGES = (*APPS, "tools")
+# Highest first: each layer may import those below it, never those above.
+LAYERS = ["dashboard", "images", "billing", "accounts", "core"]
 # HTTP adapters per app (DRF ViewSets, API views, dashboard pages).
-VIEWS = {"accounts.api", "accounts.dashboard", "billing.api", "images.api", "images.vendors"}
+VIEWS = {
+    "accounts.api",
+    "billing.api",
+    "images.api",
+    "images.vendors",
+    "dashboard.views",
+    "dashboard.webhooks",
+    "dashboard.overview",
+    "dashboard.playground",
+}
+# (importer, imported) view imports allowed across apps, each with its reason above.
+VIEW_IMPORTS_ALLOWED = {("dashboard.playground", "images.api")}
 GPU_PACKAGES = ("torch", "diffusers", "transformers", "accelerate")
 
 
@@ -79,6 +99,31 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def _illegal_layer_imports(graph) -> list[str]:
+    """Every import chain that goes up the layers, as "head -> ... -> tail" (grimp gives
+    the direct upward imports, and chains through other modules between them)."""
+    return sorted(
+        " -> ".join([head, *route.middle, tail])
+        for dependency in graph.find_illegal_dependencies_for_layers(layers=LAYERS)
+        for route in dependency.routes
+        for head in route.heads
+        for tail in route.tails
+    )
+
+
+def test_layer_check_finds_an_upward_import():
+    fake = grimp.ImportGraph()
+    for module in ("dashboard", "dashboard.views", "images", "images.api", "core", "core.errors"):
+        fake.add_module(module)
+    fake.add_import(importer="dashboard.views", imported="images.api")  # down: allowed
+    fake.add_import(importer="core.errors", imported="dashboard.views")  # up: illegal
+    assert _illegal_layer_imports(fake) == ["core.errors -> dashboard.views"]
+
+
+def test_apps_import_only_downwards(graph):
+    assert _illegal_layer_imports(graph) == []
+
+
 def test_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
@@ -93,7 +138,7 @@ def test_no_app_imports_another_apps_views(graph):
     for module, imported in _project_edges(graph).items():
         app = module.split(".")[0]
         for target in imported & VIEWS:
-            if target.split(".")[0] != app:
+            if target.split(".")[0] != app and (module, target) not in VIEW_IMPORTS_ALLOWED:
                 offenders.append(f"{module} -> {target}")
     assert offenders == []
 

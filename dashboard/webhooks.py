@@ -10,8 +10,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from accounts.dashboard import _can_manage, member_required
 from core.errors import APIError
+from dashboard.views import _can_manage, member_required
 
 DELIVERY_ROWS = 50
 

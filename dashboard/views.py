@@ -1,10 +1,10 @@
-"""The tenant dashboard (/dashboard/) and the operator overview (/admin/overview/).
+"""The tenant dashboard (/dashboard/); the operator overview is dashboard/overview.py.
 
 Thin HTML adapters over the same services and selectors as the API: a signed-in user
 sees the tenant of their first membership and nothing else (another tenant's job is a
 404); a suspended tenant's members see only a "suspended" page (the API refuses the
 same tenant with 403); creating and revoking keys needs the owner or admin role. The
-playground page posts to /dashboard/api/generations (images/api.PlaygroundViewSet),
+playground page posts to /dashboard/api/generations (dashboard/playground.py PlaygroundViewSet),
 which runs the same generation service, with the same rules, as the API. Reads go
 through the apps' selectors.
 """
@@ -20,7 +20,6 @@ from typing import Any
 
 from allauth.decorators import rate_limit
 from django.contrib import messages
-from django.contrib.admin import site as admin_site
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
@@ -366,36 +365,6 @@ def playground(request: HttpRequest) -> HttpResponse:
         "dashboard/playground.html",
         {"models": models, "default_model": default, "nav": "playground"},
     )
-
-
-# ---- Operator overview (/admin/overview/, staff only through admin.site.admin_view) ----
-
-
-def overview_stats(now=None) -> dict[str, Any]:
-    """Today's and this month's traffic (UTC), the queue, and GPU time per model."""
-    from billing.selectors import usage_window
-    from core.heartbeats import worker_heartbeats
-    from images.selectors import gpu_time_by_model, jobs_by_status
-
-    now = now or timezone.now()
-    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    month = today.replace(day=1)
-    counts = jobs_by_status()
-    return {
-        "today": usage_window(since=today),
-        "month": usage_window(since=month),
-        "queued": counts.get("queued", 0),
-        "running": counts.get("running", 0),
-        "gpu": gpu_time_by_model(since=month),
-        "month_start": month.date(),
-        "now": now,
-        "workers": worker_heartbeats(now=now),  # core/heartbeats.py: each worker process, quiet ones flagged
-    }
-
-
-def admin_overview(request: HttpRequest) -> HttpResponse:
-    context = {**admin_site.each_context(request), "title": "Overview", "stats": overview_stats()}
-    return render(request, "admin/overview.html", context)
 
 
 # ---- Billing: balance, packs, vouchers, receipts, low-balance alert (owners pay) ----

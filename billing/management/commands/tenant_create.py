@@ -1,3 +1,7 @@
+"""manage.py tenant_create NAME [--credits N]: a tenant, its first key and its opening
+credits. In billing (not accounts) because it writes the ledger: billing sits above
+accounts in the layers (tests/test_import_rules.py)."""
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
