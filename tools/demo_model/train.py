@@ -7,10 +7,14 @@ same torch build gives the same weights. Stages, with the time of each printed:
 
 1. a small AutoencoderKL (32x32 RGB <-> 8x8x4 latents) trained as an autoencoder
    (L1 + MSE reconstruction, a tiny KL term), then its latent scaling factor measured;
-2. a small UNet2DConditionModel trained on the latents (epsilon prediction on Stable
-   Diffusion's noise schedule), conditioned on a small CLIPTextModel left at its seeded
-   random weights, the prompt dropped (replaced by "") 10 % of the time for
-   classifier-free guidance.
+   (or, with --vae-from FOLDER, that folder's trained VAE, fine-tuned --vae-steps more);
+   the whole dataset is then encoded once (latents cached, prompts tokenized once);
+2. a small UNet2DConditionModel and a small CLIPTextModel trained together on the cached
+   latents (epsilon prediction on Stable Diffusion's noise schedule; half of each batch
+   near the 4 served timesteps), the prompt dropped (replaced by "") 10 % of the time
+   for classifier-free guidance; AdamW, warmup + cosine LR, EMA of the weights saved.
+
+The committed weights predate this recipe (see docs/demo-model.md).
 
 The tokenizer is CLIP's byte-level BPE with merges learnt here on the vocabulary, so each
 vocabulary word is one token and any other text still tokenizes (byte by byte). The
@@ -171,11 +175,11 @@ def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def train_vae(vae: AutoencoderKL, images: torch.Tensor, *, steps: int, batch_size: int, seed: int) -> None:
-    """Train the VAE as an autoencoder (L1 + MSE, a tiny KL term), OneCycle LR peaking at 3e-3."""
+def train_vae(vae: AutoencoderKL, images: torch.Tensor, *, steps: int, batch_size: int, seed: int, lr: float) -> None:
+    """Train the VAE as an autoencoder (L1 + MSE, a tiny KL term), OneCycle LR peaking at `lr`."""
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=3e-3, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.05)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     vae.train()
     start = time.time()
     for step in range(steps):
@@ -330,13 +334,18 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8000)
     parser.add_argument("--vae-steps", type=int, default=400)
     parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--unet-steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=48)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the UNet stage")
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the UNet stage's saved weights")
     parser.add_argument(
-        "--vae-from", type=pathlib.Path, default=None, help="reuse this pipeline folder's trained VAE (skip stage 1)"
+        "--vae-from",
+        type=pathlib.Path,
+        default=None,
+        help="start from this pipeline folder's trained VAE (then --vae-steps more; 0: reuse as is)",
     )
+    parser.add_argument("--mid", type=pathlib.Path, default=None, help="also save the half-way EMA weights here")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -354,21 +363,20 @@ def main() -> None:
             assert len(pipe.tokenizer(w, add_special_tokens=False).input_ids) == 1, w
 
         t0 = time.time()
-        if args.vae_from is not None:
+        if args.vae_from is not None:  # start from an already trained VAE (fine-tune it if --vae-steps > 0)
             pipe.vae = AutoencoderKL.from_pretrained(str(args.vae_from / "vae"), local_files_only=True)
             pipe.register_modules(vae=pipe.vae)
-        else:
-            train_vae(pipe.vae, images, steps=args.vae_steps, batch_size=args.vae_batch, seed=args.seed + 10)
+        if args.vae_steps > 0:
+            train_vae(
+                pipe.vae, images, steps=args.vae_steps, batch_size=args.vae_batch, seed=args.seed + 10, lr=args.vae_lr
+            )
         pipe.vae.eval()
         vae_seconds = time.time() - t0
         with torch.no_grad():  # the whole dataset encoded once: the UNet stage never runs the VAE
             chunks = [images[i : i + 256] for i in range(0, len(images), 256)]
             means = torch.cat([pipe.vae.encode(chunk).latent_dist.mean for chunk in chunks])
-        if args.vae_from is not None:
-            scaling = float(pipe.vae.config.scaling_factor)
-        else:
-            scaling = float(1.0 / means.std())
-            pipe.vae.register_to_config(scaling_factor=scaling)
+        scaling = float(1.0 / means.std())
+        pipe.vae.register_to_config(scaling_factor=scaling)
         latents = means * scaling
         _report_reconstructions(pipe.vae, images[:200], prompts[:200], args.images, args.seed)
         print(f"vae: {vae_seconds:.0f}s, scaling_factor {scaling:.4f}", flush=True)
@@ -383,7 +391,7 @@ def main() -> None:
             seed=args.seed + 20,
             lr=args.lr,
             ema_decay=args.ema,
-            snapshot=lambda step: _save(pipe, work, args.out.with_name(args.out.name + "-mid"), {"mid_step": step}),
+            snapshot=(lambda step: _save(pipe, work, args.mid, {"mid_step": step})) if args.mid else None,
         )
         unet_seconds = time.time() - t0
         print(f"unet: {unet_seconds:.0f}s", flush=True)
@@ -398,6 +406,8 @@ def main() -> None:
                 "images": args.images,
                 "vae_steps": args.vae_steps,
                 "vae_from": str(args.vae_from) if args.vae_from else None,
+                "vae_batch": args.vae_batch,
+                "vae_lr": args.vae_lr,
                 "unet_steps": args.unet_steps,
                 "batch": args.batch,
                 "lr": args.lr,
