@@ -183,7 +183,7 @@ class WaitingMiddleware(DualMiddleware):
                 if response.slot is not None:
                     response.slot.release()
         except asyncio.CancelledError:
-            await asyncio.shield(run_sync(watch.leave))
+            await asyncio.shield(watch.leave_async())
             raise
         finally:
             if not watch.left:

@@ -11,11 +11,10 @@ Two servers run the same views (images/management/commands/serve.py):
   middleware, async) awaits the job's events on the event loop (images.notify's one
   subscriber per process), then renders the answer on a thread again. Streams are
   async iterators (images.streaming). Sync code runs at most WEB_THREADS at a time
-  per process (`run_sync`, a semaphore), so at most that many database connections
-  are open; a deferred request's connection is closed before it waits. Django's ASGI
-  handler still keeps one parked, idle thread per open request (its per-request
-  ThreadSensitiveContext executor, created by the request_started signal): no CPU, no
-  connection, about the memory docs/operations.md gives per waiting request.
+  per process, on one shared pool of WEB_THREADS threads (`PooledASGIHandler`, instead
+  of Django's thread per open request), so at most that many database connections are
+  open, each kept by its thread as CONN_MAX_AGE says; a waiting request holds neither
+  a thread nor a connection (docs/operations.md has the memory per waiting request).
   A client that leaves: Django cancels the request's task on `http.disconnect`;
   `AsgiClientWatch` turns that into the same outcome as below (a job not yet started
   is abandoned, nothing charged). The cap defaults to ASGI_MAX_WAITING.
@@ -52,13 +51,16 @@ import logging
 import select
 import socket
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpResponse
 
 from core.errors import APIError, ServiceUnavailable
@@ -307,6 +309,15 @@ class AsgiClientWatch(ClientWatch):
             cleanups, self._cleanups = self._cleanups, []
         _run_cleanups(cleanups)
 
+    async def leave_async(self) -> None:
+        """`leave` from the event loop: a thread (a pool permit) only when the view has
+        registered cleanups; a request that left before its view ran needs none."""
+        with self._lock:
+            self.left = True
+            cleanups, self._cleanups = self._cleanups, []
+        if cleanups:
+            await run_sync(_run_cleanups, cleanups)
+
     def settle(self) -> None:
         """The answer is made: nothing to clean up any more."""
         with self._lock:
@@ -342,40 +353,136 @@ class DeferredResponse(HttpResponse):
         raise NotImplementedError
 
 
+# ---- The ASGI handler: one bounded pool of sync threads per process ----------------------
+
+
+def connections_tidy() -> None:
+    """Django's request-end rule for this thread's database connections, applied after
+    every sync chunk on a pool thread: a connection outside a transaction is closed
+    when it is past CONN_MAX_AGE (so 0 closes it at once) or unusable after an error;
+    otherwise it stays open for the thread's next chunk. (The health check flag is left
+    alone: Django's request signals reset it once per request.)"""
+    from django.db import connections
+
+    now = time.monotonic()
+    for conn in connections.all(initialized_only=True):
+        conn.pool_used_at = now
+        if conn.connection is None or conn.in_atomic_block:
+            continue
+        if conn.errors_occurred:
+            conn.close_if_unusable_or_obsolete()
+        elif conn.close_at is not None and time.monotonic() >= conn.close_at:
+            conn.close()
+
+
+# A pool thread's connection idle longer than this (seconds) is health-checked (one
+# `SELECT 1`, CONN_HEALTH_CHECKS) at its next use: Django's request_started signal
+# resets the check on one pool thread only, not on the one that runs the view.
+IDLE_HEALTH_CHECK_SECONDS = 1.0
+
+
+def connections_recheck_idle() -> None:
+    """Before a sync chunk on a pool thread: ask Django to health-check this thread's
+    connections that sat idle (a database restart meanwhile leaves them broken)."""
+    from django.db import connections
+
+    now = time.monotonic()
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and now - getattr(conn, "pool_used_at", 0.0) > IDLE_HEALTH_CHECK_SECONDS:
+            conn.health_check_done = False
+
+
+class _SyncPool(ThreadPoolExecutor):
+    def submit(self, fn, /, *args, **kwargs):
+        def call():
+            connections_recheck_idle()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                connections_tidy()
+
+        return super().submit(call)
+
+
+_sync_pool: ThreadPoolExecutor | None = None
+_sync_pool_lock = threading.Lock()
+
+
+def sync_pool() -> ThreadPoolExecutor:
+    """This process's executor for all sync request code under ASGI: WEB_THREADS threads
+    (at least 1), created on first use (so after gunicorn forks). Each thread keeps its
+    own database connection (CONN_MAX_AGE as configured), so a process holds at most
+    WEB_THREADS connections however many requests are open."""
+    global _sync_pool
+    with _sync_pool_lock:
+        if _sync_pool is None:
+            _sync_pool = _SyncPool(max_workers=max(1, settings.WEB_THREADS), thread_name_prefix="web-sync")
+        return _sync_pool
+
+
+class PooledASGIHandler(ASGIHandler):
+    """Django's ASGIHandler, but a request's thread-sensitive sync code (the request
+    signals, the sync view, `run_sync`) runs on the process's shared pool (`sync_pool`)
+    instead of on a thread of the request's own. Django's handler opens a fresh
+    ThreadSensitiveContext per request, whose single-thread executor stays parked (one
+    idle thread, ~200 KB, and its database connection) as long as the request is open,
+    e.g. the minutes a synchronous generation waits; here an open request holds no
+    thread. Each sync chunk Django or we run is self-contained (a transaction and its
+    `on_commit` callbacks begin and end inside one chunk), so running successive chunks
+    of one request on different pool threads is safe. Nested AsyncToSync calls from a
+    pool thread still return to that thread (asgiref's CurrentThreadExecutor)."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        async with ThreadSensitiveContext(executor=sync_pool()):
+            await self.handle(scope, receive, send)
+
+
 _sync_limits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _sync_limit() -> asyncio.Semaphore:
+    """This loop's limit on the sync chunks of requests that write or wait (a POST view,
+    `run_sync`): WEB_THREADS - min(8, WEB_THREADS // 2) at once, so that however many
+    generations queue for the pool, the other threads stay free for GET requests
+    (balance, tasks, models, usage), which take no permit and are never queued behind
+    them."""
     loop = asyncio.get_running_loop()
     limit = _sync_limits.get(loop)
     if limit is None:
-        limit = _sync_limits[loop] = asyncio.Semaphore(max(1, settings.WEB_THREADS))
+        threads = max(1, settings.WEB_THREADS)
+        limit = _sync_limits[loop] = asyncio.Semaphore(max(1, default_max_waiting(threads)))
     return limit
 
 
 def _closing_connections(fn: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
-        from django.db import connections
-
         try:
             return fn(*args, **kwargs)
         finally:
-            for conn in connections.all(initialized_only=True):
-                if not conn.in_atomic_block:
-                    conn.close()
+            connections_tidy()
 
     return call
 
 
 async def run_sync(fn: Callable[..., Any], *args: Any, close_db: bool = True, **kwargs: Any) -> Any:
-    """Run sync code (ORM, sync Redis) on the request's thread, at most WEB_THREADS at a
-    time per process; with `close_db`, its database connections are closed after (a
-    waiting request holds none)."""
+    """Run sync code (ORM, sync Redis) on the process's sync pool (PooledASGIHandler), at
+    most WEB_THREADS at a time; with `close_db`, its thread's database connections are
+    closed after when unusable or older than CONN_MAX_AGE (Django's request-end rule),
+    else kept for the thread's next chunk."""
     async with _sync_limit():
         return await sync_to_async(_closing_connections(fn) if close_db else fn)(*args, **kwargs)
 
 
+# Methods whose views only read: not limited by _sync_limit.
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 async def run_sync_view(get_response: Callable[[Any], Any], request: Any) -> Any:
-    """The rest of the middleware chain (the sync view), under the same limit."""
+    """The rest of the middleware chain (the sync view): a POST (or any write) under the
+    same limit as `run_sync`, a read at once (on the pool's free threads)."""
+    if request.method in READ_METHODS:
+        return await get_response(request)
     async with _sync_limit():
         return await get_response(request)

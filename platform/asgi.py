@@ -2,10 +2,11 @@
 gunicorn and uvicorn's worker (images/management/commands/serve.py). Another ASGI
 server (`uvicorn asgi:application` from platform/) gets the same application.
 
-Django's ASGI handler runs each request's sync code on a thread of its own (its
-per-request ThreadSensitiveContext), which ends with the request: a persistent
-database connection would outlive its thread, so CONN_MAX_AGE is 0 here (a waiting
-request holds none; core/waiting.py), and the waiting cap is the ASGI one.
+Django's ASGI handler, except that every request's sync code runs on one shared pool of
+WEB_THREADS threads per process (core.waiting.PooledASGIHandler) rather than on a thread
+of its own kept while the request is open: a waiting request holds no thread and no
+database connection, each pool thread keeps its connection as CONN_MAX_AGE says, and
+the waiting cap is the ASGI one.
 """
 
 import os
@@ -16,9 +17,13 @@ sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+import django  # noqa: E402
 
-application = get_asgi_application()
+django.setup(set_prefix=False)  # (as django.core.asgi.get_asgi_application)
+
+from core.waiting import PooledASGIHandler  # noqa: E402
+
+application = PooledASGIHandler()
 
 
 def _configure() -> None:
@@ -26,8 +31,6 @@ def _configure() -> None:
 
     from core.waiting import waiting_configure
 
-    for database in settings.DATABASES.values():
-        database["CONN_MAX_AGE"] = 0
     waiting_configure(threads=settings.WEB_THREADS, asgi=True)
 
 

@@ -3,7 +3,7 @@ generation, a stream and a long poll wait on the event loop, without a thread; c
 requests are answered meanwhile; a client that disconnects (Django cancels its request
 on `http.disconnect`) before its job started pays nothing.
 
-Requests go through Django's ASGIHandler (the application platform/asgi.py serves)
+Requests go through PooledASGIHandler (the application platform/asgi.py serves)
 with a hand-made ASGI `receive`, so that a test can disconnect the client."""
 
 from __future__ import annotations
@@ -86,15 +86,21 @@ class Client:
 
 @pytest.fixture
 def app(transactional_db):
-    """The application, configured as platform/asgi.py configures it (no persistent
-    connections: Django's per-request threads end with their requests)."""
-    from django.core.handlers.asgi import ASGIHandler
+    """The application platform/asgi.py serves (sync code on the shared pool); no
+    persistent connections here, so that the test's flush finds none open."""
     from django.db import connections
 
     database = connections["default"].settings_dict
     kept = database["CONN_MAX_AGE"]
     database["CONN_MAX_AGE"] = 0
-    yield ASGIHandler()
+    waiting._sync_pool = None  # a fresh pool, sized by this test's WEB_THREADS on first use
+    asgi = waiting._asgi
+    waiting._asgi = True  # the ASGI cap, as platform/asgi.py configures it
+    yield waiting.PooledASGIHandler()
+    waiting._asgi = asgi
+    if waiting._sync_pool is not None:
+        waiting._sync_pool.shutdown(wait=True)
+        waiting._sync_pool = None
     database["CONN_MAX_AGE"] = kept
 
 
@@ -237,3 +243,33 @@ def test_a_long_poll_wakes_when_its_task_changes(app, parked, tenant, settings):
     poll, took = asyncio.run(scenario())
     assert poll.status == 200 and poll.json()["status"] == "running" and took < 5
     assert waiting.waiting_count() == 0
+
+
+def test_open_waiting_requests_hold_no_thread_each(app, parked, tenant, settings):
+    """Django's own handler parks one executor thread per open request; PooledASGIHandler
+    runs every request's sync code on WEB_THREADS shared threads, so 12 waiting
+    generations (the tenant's concurrency is 16) leave at most 3 sync threads."""
+    import threading
+
+    settings.JOB_WAIT_SECONDS = 30
+    settings.WEB_THREADS = 3
+
+    def sync_threads() -> int:
+        return sum(1 for t in threading.enumerate() if t.name.startswith(("web-sync", "ThreadPoolExecutor")))
+
+    async def scenario():
+        waits = [Client("POST", URL, tenant, SMALL) for _ in range(12)]
+        tasks = [asyncio.create_task(c.run(app)) for c in waits]
+        await until(lambda: waiting.waiting_count() == 12, timeout=30)
+        held = sync_threads()
+        balance = Client("GET", "/v1/balance", tenant)
+        await balance.run(app)
+        for c in waits:
+            c.leave()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        return held, balance
+
+    held, balance = asyncio.run(scenario())
+    assert held <= 3, held
+    assert balance.status == 200 and balance.json()["held"] == 12 * 16
+    assert account(tenant) == (10_000, 0) and waiting.waiting_count() == 0

@@ -49,9 +49,9 @@ def call(server, method: str, path: str, key: str | None = None, body=None, head
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+            return response.status, response.headers, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+        return exc.code, exc.headers, json.loads(exc.read() or b"null")
 
 
 def wait_task(server, key: str, task_id: str, until, timeout: float = 150) -> dict:
