@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from django.conf import settings
 
@@ -191,45 +191,11 @@ def http_fetch(
     def refuse(message: str, error: type[FetchRefused] = FetchRefused) -> FetchRefused:
         return error(message, param=param)
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise refuse(f"The URL{where} must be http or https.")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        host = (parts.hostname or "").encode("idna").decode("ascii")
-    except (ValueError, UnicodeError):
-        raise refuse(f"The URL{where} is not valid.") from None
-    if not host:
-        raise refuse(f"The URL{where} has no host.")
-
-    try:
-        answers = _resolve(host, port, deadline)
-    except TimeoutError:  # concurrent.futures' too, since 3.11
-        raise refuse(f"Resolving the host of the URL{where} took too long.") from None
-    except (OSError, UnicodeError):
-        raise refuse(f"Could not resolve the host of the URL{where}.") from None
-    targets: list[IPAddress] = []
-    for answer in answers:
-        target = address_connect_target(ipaddress.ip_address(answer), allow_private=allow_private)
-        if target is None:
-            raise refuse(
-                f"The URL{where} points at a private, loopback or otherwise non-public address, which is not allowed."
-            )
-        targets.append(target)
-    if not targets:
-        raise refuse(f"Could not resolve the host of the URL{where}.")
-
+    parts, host, port, targets = _checked_targets(url, allow_private=allow_private, deadline=deadline, param=param)
     watchdog = _Watchdog(max(0.0, deadline - time.monotonic()))
     sock = None
     try:
-        sock, target = _connect(targets, port, deadline)
-        watchdog.sock = sock
-        if parts.scheme == "https":
-            context = ssl.create_default_context()
-            sock.settimeout(_remaining(deadline))
-            sock = context.wrap_socket(sock, server_hostname=host)
-            watchdog.sock = sock
-        sock.settimeout(_remaining(deadline))
+        sock, target = _open(parts, host, port, targets, deadline, watchdog)
         content, content_type = _get(
             sock,
             host=host,
@@ -256,6 +222,66 @@ def http_fetch(
         if sock is not None:
             sock.close()
     return FetchResult(content=content, content_type=content_type, address=str(target))
+
+
+def _checked_targets(
+    url: str, *, allow_private: bool, deadline: float, param: str | None
+) -> tuple[SplitResult, str, int, list[IPAddress]]:
+    """The URL's parts, IDNA host, port and the addresses to connect to: one DNS
+    resolution within `deadline`, every answer checked (`address_connect_target`).
+    Raises FetchRefused (a URL that is not http(s), has no host or does not resolve) or
+    FetchTargetRefused (an answer that is not globally routable, unless `allow_private`),
+    both naming `param`."""
+    where = f" in '{param}'" if param else ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise FetchRefused(f"The URL{where} must be http or https.", param=param)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):
+        raise FetchRefused(f"The URL{where} is not valid.", param=param) from None
+    if not host:
+        raise FetchRefused(f"The URL{where} has no host.", param=param)
+    try:
+        answers = _resolve(host, port, deadline)
+    except TimeoutError:  # concurrent.futures' too, since 3.11
+        raise FetchRefused(f"Resolving the host of the URL{where} took too long.", param=param) from None
+    except (OSError, UnicodeError):
+        raise FetchRefused(f"Could not resolve the host of the URL{where}.", param=param) from None
+    targets: list[IPAddress] = []
+    for answer in answers:
+        target = address_connect_target(ipaddress.ip_address(answer), allow_private=allow_private)
+        if target is None:
+            raise FetchTargetRefused(
+                f"The URL{where} points at a private, loopback or otherwise non-public address, which is not allowed.",
+                param=param,
+            )
+        targets.append(target)
+    if not targets:
+        raise FetchRefused(f"Could not resolve the host of the URL{where}.", param=param)
+    return parts, host, port, targets
+
+
+def _open(
+    parts: SplitResult, host: str, port: int, targets: list[IPAddress], deadline: float, watchdog: _Watchdog
+) -> tuple[socket.socket, IPAddress]:
+    """A connection to the first checked address that accepts one, TLS-wrapped for
+    https with SNI and certificate checks for `host`, its timeout set to what is left
+    of `deadline`; `watchdog` closes it when the deadline passes. The raw socket is
+    closed if the TLS handshake fails."""
+    sock, target = _connect(targets, port, deadline)
+    watchdog.sock = sock
+    if parts.scheme == "https":
+        try:
+            sock.settimeout(_remaining(deadline))
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        watchdog.sock = sock
+    sock.settimeout(_remaining(deadline))
+    return sock, target
 
 
 def _connect(targets: list[IPAddress], port: int, deadline: float) -> tuple[socket.socket, IPAddress]:
@@ -343,45 +369,11 @@ def http_post(
     def refuse(message: str) -> FetchRefused:
         return FetchRefused(message, param=param)
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise refuse(f"The URL{where} must be http or https.")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        host = (parts.hostname or "").encode("idna").decode("ascii")
-    except (ValueError, UnicodeError):
-        raise refuse(f"The URL{where} is not valid.") from None
-    if not host:
-        raise refuse(f"The URL{where} has no host.")
-    try:
-        answers = _resolve(host, port, deadline)
-    except TimeoutError:
-        raise refuse(f"Resolving the host of the URL{where} took too long.") from None
-    except (OSError, UnicodeError):
-        raise refuse(f"Could not resolve the host of the URL{where}.") from None
-    targets: list[IPAddress] = []
-    for answer in answers:
-        target = address_connect_target(ipaddress.ip_address(answer), allow_private=allow_private)
-        if target is None:
-            raise FetchTargetRefused(
-                f"The URL{where} points at a private, loopback or otherwise non-public address, which is not allowed.",
-                param=param,
-            )
-        targets.append(target)
-    if not targets:
-        raise refuse(f"Could not resolve the host of the URL{where}.")
-
+    parts, host, port, targets = _checked_targets(url, allow_private=allow_private, deadline=deadline, param=param)
     watchdog = _Watchdog(max(0.0, deadline - time.monotonic()))
     sock = None
     try:
-        sock, target = _connect(targets, port, deadline)
-        watchdog.sock = sock
-        if parts.scheme == "https":
-            context = ssl.create_default_context()
-            sock.settimeout(_remaining(deadline))
-            sock = context.wrap_socket(sock, server_hostname=host)
-            watchdog.sock = sock
-        sock.settimeout(_remaining(deadline))
+        sock, target = _open(parts, host, port, targets, deadline, watchdog)
         connection = http.client.HTTPConnection(host, port)
         connection.sock = sock
         default_port = 443 if parts.scheme == "https" else 80

@@ -34,7 +34,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from images.backends.local.demo import _MAX_TOKENS, _bytes_to_unicode, _write_tokenizer_files
+from images.backends.local.demo import _MAX_TOKENS, _write_tokenizer_files, bytes_to_unicode
 
 _HIDDEN = 32  # text encoder width
 
@@ -50,7 +50,7 @@ def t5_tokenizer() -> T5TokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
-    pieces += [(c, -2.0) for c in _bytes_to_unicode().values() if c != "▁"]
+    pieces += [(c, -2.0) for c in bytes_to_unicode().values() if c != "▁"]
     tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
@@ -92,7 +92,7 @@ def byte_tokenizer(
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {symbol: index for index, symbol in enumerate(_bytes_to_unicode().values())}
+    vocab = {symbol: index for index, symbol in enumerate(bytes_to_unicode().values())}
     for token in specials:
         vocab.setdefault(token, len(vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))

@@ -36,9 +36,10 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from images.backends.local.demo import bytes_to_unicode, sd_pipeline
 from tools.demo_model.dataset import COLOURS, SHAPES, batch
 
 NATIVE = 32  # pixels per side the model draws at
@@ -47,20 +48,6 @@ MAX_TOKENS = 77
 WORDS = (*COLOURS, *SHAPES, "background", "on", "the", "an", "of")
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 NATIVE_FILE = "platform_model.json"
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
 
 
 def _learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -94,7 +81,7 @@ def _learn_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
 def write_tokenizer_files(folder: pathlib.Path) -> None:
     """vocab.json + merges.txt: every byte (both forms) plus each merge's result."""
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab = {s: i for i, s in enumerate(symbols)}
     vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
     merges = _learn_merges(WORDS)
@@ -151,24 +138,7 @@ def build(tokenizer_dir: pathlib.Path, seed: int) -> StableDiffusionPipeline:
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="trailing",
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return sd_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
 
 
 def _to_tensor(pixels: np.ndarray) -> torch.Tensor:

@@ -39,7 +39,7 @@ _BOS = "<|startoftext|>"
 _EOS = "<|endoftext|>"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable unicode character map (256 entries)."""
     printable = (
         list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -62,13 +62,38 @@ def _write_tokenizer_files(folder: pathlib.Path) -> None:
     byte), and nothing has to be fetched.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab = {s: i for i, s in enumerate(symbols)}
     vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
     vocab[_BOS] = len(vocab)
     vocab[_EOS] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+
+
+def sd_pipeline(*, vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline of the demo's parts with its scheduler: Euler with
+    "trailing" spacing (it starts at the highest noise level even with very few steps)
+    and SD 1.x's scaled-linear betas; no safety checker. Shared by the random-weight
+    builder here and the trainer (tools/demo_model/train.py)."""
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="trailing",
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def _build_pipeline(tokenizer_dir: pathlib.Path, seed: int) -> StableDiffusionPipeline:
@@ -119,25 +144,7 @@ def _build_pipeline(tokenizer_dir: pathlib.Path, seed: int) -> StableDiffusionPi
     )
     text_encoder = CLIPTextModel(text_config)
 
-    # "trailing" spacing starts at the highest noise level even with very few steps.
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="trailing",
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return sd_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
 
 
 def _read_marker(path: pathlib.Path) -> dict | None:
