@@ -382,7 +382,9 @@ def _capabilities_reconcile(job: Job, backend: Any, source: PipelineSource, *, m
         corrected = ImageModel.objects.filter(pk=model.pk, source=model.source).update(
             capabilities=found, capabilities_source=model.source
         )
-        if corrected:
+        if corrected and not model.capabilities:  # (a row never recognised: a seeded one's first use)
+            logger.info("model %s: recorded the capabilities of its source %s", model.public_id, model.source)
+        elif corrected:
             logger.warning(
                 "model %s: recorded capabilities (%s family) did not match its source %s (%s family); corrected",
                 model.public_id,
