@@ -260,6 +260,8 @@ def test_open_waiting_requests_hold_no_thread_each(app, parked, tenant, settings
     async def scenario():
         waits = [Client("POST", URL, tenant, SMALL) for _ in range(12)]
         tasks = [asyncio.create_task(c.run(app)) for c in waits]
+        # A slot is taken before the hold (admission control): wait for the 12 jobs too.
+        await until(lambda: Job.objects.count() == 12, timeout=30)
         await until(lambda: waiting.waiting_count() == 12, timeout=30)
         held = sync_threads()
         balance = Client("GET", "/v1/balance", tenant)
