@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from accounts import selectors, services
 from accounts.authentication import APIKeyAuthentication
 from accounts.models import APIKey, Tenant
+from accounts.principals import tenant_active_check
 from accounts.serializers import APIKeyListSerializer, APIKeyObjectSerializer, KeyCreateSerializer
 from core.errors import NotFound, PermissionDeniedError
 from core.schema import AUTH_ERRORS, errors
@@ -71,6 +72,7 @@ class KeyViewSet(viewsets.ViewSet):
             raise PermissionDeniedError(
                 "Only a tenant's owners and admins may manage its keys.", code="insufficient_permissions"
             )
+        tenant_active_check(tenant=tenant)  # (a key's tenant was checked at authentication)
         return KeyManager(tenant, request.user.get_username(), None)
 
     def list(self, request: Request) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from accounts.errors import TenantSuspended
 from accounts.models import APIKey, Membership, Tenant
 
 
@@ -64,4 +65,16 @@ def caller_for_member(*, user, request_id: str = "") -> Caller | None:
 
 
 def tenant_is_active(tenant: Tenant) -> bool:
+    """The one rule for "is this tenant active?" (an operator suspends a tenant with
+    `manage.py tenant_update --suspend` or the admin): its status is `active`."""
     return tenant.status == Tenant.Status.ACTIVE
+
+
+def tenant_active_check(*, tenant: Tenant) -> None:
+    """Refuse a suspended tenant: raises TenantSuspended (403 `tenant_suspended`). Every
+    path that serves a tenant calls it: API-key authentication, the dashboard's pages and
+    its API, key and webhook management by session, and `generation_create`. (Signed
+    image links are read without a caller; `images.selectors.image_get` applies
+    `tenant_is_active` to the link's tenant instead.)"""
+    if not tenant_is_active(tenant):
+        raise TenantSuspended()

@@ -71,9 +71,11 @@ def key_get(*, tenant: Tenant, prefix: str) -> APIKey | None:
 
 
 def tenant_managed_by(*, user, tenant_name: str | None = None) -> Tenant | None:
-    """The tenant a signed-in user may manage keys of (owner or admin role)."""
+    """The tenant a signed-in user may manage keys and webhooks of (owner or admin
+    role): the one named, else their first. It may be suspended: the caller refuses it
+    with `accounts.principals.tenant_active_check` (403 `tenant_suspended`)."""
     memberships = Membership.objects.filter(
-        user=user, role__in=[Membership.Role.OWNER, Membership.Role.ADMIN], tenant__status=Tenant.Status.ACTIVE
+        user=user, role__in=[Membership.Role.OWNER, Membership.Role.ADMIN]
     ).select_related("tenant")
     if tenant_name:
         if len(tenant_name) > TENANT_NAME_MAX or "\x00" in tenant_name:

@@ -1,4 +1,6 @@
-"""Customer endpoints for money: balance and usage."""
+"""Customer endpoints for money, one ViewSet on the /v1 router (platform/api_router.py):
+GET /v1/balance, GET /v1/usage and POST /v1/credits/redeem, in integer credits. Each
+action carries its own OpenAPI schema (billing/serializers.py)."""
 
 from __future__ import annotations
 
@@ -9,33 +11,18 @@ from datetime import date
 
 from django.http import HttpResponse
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import viewsets
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from billing.selectors import USAGE_COLUMNS, USAGE_GROUPS, usage_summary, usage_totals
+from billing.serializers import BalanceSerializer, RedeemRequest, RedeemResponse, UsageSerializer
 from billing.services import account_for
 from core.errors import InvalidRequest
 from core.schema import AUTH_ERRORS, errors
-
-
-class BalanceView(APIView):
-    """GET /v1/balance: the caller's tenant balance in credits."""
-
-    def get(self, request: Request) -> Response:
-        account = account_for(tenant=request.auth.tenant)
-        return Response(
-            {
-                "object": "balance",
-                "balance": account.balance,
-                "held": account.held,
-                "available": account.available,
-                "currency": "credits",
-            }
-        )
-
 
 USAGE_FORMATS = ("json", "csv")
 # The widest span one request may cover: `end - start` in days.
@@ -71,11 +58,53 @@ def _days_before(day: date, days: int) -> date:
     return date.fromordinal(max(1, day.toordinal() - days))
 
 
-class UsageView(APIView):
-    """GET /v1/usage?start=&end=&group_by=day|model|key[&format=csv]: billing.selectors.USAGE_COLUMNS
-    per group, and their totals (docs/api.md)."""
+class BillingViewSet(viewsets.ViewSet):
+    """The caller's tenant's money, for an API key: its balance, its usage and voucher
+    redemption. Registered on the /v1 router with an empty prefix, so each action's
+    `url_path` is its whole path."""
 
-    def get(self, request: Request):
+    @extend_schema(
+        summary="The tenant's balance in credits",
+        tags=["billing"],
+        operation_id="v1_balance_retrieve",
+        responses={200: BalanceSerializer, **errors(*AUTH_ERRORS)},
+    )
+    @action(detail=False, methods=["get"], url_path="balance", url_name="balance")
+    def balance(self, request: Request) -> Response:
+        """GET /v1/balance: the caller's tenant balance in credits."""
+        account = account_for(tenant=request.auth.tenant)
+        return Response(
+            BalanceSerializer(
+                {
+                    "object": "balance",
+                    "balance": account.balance,
+                    "held": account.held,
+                    "available": account.available,
+                    "currency": "credits",
+                }
+            ).data
+        )
+
+    @extend_schema(
+        summary="Usage grouped by day, model or key",
+        tags=["billing"],
+        operation_id="v1_usage_retrieve",
+        parameters=[
+            OpenApiParameter("start", OpenApiTypes.DATE, required=False, description="default: 29 days before end"),
+            OpenApiParameter("end", OpenApiTypes.DATE, required=False, description="default: today (UTC)"),
+            OpenApiParameter("group_by", OpenApiTypes.STR, enum=list(USAGE_GROUPS), required=False),
+            OpenApiParameter("format", OpenApiTypes.STR, enum=list(USAGE_FORMATS), required=False),
+        ],
+        responses={
+            (200, "application/json"): OpenApiResponse(UsageSerializer, description="JSON (the default)"),
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="CSV, with format=csv"),
+            **errors(400, *AUTH_ERRORS),
+        },
+    )
+    @action(detail=False, methods=["get"], url_path="usage", url_name="usage")
+    def usage(self, request: Request):
+        """GET /v1/usage?start=&end=&group_by=day|model|key[&format=csv]: billing.selectors.USAGE_COLUMNS
+        per group, and their totals (docs/api.md)."""
         end = _date_param(request, "end") or timezone.now().date()
         start = _date_param(request, "start") or _days_before(end, USAGE_DEFAULT_DAYS - 1)
         if start > end:
@@ -95,7 +124,6 @@ class UsageView(APIView):
             response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = f'attachment; filename="usage-{start}-{end}-{group_by}.csv"'
             return response
-        totals = usage_totals(rows)
         return Response(
             {
                 "object": "usage",
@@ -103,26 +131,10 @@ class UsageView(APIView):
                 "end": end.isoformat(),
                 "group_by": group_by,
                 "currency": "credits",
-                "totals": totals,
+                "totals": usage_totals(rows),
                 "data": rows,
             }
         )
-
-
-class RedeemRequest(serializers.Serializer):
-    code = serializers.CharField(max_length=100, help_text="The voucher code, as printed (any case; dashes optional).")
-
-
-class RedeemResponse(serializers.Serializer):
-    object = serializers.CharField(default="credit_redemption")
-    credits = serializers.IntegerField(help_text="Credits granted by this redemption.")
-    balance = serializers.IntegerField(help_text="The balance after it, in credits.")
-    available = serializers.IntegerField(help_text="Balance minus credits held by jobs in flight.")
-    currency = serializers.CharField(default="credits")
-
-
-class RedeemView(APIView):
-    """POST /v1/credits/redeem {"code": "..."}: a voucher's credits for the caller's tenant."""
 
     @extend_schema(
         request=RedeemRequest,
@@ -133,7 +145,9 @@ class RedeemView(APIView):
         description="400 `invalid_voucher` (counted: 429 `voucher_attempts_exceeded` past the limit), "
         "`voucher_expired`, `voucher_used_up` or `voucher_already_redeemed`.",
     )
-    def post(self, request: Request) -> Response:
+    @action(detail=False, methods=["post"], url_path="credits/redeem", url_name="redeem")
+    def redeem(self, request: Request) -> Response:
+        """POST /v1/credits/redeem {"code": "..."}: a voucher's credits for the caller's tenant."""
         from billing.vouchers import voucher_redeem
 
         data = RedeemRequest(data=request.data)

@@ -13,13 +13,10 @@ class KeyBudgetExceeded(InsufficientCredits):
     offers_top_up = False  # a key's monthly budget: buying credits would not help
 
     def __init__(self, message: str, *, budget_key: str, limit: int, spent: int, required: int | None) -> None:
-        super().__init__(message)
-        self.data = {"budget_key": budget_key, "limit": limit, "spent": spent, "required": required}
-
-    def body(self):
-        body = super().body()
-        body["error"].update(self.data)
-        return body
+        # APIError's constructor, not InsufficientCredits': a budget's numbers and sentence, not the balance's.
+        APIError.__init__(
+            self, message, data={"budget_key": budget_key, "limit": limit, "spent": spent, "required": required}
+        )
 
 
 class InvalidVoucher(APIError):

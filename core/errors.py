@@ -31,7 +31,10 @@ MALFORMED_JSON_MESSAGE = (
 
 
 class APIError(Exception):
-    """Base for domain errors; subclasses set the class attributes."""
+    """Base for domain errors; subclasses set the class attributes. `data`: fields the
+    error object carries beside the four envelope fields (as Zulip's
+    `JsonableError.data_fields`), so a client reads the numbers without parsing the
+    sentence; the envelope's own four are never overwritten."""
 
     status_code = 400
     type = "invalid_request_error"
@@ -48,9 +51,11 @@ class APIError(Exception):
         type: str | None = None,
         status_code: int | None = None,
         headers: dict[str, str] | None = None,
+        data: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        self.data = dict(data or {})
         if param is not None:
             self.param = param
         if code is not None:
@@ -62,7 +67,9 @@ class APIError(Exception):
         self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+        body = error_body(self.message, type=self.type, param=self.param, code=self.code)
+        body["error"].update({name: value for name, value in self.data.items() if name not in body["error"]})
+        return body
 
 
 class InvalidRequest(APIError):
@@ -88,14 +95,37 @@ class NotFound(APIError):
 
 
 class InsufficientCredits(APIError):
-    """402. While payments or vouchers are on (settings.TOP_UP_URL), every one names
-    where to top up, in the message and as `top_up_url` (an extra field: the four
-    envelope fields stay as they are), as AIGNE Hub's 402 carries a payment link."""
+    """402 `insufficient_quota`: the tenant's credits do not cover a request. The error
+    object carries its numbers as fields beside the sentence, all integer credits:
+    `required` (the request's price), `available` (balance minus held; negative while
+    the account owes credits after a refunded or disputed payment) and `held` (reserved
+    by jobs in flight). The sentence is written here, once, from those numbers.
+
+    While payments or vouchers are on (settings.TOP_UP_URL), every one names where to
+    top up, in the message and as `top_up_url` (an extra field: the four envelope
+    fields stay as they are), as AIGNE Hub's 402 carries a payment link. A subclass
+    with other numbers (billing.errors.KeyBudgetExceeded) passes its own sentence and
+    fields to APIError's constructor."""
 
     status_code = 402
     type = "insufficient_quota"
     code = "insufficient_quota"
     offers_top_up = True  # False where buying credits would not help (a key's own budget)
+
+    def __init__(self, *, required: int, available: int, held: int) -> None:
+        owed = max(0, -available)
+        if owed:  # a debt is named as one, never as a negative available balance
+            message = (
+                f"Insufficient credits: this request costs {required} credits and your account owes {owed} "
+                "credits (credits of a refunded or disputed payment, already spent or held). Nothing can be "
+                "spent until new credits cover the debt."
+            )
+        else:
+            message = (
+                f"Insufficient credits: this request costs {required} credits and your available balance is "
+                f"{available} credits ({available + held} total, {held} held by requests in flight)."
+            )
+        super().__init__(message, data={"required": required, "available": available, "held": held})
 
     def body(self) -> dict[str, Any]:
         from django.conf import settings

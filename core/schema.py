@@ -18,6 +18,29 @@ class ErrorSerializer(serializers.Serializer):
     error = ErrorDetailSerializer()
 
 
+class ErrorWithQuotaDetailSerializer(ErrorDetailSerializer):
+    """A 402's error object: the envelope's four fields and its numbers (integer
+    credits; core.errors.InsufficientCredits, billing.errors.KeyBudgetExceeded)."""
+
+    required = serializers.IntegerField(
+        allow_null=True, help_text="The request's price (null: a key budget refused before pricing)"
+    )
+    available = serializers.IntegerField(
+        required=False, help_text="insufficient_quota: balance minus held; negative while credits are owed"
+    )
+    held = serializers.IntegerField(required=False, help_text="insufficient_quota: reserved by jobs in flight")
+    top_up_url = serializers.URLField(required=False, help_text="insufficient_quota: where to buy credits, when on")
+    budget_key = serializers.CharField(required=False, help_text="key_budget_exceeded: the budget's key prefix")
+    limit = serializers.IntegerField(required=False, help_text="key_budget_exceeded: the monthly budget")
+    spent = serializers.IntegerField(
+        required=False, help_text="key_budget_exceeded: spent or held this month by that key and its subtree"
+    )
+
+
+class ErrorWithQuotaSerializer(serializers.Serializer):
+    error = ErrorWithQuotaDetailSerializer()
+
+
 ERROR_DESCRIPTIONS = {
     400: "Invalid request (validation, moderation)",
     401: "Missing or invalid API key",
@@ -38,8 +61,13 @@ ERROR_DESCRIPTIONS = {
 
 
 def errors(*statuses: int, serializer=ErrorSerializer) -> dict[int, OpenApiResponse]:
-    """Error responses for `extend_schema(responses=...)`, all in the envelope."""
-    return {s: OpenApiResponse(serializer, description=ERROR_DESCRIPTIONS[s]) for s in statuses}
+    """Error responses for `extend_schema(responses=...)`, all in the envelope (a 402's
+    error object with its numbers: ErrorWithQuotaSerializer)."""
+
+    def shape(status: int):
+        return ErrorWithQuotaSerializer if status == 402 and serializer is ErrorSerializer else serializer
+
+    return {s: OpenApiResponse(shape(s), description=ERROR_DESCRIPTIONS[s]) for s in statuses}
 
 
 AUTH_ERRORS = (401, 403, 405, 429, 500)

@@ -30,6 +30,7 @@ from rest_framework.response import Response
 from accounts import selectors as account_selectors
 from accounts.authentication import APIKeyAuthentication
 from accounts.models import APIKey, Tenant
+from accounts.principals import tenant_active_check
 from core.errors import NotFound, PermissionDeniedError
 from core.schema import AUTH_ERRORS, errors
 from images.models import WEBHOOK_EVENTS, WebhookDelivery, WebhookEndpoint
@@ -196,6 +197,7 @@ class WebhookViewSet(viewsets.ViewSet):
             raise PermissionDeniedError(
                 "Only a tenant's owners and admins may manage its webhooks.", code="insufficient_permissions"
             )
+        tenant_active_check(tenant=tenant)  # (a key's tenant was checked at authentication)
         return tenant
 
     def _endpoint(self, request: Request, id: str) -> WebhookEndpoint:

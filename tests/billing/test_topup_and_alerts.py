@@ -23,8 +23,10 @@ def test_402_names_the_top_up_url_in_message_and_field(api, registry, make_tenan
     response = post_json(api, "/v1/images/generations", GEN, poor)
     assert response.status_code == 402
     error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code", "top_up_url"}
+    # the envelope's four, the 402's numbers (integer credits) and where to top up
+    assert set(error) == {"message", "type", "param", "code", "required", "available", "held", "top_up_url"}
     assert (error["type"], error["code"]) == ("insufficient_quota", "insufficient_quota")
+    assert (error["required"], error["available"], error["held"]) == (16, 1, 0)
     assert error["top_up_url"] == "http://testserver/dashboard/billing/"
     assert error["message"].endswith("Add credits at http://testserver/dashboard/billing/")
 
@@ -32,7 +34,8 @@ def test_402_names_the_top_up_url_in_message_and_field(api, registry, make_tenan
 def test_402_has_no_top_up_url_when_payments_and_vouchers_are_off(api, registry, make_tenant, settings):
     settings.TOP_UP_URL = ""
     response = post_json(api, "/v1/images/generations", GEN, make_tenant(credits=1))
-    assert response.status_code == 402 and set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert response.status_code == 402
+    assert set(response.json()["error"]) == {"message", "type", "param", "code", "required", "available", "held"}
 
 
 def _owner(tenant, email="olive@example.com"):
