@@ -8,8 +8,10 @@ from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
+from accounts.key_cache import api_key_cache_put, api_key_cached
 from accounts.models import APIKey, Tenant
-from core.errors import InvalidAPIKey, PermissionDeniedError
+from accounts.principals import tenant_active_check
+from core.errors import InvalidAPIKey
 
 # last_used_at is written at most this often per key, not on every request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -48,34 +50,59 @@ class APIKeyAuthentication(BaseAuthentication):
         parts = header.split(None, 1)
         if len(parts) != 2 or parts[0].lower() != self.keyword or not parts[1].strip():
             raise InvalidAPIKey("The Authorization header must be 'Bearer YOUR_KEY'.")
-        raw = parts[1].strip()
+        return self.authenticate_raw(parts[1].strip())
+
+    def authenticate_raw(self, raw: str):
+        """(principal, key) for a raw API key however it came (the Bearer header, or a
+        vendor's own header: HeaderKeyAuthentication); 401 or 403 as for the Bearer."""
         key = self._verify(raw)
         if key is None:
             raise InvalidAPIKey(
                 f"Incorrect API key provided: {mask_key(raw)}. You can obtain a key from your platform operator."
             )
         tenant = key.tenant
-        if tenant.status != Tenant.Status.ACTIVE:
-            raise PermissionDeniedError(
-                "This organization is suspended. Contact your platform operator.", code="tenant_suspended"
-            )
+        tenant_active_check(tenant=tenant)
         now = timezone.now()
         if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
             APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
+            key.last_used_at = now
+            api_key_cache_put(key=key)  # (else the cached row would write it on every request)
         return TenantPrincipal(tenant), key
 
     @staticmethod
     def _verify(raw: str) -> APIKey | None:
+        """The key row for `raw` (its tenant loaded), or None when no key matches or it
+        is revoked or expired. The row comes from the cache when it is there
+        (accounts.key_cache: changes take effect at once, at worst within
+        API_KEY_CACHE_SECONDS); the secret is checked against its hash either way."""
         prefix, _, secret = raw.partition(".")
         if not prefix or not secret or len(raw) > 200:
             return None
-        try:
-            key = APIKey.objects.select_related("tenant").get(prefix=prefix)
-        except APIKey.DoesNotExist:
-            return None
+        key = api_key_cached(prefix=prefix)
+        if key is None:
+            try:
+                key = APIKey.objects.select_related("tenant").get(prefix=prefix)
+            except APIKey.DoesNotExist:
+                return None
+            api_key_cache_put(key=key)
         if key.revoked or key.has_expired or not key.is_valid(raw):
             return None
         return key
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+class HeaderKeyAuthentication(APIKeyAuthentication):
+    """The API key in a vendor's own header, for clients written for that vendor (the
+    Midjourney proxy's `mj-api-secret`, images/midjourney.py): a subclass names the
+    header's META key in `header`. Consulted only without an Authorization header, which
+    wins when both come; the key is checked exactly as a Bearer key is."""
+
+    header = ""
+
+    def authenticate(self, request: Request):
+        raw = request.META.get(self.header, "").strip() if self.header else ""
+        if not raw or request.META.get("HTTP_AUTHORIZATION"):
+            return None
+        return self.authenticate_raw(raw)

@@ -9,6 +9,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db import transaction
 
+from accounts.key_cache import api_key_cache_forget
 from accounts.models import APIKey, Tenant
 from core.errors import InvalidRequest, PermissionDeniedError
 
@@ -155,8 +156,10 @@ def api_key_revoke(*, key: APIKey) -> APIKey:
         key.save(update_fields=["revoked"])
     parents = [key.pk]
     while parents:
-        children = list(APIKey.objects.filter(parent_id__in=parents, revoked=False).values_list("pk", flat=True))
+        found = list(APIKey.objects.filter(parent_id__in=parents, revoked=False).values_list("pk", "prefix"))
+        children = [pk for pk, _ in found]
         APIKey.objects.filter(pk__in=children).update(revoked=True)
+        api_key_cache_forget(prefixes=[prefix for _, prefix in found])  # (no post_save for update())
         parents = children
     return key
 
@@ -168,13 +171,20 @@ def tenant_update(
     status: str | None = None,
     rpm_limit: int | None = None,
     max_concurrent_jobs: int | None = None,
+    output_moderation: str | None = None,
 ) -> Tenant:
+    """Change the given fields of a tenant (None = leave as is). `output_moderation`:
+    block|blur|flag|off (issue 25, Tenant.OutputModeration); anything else is a
+    ValueError (the command and the admin offer only the choices)."""
+    if output_moderation is not None and output_moderation not in Tenant.OutputModeration.values:
+        raise ValueError(f"output_moderation must be one of {', '.join(Tenant.OutputModeration.values)}")
     fields = []
     for name, value in (
         ("moderation_level", moderation_level),
         ("status", status),
         ("rpm_limit", rpm_limit),
         ("max_concurrent_jobs", max_concurrent_jobs),
+        ("output_moderation", output_moderation),
     ):
         if value is not None:
             setattr(tenant, name, value)
@@ -340,6 +350,7 @@ def tenant_create_for_signup(*, user, email: str) -> Tenant:
         moderation_level=settings.SIGNUP_MODERATION_LEVEL,
         rpm_limit=settings.SIGNUP_RPM_LIMIT or None,
         max_concurrent_jobs=settings.SIGNUP_MAX_CONCURRENT_JOBS or None,
+        output_moderation=settings.SIGNUP_OUTPUT_MODERATION,
     )
     Membership.objects.create(tenant=tenant, user=user, role=Membership.Role.OWNER)
     tenant_signed_up.send(sender=Tenant, tenant=tenant, user=user, email=email)

@@ -73,7 +73,12 @@ class RequestIdMiddleware(DualMiddleware):
 
 class BodySizeLimitMiddleware(DualMiddleware):
     """413 before anything reads a body larger than DATA_UPLOAD_MAX_MEMORY_SIZE (DRF's
-    JSON parser reads the stream itself and would not stop)."""
+    JSON parser reads the stream itself and would not stop). A LoRA upload (POST
+    /v1/loras, issue 23) may instead be LORA_UPLOAD_MAX_BYTES plus 1 MiB for the form
+    around the file (Django streams its files to disk, never into memory)."""
+
+    LORA_UPLOADS = "/v1/loras"
+    FORM_SLACK = 1024 * 1024
 
     def before(self, request: HttpRequest) -> HttpResponse | None:
         from django.conf import settings
@@ -84,12 +89,11 @@ class BodySizeLimitMiddleware(DualMiddleware):
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = 0
-        if length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
-            return json_error_response(
-                PayloadTooLarge(
-                    f"The request body is {length} bytes; the limit is {settings.DATA_UPLOAD_MAX_MEMORY_SIZE}."
-                )
-            )
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if request.method == "POST" and request.path.rstrip("/") == self.LORA_UPLOADS:
+            limit = settings.LORA_UPLOAD_MAX_BYTES + self.FORM_SLACK
+        if length > limit:
+            return json_error_response(PayloadTooLarge(f"The request body is {length} bytes; the limit is {limit}."))
         return None
 
 
@@ -156,11 +160,14 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
 
 
 class WaitingMiddleware(DualMiddleware):
-    """The innermost middleware: under ASGI, runs the sync view on a thread (at most
-    WEB_THREADS at a time), and when the view answers with a `DeferredResponse`, waits
-    for it on the event loop and renders its answer on a thread (core/waiting.py). When
-    the client disconnects, Django cancels this request: the view's cleanups run (a job
-    not yet started is abandoned, nothing charged). Under WSGI it does nothing."""
+    """The innermost middleware, for an async middleware chain (Django's own
+    ASGIHandler): runs the sync view on a thread (at most WEB_THREADS at a time), and
+    when the view answers with a `DeferredResponse`, waits for it on the event loop and
+    renders its answer on a thread (core/waiting.py). When the client disconnects,
+    Django cancels this request: the view's cleanups run (a job not yet started is
+    abandoned, nothing charged). Under WSGI, and under the application platform/asgi.py
+    serves (core.waiting.PooledASGIHandler loads the chain sync and does this waiting
+    itself, in fewer thread hops), it does nothing."""
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:

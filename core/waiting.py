@@ -5,16 +5,16 @@ Two servers run the same views (images/management/commands/serve.py):
 
 - ASGI (`WEB_SERVER=asgi`, opt-in for now: gunicorn + uvicorn's worker over platform/asgi.py).
   A waiting request costs no thread and no database connection while it waits. The
-  DRF view still runs as sync code (auth, throttles, `generation_create`,
-  Idempotency-Key, the envelope) on a thread; when it must wait it returns a
-  `DeferredResponse` (the job id, how to render), `WaitingMiddleware` (the innermost
-  middleware, async) awaits the job's events on the event loop (images.notify's one
-  subscriber per process), then renders the answer on a thread again. Streams are
-  async iterators (images.streaming). Sync code runs at most WEB_THREADS at a time
-  per process, on one shared pool of WEB_THREADS threads (`PooledASGIHandler`, instead
-  of Django's thread per open request), so at most that many database connections are
-  open, each kept by its thread as CONN_MAX_AGE says; a waiting request holds neither
-  a thread nor a connection (docs/operations.md has the memory per waiting request).
+  middleware chain and the DRF view still run as sync code (auth, throttles,
+  `generation_create`, Idempotency-Key, the envelope), in one call on a pool thread;
+  when the view must wait it returns a `DeferredResponse` (the job id, how to render),
+  which `PooledASGIHandler` awaits on the event loop (images.notify's one subscriber
+  per process), then renders on a thread again. Streams are async iterators
+  (images.streaming). Sync code runs at most WEB_THREADS at a time per process, on one
+  shared pool of WEB_THREADS threads (instead of Django's thread per open request), so
+  at most that many database connections are open, each kept by its thread as
+  CONN_MAX_AGE says; a waiting request holds neither a thread nor a connection
+  (docs/operations.md has the memory per waiting request).
   A client that leaves: Django cancels the request's task on `http.disconnect`;
   `AsgiClientWatch` turns that into the same outcome as below (a job not yet started
   is abandoned, nothing charged). The cap defaults to ASGI_MAX_WAITING.
@@ -60,8 +60,13 @@ from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
-from django.http import HttpResponse
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import BaseHandler
+from django.http import FileResponse, HttpResponse
+from django.urls import set_script_prefix
+from django.utils.log import log_response
 
 from core.errors import APIError, ServiceUnavailable
 
@@ -421,22 +426,150 @@ def sync_pool() -> ThreadPoolExecutor:
 
 
 class PooledASGIHandler(ASGIHandler):
-    """Django's ASGIHandler, but a request's thread-sensitive sync code (the request
-    signals, the sync view, `run_sync`) runs on the process's shared pool (`sync_pool`)
-    instead of on a thread of the request's own. Django's handler opens a fresh
-    ThreadSensitiveContext per request, whose single-thread executor stays parked (one
-    idle thread, ~200 KB, and its database connection) as long as the request is open,
-    e.g. the minutes a synchronous generation waits; here an open request holds no
-    thread. Each sync chunk Django or we run is self-contained (a transaction and its
-    `on_commit` callbacks begin and end inside one chunk), so running successive chunks
-    of one request on different pool threads is safe. Nested AsyncToSync calls from a
-    pool thread still return to that thread (asgiref's CurrentThreadExecutor)."""
+    """Django's ASGIHandler, but every request's sync code runs on the process's shared
+    pool (`sync_pool`) in as few hops as possible: the request signal, the whole
+    middleware chain and the view in ONE call on a pool thread (the chain is loaded
+    sync, as under WSGI), then one more to close the response. Django's own handler
+    (a) opens a fresh ThreadSensitiveContext per request, whose single-thread executor
+    stays parked (one idle thread, ~200 KB, and its database connection) as long as the
+    request is open, e.g. the minutes a synchronous generation waits; and (b) runs an
+    async chain in which each of Django's sync middlewares crosses to a thread and back
+    for its request and its response half: 23 hops for one task poll here. With one
+    shared FIFO pool, N concurrent requests then advance one hop each per round and
+    none is answered before about N x 23 hops are done: 1,000 pollers got no answer in
+    10 s (issue 20). Here a request costs 2 hops (3 when it waits) and holds no thread
+    while it waits.
+
+    Waiting: when the view answers with a `DeferredResponse` (`request_is_asgi`: the
+    handler put an `AsgiClientWatch` in `META["platform.client_watch"]`), the handler
+    awaits `wait()` on the event loop, renders `finish(outcome)` on a pool thread and
+    sends that answer with the headers the middlewares set on the deferred one
+    (x-request-id, rate-limit and security headers; not its Content-Type and
+    Content-Length). When the client disconnects (Django cancels the request), the
+    view's cleanups run (`AsgiClientWatch.leave_async`: a job not yet started is
+    abandoned, nothing charged). Writes (not GET, HEAD, OPTIONS) run their chain under
+    `_sync_limit`, so that the pool always keeps threads for reads. Each sync call is
+    self-contained (a transaction and its `on_commit` callbacks begin and end inside
+    one), so successive calls of one request may run on different pool threads.
+    Nested AsyncToSync calls from a pool thread still return to that thread (asgiref's
+    CurrentThreadExecutor)."""
+
+    def __init__(self) -> None:
+        BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         async with ThreadSensitiveContext(executor=sync_pool()):
             await self.handle(scope, receive, send)
+
+    def _chain(self, request: Any, scope: dict) -> HttpResponse:
+        """On a pool thread: what Django's handlers do before and around the view."""
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        response = self.get_response(request)
+        response._handler_class = self.__class__
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size
+        return response
+
+    async def _respond(self, request: Any, scope: dict, watch: AsgiClientWatch) -> HttpResponse:
+        try:
+            if request.method in READ_METHODS:
+                response = await sync_to_async(self._chain)(request, scope)
+            else:
+                async with _sync_limit():
+                    response = await sync_to_async(self._chain)(request, scope)
+            if isinstance(response, DeferredResponse):
+                deferred = response
+                try:
+                    outcome = await deferred.wait()
+                    response = await sync_to_async(_finish_deferred)(deferred, outcome, request)
+                finally:
+                    if deferred.slot is not None:
+                        deferred.slot.release()
+            return response
+        except asyncio.CancelledError:
+            await asyncio.shield(watch.leave_async())
+            raise
+        finally:
+            if not watch.left:
+                watch.settle()
+
+    async def handle(self, scope, receive, send):
+        """Django's ASGIHandler.handle (body, disconnect watch, send, close), with the
+        sync work in `_respond`'s hops."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            await sync_to_async(error_response.close)()
+            return
+        watch = AsgiClientWatch()
+        request.META["platform.client_watch"] = watch
+
+        async def process_request():
+            response = await self._respond(request, scope, watch)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client left while the answer was sent
+            return response
+
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request()),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            await sync_to_async(signals.request_finished.send)(sender=self.__class__)
+        else:
+            await sync_to_async(response.close)()
+        body_file.close()
+
+
+# Headers of a DeferredResponse that belong to its own (empty) body, not to the request.
+_BODY_HEADERS = frozenset({"content-type", "content-length"})
+
+
+def _finish_deferred(deferred: DeferredResponse, outcome: Any, request: Any) -> HttpResponse:
+    """On a pool thread: the final answer of a DeferredResponse, carrying the headers
+    the middleware chain set on the deferred one and its closers (the request's files,
+    the request_finished signal once). Logged as Django logs any 4xx/5xx answer."""
+    response = deferred.finish(outcome)
+    for header, value in deferred.items():
+        if header.lower() not in _BODY_HEADERS and not response.has_header(header):
+            response[header] = value
+    if not response.streaming and not response.has_header("Content-Length"):
+        response["Content-Length"] = str(len(response.content))
+    response._resource_closers.extend(deferred._resource_closers)
+    deferred._resource_closers = []
+    response._handler_class = getattr(deferred, "_handler_class", None)
+    if response.status_code >= 400:
+        log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
+    return response
 
 
 _sync_limits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

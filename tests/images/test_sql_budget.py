@@ -35,9 +35,10 @@ POSTGRES = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
 # Before issue 20 (PostgreSQL): web 14 + 1 ping, worker 19 (+ 3 pings, 1 new connection);
 # after its first pass 14 + 1 and 11 + 1 (27); after the money path's cuts (item 5:
 # UPDATE ... RETURNING, no pre-checks for a plain generation, prices cached, the settle
-# keyed on the hold's own UPDATE) 9 + 1 and 8 + 1 (19).
+# keyed on the hold's own UPDATE) 9 + 1 and 8 + 1 (19); with the API key read from the cache
+# (accounts/key_cache.py; the warm-up generation caches it) 8 + 1 on the web side (18).
 # SQLite (embedded) adds a `BEGIN IMMEDIATE` per transaction, and connects instead of pinging.
-WEB_BUDGET = 10 if POSTGRES else 11
+WEB_BUDGET = 9 if POSTGRES else 10
 WORKER_BUDGET = 9 if POSTGRES else 10
 
 
