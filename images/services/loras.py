@@ -18,15 +18,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q, QuerySet
 
 from accounts.models import Tenant
-from core.errors import InvalidRequest
-from images.models import ImageModel, LoraAdapter
+from core.errors import InvalidRequest, NotFound, PermissionDeniedError
+from images.models import ImageModel, LoraAdapter, LoraUploadGrant
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 SCALE_MIN, SCALE_MAX = -2.0, 2.0
@@ -114,16 +114,22 @@ def _fits(model: ImageModel) -> Q:
 
 @dataclass(frozen=True)
 class ResolvedLora:
-    """A request's adapter: catalog name, absolute path, scale, surcharge per image (credits)."""
+    """A request's adapter: catalog name, absolute path ("" for an upload), scale,
+    surcharge per image (credits), and an upload's storage name ("" otherwise)."""
 
     name: str
     path: str
     scale: float
     surcharge_credits: int
+    storage: str = ""
 
     def as_json(self) -> dict[str, Any]:
-        """What the job records for the worker (images.worker: LoraSpec)."""
-        return {"name": self.name, "path": self.path, "scale": self.scale}
+        """What the job records for the worker (images.worker: LoraSpec, the upload
+        fetched from `storage` by images.lora_files.lora_local_path)."""
+        body = {"name": self.name, "path": self.path, "scale": self.scale}
+        if self.storage:
+            body["storage"] = self.storage
+        return body
 
 
 def loras_resolve(*, tenant: Tenant, model: ImageModel, entries: list[dict[str, Any]]) -> list[ResolvedLora]:
@@ -134,7 +140,6 @@ def loras_resolve(*, tenant: Tenant, model: ImageModel, entries: list[dict[str, 
         return []
     names = [entry["name"] for entry in entries]
     visible = {a.name: a for a in loras_visible(tenant=tenant).filter(name__in=names)}
-    family = (model.capabilities or {}).get("family") or ""
     resolved = []
     for index, entry in enumerate(entries):
         adapter = visible.get(entry["name"])
@@ -144,8 +149,7 @@ def loras_resolve(*, tenant: Tenant, model: ImageModel, entries: list[dict[str, 
                 param="loras",
                 code="lora_not_found",
             )
-        fits = adapter.base_model_id == model.pk if adapter.base_model_id else bool(family) and adapter.family == family
-        if not fits:
+        if not _fits_row(adapter, model):
             made_for = adapter.base_model.public_id if adapter.base_model_id else f"the {adapter.family} family"
             raise InvalidRequest(
                 f"The LoRA adapter '{adapter.name}' (loras[{index}]) was made for {made_for}, "
@@ -153,7 +157,9 @@ def loras_resolve(*, tenant: Tenant, model: ImageModel, entries: list[dict[str, 
                 param="loras",
                 code="lora_incompatible",
             )
-        resolved.append(ResolvedLora(adapter.name, adapter.path, entry["scale"], adapter.surcharge_credits))
+        resolved.append(
+            ResolvedLora(adapter.name, adapter.path, entry["scale"], adapter.surcharge_credits, adapter.storage_name)
+        )
     return resolved
 
 
@@ -166,5 +172,144 @@ def lora_body(adapter: LoraAdapter) -> dict[str, Any]:
         "family": adapter.family or None,
         "trigger": adapter.trigger_words,
         "surcharge_credits": adapter.surcharge_credits,
+        "owned_by": "organization" if adapter.owner_id else "system",
         "created": int(adapter.created_at.timestamp()),
     }
+
+
+def loras_by_model(*, tenant: Tenant, models: list[ImageModel]) -> dict[str, list[dict[str, Any]]]:
+    """For the playground: each model's public id -> the adapters `tenant` may use with
+    it, as lora_body renders them (one query; the same fit rule as loras_resolve)."""
+    rows = list(loras_visible(tenant=tenant))
+    fitting: dict[str, list[dict[str, Any]]] = {}
+    for model in models:
+        fitting[model.public_id] = [lora_body(adapter) for adapter in rows if _fits_row(adapter, model)]
+    return fitting
+
+
+def _fits_row(adapter: LoraAdapter, model: ImageModel) -> bool:
+    """_fits for a loaded row: its base model, or, when it names none, its family."""
+    if adapter.base_model_id:
+        return adapter.base_model_id == model.pk
+    family = (model.capabilities or {}).get("family") or ""
+    return bool(family) and adapter.family == family
+
+
+# ---- Tenants' own adapters (POST/DELETE /v1/loras) ---------------------------------------------
+
+
+class UploadsDisabled(PermissionDeniedError):
+    """403: LORA_TENANT_UPLOADS is off, or `granted` and this tenant has no grant."""
+
+    code = "lora_uploads_disabled"
+
+
+def upload_limit(*, tenant: Tenant) -> int | None:
+    """How many adapters `tenant` may keep uploaded: None when it may not upload at all
+    (LORA_TENANT_UPLOADS off, or `granted` without a LoraUploadGrant), else the grant's
+    max_adapters or LORA_UPLOAD_MAX_PER_TENANT."""
+    mode = settings.LORA_TENANT_UPLOADS
+    if mode == "off":
+        return None
+    grant = LoraUploadGrant.objects.filter(tenant=tenant).first()
+    if mode == "granted" and grant is None:
+        return None
+    if grant is not None and grant.max_adapters is not None:
+        return grant.max_adapters
+    return settings.LORA_UPLOAD_MAX_PER_TENANT
+
+
+def upload_id(*, tenant: Tenant, name: str) -> str:
+    """The catalog name (the `id` requests use) of `tenant`'s upload called `name`:
+    `t<tenant id>:<name>`. Operators' names cannot hold ':', so an upload never takes
+    (or reveals) an operator's or another tenant's name."""
+    return f"t{tenant.pk}:{name}"
+
+
+UPLOAD_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def lora_upload(*, tenant: Tenant, name: str, base: str, upload: BinaryIO, size: int) -> LoraAdapter:
+    """Add `tenant`'s own adapter (or replace its upload of the same name): checks that
+    uploads are allowed (403 lora_uploads_disabled), the name (400 `name`), the base model
+    (404 `base` model_not_found when unknown or disabled), the size (413
+    LORA_UPLOAD_MAX_BYTES), the file (400 `file` invalid_lora: images.lora_files), the
+    tenant's count (400 too_many_loras); stores the file like images and returns the
+    adapter, visible to `tenant` only, with no surcharge. A replaced upload's old file is
+    deleted after the commit."""
+    from images import selectors
+    from images.lora_files import lora_file_delete, lora_file_save, lora_header_check
+    from images.uploads import PayloadTooLarge
+
+    limit = upload_limit(tenant=tenant)
+    if limit is None:
+        raise UploadsDisabled("Uploading LoRA adapters is not enabled for your organization.")
+    if not isinstance(name, str) or not UPLOAD_NAME_PATTERN.fullmatch(name):
+        raise InvalidRequest(
+            "'name' must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.",
+            param="name",
+            code="invalid_value",
+        )
+    model = selectors.image_model_get(public_id=base) if isinstance(base, str) and base else None
+    if model is None:
+        raise NotFound(
+            f"The model '{base}' does not exist or you do not have access to it.", param="base", code="model_not_found"
+        )
+    if size > settings.LORA_UPLOAD_MAX_BYTES:
+        raise PayloadTooLarge(
+            f"The file is {size} bytes; LoRA adapters may be at most {settings.LORA_UPLOAD_MAX_BYTES} bytes.",
+            param="file",
+        )
+    upload.seek(0)
+    lora_header_check(upload, size=size)
+    catalog_name = upload_id(tenant=tenant, name=name)
+    replaced = LoraAdapter.objects.filter(name=catalog_name, owner=tenant).first()
+    if replaced is None and LoraAdapter.objects.filter(owner=tenant).count() >= limit:
+        raise InvalidRequest(
+            f"Your organization already has {limit} LoRA adapters; delete one first (DELETE /v1/loras/{{id}}).",
+            param="file",
+            code="too_many_loras",
+        )
+    stored = lora_file_save(tenant_id=tenant.pk, upload=upload)
+    try:
+        with transaction.atomic():
+            adapter, _ = LoraAdapter.objects.update_or_create(
+                name=catalog_name,
+                defaults={
+                    "path": "",
+                    "storage_name": stored,
+                    "size_bytes": size,
+                    "base_model": model,
+                    "family": "",
+                    "surcharge_credits": 0,
+                    "trigger_words": "",
+                    "public": False,
+                    "owner": tenant,
+                    "enabled": True,
+                },
+            )
+            adapter.tenants.set([])
+            if replaced is not None and replaced.storage_name and replaced.storage_name != stored:
+                old = replaced.storage_name
+                transaction.on_commit(lambda: lora_file_delete(old))
+    except Exception:
+        lora_file_delete(stored)
+        raise
+    return adapter
+
+
+def lora_delete(*, tenant: Tenant, lora_id: str) -> LoraAdapter:
+    """Delete `tenant`'s own upload `lora_id` and, after the commit, its file. Anything
+    else (an operator's adapter, another tenant's, an unknown id) is 404 `id`. Jobs
+    already queued with it fail (`lora_missing`) unless a worker holds a copy."""
+    from images.lora_files import lora_file_delete
+
+    adapter = LoraAdapter.objects.filter(name=lora_id, owner=tenant).first() if isinstance(lora_id, str) else None
+    if adapter is None:
+        raise NotFound(f"Your organization has no LoRA adapter '{lora_id}'.", param="id", code="lora_not_found")
+    with transaction.atomic():
+        adapter.delete()
+        if adapter.storage_name:
+            name = adapter.storage_name
+            transaction.on_commit(lambda: lora_file_delete(name))
+    return adapter

@@ -217,6 +217,7 @@ def test_the_listing_shows_only_what_the_key_may_use(api, demo_lora, make_tenant
         "family": None,
         "trigger": "foxy",
         "surcharge_credits": 5,
+        "owned_by": "system",
         "created": seen["fox"]["created"],
     }
     assert set(names(owner, "?model=dall-e-3")) == set()

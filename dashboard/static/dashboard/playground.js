@@ -43,6 +43,58 @@
     show("n-field", m.n_max > 1);
     show("negative-field", m.negative_prompt);
     form.prompt.maxLength = m.prompt_max;
+    fillLoras(m);
+  }
+
+  // LoRA adapters (issue 23): one row per adapter the tenant may use with this model
+  // (a checkbox and a scale); at most m.loras_max checked, sent as `loras`.
+  function fillLoras(m) {
+    var box = $("loras");
+    box.innerHTML = "";
+    (m.loras || []).forEach(function (lora, i) {
+      var row = document.createElement("div");
+      row.className = "row lora";
+      row.dataset.lora = lora.id;
+      var pick = document.createElement("label");
+      var check = document.createElement("input");
+      check.type = "checkbox";
+      check.className = "lora-use";
+      check.id = "lora-" + i;
+      check.value = lora.id;
+      check.addEventListener("change", function () { limitLoras(m); });
+      pick.appendChild(check);
+      var text = " " + lora.id;
+      if (lora.surcharge_credits) text += " (+" + lora.surcharge_credits + " credits/image)";
+      if (lora.trigger) text += " — trigger: " + lora.trigger;
+      pick.appendChild(document.createTextNode(text));
+      var scaleLabel = document.createElement("label");
+      scaleLabel.appendChild(document.createTextNode("Scale "));
+      var scale = document.createElement("input");
+      scale.type = "number";
+      scale.className = "lora-scale";
+      scale.id = "lora-scale-" + i;
+      scale.min = "-2"; scale.max = "2"; scale.step = "0.05"; scale.value = "1";
+      scaleLabel.appendChild(scale);
+      row.appendChild(pick);
+      row.appendChild(scaleLabel);
+      box.appendChild(row);
+    });
+    show("loras-field", (m.loras || []).length > 0);
+  }
+  function limitLoras(m) {
+    var checks = $("loras").querySelectorAll("input.lora-use");
+    var used = $("loras").querySelectorAll("input.lora-use:checked").length;
+    Array.prototype.forEach.call(checks, function (c) { c.disabled = !c.checked && used >= (m.loras_max || 1); });
+  }
+  function chosenLoras() {
+    var chosen = [];
+    Array.prototype.forEach.call($("loras").querySelectorAll("div.lora"), function (row) {
+      var check = row.querySelector("input.lora-use");
+      if (!check.checked) return;
+      var scale = parseFloat(row.querySelector("input.lora-scale").value);
+      chosen.push({name: check.value, scale: isNaN(scale) ? 1 : scale});
+    });
+    return chosen;
   }
   form.model.addEventListener("change", applyModel);
   applyModel();
@@ -166,6 +218,8 @@
     if (m.styles && m.styles.length && $("style").value) body.style = $("style").value;
     if (form.seed.value !== "") body.seed = parseInt(form.seed.value, 10);
     if (m.negative_prompt && form.negative_prompt.value.trim()) body.negative_prompt = form.negative_prompt.value;
+    var loras = chosenLoras();
+    if (loras.length) body.loras = loras;
     request(form.dataset.submit, {
       method: "POST", credentials: "same-origin",
       headers: {"Content-Type": "application/json", "X-CSRFToken": csrf, "Accept": "application/json"},

@@ -1,5 +1,7 @@
 """`make bench`: diffusers alone vs. the platform over HTTP (docs/benchmarks.md); with
-`--phase web`, the web tier under requests that wait (tools/bench/web.py).
+`--phase web`, the web tier under requests that wait (tools/bench/web.py); with
+`--phase loras`, images/s with 0/50/100 % of requests carrying a LoRA adapter
+(tools/bench/loras.py).
 
 Arguments only: the benchmark is tools.bench (phases, deployment, report)."""
 
@@ -24,11 +26,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument(
             "--phase",
-            choices=["platform", "web"],
+            choices=["platform", "web", "loras"],
             default="platform",
             help="platform (default): the direct, platform and api phases; web: one web process and no "
             "worker under waiting requests, streams, pollers and clients that leave (PostgreSQL + Redis; "
-            "the options below marked [web])",
+            "the options below marked [web]); loras: images/s with 0, 50 and 100%% of requests carrying "
+            "a LoRA adapter, in this process on the worker's path (--n, --concurrency, --repeats, --size, "
+            "--steps, --source)",
         )
         parser.add_argument("--waiting", type=int, default=1000, help="[web] synchronous generations held open")
         parser.add_argument("--streams", type=int, default=300, help="[web] stream: true generations held open")
@@ -125,6 +129,8 @@ class Command(BaseCommand):
     def handle(self, *args, **o):
         if o["phase"] == "web":
             return self.handle_web(o)
+        if o["phase"] == "loras":
+            return self.handle_loras(o)
         from tools.bench import report
         from tools.bench.run import BenchOptions, bench_run
 
@@ -209,6 +215,33 @@ class Command(BaseCommand):
         except ToolError as exc:
             raise CommandError(str(exc)) from exc
         out = Path(o["out"] or ROOT / "bench-results" / "bench-web.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        self.stdout.write(table(result))
+        self.stdout.write(f"Wrote {out}")
+
+    def handle_loras(self, o):
+        """--phase loras: tools/bench/loras.py; medians printed and stored, never asserted."""
+        from tools.bench.loras import LoraBenchOptions, lora_bench_run, table
+
+        try:
+            width, height = (int(v) for v in o["size"].lower().split("x"))
+        except ValueError:
+            raise CommandError("--size must look like 256x256") from None
+        if o["n"] < 2 or o["concurrency"] < 1 or o["repeats"] < 1:
+            raise CommandError("--n must be at least 2, --concurrency and --repeats at least 1")
+        call_command("build_demo_model")
+        options = LoraBenchOptions(
+            n=o["n"],
+            concurrency=o["concurrency"],
+            repeats=o["repeats"],
+            width=width,
+            height=height,
+            steps=o["steps"] or 4,
+            source=str(Path(o["source"]).resolve()) if o["source"] else str(Path(settings.MODEL_DIR) / "demo-sd-tiny"),
+        )
+        result = lora_bench_run(options, say=self.say)
+        out = Path(o["out"] or ROOT / "bench-results" / "bench-loras.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         self.stdout.write(table(result))
