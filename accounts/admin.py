@@ -17,8 +17,8 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ("name", "status", "moderation_level", "balance", "held", "created_at")
-    list_filter = ("status", "moderation_level")
+    list_display = ("name", "status", "moderation_level", "output_moderation", "balance", "held", "created_at")
+    list_filter = ("status", "moderation_level", "output_moderation")
     search_fields = ("name",)
     inlines = [MembershipInline]
     # billing/admin.py registers a subclass with the "grant credits" action (billing

@@ -17,6 +17,12 @@ class Tenant(models.Model):
         STANDARD = "standard"
         LOW = "low"
 
+    class OutputModeration(models.TextChoices):
+        BLOCK = "block"
+        BLUR = "blur"
+        FLAG = "flag"
+        OFF = "off"
+
     name = models.CharField(max_length=100, unique=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     # The most permissive moderation level this tenant may ask for.
@@ -25,6 +31,10 @@ class Tenant(models.Model):
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     # Jobs queued or running at once; null = the installation default.
     max_concurrent_jobs = models.PositiveIntegerField(null=True, blank=True)
+    # What happens to a generated image the output classifier finds unsafe (issue 25;
+    # images/services/output_moderation.py): withheld and not charged, delivered blurred,
+    # delivered with a mark, or not checked at all. Sign-ups get SIGNUP_OUTPUT_MODERATION.
+    output_moderation = models.CharField(max_length=8, choices=OutputModeration.choices, default=OutputModeration.BLOCK)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

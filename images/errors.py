@@ -43,6 +43,31 @@ class JobOutOfTime(APIError):
     should_retry = False
 
 
+class OutputModerationBlocked(APIError):
+    """400: every image of the job was withheld by the output classifier (issue 25; a
+    tenant on `block`, images/services/output_moderation.py). OpenAI's answer for an
+    image its output check refused: type `image_generation_user_error`, code
+    `moderation_blocked`, and `moderation_details` beside the four envelope fields
+    ({"moderation_stage": "output", "categories": [...]}). Nothing was charged; a retry
+    would run a new job (with a new seed, it may pass), so it is the caller's choice."""
+
+    status_code = 400
+    type = "image_generation_user_error"
+    code = "moderation_blocked"
+    should_retry = False
+
+    def __init__(self, message: str, *, categories: list[str], **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.categories = list(categories)
+
+    def body(self) -> dict:
+        body = super().body()
+        body["error"]["moderation_details"] = {"moderation_stage": "output", "categories": self.categories}
+        return body
+
+
+# The error code of a job whose every image the output classifier withheld.
+OUTPUT_MODERATION_BLOCKED = "moderation_blocked"
 OUT_OF_TIME = ("deadline_exceeded", "time_limit_exceeded")
 # The error code of a job stopped by its client's `Cancel-After` (images.services.jobs).
 CANCEL_AFTER_EXCEEDED = "cancel_after_exceeded"
@@ -80,6 +105,13 @@ def job_error(*, job: Job) -> APIError | None:
         return JobCancelled(f"{message} It was cancelled.", code=CANCEL_AFTER_EXCEEDED)
     if job.status == Job.Status.CANCELLED:
         return JobCancelled(f"The job was cancelled before it finished ({_charged_note(job)}).")
+    if job.error_code == OUTPUT_MODERATION_BLOCKED:
+        categories = (job.output_moderation or {}).get("categories") or []
+        return OutputModerationBlocked(
+            "Your request was rejected by the safety system: the generated image was withheld "
+            f"(job {job.pk}; nothing was charged). safety_violations=[{', '.join(categories)}].",
+            categories=categories,
+        )
     if job.error_code in OUT_OF_TIME:
         return JobOutOfTime(f"{message} Submit the request again to start a new job.", code=job.error_code)
     if job.error_code == UNSUPPORTED_BY_FAMILY:

@@ -6,7 +6,10 @@ event without data would crash it). Partial previews come from the worker throug
 images.notify (Redis or in-process), never through the database.
 
 n > 1: the partial previews are those of the first image; then one `*.completed`
-event per image, in order (input tokens are counted on the first).
+event per image, in order (input tokens are counted on the first). Output moderation
+(issue 25): previews are classified before they are sent (withheld under `block`); an
+image withheld has no `*.completed` event, and a job whose every image was withheld ends
+with the `error` event of `moderation_blocked`.
 
 Two iterators make the same frames: `sse_events` (sync: a WSGI thread reads the job's
 events, blocking) and `sse_events_async` (the ASGI server: the events come from the
@@ -52,6 +55,12 @@ def _common(job: Job) -> dict[str, Any]:
         "background": params["background"],
         "output_format": params["output_format"],
     }
+
+
+def _marked(event: dict[str, Any]) -> dict[str, Any]:
+    """A preview's output-moderation mark (issue 25: blurred or flagged), when it has one.
+    A preview the tenant's `block` withholds is never published (images/worker.py)."""
+    return {"moderation": event["moderation"]} if event.get("moderation") else {}
 
 
 def _error_frame(message: str, code: str | None, type_: str = "server_error") -> bytes:
@@ -102,6 +111,7 @@ def sse_events(*, job_id: Any, prefix: str, client_gone: Callable[[], bool] | No
                     "b64_json": event["b64"],
                     **_common(job),
                     "partial_image_index": sent,
+                    **_marked(event),
                 },
             )
             sent += 1
@@ -130,6 +140,7 @@ def _final_frames(*, job_id: Any, prefix: str) -> list[bytes]:
                     **_common(job),
                     "usage": usage,
                     **({"seed": image.seed} if image.seed is not None else {}),  # our extension (docs/api.md)
+                    **({"moderation": image.moderation} if image.moderation else {}),  # (issue 25)
                 },
             )
         )
@@ -180,6 +191,7 @@ async def sse_events_async(*, job_id: Any, prefix: str) -> AsyncIterator[bytes]:
                             "b64_json": event["b64"],
                             **common,
                             "partial_image_index": sent,
+                            **_marked(event),
                         },
                     )
                     sent += 1

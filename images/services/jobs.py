@@ -27,7 +27,7 @@ from images import notify, task_status
 from images.errors import CANCEL_AFTER_EXCEEDED
 from images.files import image_delete_files
 from images.models import GeneratedImage, Job
-from images.services.webhooks import webhooks_job_settled
+from images.services.webhooks import webhooks_job_settled, webhooks_job_started
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ def job_start(*, job_id: Any) -> Job | None:
         return None
     job = Job.objects.select_related("model").get(pk=job_id)
     task_status.task_status_set(job=job)  # polls see it running, without the database
+    webhooks_job_started(job=job)  # (a Midjourney-proxy task's notifyHook hears IN_PROGRESS)
     return job
 
 
@@ -133,9 +134,26 @@ def job_progress(*, job_id: Any, steps_done: int) -> bool:
     )
 
 
-def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_tokens: int | None) -> bool:
+# What a succeeded job's usage record says (its error_code) when the output classifier
+# acted on some of its images (issue 25; Job.output_moderation holds the details).
+OUTPUT_MODERATION_USAGE_CODES = {"blocked": "output_withheld", "blurred": "output_blurred", "flagged": "output_flagged"}
+
+
+def job_complete(
+    *,
+    job: Job,
+    stored: list[dict[str, Any]],
+    gpu_ms: int,
+    prompt_tokens: int | None,
+    output_moderation: dict[str, Any] | None = None,
+) -> bool:
     """Record the images, capture the hold and close the usage record, once.
-    Returns False (and the caller deletes its files) if the job was settled meanwhile."""
+    Returns False (and the caller deletes its files) if the job was settled meanwhile.
+
+    `stored` are the images delivered: an image the output classifier withheld is not
+    among them, so it is not charged (the charge is pro rata to `len(stored)`).
+    `output_moderation` (images/services/output_moderation.job_output_summary) is kept
+    on the job and named by the usage record's error_code."""
     now = timezone.now()
     with transaction.atomic():
         won = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
@@ -144,6 +162,7 @@ def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_
             gpu_ms=gpu_ms,
             steps_done=job.steps,
             prompt_tokens=prompt_tokens,
+            output_moderation=output_moderation or {},
         )
         if not won:
             return False
@@ -162,6 +181,7 @@ def job_complete(*, job: Job, stored: list[dict[str, Any]], gpu_ms: int, prompt_
             queue_wait_ms=_ms(job.started_at - job.created_at) if job.started_at else None,
             gpu_ms=gpu_ms,
             latency_ms=_ms(now - job.created_at),
+            error_code=OUTPUT_MODERATION_USAGE_CODES.get((output_moderation or {}).get("action"), ""),
         )
     _inputs_delete(job)
     task_status.task_status_final(job_id=job.pk)
@@ -177,20 +197,38 @@ def _inputs_delete(job: Job) -> None:
     image_delete_files([name for name in (extra.get("init_file"), extra.get("mask_file")) if name])
 
 
-def job_fail(*, job_id: Any, code: str, message: str, status: str = Job.Status.FAILED) -> bool:
-    """Fail (or cancel) a job that is not yet terminal and release its hold in full."""
+def job_fail(
+    *,
+    job_id: Any,
+    code: str,
+    message: str,
+    status: str = Job.Status.FAILED,
+    output_moderation: dict[str, Any] | None = None,
+) -> bool:
+    """Fail (or cancel) a job that is not yet terminal and release its hold in full.
+
+    `output_moderation`: the job failed because the output classifier withheld every
+    image (issue 25): kept on the job, and its usage record's outcome is `blocked`."""
     now = timezone.now()
     with transaction.atomic():
         won = (
             Job.objects.filter(pk=job_id)
             .exclude(status__in=Job.TERMINAL)
-            .update(status=status, finished_at=now, error_code=code, error_message=message[:2000])
+            .update(
+                status=status,
+                finished_at=now,
+                error_code=code,
+                error_message=message[:2000],
+                output_moderation=output_moderation or {},
+            )
         )
         if not won:
             return False
         job = Job.objects.get(pk=job_id)
         billing.hold_release(job=job)
         outcome = UsageRecord.Outcome.CANCELLED if status == Job.Status.CANCELLED else UsageRecord.Outcome.FAILED
+        if output_moderation:
+            outcome = UsageRecord.Outcome.BLOCKED
         UsageRecord.objects.filter(job=job).update(
             outcome=outcome,
             error_code=code,

@@ -93,6 +93,7 @@ def test_removing_a_member_in_the_admin_revokes_their_keys(tenant):
         "name": t.name,
         "status": t.status,
         "moderation_level": t.moderation_level,
+        "output_moderation": t.output_moderation,
         "rpm_limit": "",
         "max_concurrent_jobs": "",
         "memberships-TOTAL_FORMS": "2",

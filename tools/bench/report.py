@@ -85,6 +85,10 @@ def table(r: dict[str, Any]) -> str:
     if dp:
         label = f"direct, {dp['processes']} proc x {dp['torch_threads_each']} thread"
         lines.append(f"{label:<28}{dp['images_per_s']:>10}")
+    if r.get("output_safety"):  # (issue 25; tools/bench/safety.py)
+        from tools.bench.safety import table as safety_table
+
+        lines += safety_table(r["output_safety"])
     lines += [
         f"{'platform C=' + str(p['concurrency']):<28}{s['images_per_s']:>10}{s['latency_ms_p50']:>10}"
         f"{s['latency_ms_p95']:>10}{s['pipeline_ms_p50']:>10}{s['overhead_ms_p50']:>10}{s['overhead_ms_p95']:>10}",

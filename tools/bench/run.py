@@ -20,6 +20,7 @@ from tools.bench import report
 from tools.bench.direct import run_direct, run_direct_processes
 from tools.bench.load import Client, run_api, run_generations, summarise_generations
 from tools.bench.measure import CpuWatch, rounded, wait_quiet
+from tools.bench.safety import run_output_safety
 from tools.deployment import Deployment
 
 QUALITY = "standard"
@@ -107,6 +108,9 @@ def bench_run(o: BenchOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
         }
         waits = {"direct": wait_quiet(o.quiet_wait)}
         direct = run_direct(**shape)
+        say(f"1/3 direct: output safety and provenance per image ({o.size}, batch of {o.n})")
+        waits["output_safety"] = wait_quiet(o.quiet_wait)
+        output_safety = run_output_safety(width=o.width, height=o.height, n=o.n)
         direct_processes = None
         if direct["device"] == "cpu" and processes > 1:
             waits["direct_processes"] = wait_quiet(o.quiet_wait)
@@ -195,6 +199,7 @@ def bench_run(o: BenchOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
         "quiet_waits_s": waits,
         "direct": direct,
         "direct_processes": direct_processes,
+        "output_safety": output_safety,
         "platform": platform_loaded,
         "platform_serial": platform_serial,
         "api": api,
