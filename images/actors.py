@@ -49,6 +49,7 @@ def generation_should_retry(retries: int, exception: BaseException) -> bool:
     on_retry_exhausted="generation_given_up",
 )
 def run_generation(job_id: str) -> None:
+    from images import tool_worker  # noqa: F401 (registers the tool job runners, issue 26)
     from images.worker import job_run
 
     job_run(job_id=job_id)

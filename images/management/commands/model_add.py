@@ -29,7 +29,16 @@ class Command(BaseCommand):
         parser.add_argument("public_id", help="the model id clients send, e.g. flux-schnell")
         parser.add_argument("source", help="a folder (absolute or under MODEL_DIR) or a cached hub id")
         parser.add_argument(
-            "--profile", required=True, choices=sorted(PROFILES), help="the OpenAI API shape it is offered with"
+            "--profile", choices=sorted(PROFILES), help="the OpenAI API shape it is offered with (generators)"
+        )
+        parser.add_argument(
+            "--kind",
+            default=ImageModel.Kind.GENERATOR,
+            choices=list(ImageModel.Kind.values),
+            help="generator (a diffusers pipeline, the default) or a tool model (docs/models.md)",
+        )
+        parser.add_argument(
+            "--price", type=int, help="tool models: credits per image of the tool's job kind (else --free)"
         )
         parser.add_argument("--queue", default="gpu", help="the Dramatiq queue its jobs go to (default gpu)")
         parser.add_argument(
@@ -52,8 +61,24 @@ class Command(BaseCommand):
         dtype: str,
         free: bool,
         update: bool,
+        kind: str = ImageModel.Kind.GENERATOR,
+        price: int | None = None,
         **options,
     ) -> None:
+        if kind != ImageModel.Kind.GENERATOR:
+            self._add_tool(
+                public_id=public_id,
+                source=source,
+                kind=kind,
+                queue=queue,
+                dtype=dtype,
+                free=free,
+                price=price,
+                update=update,
+            )
+            return
+        if not profile:
+            raise CommandError("--profile is required for a generator")
         try:
             model_folder_resolve(source=source)
         except FamilyError as exc:
@@ -119,6 +144,59 @@ class Command(BaseCommand):
             f"edit modes {capabilities['edit_modes'] or 'none'}, negative prompts "
             f"{'yes' if capabilities['negative_prompt'] else 'no'}"
             + (f"; sizes not served: {', '.join(skipped)}" if skipped else "")
+        )
+
+    def _add_tool(
+        self,
+        *,
+        public_id: str,
+        source: str,
+        kind: str,
+        queue: str,
+        dtype: str,
+        free: bool,
+        price: int | None,
+        update: bool,
+    ) -> None:
+        """A tool model (issue 26 item 1; images/tool_models.py): its folder checked for
+        what its loader reads, one price row for its job kind (`--price`) or `--free`."""
+        from images.tool_models import MODEL_KIND_OF_JOB, tool_folder_check
+
+        try:
+            tool_folder_check(kind=kind, source=source)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        relative = Path(source).expanduser()
+        if not relative.is_absolute() and relative.exists() and not (Path(settings.MODEL_DIR) / source).exists():
+            source = str(relative.resolve())
+        if not free and (price is None or price < 0):
+            raise CommandError("pass --price CREDITS (per image, an integer) or --free")
+        existing = ImageModel.objects.filter(public_id=public_id).first()
+        if existing is not None and not update:
+            raise CommandError(f"model {public_id!r} already exists (pass --update to refresh it)")
+        job_kind = next(job for job, model_kind in MODEL_KIND_OF_JOB.items() if model_kind == kind)
+        with transaction.atomic():
+            model, _ = ImageModel.objects.update_or_create(
+                public_id=public_id,
+                defaults={
+                    "kind": kind,
+                    "profile": ImageModel.Profile.DALLE2,  # (unused by tool jobs)
+                    "source": source,
+                    "dtype": dtype,
+                    "queue": queue,
+                    "steps_by_quality": {},
+                    "guidance": 0.0,
+                    "capabilities": {},
+                    "is_free": free,
+                    "enabled": True,
+                },
+            )
+            model.prices.all().delete()
+            if not free:
+                Price.objects.create(model=model, kind=job_kind, credits_per_image=price)
+        self.stdout.write(
+            f"{'updated' if existing else 'added'} {public_id}: {kind} from {source}, queue {queue}, "
+            + ("free" if free else f"{price} credits per {job_kind}")
         )
 
     @staticmethod

@@ -17,6 +17,7 @@ class Command(BaseCommand):
         with advisory_lock("platform:setup"):
             if not no_model:
                 call_command("build_demo_model")
+                call_command("build_tool_models")  # (issue 26: the embedded tool models)
             created = registry_seed()
         if created:
             self.stdout.write(f"Seeded {created} model(s) with default prices.")
