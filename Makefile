@@ -18,6 +18,7 @@ $(STAMP): requirements/*.txt
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@set -o pipefail; $(PY) -m pip install -q -r $(REQUIREMENTS) 2>&1 | { grep -v 'neither a file nor a directory' || true; }
+	@if [ "$(REQUIREMENTS)" != requirements/base.txt ]; then set -o pipefail; $(PY) -m pip install -q --no-deps -r requirements/worker-nodeps.txt 2>&1 | { grep -v 'neither a file nor a directory' || true; }; fi
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 setup: $(STAMP)

@@ -193,23 +193,18 @@ def credits_reverse(*, tenant: Tenant, credits: int, actor: str, note: str, idem
 
 
 def insufficient_credits(*, account: CreditAccount, cost: int) -> InsufficientCredits:
-    """The 402 for a request costing `cost` credits that `account` cannot pay: one
-    sentence for the hold and the pre-check. A debt is named as one (never a negative
-    available balance)."""
-    if account.owed:
-        return InsufficientCredits(
-            f"Insufficient credits: this request costs {cost} credits and your account owes {account.owed} credits "
-            "(credits of a refunded or disputed payment, already spent or held). Nothing can be spent until new "
-            "credits cover the debt."
-        )
-    return InsufficientCredits(
-        f"Insufficient credits: this request costs {cost} credits and your available balance is "
-        f"{account.available} credits ({account.balance} total, {account.held} held by requests in flight)."
-    )
+    """The 402 for a request costing `cost` credits that `account` cannot pay (the hold
+    and the pre-check): its price and the account's available and held credits."""
+    return InsufficientCredits(required=cost, available=account.available, held=account.held)
 
 
-def price_quote(*, model, kind: str, size: str, quality: str, n: int) -> int:
+def price_quote(*, model, kind: str, size: str, quality: str, n: int, action: str = "") -> int:
     """Credits for n images of `model`: the matching Price row's credits_per_image times n.
+
+    `action`: a vendor action priced on its own (the Midjourney proxy's `mj_imagine`,
+    `mj_upscale`, `mj_variation`, `mj_reroll`: images/services/midjourney.py). When the
+    model has a row whose kind names it, that action is the kind matched below; without
+    one the request's own `kind` prices it, as for every other request.
 
     A row matches when each of its kind, size and quality equals the request's or is ''
     (any). Of the matching rows the most specific wins, the dimensions compared in order:
@@ -233,6 +228,8 @@ def price_quote(*, model, kind: str, size: str, quality: str, n: int) -> int:
     from billing.selectors import price_best
 
     rows = _price_rows(model_id=model.pk)
+    if action and any(row.kind == action for row in rows):
+        kind = action
     credits = price_best(rows, kind=kind, size=size, quality=quality)
     if credits is not None:
         return credits * n

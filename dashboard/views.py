@@ -30,8 +30,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts import selectors as account_selectors
 from accounts import services as account_services
+from accounts.errors import TenantSuspended
 from accounts.models import Membership, Tenant
-from accounts.principals import caller_for_member
+from accounts.principals import caller_for_member, tenant_active_check
 from core.charts import bar_chart
 
 LOGIN_URL = "/dashboard/login/"
@@ -55,7 +56,9 @@ def member_required(view: Callable) -> Callable:
         membership = membership_for(request.user)
         if membership is None:
             return render(request, "dashboard/no_tenant.html", status=403)
-        if membership.tenant.status != Tenant.Status.ACTIVE:
+        try:
+            tenant_active_check(tenant=membership.tenant)
+        except TenantSuspended:  # (the pages answer in HTML; the dashboard's API in the envelope)
             return render(request, "dashboard/suspended.html", {"tenant": membership.tenant}, status=403)
         request.membership, request.tenant = membership, membership.tenant
         return view(request, *args, **kwargs)
@@ -119,9 +122,10 @@ def _sample_model() -> tuple[str, str]:
     """The model and size the samples use: dall-e-2 256x256 when offered (the cheapest
     seeded one), else the first enabled model at its profile's default size."""
     from images import selectors as image_selectors
+    from images.models import ImageModel
     from images.profiles import PROFILES
 
-    models = image_selectors.image_model_list()
+    models = image_selectors.image_model_list(kind=ImageModel.Kind.GENERATOR)  # (not the tool models)
     chosen = next((m for m in models if m.public_id == "dall-e-2"), models[0] if models else None)
     if chosen is None:
         return "dall-e-2", "1024x1024"
@@ -323,18 +327,26 @@ def job_detail(request: HttpRequest, job_id: str) -> HttpResponse:
     )
 
 
-def playground_models() -> list[dict[str, Any]]:
+def playground_models(*, tenant: Tenant | None = None) -> list[dict[str, Any]]:
     """What the playground offers for each enabled model, read from its API profile
     (images/profiles.py: sizes, qualities, n, GPT-only output formats, dall-e-3's styles)
     and its family's capabilities (negative prompts; unknown capabilities offer it, as
-    the API accepts it then). The page renders its controls from this list only:
-    [{"id", "profile", "sizes", "default_size", "qualities", "default_quality", "n_max",
-    "formats", "styles", "negative_prompt", "prompt_max"}]."""
-    from images import selectors as image_selectors
-    from images.profiles import PROFILES, STYLE_TEMPLATES, model_capabilities
+    the API accepts it then), plus the LoRA adapters `tenant` may use with it (issue 23:
+    images.services.loras.loras_by_model; none without a tenant). The page renders its
+    controls from this list only: [{"id", "profile", "sizes", "default_size",
+    "qualities", "default_quality", "n_max", "formats", "styles", "negative_prompt",
+    "prompt_max", "loras": [{"id", "trigger", "surcharge_credits"}], "loras_max"}]."""
+    from django.conf import settings
 
+    from images import selectors as image_selectors
+    from images.models import ImageModel
+    from images.profiles import PROFILES, STYLE_TEMPLATES, model_capabilities
+    from images.services.loras import loras_by_model
+
+    models = image_selectors.image_model_list(kind=ImageModel.Kind.GENERATOR)  # (tool models: their own endpoints)
+    adapters = loras_by_model(tenant=tenant, models=models) if tenant is not None else {}
     options = []
-    for model in image_selectors.image_model_list():
+    for model in models:
         profile = PROFILES[model.profile]
         capabilities = model_capabilities(model)
         options.append(
@@ -350,6 +362,11 @@ def playground_models() -> list[dict[str, Any]]:
                 "styles": list(STYLE_TEMPLATES) if profile.style else [],
                 "negative_prompt": bool(capabilities.get("negative_prompt", True)),
                 "prompt_max": profile.prompt_max,
+                "loras": [
+                    {key: lora[key] for key in ("id", "trigger", "surcharge_credits")}
+                    for lora in adapters.get(model.public_id, [])
+                ],
+                "loras_max": settings.LORA_MAX_PER_REQUEST,
             }
         )
     return options
@@ -358,7 +375,7 @@ def playground_models() -> list[dict[str, Any]]:
 @member_required
 @require_GET
 def playground(request: HttpRequest) -> HttpResponse:
-    models = playground_models()
+    models = playground_models(tenant=request.tenant)
     default = next((m["id"] for m in models if m["id"] == "dall-e-2"), models[0]["id"] if models else "")
     return render(
         request,

@@ -4,12 +4,15 @@ from django.db.models import Count
 
 from billing.models import Price
 from images.models import (
+    BlockedOutput,
     BlockedPrompt,
     GeneratedImage,
     ImageModel,
     Job,
     LoraAdapter,
+    LoraUploadGrant,
     ModerationTerm,
+    StabilityRoute,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -25,8 +28,19 @@ class PriceInline(admin.TabularInline):
 
 @admin.register(ImageModel)
 class ImageModelAdmin(admin.ModelAdmin):
-    list_display = ("public_id", "profile", "family", "source", "queue", "dtype", "enabled", "is_free", "price_rows")
-    list_filter = ("profile", "enabled", "is_free", "queue")
+    list_display = (
+        "public_id",
+        "kind",
+        "profile",
+        "family",
+        "source",
+        "queue",
+        "dtype",
+        "enabled",
+        "is_free",
+        "price_rows",
+    )
+    list_filter = ("kind", "profile", "enabled", "is_free", "queue")
     inlines = [PriceInline]
     actions = ["capabilities_refresh"]
 
@@ -57,6 +71,9 @@ class ImageModelAdmin(admin.ModelAdmin):
         from images.families_catalog import FamilyError
         from images.services.models import model_capabilities_compute, model_capabilities_refresh
 
+        if model.kind != ImageModel.Kind.GENERATOR:  # (issue 26: a tool model has no diffusers family)
+            self.message_user(request, f"{model.public_id}: {model.get_kind_display().lower()}, loaded by the worker")
+            return
         capabilities = model_capabilities_refresh(model=model)
         if capabilities:
             self.message_user(request, f"{model.public_id}: {capabilities['family']} family recorded")
@@ -121,6 +138,61 @@ class BlockedPromptAdmin(admin.ModelAdmin):
         return False
 
 
+@admin.register(BlockedOutput)
+class BlockedOutputAdmin(admin.ModelAdmin):
+    """Images the output classifier withheld (issue 25), with a small thumbnail. The
+    thumbnail is served by this admin's own view (`thumbnail/`), behind the admin's
+    staff login and the model's view permission: never by a public or signed link."""
+
+    list_display = ("created_at", "tenant", "model", "endpoint", "level", "categories", "job", "index", "picture")
+    list_filter = ("level", "tenant", "model")
+    readonly_fields = ("picture",)
+    list_select_related = ("tenant",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="thumbnail")
+    def picture(self, obj: BlockedOutput) -> str:
+        from django.urls import reverse
+        from django.utils.html import format_html
+
+        if not obj.thumbnail:
+            return "-"
+        url = reverse("admin:images_blockedoutput_thumbnail", args=[obj.pk])
+        return format_html('<img src="{}" alt="withheld image" width="64" loading="lazy">', url)
+
+    def get_urls(self):
+        from django.urls import path
+
+        view = self.admin_site.admin_view(self.thumbnail_view)  # (staff only: the admin's login)
+        return [
+            path("<int:object_id>/thumbnail/", view, name="images_blockedoutput_thumbnail"),
+            *super().get_urls(),
+        ]
+
+    def thumbnail_view(self, request, object_id: int):
+        from django.core.files.storage import default_storage
+        from django.http import Http404, HttpResponse
+
+        if not self.has_view_permission(request):
+            raise Http404
+        row = BlockedOutput.objects.filter(pk=object_id).first()
+        if row is None or not row.thumbnail:
+            raise Http404
+        try:
+            with default_storage.open(row.thumbnail, "rb") as handle:
+                data = handle.read()
+        except (FileNotFoundError, OSError):
+            raise Http404 from None
+        response = HttpResponse(data, content_type="image/webp")
+        response["Cache-Control"] = "private, no-store"
+        return response
+
+
 class LoraAdapterForm(forms.ModelForm):
     """The path must be a .safetensors file or a folder with one (as `manage.py lora_add`)."""
 
@@ -142,6 +214,8 @@ class LoraAdapterForm(forms.ModelForm):
     def clean_path(self) -> str:
         from images.services.loras import LoraPathError, lora_path_resolve
 
+        if self.instance.pk and self.instance.storage_name:  # a tenant's upload: its file is in the storage
+            return ""
         try:
             return lora_path_resolve(self.cleaned_data["path"])
         except LoraPathError as exc:
@@ -164,6 +238,16 @@ class LoraAdapterAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "public", "base_model")
     search_fields = ("name", "trigger_words")
     filter_horizontal = ("tenants",)
+    readonly_fields = ("storage_name", "size_bytes")
+
+
+@admin.register(LoraUploadGrant)
+class LoraUploadGrantAdmin(admin.ModelAdmin):
+    """Tenants that may upload their own LoRA adapters when LORA_TENANT_UPLOADS is
+    `granted` (issue 23; docs/configuration.md); max_adapters empty = the setting's."""
+
+    list_display = ("tenant", "max_adapters", "created_at")
+    autocomplete_fields = ("tenant",)
 
 
 @admin.register(WebhookEndpoint)
@@ -192,3 +276,13 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(StabilityRoute)
+class StabilityRouteAdmin(admin.ModelAdmin):
+    """Which own model serves each Stability v2beta endpoint (and each `model` value of
+    generate/sd3); its price rows price the endpoint (docs/api.md, "Stability v2beta shape")."""
+
+    list_display = ("service", "model_value", "image_model", "enabled")
+    list_filter = ("service", "enabled")
+    list_editable = ("image_model", "enabled")

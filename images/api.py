@@ -33,8 +33,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import Tenant
-from accounts.principals import Caller
+from accounts.principals import Caller, tenant_active_check
 from accounts.ratelimit import caller_from_request
 from billing.selectors import credits_available
 from core import idempotency
@@ -111,6 +110,10 @@ class Renderer:
     body: Callable[[Request, Job], dict[str, Any]]
     stream_prefix: str = "image_generation"
     always_async: bool = False
+    # The answer to an asynchronous submission; None: 202 with the task. A vendor shape
+    # whose submit answers its own way (the Midjourney proxy's `{code: 1, result: id}`,
+    # images/midjourney.py) gives it; a 200 is kept for the Idempotency-Key's replays.
+    accepted: Callable[[Request, Job], Response] | None = None
 
 
 def base_url(request: Request) -> str:
@@ -271,6 +274,8 @@ class ChargedViewSet(viewsets.ViewSet):
         if caller.ratelimit_headers:
             request._request.ratelimit_headers = caller.ratelimit_headers
         if renderer.always_async or "respond-async" in request.headers.get("Prefer", ""):
+            if renderer.accepted is not None:
+                return renderer.accepted(request, job)
             body = task_body(job=job, base_url=base_url(request))
             location = request.build_absolute_uri(f"/v1/images/tasks/{job.pk}")
             return Response(body, status=202, headers={"Location": location, "Preference-Applied": "respond-async"})
@@ -295,7 +300,9 @@ class ChargedViewSet(viewsets.ViewSet):
         job rendered again in the mode that was asked (JSON, or an event stream)."""
         job = Job.objects.select_related("model", "hold").filter(pk=record.job_id).first() if record.job_id else None
         finished = job is not None and job.status in Job.TERMINAL
-        if record.mode == "event-stream" and finished:
+        if renderer.accepted is not None and job is not None:
+            response = renderer.accepted(request, job)  # (a shape whose submission answers at once, again)
+        elif record.mode == "event-stream" and finished:
             response = sse_response(job=job, prefix=renderer.stream_prefix, asynchronous=request_is_asgi(request))
         elif record.status == record.Status.COMPLETED and record.response_body is not None:
             response = Response(record.response_body, status=record.response_status, headers=record.response_headers)
@@ -562,10 +569,8 @@ class ImagesViewSet(ChargedViewSet):
 
 def _active_caller(request: Request) -> Caller | None:
     caller = caller_from_request(request)
-    if caller is not None and caller.tenant.status != Tenant.Status.ACTIVE:  # (keys are refused at authentication)
-        raise PermissionDeniedError(
-            "This organization is suspended. Contact your platform operator.", code="tenant_suspended"
-        )
+    if caller is not None:  # (keys are refused at authentication already; sessions here)
+        tenant_active_check(tenant=caller.tenant)
     return caller
 
 

@@ -15,8 +15,21 @@ class ImageModel(models.Model):
         DALLE3 = "dall-e-3"
         GPT_IMAGE = "gpt-image"
 
+    class Kind(models.TextChoices):
+        """What the model does (issue 26 item 1; images/tool_models.py, docs/models.md):
+        a diffusers generator, or a tool model that runs on an input image."""
+
+        GENERATOR = "generator"
+        UPSCALER = "upscaler"  # an ESRGAN-class network loaded with spandrel
+        BACKGROUND_REMOVER = "background_remover"  # transformers image segmentation -> alpha
+        SEGMENTER = "segmenter"  # text-prompted masks (CLIPSeg)
+        CAPTIONER = "captioner"  # transformers image-to-text (describe)
+
     public_id = models.CharField(max_length=100, unique=True)
+    # A tool model's profile is not used for its tool jobs (images/tool_models.py has
+    # their rules); it only names the API shape of a generator.
     profile = models.CharField(max_length=16, choices=Profile.choices)
+    kind = models.CharField(max_length=32, choices=Kind.choices, default=Kind.GENERATOR)
     # A local folder (absolute, or relative to MODEL_DIR) or a hub id such as
     # "stabilityai/stable-diffusion-xl-base-1.0"; loaded with from_pretrained.
     source = models.CharField(max_length=500)
@@ -60,6 +73,12 @@ class Job(models.Model):
         GENERATE = "generate"
         EDIT = "edit"
         VARIATION = "variation"
+        # Tool jobs (issue 26 item 1; images/tool_models.py): one input image, run by a
+        # tool model of the matching ImageModel.Kind. Short values: Price.kind is 16 wide.
+        UPSCALE = "upscale"
+        REMOVE_BACKGROUND = "remove_bg"
+        SEGMENT = "segment"
+        DESCRIBE = "describe"
 
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
@@ -93,6 +112,13 @@ class Job(models.Model):
     # Extension (issue 24): a per-request webhook target (`webhook_url`), told of the
     # job's end like the tenant's endpoints (images.services.webhooks); "" = none.
     webhook_url = models.CharField(max_length=2000, blank=True, default="")
+    # Extension (issue 25): what the output classifier did to this job's images, shown
+    # on the task: {} (nothing found, or not checked), else {"action": "blocked" |
+    # "blurred" | "flagged", "categories": [...], "withheld": [image indexes not
+    # delivered]} (images/services/output_moderation.py).
+    output_moderation = models.JSONField(default=dict, blank=True)
+    # Extension (issue 26 item 1): a tool job's text result (a describe's captions), "" otherwise.
+    output_text = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["-created_at"]
@@ -119,6 +145,9 @@ class GeneratedImage(models.Model):
     # sending it back as `seed` with n=1 makes the same image. Null only for rows made
     # before it was recorded (the migration fills those in from the job).
     seed = models.BigIntegerField(null=True, blank=True)
+    # Extension (issue 25): {} for an image the output classifier passed (or did not
+    # check), else {"action": "blurred" | "flagged", "categories": [...]}, shown on its data item.
+    moderation = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -174,6 +203,30 @@ class BlockedPrompt(models.Model):
 
     def __str__(self) -> str:
         return f"blocked on {self.endpoint} ({', '.join(self.categories)})"
+
+
+class BlockedOutput(models.Model):
+    """A generated image the output classifier withheld (a tenant on `block`; issue 25),
+    for the operator's review: its scores and a small thumbnail (`thumbnail`, a storage
+    name) that only staff can open, through the admin. The image itself is never stored."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="blocked_outputs")
+    api_key = models.ForeignKey(APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL, related_name="blocked_outputs")
+    index = models.PositiveSmallIntegerField()  # the image's place among the job's n
+    model = models.CharField(max_length=100)
+    endpoint = models.CharField(max_length=100)
+    level = models.CharField(max_length=16)  # the moderation level its thresholds came from
+    categories = models.JSONField(default=list)  # the unsafe labels at or over the threshold
+    scores = models.JSONField(default=dict)  # every label's probability (0..1)
+    thumbnail = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"withheld image {self.index} of job {self.job_id} ({', '.join(self.categories)})"
 
 
 WEBHOOK_EVENTS = ("image.generation.completed", "image.generation.failed", "image.generation.cancelled")
@@ -307,6 +360,11 @@ class LoraAdapter(models.Model):
     tenants = models.ManyToManyField(Tenant, blank=True, related_name="lora_adapters")
     # The tenant that uploaded it (a tenant's own adapter: visible to that tenant only); null = the operator's.
     owner = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="owned_loras")
+    # A tenant's upload (POST /v1/loras): its file's name in the storage (images.lora_files;
+    # `path` is then empty and the worker fetches the file); "" for the operator's adapters.
+    storage_name = models.CharField(max_length=300, blank=True, default="")
+    # The uploaded file's size in bytes (0 for the operator's adapters).
+    size_bytes = models.PositiveBigIntegerField(default=0)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -315,3 +373,80 @@ class LoraAdapter(models.Model):
 
     def __str__(self) -> str:
         return f"lora {self.name}"
+
+
+class LoraUploadGrant(models.Model):
+    """A tenant allowed to upload its own LoRA adapters when LORA_TENANT_UPLOADS is
+    `granted` (issue 23; docs/configuration.md). Added and removed in the admin."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="lora_upload_grant")
+    # Adapters this tenant may keep at once; null = LORA_UPLOAD_MAX_PER_TENANT.
+    max_adapters = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"LoRA uploads for {self.tenant_id}"
+
+
+class StabilityRoute(models.Model):
+    """Which of the operator's models serves a Stability v2beta endpoint (issue 26 item 2;
+    images/stability.py, docs/api.md "Stability v2beta shape"). `service` is the path
+    after /v2beta/stable-image/ (`generate/core`); `model_value` the request's `model`
+    field where the endpoint takes one (`sd3.5-large` on generate/sd3), "" for the
+    endpoint's default. Prices are the served model's price rows. Without a row the
+    built-in defaults apply (images.stability.DEFAULT_ROUTES, seeded by `make setup`)."""
+
+    service = models.CharField(max_length=64)
+    model_value = models.CharField(max_length=100, blank=True, default="")
+    image_model = models.ForeignKey(ImageModel, on_delete=models.CASCADE, related_name="stability_routes")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["service", "model_value"]
+        constraints = [
+            models.UniqueConstraint(fields=["service", "model_value"], name="stability_route_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service}{'?model=' + self.model_value if self.model_value else ''} -> {self.image_model_id}"
+
+
+class MidjourneyTask(models.Model):
+    """A Midjourney-proxy task (issue 26 item 3; images/midjourney.py, docs/api.md
+    "Midjourney-proxy shape"): the proxy's id, action and echo fields around one Job,
+    which carries everything else (status, money, images). IMAGINE, VARIATION and
+    REROLL jobs make four images, delivered as one 2x2 grid (`grid_file`, made on first
+    render) whose cells stay stored for U1-U4 and V1-V4; an UPSCALE job delivers one."""
+
+    class Action(models.TextChoices):
+        IMAGINE = "IMAGINE"
+        UPSCALE = "UPSCALE"
+        VARIATION = "VARIATION"
+        REROLL = "REROLL"
+        BLEND = "BLEND"
+        DESCRIBE = "DESCRIBE"
+
+    # The proxy's id form: milliseconds since the epoch then random digits (a string).
+    id = models.CharField(max_length=32, primary_key=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="midjourney_tasks")
+    job = models.OneToOneField(Job, on_delete=models.CASCADE, related_name="midjourney_task")
+    action = models.CharField(max_length=16, choices=Action.choices)
+    # The task whose cell (`index`, 1-4) an UPSCALE or VARIATION used, or that a REROLL re-ran.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    index = models.PositiveSmallIntegerField(null=True, blank=True)
+    prompt = models.TextField(blank=True, default="")  # as sent, parameters included
+    prompt_en = models.TextField(blank=True, default="")  # what was parsed from it (no translation)
+    description = models.CharField(max_length=2000, blank=True, default="")  # "/imagine ...", "/up <id> U2"
+    state = models.CharField(max_length=2000, blank=True, default="")  # the caller's `state`, echoed
+    notify_hook = models.CharField(max_length=2000, blank=True, default="")
+    # How to run the task again (REROLL): the generation fields and the parsed prompt.
+    spec = models.JSONField(default=dict, blank=True)
+    grid_file = models.CharField(max_length=300, blank=True, default="")  # storage name of the 2x2 grid
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["tenant", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"midjourney {self.action} {self.pk}"

@@ -5,21 +5,34 @@ from __future__ import annotations
 import uuid
 
 from accounts.models import Tenant
+from accounts.principals import tenant_is_active
 from images.models import GeneratedImage, ImageModel, Job
 
 
-def image_model_list() -> list[ImageModel]:
-    """Enabled models by public id, their Price rows prefetched (for `model_pricing`)."""
-    return list(ImageModel.objects.filter(enabled=True).order_by("public_id").prefetch_related("prices"))
+def image_model_list(*, kind: str | None = None) -> list[ImageModel]:
+    """Enabled models by public id, their Price rows prefetched (for `model_pricing`);
+    only those of `kind` (ImageModel.Kind: e.g. generators, without the tool models of
+    issue 26) when given."""
+    models = ImageModel.objects.filter(enabled=True)
+    if kind is not None:
+        models = models.filter(kind=kind)
+    return list(models.order_by("public_id").prefetch_related("prices"))
 
 
 def model_pricing(model: ImageModel):
     """The model's price per image for every kind, size and quality its API profile
     accepts (images/profiles.py), as billing.selectors.PriceLine items; combinations
-    without a price row are left out (refused as `price_not_configured`)."""
+    without a price row are left out (refused as `price_not_configured`). A tool model
+    (issue 26: an upscaler, background remover, segmenter or captioner) has one line, its
+    job kind at any size (`size` and `quality` "any"): its price rows are per image,
+    whatever the input's size (images/tool_models.py)."""
     from billing.selectors import model_price_list
     from images.profiles import PROFILES
+    from images.tool_models import MODEL_KIND_OF_JOB
 
+    if model.kind != ImageModel.Kind.GENERATOR:
+        kinds = tuple(job for job, served_by in MODEL_KIND_OF_JOB.items() if served_by == model.kind)
+        return model_price_list(model=model, kinds=kinds, sizes=("any",), qualities=("any",), rows=model.prices.all())
     profile = PROFILES[model.profile]
     return model_price_list(
         model=model, kinds=profile.kinds, sizes=profile.sizes, qualities=profile.qualities, rows=model.prices.all()
@@ -52,11 +65,8 @@ def image_get(*, tenant_id: int, image_id: str) -> GeneratedImage | None:
         image_uuid = uuid.UUID(image_id)
     except ValueError:
         return None
-    return (
-        GeneratedImage.objects.select_related("job")
-        .filter(pk=image_uuid, job__tenant_id=tenant_id, job__tenant__status=Tenant.Status.ACTIVE)
-        .first()
-    )
+    image = GeneratedImage.objects.select_related("job__tenant").filter(pk=image_uuid, job__tenant_id=tenant_id).first()
+    return image if image is not None and tenant_is_active(image.job.tenant) else None
 
 
 def jobs_in_flight_count(*, tenant: Tenant) -> int:

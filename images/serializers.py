@@ -28,6 +28,27 @@ from images.queue_position import queue_position
 from images.validation import image_seed
 
 
+class OutputModerationSerializer(serializers.Serializer):
+    """Extension (issue 25): what the output classifier did to an image (or a task's images)."""
+
+    action = serializers.ChoiceField(
+        choices=["blocked", "blurred", "flagged"],
+        help_text="blurred: delivered strongly blurred; flagged: delivered as made; blocked (tasks only): "
+        "some or all images withheld",
+    )
+    categories = serializers.ListField(child=serializers.CharField(), help_text="the classifier's unsafe labels")
+    withheld = serializers.ListField(
+        child=serializers.IntegerField(),
+        required=False,
+        help_text="tasks only: the indexes (0..n-1) of the images withheld, neither delivered nor charged",
+    )
+
+
+class WithheldImageSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="the image's place among the n asked for (0-based)")
+    categories = serializers.ListField(child=serializers.CharField())
+
+
 class ImageDataSerializer(serializers.Serializer):
     url = serializers.URLField(required=False, help_text="Signed link, readable without the key, one hour")
     b64_json = serializers.CharField(required=False)
@@ -36,6 +57,11 @@ class ImageDataSerializer(serializers.Serializer):
         required=False,
         help_text="Extension (not in OpenAI's API): the seed this image was made with; sent back as `seed` "
         "with n=1 it makes the same image (docs/api.md)",
+    )
+    moderation = OutputModerationSerializer(
+        required=False,
+        help_text="Extension (issue 25): present only when the output classifier found the image unsafe and "
+        "the tenant's action delivers it (blurred or flagged; docs/api.md)",
     )
 
 
@@ -59,6 +85,12 @@ class ImagesResponseSerializer(serializers.Serializer):
     size = serializers.CharField(required=False, help_text="GPT-image models only")
     quality = serializers.CharField(required=False, help_text="GPT-image models only")
     usage = ImageUsageSerializer(required=False, help_text="GPT-image models only")
+    withheld = WithheldImageSerializer(
+        many=True,
+        required=False,
+        help_text="Extension (issue 25): present only when the output classifier withheld some of the n images "
+        "(a tenant on `block`); `data` holds the others, in order, and only they are charged",
+    )
 
 
 class TaskProgressSerializer(serializers.Serializer):
@@ -93,14 +125,25 @@ class TaskSerializer(serializers.Serializer):
         help_text="Extension: a queued task's place in its model's queue (1 = next); null once running "
         "or finished (images/queue_position.py)",
     )
+    moderation = OutputModerationSerializer(
+        allow_null=True,
+        required=False,
+        help_text="Extension (issue 25): what the output classifier did to the task's images; null when it "
+        "found nothing (or did not run)",
+    )
 
 
 class ModelPriceSerializer(serializers.Serializer):
     """One price of a model (extension, docs/api.md): one image of `kind` at `size` and `quality`."""
 
-    kind = serializers.ChoiceField(choices=["generate", "edit", "variation"])
-    size = serializers.CharField(help_text="e.g. 1024x1024")
-    quality = serializers.CharField(help_text="the resolved quality: standard, hd, low, medium, high")
+    kind = serializers.ChoiceField(
+        choices=["generate", "edit", "variation", "upscale", "remove_bg", "segment", "describe"],
+        help_text="the request kind; a tool model's (docs/models.md) is its job kind",
+    )
+    size = serializers.CharField(help_text='e.g. 1024x1024; "any" for a tool model (priced per image)')
+    quality = serializers.CharField(
+        help_text='the resolved quality: standard, hd, low, medium, high; "any" for a tool model'
+    )
     credits = serializers.IntegerField(help_text="credits charged per image (what the ledger records)")
     amount = serializers.CharField(
         allow_null=True, help_text='the same in `currency`, a decimal string ("0.016"); null when not configured'
@@ -206,8 +249,13 @@ def images_response_body(*, job: Job, base_url: str) -> dict[str, Any]:
             item["revised_prompt"] = job.prompt
         if image.seed is not None:
             item["seed"] = image.seed
+        if image.moderation:
+            item["moderation"] = image.moderation
         data.append(item)
     body: dict[str, Any] = {"created": int(job.created_at.timestamp()), "data": data}
+    withheld = job_withheld(job)
+    if withheld:
+        body["withheld"] = withheld
     if profile.gpt:
         body.update(
             background=params["background"],
@@ -217,6 +265,12 @@ def images_response_body(*, job: Job, base_url: str) -> dict[str, Any]:
             usage=usage_body(job),
         )
     return ImagesResponseSerializer(body).data
+
+
+def job_withheld(job: Job) -> list[dict[str, Any]]:
+    """The images of a job the output classifier withheld (issue 25): [{index, categories}]."""
+    summary = job.output_moderation or {}
+    return [{"index": index, "categories": summary.get("categories") or []} for index in summary.get("withheld") or []]
 
 
 def _ts(value) -> int | None:
@@ -256,13 +310,17 @@ def task_body(*, job: Job, base_url: str) -> dict[str, Any]:
         "queue_position": queue_position(queue=job.model.queue, job_id=job.pk)
         if job.status == Job.Status.QUEUED
         else None,
+        "moderation": job.output_moderation or None,
     }
     error = job_error(job=job)  # how it ended, as a waiting request hears it (images/errors.py)
     if error is not None:
         body["error"] = error.body()["error"]
     elif job.status == Job.Status.SUCCEEDED:
         body["result"] = images_response_body(job=job, base_url=base_url)
-    return TaskSerializer(body).data
+    data = TaskSerializer(body).data
+    if error is not None:  # the error object whole: its fields beyond the four (moderation_details...)
+        data["error"] = {**data["error"], **body["error"]}
+    return data
 
 
 def task_body_from_status(*, job_id: str, status: dict[str, str]) -> dict[str, Any]:
@@ -351,6 +409,12 @@ def reseller_body(*, job: Job, base_url: str, request_id: str) -> dict[str, Any]
 
 
 def reseller_error_body(*, error: dict[str, Any], status: int, request_id: str) -> dict[str, Any]:
-    return ResellerErrorSerializer(
+    """Seed 003's error envelope around OpenAI's error object. The object goes in whole:
+    the fields an error carries beyond the four (a 402's `required`, `available`, `held`
+    and `top_up_url`; a key budget's `budget_key`, `limit`, `spent`) are kept, as in
+    the OpenAI envelope."""
+    body = ResellerErrorSerializer(
         {"code": status, "data": None, "message": error["message"], "error": error, "request_id": request_id}
     ).data
+    body["error"] = {**body["error"], **error}
+    return body

@@ -37,6 +37,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 from dramatiq.middleware import TimeLimitExceeded
 
+from accounts.models import Tenant
 from core.errors import InvalidRequest
 from images import notify
 from images.backends import get_backend
@@ -48,12 +49,24 @@ from images.backends.base import (
     effective_steps,
     preview_steps_for,
 )
-from images.errors import UNSUPPORTED_BY_FAMILY
+from images.errors import OUTPUT_MODERATION_BLOCKED, UNSUPPORTED_BY_FAMILY
 from images.files import CONTENT_TYPES, image_delete_files, image_encode, image_save
+from images.lora_files import LoraFetchError, lora_local_path
 from images.models import ImageModel, Job
+from images.output_shape import output_apply
 from images.profiles import capabilities_check
 from images.services.jobs import job_complete, job_deadline_reached, job_fail, job_progress, job_start
+from images.services.output_moderation import (
+    blocked_output_record,
+    image_blur,
+    job_output_summary,
+    output_action,
+    output_level,
+    output_mark,
+    output_verdicts,
+)
 from images.task_status import task_status_progress, task_status_shared
+from images.tool_models import TOOL_JOB_KINDS
 from images.validation import image_seed
 
 logger = logging.getLogger(__name__)
@@ -76,6 +89,11 @@ SETTLED_DB_INTERVAL = 5.0
 # storing and settling, so that our own stop comes before Dramatiq's (an asynchronous
 # exception that could land anywhere, even in the middle of settling).
 PIPELINE_TIME_SHARE = 0.9
+
+# The runners of the tool job kinds (issue 26 item 1), by Job.kind: registered by
+# images.tool_worker, which builds on this module's parts and which images.actors imports
+# beside it (so this module imports nothing back: tests/test_import_rules.py, no cycles).
+TOOL_RUNNERS: dict[str, Callable[[Job, dict[str, Any]], None]] = {}
 
 # should_stop's reasons (GenerationResult.stopped)
 STOP_SETTLED = "settled"  # the job is no longer running: cancelled, or failed by the sweep
@@ -165,9 +183,20 @@ def pipeline_source(model: ImageModel) -> PipelineSource:
     return PipelineSource(source=source, dtype=model.dtype, local_files_only=not settings.MODEL_ALLOW_DOWNLOADS)
 
 
-def _encode_and_store(job: Job, index: int, image: Any, seed: int) -> dict[str, Any]:
+def _encode_and_store(
+    job: Job, index: int, image: Any, seed: int, moderation: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Mark (the invisible watermark), encode, sign (a C2PA manifest, when configured)
+    and store one delivered image (issue 25: images/backends/local/provenance.py);
+    returns its GeneratedImage fields, `moderation` its output-moderation mark. A
+    blurred image gets no watermark: its chroma pattern would add back edge energy the
+    blur removed; the manifest and the API's mark still say what it is."""
+    backend = get_backend()
     fmt = job.params.get("output_format", "png")
+    if (moderation or {}).get("action") != "blurred":  # (its pattern would put back the edges the blur took out)
+        image = backend.watermark(image)
     data = image_encode(image, output_format=fmt, compression=int(job.params.get("output_compression", 100)))
+    data = backend.sign(data, content_type=CONTENT_TYPES[fmt], model=job.model.public_id, generated_at=timezone.now())
     name = image_save(job_id=str(job.pk), index=index, data=data, output_format=fmt)
     return {
         "index": index,
@@ -177,6 +206,7 @@ def _encode_and_store(job: Job, index: int, image: Any, seed: int) -> dict[str, 
         "height": image.height,
         "bytes": len(data),
         "seed": seed,
+        "moderation": moderation or {},
     }
 
 
@@ -228,8 +258,21 @@ def _publish_preview(job: Job, index: int, image: Any, steps_done: int) -> None:
         return
     fmt = job.params.get("output_format", "png")
     preview = image.resize((job.width, job.height), Image.Resampling.BILINEAR)
+    event: dict[str, Any] = {"type": "partial", "index": index}
+    action = output_action(job=job)
+    if action != Tenant.OutputModeration.OFF:  # (issue 25: classified before it is sent)
+        try:
+            verdict = output_verdicts(scores=get_backend().classify([image]), level=output_level(job=job))[0]
+        except Exception:  # an unchecked preview is never sent
+            logger.warning("could not classify a preview of job %s; preview dropped", job.pk, exc_info=True)
+            return
+        if verdict.unsafe and action == Tenant.OutputModeration.BLOCK:
+            return
+        if verdict.unsafe:
+            preview = image_blur(preview) if action == Tenant.OutputModeration.BLUR else preview
+            event["moderation"] = output_mark(action=action, categories=verdict.categories)
     data = image_encode(preview, output_format=fmt, compression=min(80, int(job.params.get("output_compression", 100))))
-    notify.job_event_publish(job.pk, {"type": "partial", "index": index, "b64": base64.b64encode(data).decode("ascii")})
+    notify.job_event_publish(job.pk, {**event, "b64": base64.b64encode(data).decode("ascii")})
 
 
 def _stop_rule(job: Job, settled: threading.Event, expired: threading.Event) -> Callable[[], str | None]:
@@ -286,6 +329,16 @@ def job_run(*, job_id: str) -> None:
     backend = get_backend()
     source = pipeline_source(job.model)
     extra = job.params.get("extra") or {}
+    if extra.get("pipeline") is False:  # (no model: the input, reshaped, is the result)
+        _deliver_input(job, extra)
+        return
+    if job.kind in TOOL_JOB_KINDS:  # (issue 26: a tool model on the job's input image)
+        runner = TOOL_RUNNERS.get(job.kind)
+        if runner is None:
+            job_fail(job_id=job.pk, code="generation_failed", message="This worker cannot run tool models.")
+            return
+        runner(job, extra)
+        return
     refusal = _capabilities_reconcile(job, backend, source, masked=bool(extra.get("mask_file")))
     if refusal is not None:  # a 400 for this job too (images.errors), never a retryable 502
         logger.warning("job %s refused by the model's family: %s", job.pk, refusal)
@@ -296,6 +349,12 @@ def job_run(*, job_id: str) -> None:
     except Exception:
         logger.exception("job %s: reading its input images failed", job.pk)
         job_fail(job_id=job.pk, code="input_missing", message="The job's input images could not be read.")
+        return
+    try:
+        loras = _loras(job.params.get("loras") or ())
+    except LoraFetchError as exc:  # a tenant's upload deleted after the request, or the store away
+        logger.warning("job %s: %s", job.pk, exc)
+        job_fail(job_id=job.pk, code="lora_missing", message="A LoRA adapter of this job could not be read.")
         return
     strength = float(extra.get("strength") or 0.75)
     partials = int(job.params.get("partial_images") or 0) if job.params.get("stream") else 0
@@ -315,7 +374,7 @@ def job_run(*, job_id: str) -> None:
         strength=strength,
         should_stop=_stop_rule(job, settled, expired),
         # LoRA adapters (issue 23), resolved by images.services.loras when the job was made.
-        loras=tuple(LoraSpec(**lora) for lora in job.params.get("loras") or ()),
+        loras=loras,
     )
     if partials:  # streaming: previews at steps spread over the steps actually run
         task.preview_steps = preview_steps_for(effective_steps(task), partials)
@@ -348,8 +407,22 @@ def job_run(*, job_id: str) -> None:
         logger.info("job %s stopped after %d step(s): %s", job.pk, result.steps_done, result.stopped or STOP_SETTLED)
         _fail_stopped(job, result.stopped or STOP_SETTLED)
         return
+    images = result.images
+    if extra.get("output"):  # a vendor shape's own geometry (images/output_shape.py)
+        try:
+            images = [output_apply(image, extra["output"], init=init_image, mask=mask_image) for image in images]
+        except Exception as exc:
+            logger.exception("job %s: shaping its output failed", job.pk)
+            job_fail(job_id=job.pk, code="generation_failed", message=f"Shaping the output failed: {exc}")
+            return
+    checked = _output_moderate(job, backend, images)
+    if checked is None:  # settled: every image withheld, or the check failed
+        return
+    images, marks, output_moderation = checked
     futures = [
-        _encoder.submit(_encode_and_store, job, i, image, task.seeds[i]) for i, image in enumerate(result.images)
+        _encoder.submit(_encode_and_store, job, i, image, task.seeds[i], marks[i])
+        for i, image in enumerate(images)
+        if image is not None
     ]
     try:
         stored = [future.result() for future in futures]
@@ -358,7 +431,96 @@ def job_run(*, job_id: str) -> None:
         image_delete_files([f.result()["file"] for f in futures if f.done() and not f.exception()])
         job_fail(job_id=job.pk, code="storage_failed", message=f"Storing the images failed: {exc.__class__.__name__}")
         return
-    if not job_complete(job=job, stored=stored, gpu_ms=int(result.seconds * 1000), prompt_tokens=prompt_tokens):
+    if not job_complete(
+        job=job,
+        stored=stored,
+        gpu_ms=int(result.seconds * 1000),
+        prompt_tokens=prompt_tokens,
+        output_moderation=output_moderation,
+    ):
+        image_delete_files([row["file"] for row in stored])
+
+
+def _output_moderate(
+    job: Job, backend: Any, images: list[Any]
+) -> tuple[list[Any], list[dict[str, Any]], dict[str, Any]] | None:
+    """The output check (issue 25; images/services/output_moderation.py): classify the
+    job's images in one batch and apply the tenant's action. Returns (the images to
+    deliver, None where withheld; each one's mark; the job's summary), or None when the
+    job was settled here: every image withheld (`moderation_blocked`, nothing charged),
+    or the classifier failed (`moderation_unavailable`: no unchecked image is delivered)."""
+    action = output_action(job=job)
+    if action == Tenant.OutputModeration.OFF:
+        return images, [{} for _ in images], {}
+    try:
+        scores = backend.classify(images)
+    except Exception as exc:
+        logger.exception("job %s: the output classifier failed", job.pk)
+        job_fail(
+            job_id=job.pk,
+            code="moderation_unavailable",
+            message=f"The output safety check failed ({exc.__class__.__name__}); nothing was charged.",
+        )
+        return None
+    level = output_level(job=job)
+    verdicts = output_verdicts(scores=scores, level=level)
+    delivered: list[Any] = []
+    marks: list[dict[str, Any]] = []
+    for verdict, image in zip(verdicts, images, strict=True):
+        if not verdict.unsafe:
+            delivered.append(image)
+            marks.append({})
+        elif action == Tenant.OutputModeration.BLOCK:
+            blocked_output_record(job=job, verdict=verdict, image=image, level=level)
+            delivered.append(None)
+            marks.append({})
+        else:
+            delivered.append(image_blur(image) if action == Tenant.OutputModeration.BLUR else image)
+            marks.append(output_mark(action=action, categories=verdict.categories))
+    summary = job_output_summary(action=action, verdicts=verdicts)
+    if all(image is None for image in delivered):
+        logger.info("job %s: every image withheld by the output check (%s)", job.pk, summary.get("categories"))
+        job_fail(
+            job_id=job.pk,
+            code=OUTPUT_MODERATION_BLOCKED,
+            message="The output safety check withheld every image.",
+            output_moderation=summary,
+        )
+        return None
+    return delivered, marks, summary
+
+
+def _loras(entries: Any) -> tuple[LoraSpec, ...]:
+    """The job's adapters (images.services.loras.ResolvedLora.as_json) as LoraSpecs: a
+    tenant's upload (`storage`) fetched to a local file first (images.lora_files). Raises
+    LoraFetchError."""
+    return tuple(
+        LoraSpec(
+            name=entry["name"],
+            path=lora_local_path(entry["storage"]) if entry.get("storage") else entry["path"],
+            scale=entry["scale"],
+        )
+        for entry in entries
+    )
+
+
+def _deliver_input(job: Job, extra: dict[str, Any]) -> None:
+    """A job that runs no model (GenerationRequest.pipeline False: Midjourney's U1-U4,
+    images/services/midjourney.py): its stored input image, shaped by the job's `output`
+    spec (images/output_shape.py: `size` resizes with Lanczos), is its one image. Failing
+    to read, shape or store it fails the job and releases its hold, like a pipeline error."""
+    try:
+        init_image, _ = _inputs(extra)
+        if init_image is None:
+            raise ValueError("the job has no input image")
+        image = output_apply(init_image, extra.get("output") or {}, init=None, mask=None)
+        stored = [_encode_and_store(job, 0, image, job.seed)]
+    except Exception as exc:
+        logger.exception("job %s: delivering its input failed", job.pk)
+        job_fail(job_id=job.pk, code="generation_failed", message=f"Image processing failed: {exc.__class__.__name__}")
+        return
+    task_status_progress(job_id=job.pk, steps_done=job.steps)
+    if not job_complete(job=job, stored=stored, gpu_ms=0, prompt_tokens=None):
         image_delete_files([row["file"] for row in stored])
 
 

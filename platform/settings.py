@@ -160,6 +160,9 @@ else:
     )
 
 CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+# Seconds an API key row (with its tenant) is served from the cache instead of the database;
+# a change to a key or tenant drops it at once (accounts/key_cache.py). 0: read every time.
+API_KEY_CACHE_SECONDS = env.int("API_KEY_CACHE_SECONDS", default=10)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
@@ -246,6 +249,30 @@ MODEL_DIR = env.path("MODEL_DIR", default=VAR_DIR / "models")
 # at most LORA_MAX_PER_REQUEST adapters in `loras` (docs/models.md, "LoRA adapters").
 LORA_DIR = env.path("LORA_DIR", default=VAR_DIR / "loras")
 LORA_MAX_PER_REQUEST = env.int("LORA_MAX_PER_REQUEST", default=3)
+# Tenants' own adapters (POST /v1/loras): off (default), granted (only tenants with a
+# LoRA upload grant in the admin) or all; files up to LORA_UPLOAD_MAX_BYTES, at most
+# LORA_UPLOAD_MAX_PER_TENANT per tenant (a grant may say otherwise).
+_lora_uploads = env.str("LORA_TENANT_UPLOADS", default="off").strip().lower()
+LORA_TENANT_UPLOADS = {"false": "off", "0": "off", "no": "off", "true": "all", "1": "all", "yes": "all"}.get(
+    _lora_uploads, _lora_uploads
+)
+if LORA_TENANT_UPLOADS not in ("off", "granted", "all"):
+    raise ImproperlyConfigured("LORA_TENANT_UPLOADS must be off, granted or all")
+LORA_UPLOAD_MAX_BYTES = env.int("LORA_UPLOAD_MAX_BYTES", default=256 * 1024 * 1024)
+LORA_UPLOAD_MAX_PER_TENANT = env.int("LORA_UPLOAD_MAX_PER_TENANT", default=20)
+
+# The Midjourney-proxy shape (/mj/..., issue 26 item 3; docs/configuration.md): the model
+# that serves it (a profile making 4 images a request: dall-e-2 or gpt-image), the cell
+# size --ar 1:1 picks ("" = the profile's default), how many times U1-U4 enlarge a cell
+# (1-4, Lanczos resize) and the img2img strength of V1-V4 (0-1; not money).
+MJ_MODEL = env.str("MJ_MODEL", default="dall-e-2")
+MJ_BASE_SIZE = env.str("MJ_BASE_SIZE", default="")
+MJ_UPSCALE_FACTOR = env.int("MJ_UPSCALE_FACTOR", default=2)
+if not 1 <= MJ_UPSCALE_FACTOR <= 4:
+    raise ImproperlyConfigured("MJ_UPSCALE_FACTOR must be 1 to 4")
+MJ_VARIATION_STRENGTH = env.float("MJ_VARIATION_STRENGTH", default=0.6)
+if not 0 < MJ_VARIATION_STRENGTH <= 1:
+    raise ImproperlyConfigured("MJ_VARIATION_STRENGTH must be above 0 and at most 1")
 
 # 64 MB: the largest multipart edit (several gpt-image inputs) must fit.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=64 * 1024 * 1024)
@@ -310,6 +337,45 @@ if MODERATION_CLASSIFIER_FAILURE not in ("open", "closed"):
     raise ImproperlyConfigured(
         f"MODERATION_CLASSIFIER_FAILURE must be 'open' or 'closed', not {MODERATION_CLASSIFIER_FAILURE!r}"
     )
+
+# ---- Output safety and provenance (issue 25; docs/configuration.md) ----
+# A transformers image-classification model folder (e.g. Falconsai/nsfw_image_detection,
+# downloaded); every generated image (and stream preview) is classified on the worker,
+# on the pipeline's device. "" = no output check (tenants' actions then do nothing).
+OUTPUT_MODERATION_MODEL = env.str("OUTPUT_MODERATION_MODEL", default="")
+# The model's labels that count as unsafe, and the score (0..1) at or above which an
+# image is unsafe, per moderation level (the tenant's, or the request's `moderation`).
+OUTPUT_MODERATION_UNSAFE_LABELS = env.list("OUTPUT_MODERATION_UNSAFE_LABELS", default=["nsfw"])
+OUTPUT_MODERATION_THRESHOLDS = {
+    level: float(value)
+    for level, value in env.dict(
+        "OUTPUT_MODERATION_THRESHOLDS", default={"strict": "0.3", "standard": "0.5", "low": "0.8"}
+    ).items()
+}
+if set(OUTPUT_MODERATION_THRESHOLDS) != {"strict", "standard", "low"} or not all(
+    0.0 <= value <= 1.0 for value in OUTPUT_MODERATION_THRESHOLDS.values()
+):
+    raise ImproperlyConfigured("OUTPUT_MODERATION_THRESHOLDS must set strict, standard and low, each within 0..1")
+# The action a self-service sign-up's tenant gets: block, blur, flag or off.
+SIGNUP_OUTPUT_MODERATION = env.str("SIGNUP_OUTPUT_MODERATION", default="block")
+if SIGNUP_OUTPUT_MODERATION not in ("block", "blur", "flag", "off"):
+    raise ImproperlyConfigured(
+        f"SIGNUP_OUTPUT_MODERATION must be block, blur, flag or off, not {SIGNUP_OUTPUT_MODERATION!r}"
+    )
+# An invisible watermark (invisible-watermark's dwtDct, as SDXL uses) on every delivered
+# image of at least 256x256: OUTPUT_WATERMARK_TEXT, 1..16 ASCII bytes (short payloads
+# decode more reliably). Off with OUTPUT_WATERMARK=false.
+OUTPUT_WATERMARK = env.bool("OUTPUT_WATERMARK", default=True)
+OUTPUT_WATERMARK_TEXT = env.str("OUTPUT_WATERMARK_TEXT", default="AIGC")
+if not (OUTPUT_WATERMARK_TEXT.isascii() and 1 <= len(OUTPUT_WATERMARK_TEXT) <= 16):
+    raise ImproperlyConfigured("OUTPUT_WATERMARK_TEXT must be 1 to 16 ASCII characters")
+# A C2PA manifest (c2pa-python) on every delivered image when both are set: PEM files of
+# the signing certificate chain (signer first) and its private key (`manage.py
+# c2pa_dev_cert` makes a development pair). "" = no manifest.
+OUTPUT_C2PA_CERT = env.str("OUTPUT_C2PA_CERT", default="")
+OUTPUT_C2PA_KEY = env.str("OUTPUT_C2PA_KEY", default="")
+if bool(OUTPUT_C2PA_CERT) != bool(OUTPUT_C2PA_KEY):
+    raise ImproperlyConfigured("OUTPUT_C2PA_CERT and OUTPUT_C2PA_KEY are set together (or neither)")
 
 # ---- Generation -------------------------------------------------------------------
 # How long a synchronous request waits for its job before answering with the job id.

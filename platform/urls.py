@@ -7,8 +7,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 import api_router
-import api_schema  # noqa: F401  (annotates the API views for the OpenAPI schema)
-from billing import api as billing_api
+import api_schema  # noqa: F401  (the OpenAPI document's bearer scheme, tags and order)
 from billing.payments.webhook import stripe_webhook
 from core.errors import APIError, InvalidRequest, NotFound, json_error_response
 from core.metrics import metrics_view
@@ -17,6 +16,7 @@ from dashboard import views as dashboard
 from dashboard.playground import PlaygroundViewSet
 from health import healthz, readyz
 from images import api as images_api
+from images import stability
 
 # The admin has no login form of its own: /admin/login/ sends a signed-out visitor to
 # LOGIN_URL (/dashboard/login/, then allauth's login stages: the second factor, a
@@ -35,13 +35,12 @@ urlpatterns = [
     path("dashboard/", include("dashboard.urls")),
     path("docs/", SpectacularSwaggerView.as_view(url_name="openapi-schema"), name="api-docs"),
     path("v1/openapi.json", SpectacularJSONAPIView.as_view(), name="openapi-schema"),
-    path("v1/balance", billing_api.BalanceView.as_view()),
-    path("v1/usage", billing_api.UsageView.as_view()),
-    path("v1/credits/redeem", billing_api.RedeemView.as_view(), name="credits-redeem"),
     path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("accounts/", include("allauth.urls")),
+    path("v1/user/balance", stability.StabilityBalanceView.as_view()),  # Stability's shape (issue 26)
     path("v1/", include(api_router.v1_router.urls)),
     path("api/", include(api_router.api_router.urls)),
+    path("mj/", include(api_router.mj_router.urls)),
     path("dashboard/api/generations", PlaygroundViewSet.as_view({"post": "create"}), name="playground-submit"),
     path(
         "dashboard/api/tasks/<str:task_id>",
@@ -49,10 +48,13 @@ urlpatterns = [
         name="playground-task",
     ),
     # Anything else under the API prefixes: a 404 in the envelope, DEBUG or not.
-    re_path(r"^(?:v1|api)/.*$", images_api.UnknownRouteView.as_view()),
+    re_path(r"^(?:v1|api|mj)/.*$", images_api.UnknownRouteView.as_view()),
+    # Stability's v2beta shape (images/stability.py); anything else there: a 404 in its envelope.
+    path("v2beta/", include(stability.stability_urls())),
+    re_path(r"^v2beta/.*$", stability.StabilityUnknownRouteView.as_view()),
 ]
 
-API_PREFIXES = ("/v1/", "/api/")
+API_PREFIXES = ("/v1/", "/api/", "/mj/")
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None):

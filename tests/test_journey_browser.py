@@ -35,7 +35,14 @@ BLOCKING_IMPACTS = ("serious", "critical")
 def live(tmp_path_factory):
     server = start_live_server(
         tmp_path_factory.mktemp("journey"),
-        extra_env={"SIGNUP_MODE": "open", "SIGNUP_TRIAL_CREDITS": str(TRIAL), "VOUCHERS_ENABLED": "true"},
+        extra_env={
+            "SIGNUP_MODE": "open",
+            "SIGNUP_TRIAL_CREDITS": str(TRIAL),
+            "VOUCHERS_ENABLED": "true",
+            # one playground generation per seeded model (16 with the Stability routes'
+            # models) inside a minute: more than a member's default 30 requests per minute
+            "DEFAULT_MEMBER_RPM": "120",
+        },
     )
     yield server
     server.stop()

@@ -23,7 +23,20 @@ import threading
 from typing import Any
 
 # Every module of the local backend, imported in this order by the first get_backend().
-LOCAL_MODULES = ("config", "device", "lanes", "previews", "families", "cache", "tokens", "runner", "batcher")
+LOCAL_MODULES = (
+    "config",
+    "device",
+    "lanes",
+    "previews",
+    "families",
+    "cache",
+    "tokens",
+    "runner",
+    "batcher",
+    "safety",
+    "provenance",
+    "tools",
+)
 
 _build_lock = threading.Lock()
 _backend: Any = None

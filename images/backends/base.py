@@ -29,6 +29,8 @@ __all__ = [
     "LoraSpec",
     "PipelineError",
     "PipelineSource",
+    "ToolResult",
+    "ToolTask",
     "effective_steps",
     "error_summary",
     "preview_steps_for",
@@ -115,6 +117,39 @@ class GenerationResult:
     stopped: str | None = None
 
 
+# Tool kinds (issue 26 item 1): ImageModel.Kind of the model -> what a ToolTask does.
+TOOL_UPSCALE = "upscale"  # RGB in, RGB out, `scale` times wider and higher (an ESRGAN-class model)
+TOOL_REMOVE_BACKGROUND = "remove_bg"  # RGB in, RGBA out: the subject kept, the background transparent
+TOOL_SEGMENT = "segment"  # RGB and a text in, an L mask out (255 = what the text names)
+TOOL_DESCRIBE = "describe"  # RGB in, a caption out
+
+
+@dataclass
+class ToolTask:
+    """One input image for a tool model (images/tool_models.py; docs/models.md).
+
+    `kind` is one of the TOOL_* values above; `text` what a segmenter looks for;
+    `should_stop` as on GenerationTask (asked before the model's call)."""
+
+    source: PipelineSource
+    kind: str
+    image: Image.Image  # RGB
+    text: str = ""
+    should_stop: Callable[[], str | None] | None = None
+
+
+@dataclass
+class ToolResult:
+    """What a tool model made of one task: `image` (upscale: RGB, `scale` x the input;
+    remove_bg: RGBA of the input's size; segment: L of the input's size; describe:
+    None) and `text` (describe: the caption; else ""). `stopped` as on GenerationResult."""
+
+    image: Image.Image | None
+    text: str = ""
+    seconds: float = 0.0  # this task's share of the model call(s)
+    stopped: str | None = None
+
+
 class PipelineError(Exception):
     """A load or generation failure; the message is short and meant for humans."""
 
@@ -128,6 +163,13 @@ class Backend(Protocol):
         to `window_ms` for company; at most `max_batch` images per call, None: the
         backend's default). Raises PipelineError when the task cannot be run; a task
         stopped by its should_stop returns normally with `stopped` set."""
+        ...
+
+    def run_tool(self, task: ToolTask, *, max_batch: int | None = None, window_ms: float = 0.0) -> ToolResult:
+        """Run one tool task (issue 26 item 1), batched with other threads' tasks for the
+        same model where that is safe (same kind and source; an upscaler also needs the
+        same input size), waiting up to `window_ms` for company. Raises PipelineError
+        when the model cannot be loaded or run."""
         ...
 
     def count_tokens(self, source: PipelineSource, text: str) -> int | None:
@@ -146,6 +188,22 @@ class Backend(Protocol):
 
     def device_info(self) -> dict[str, Any]:
         """What the backend runs on, for logs and benchmarks: at least "device"."""
+        ...
+
+    def classify(self, images: list[Image.Image]) -> list[dict[str, float]]:
+        """Score images with the output classifier (issue 25), in one batch on the
+        pipeline's device: one {label: probability} dict per image, in order. Raises
+        PipelineError when none is configured or it fails."""
+        ...
+
+    def watermark(self, image: Image.Image) -> Image.Image:
+        """The image with the invisible provenance watermark (or unchanged: off, or
+        smaller than 256x256)."""
+        ...
+
+    def sign(self, data: bytes, *, content_type: str, model: str, generated_at: Any) -> bytes:
+        """Encoded image bytes with a signed C2PA manifest embedded (or unchanged when no
+        certificate is configured). Raises PipelineError when signing fails."""
         ...
 
 

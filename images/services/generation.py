@@ -45,7 +45,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import APIKey, Tenant
-from accounts.principals import Caller
+from accounts.principals import Caller, tenant_active_check
 from accounts.ratelimit import rate_limit_check
 from billing import services as billing
 from billing.errors import InsufficientCredits
@@ -57,11 +57,12 @@ from core.waiting import ClientDisconnected
 from images import selectors
 from images.dispatch import job_enqueue, queue_is_served
 from images.models import ImageModel, Job
-from images.profiles import PROFILES, capabilities_check, input_image_tokens
+from images.profiles import PROFILES, Inputs, capabilities_check, input_image_tokens
 from images.services import inputs as inputs_service
-from images.services.inputs import InputImage
-from images.services.loras import loras_resolve
+from images.services.inputs import InputImage, PreparedInputs
+from images.services.loras import ResolvedLora, loras_resolve
 from images.services.moderation import prompt_moderate
+from images.tool_models import TOOL_JOB_KINDS, tool_inputs_rules, tool_params_resolve
 from images.validation import GPT_ONLY, VARIATION_STRENGTH, GenerationParams, edit_strength, generation_params_resolve
 
 DEFAULT_MODEL = "dall-e-2"
@@ -106,6 +107,21 @@ class GenerationRequest:
     # `Cancel-After` in seconds (images.validation.cancel_after_parse; issue 24): the job's
     # deadline is the earlier of this and JOB_DEADLINE_SECONDS. None: the default only.
     cancel_after: float | None = None
+    # An edit's strength (0-1, diffusers' img2img `strength`) set by a vendor shape that
+    # takes one (Stability's `strength`, images/stability.py); None: `edit_strength`'s rule.
+    strength: float | None = None
+    # What the worker does to each image before storing it (images/output_shape.py:
+    # `keep_unmasked`, `box`, `size`), e.g. Stability's outpaint back to its exact canvas.
+    output: dict[str, Any] | None = None
+    # A vendor action with its own price rows (billing.services.price_quote's `action`,
+    # e.g. the Midjourney proxy's `mj_upscale`); "" or no such row: the kind's price.
+    price_action: str = ""
+    # False: the job runs no model; its input image, shaped by `output` (its `size`), is
+    # the result (Midjourney's U1-U4: a grid cell, upscaled by resizing; images/worker.py).
+    pipeline: bool = True
+    # Rows a vendor shape keeps beside the job (the Midjourney proxy's task), written in
+    # the hold's transaction right after the job: a refusal rolls them back with it.
+    on_job_created: Callable[[Job], None] | None = None
 
 
 def model_resolve(*, fields: dict[str, Any], default: str, api_key: APIKey | None) -> ImageModel:
@@ -175,6 +191,8 @@ def _money_precheck(*, caller: Caller, quote: int) -> None:
 
 
 def _resolve(*, request: GenerationRequest, model: ImageModel) -> GenerationParams:
+    if request.kind in TOOL_JOB_KINDS:  # (issue 26: the input's size, images/tool_models.py)
+        return tool_params_resolve(request=request, model=model)
     data = dict(request.fields)
     profile = PROFILES[model.profile]
     if request.kind == Job.Kind.VARIATION:
@@ -199,7 +217,14 @@ def _nearest_gpt_size(width: int, height: int) -> str:
 def _quote(*, model: ImageModel, request: GenerationRequest, params: GenerationParams, surcharge: int = 0) -> int:
     """The model's price for the request, plus `surcharge` credits per image (the LoRA
     adapters' surcharges, issue 23). Integers only."""
-    base = billing.price_quote(model=model, kind=request.kind, size=params.size, quality=params.quality, n=params.n)
+    base = billing.price_quote(
+        model=model,
+        kind=request.kind,
+        size=params.size,
+        quality=params.quality,
+        n=params.n,
+        action=request.price_action,
+    )
     return base + surcharge * params.n
 
 
@@ -213,21 +238,49 @@ def _job_params(params, request: GenerationRequest) -> dict[str, Any]:
     return recorded
 
 
+@dataclass
+class _Draft:
+    """What the phases of generation_create learn about one request, in order: the
+    admission (model, in-flight cap, whether money and the cap are pre-checked), the
+    profile's input rules, the parameters and LoRA adapters, the price (integer
+    credits), the job id and the decoded inputs."""
+
+    caller: Caller
+    request: GenerationRequest
+    model: ImageModel
+    cap: int
+    prechecked: bool
+    rules: Inputs | None = None  # the profile's input rules for the request's kind (None: a plain generation)
+    params: GenerationParams | None = None
+    loras: list[ResolvedLora] = field(default_factory=list)
+    surcharge: int = 0  # credits per image for the LoRA adapters
+    quote: int = 0  # credits
+    job_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    prepared: PreparedInputs | None = None  # the decoded init image and mask (requests with input images)
+
+
 def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
     """Turn a parsed request into a queued job with its credits held (the order of the
     checks is in this module's docstring). Returns the committed, enqueued Job.
     Raises APIError subclasses: 400, 402, 403, 413, 429, 503; nothing is charged,
     stored or queued when it raises."""
+    draft = _admit(caller=caller, request=request)  # steps 1-4
+    _validate(draft)  # steps 5-6
+    _price(draft)  # steps 7-9
+    _inputs_prepare(draft)  # step 10
+    return _hold(draft)  # steps 11-12
+
+
+def _admit(*, caller: Caller, request: GenerationRequest) -> _Draft:
+    """Steps 1-4: the tenant is active, the model and the key's scope, a key budget
+    already used up, the rate limits, the in-flight cap (pre-checked for requests with
+    input images only) and the model's queue being served."""
     tenant = caller.tenant
-    if tenant.status != Tenant.Status.ACTIVE:
-        raise PermissionDeniedError(
-            "This organization is suspended. Contact your platform operator.", code="tenant_suspended"
-        )
+    tenant_active_check(tenant=tenant)
     model = model_resolve(fields=request.fields, default=request.default_model, api_key=caller.api_key)
-    key = caller.api_key
     # A budget already used up (the key's own, or one above it) is refused now; the
     # request's own price is checked against them once priced (step 9).
-    billing.key_budget_check(api_key=key, amount=None)
+    billing.key_budget_check(api_key=caller.api_key, amount=None)
     rate_limit_check(caller=caller)
     cap = _in_flight_cap(tenant)
     # Pre-checks (reads, no locks) only where something expensive (a fetch, a decode)
@@ -244,7 +297,17 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
             f"'{model.queue}' has no workers). Contact your platform operator.",
             param="model",
         )
+    return _Draft(caller=caller, request=request, model=model, cap=cap, prechecked=prechecked)
 
+
+def _validate(draft: _Draft) -> None:
+    """Steps 5-6: what the model can do (its profile's kinds and capabilities), then
+    the input images from their headers only (counts, formats, bytes, pixels, mask)."""
+    model, request = draft.model, draft.request
+    if request.kind in TOOL_JOB_KINDS or model.kind != ImageModel.Kind.GENERATOR:  # (issue 26: tool models)
+        draft.rules = tool_inputs_rules(model=model, request=request)
+        inputs_service.inputs_peek(request.images, request.mask, rules=draft.rules)
+        return
     profile = PROFILES[model.profile]
     rules = profile.inputs_for(request.kind)
     if request.kind not in profile.kinds or (request.kind != Job.Kind.GENERATE and rules is None):
@@ -262,14 +325,21 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
     capabilities_check(model=model, kind=request.kind, masked=request.mask is not None, fields=request.fields)
     if rules is not None:
         inputs_service.inputs_peek(request.images, request.mask, rules=rules)
+    draft.rules = rules
 
-    params = _resolve(request=request, model=model)
-    loras = loras_resolve(tenant=tenant, model=model, entries=request.fields.get("loras") or [])
-    surcharge = sum(lora.surcharge_credits for lora in loras)
+
+def _price(draft: _Draft) -> None:
+    """Steps 7-9: the parameters for the profile, the LoRA adapters, moderation, then
+    the price (LoRA surcharges included) against the key's budgets and the available
+    balance, for requests whose inputs are still to be fetched and decoded."""
+    caller, request, model = draft.caller, draft.request, draft.model
+    draft.params = params = _resolve(request=request, model=model)
+    draft.loras = loras_resolve(tenant=caller.tenant, model=model, entries=request.fields.get("loras") or [])
+    draft.surcharge = sum(lora.surcharge_credits for lora in draft.loras)
     if params.prompt.strip():
         prompt_moderate(
-            tenant=tenant,
-            api_key=key,
+            tenant=caller.tenant,
+            api_key=caller.api_key,
             model=model,
             prompt=params.prompt,
             # A body without the field resolves to "auto"; JSON edits take it as generations do.
@@ -277,60 +347,70 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
             endpoint=request.endpoint,
             request_id=caller.request_id,
         )
-    quote = _quote(model=model, request=request, params=params, surcharge=surcharge)
-    if prechecked:
+    draft.quote = _quote(model=model, request=request, params=params, surcharge=draft.surcharge)
+    if draft.prechecked:
         try:
-            _money_precheck(caller=caller, quote=quote)
+            _money_precheck(caller=caller, quote=draft.quote)
         except InsufficientCredits as exc:
             _refused(caller=caller, model=model, request=request, params=params, error=exc)
             raise
 
-    job_id = uuid.uuid4()
-    prepared = None
-    if rules is not None:
-        size_pending = not request.images[0].peeked
-        inputs_service.inputs_fetch(request.images, request.mask, rules=rules)
-        if size_pending:
-            params = _resolve(request=request, model=model)
-            quote = _quote(model=model, request=request, params=params, surcharge=surcharge)
-        prepared = inputs_service.inputs_prepare(
-            request.images, request.mask, rules=rules, width=params.width, height=params.height
-        )
-        if prepared.mask is not None:  # (a dall-e-2 image's transparent pixels are a mask too)
-            capabilities_check(model=model, kind=request.kind, masked=True, fields={})
-        init_name, mask_name = inputs_service.input_names(job_id)
-        params.extra = {
-            "init_file": init_name,
-            "mask_file": mask_name if prepared.mask is not None else None,
-            "strength": VARIATION_STRENGTH
-            if request.kind == Job.Kind.VARIATION
-            else edit_strength(data=request.fields, model=model),
-            "inputs": len(request.images),
-            "image_tokens": sum(input_image_tokens(i.width, i.height) for i in request.images) if profile.gpt else 0,
-        }
 
-    params.loras = [lora.as_json() for lora in loras]
+def _inputs_prepare(draft: _Draft) -> None:
+    """Step 10 (requests with input images): URL inputs fetched, the parameters and the
+    price again when the size waited for the first image (GPT `size=auto`), the init
+    image and mask decoded in memory, and their file names and strength in the
+    job's parameters."""
+    request, model, rules = draft.request, draft.model, draft.rules
+    if rules is None:
+        return
+    size_pending = not request.images[0].peeked
+    inputs_service.inputs_fetch(request.images, request.mask, rules=rules)
+    if size_pending:
+        draft.params = _resolve(request=request, model=model)
+        draft.quote = _quote(model=model, request=request, params=draft.params, surcharge=draft.surcharge)
+    params = draft.params
+    prepared = inputs_service.inputs_prepare(
+        request.images, request.mask, rules=rules, width=params.width, height=params.height
+    )
+    if prepared.mask is not None:  # (a dall-e-2 image's transparent pixels are a mask too)
+        capabilities_check(model=model, kind=request.kind, masked=True, fields={})
+    init_name, mask_name = inputs_service.input_names(draft.job_id)
+    params.extra = {
+        "init_file": init_name,
+        "mask_file": mask_name if prepared.mask is not None else None,
+        "strength": VARIATION_STRENGTH
+        if request.kind == Job.Kind.VARIATION
+        else request.strength
+        if request.strength is not None
+        else edit_strength(data=request.fields, model=model),
+        "inputs": len(request.images),
+        "image_tokens": sum(input_image_tokens(i.width, i.height) for i in request.images)
+        if PROFILES[model.profile].gpt
+        else 0,
+    }
+    draft.prepared = prepared
 
-    def after_commit() -> None:
-        if prepared is not None:
-            try:
-                inputs_service.inputs_store(prepared, job_id=job_id)
-            except Exception as exc:
-                from images.services.jobs import job_fail
 
-                job_fail(job_id=job_id, code="storage_failed", message="The job's input images could not be stored.")
-                raise ServiceUnavailable(
-                    "Storing the input images failed; nothing was charged. Retry shortly.", headers={"Retry-After": "5"}
-                ) from exc
-        job_enqueue(job=job)
-
+def _hold(draft: _Draft) -> Job:
+    """Step 11: one transaction for the job, the credit hold (the in-flight cap and the
+    key's budgets under its locks), the usage record and the Idempotency-Key link,
+    rolled back when the client has left. Step 12 (`_enqueue`) runs once it commits.
+    A 402 or 429 leaves a refused usage record."""
+    caller, request, model, params = draft.caller, draft.request, draft.model, draft.params
+    tenant, key, cap = caller.tenant, caller.api_key, draft.cap
+    params.loras = [lora.as_json() for lora in draft.loras]
+    if request.output and "output" not in params.extra:
+        params.extra = {**params.extra, "output": request.output}
+    if not request.pipeline:  # (Midjourney's U1-U4: images/worker.py `_deliver_input`)
+        params.extra = {**params.extra, "pipeline": False}
     try:
         with transaction.atomic():
             # The job first (the hold refers to it), then the hold: it takes the credits
             # with one conditional UPDATE that locks the account row, and under that lock
             # counts the tenant's jobs in flight (this one included) for the cap.
             job = Job.objects.create(
-                id=job_id,
+                id=draft.job_id,
                 tenant=tenant,
                 api_key=key,
                 model=model,
@@ -344,7 +424,7 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
                 steps=params.steps,
                 guidance=params.guidance,
                 seed=params.seed,
-                quote=quote,
+                quote=draft.quote,
                 deadline=timezone.now()
                 + timedelta(seconds=min(settings.JOB_DEADLINE_SECONDS, request.cancel_after or math.inf)),
                 webhook_url=request.fields.get("webhook_url") or "",
@@ -353,7 +433,7 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
                 tenant=tenant,
                 api_key=key,
                 job=job,
-                amount=quote,
+                amount=draft.quote,
                 locked_check=(lambda: _in_flight_locked_check(tenant=tenant, cap=cap)) if cap else None,
             )
             UsageRecord.objects.create(
@@ -369,15 +449,34 @@ def generation_create(*, caller: Caller, request: GenerationRequest) -> Job:
             )
             if request.idempotency_record_id is not None:
                 idempotency_attach_job(record_id=request.idempotency_record_id, job_id=job.pk)
+            if request.on_job_created is not None:
+                request.on_job_created(job)
             if request.client_gone is not None and request.client_gone():
                 # Gave up while queued in the server or while its inputs were fetched:
                 # nobody would receive the images (issue 20). Rolled back, nothing held.
                 raise ClientDisconnected("The client disconnected before its job was created; nothing was charged.")
-            transaction.on_commit(after_commit)
+            transaction.on_commit(lambda: _enqueue(job=job, prepared=draft.prepared))
     except (InsufficientCredits, RateLimited) as exc:
         _refused(caller=caller, model=model, request=request, params=params, error=exc)
         raise
     return job
+
+
+def _enqueue(*, job: Job, prepared: PreparedInputs | None) -> None:
+    """Step 12, after the hold's commit: the inputs stored under the job's names, then
+    the job sent to its model's queue. A storage failure fails the job (releasing its
+    hold) and answers 503; job_enqueue does the same for a broker failure."""
+    if prepared is not None:
+        try:
+            inputs_service.inputs_store(prepared, job_id=job.pk)
+        except Exception as exc:
+            from images.services.jobs import job_fail
+
+            job_fail(job_id=job.pk, code="storage_failed", message="The job's input images could not be stored.")
+            raise ServiceUnavailable(
+                "Storing the input images failed; nothing was charged. Retry shortly.", headers={"Retry-After": "5"}
+            ) from exc
+    job_enqueue(job=job)
 
 
 def _in_flight_locked_check(*, tenant: Tenant, cap: int) -> None:

@@ -47,6 +47,7 @@ from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from accounts.models import Tenant
 from core.errors import InvalidRequest
@@ -267,6 +268,7 @@ def webhook_events_create(*, job_id: Any) -> list[WebhookDelivery]:
     made = []
     for endpoint, url in targets:
         key = f"{job.pk}:{event_type}:{endpoint.pk if endpoint else 'request'}"
+        payload = body if endpoint is not None else _request_target_body(job=job, event=body)
         try:
             with transaction.atomic():
                 delivery, created = WebhookDelivery.objects.get_or_create(
@@ -278,7 +280,7 @@ def webhook_events_create(*, job_id: Any) -> list[WebhookDelivery]:
                         "job": job,
                         "event_id": "msg_" + uuid.uuid4().hex,
                         "event_type": event_type,
-                        "payload": body,
+                        "payload": payload,
                         "next_attempt_at": now,
                     },
                 )
@@ -289,6 +291,70 @@ def webhook_events_create(*, job_id: Any) -> list[WebhookDelivery]:
     for delivery in made:
         _send("webhook_deliver", str(delivery.pk), 1)
     return made
+
+
+def _request_target_body(*, job: Job, event: dict[str, Any]) -> dict[str, Any]:
+    """What a job's own target (`webhook_url`) receives: the event, except for a
+    Midjourney-proxy task, whose `notifyHook` gets the proxy's task object as is (the
+    proxy posts its Task, not an envelope; images/services/midjourney.py)."""
+    if job.endpoint.startswith(MIDJOURNEY_PREFIX):
+        found = import_string(MIDJOURNEY_BODY)(job_id=job.pk)
+        if found is not None:
+            return found
+    return event
+
+
+# Jobs made by the Midjourney-proxy shape (their `endpoint` starts with it), and its
+# functions, named rather than imported (as `_send` names actors): the shape's module
+# imports the generation service, which leads back here.
+MIDJOURNEY_PREFIX = "/mj/"
+MIDJOURNEY_BODY = "images.services.midjourney.mj_notify_body"
+MIDJOURNEY_NOTIFY = "images.services.midjourney.mj_notify"
+
+
+def webhooks_job_started(*, job: Job) -> None:
+    """Called when a worker claims a job (images.services.jobs.job_start). Only a
+    Midjourney-proxy task with a `notifyHook` is told: the proxy posts its task on every
+    change, IN_PROGRESS included, where issue 24's events are about a job's end. Never
+    raises: a webhook never fails a job."""
+    if not job.webhook_url or not job.endpoint.startswith(MIDJOURNEY_PREFIX):
+        return
+    try:
+        import_string(MIDJOURNEY_NOTIFY)(job_id=job.pk, stage="IN_PROGRESS")
+    except Exception:
+        logger.warning("the start notification of job %s was skipped", job.pk, exc_info=True)
+
+
+def webhook_payload_deliver(
+    *, job: Job, url: str, event_type: str, payload: dict[str, Any], dedupe_key: str
+) -> WebhookDelivery | None:
+    """Deliver a vendor shape's own body (a Midjourney-proxy task on `notifyHook`) to
+    one URL by the same path as the events: one `WebhookDelivery` (keyed by
+    `dedupe_key`: made once, however often this is called), signed with the tenant's
+    request secret, retried, public targets only. Call it outside a transaction (or
+    from on_commit). Returns the new delivery, or None when it existed already."""
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            delivery, created = WebhookDelivery.objects.get_or_create(
+                dedupe_key=dedupe_key[:200],
+                defaults={
+                    "tenant_id": job.tenant_id,
+                    "endpoint": None,
+                    "url": url,
+                    "job": job,
+                    "event_id": "msg_" + uuid.uuid4().hex,
+                    "event_type": event_type[:64],
+                    "payload": json.loads(json.dumps(payload)),
+                    "next_attempt_at": now,
+                },
+            )
+    except IntegrityError:  # a concurrent call made it first
+        return None
+    if not created:
+        return None
+    _send("webhook_deliver", str(delivery.pk), 1)
+    return delivery
 
 
 # ---- delivery -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from billing.selectors import credits_money, model_price_list
 from billing.services import price_quote
 from images.models import ImageModel
 from images.profiles import PROFILES
+from images.tool_models import MODEL_KIND_OF_JOB
 
 
 def _pricing(detail: dict) -> dict[tuple[str, str, str], dict]:
@@ -41,6 +42,12 @@ def test_every_listed_price_is_what_a_request_is_charged(api, registry, tenant):
         model = models[item["id"]]
         profile = PROFILES[model.profile]
         lines = _pricing(item)
+        if model.kind != ImageModel.Kind.GENERATOR:  # a tool model: its one job kind, any size
+            (kind,) = (job for job, served_by in MODEL_KIND_OF_JOB.items() if served_by == model.kind)
+            assert list(lines) == [(kind, "any", "any")], item["id"]
+            credits = lines[(kind, "any", "any")]["credits"]
+            assert credits == price_quote(model=model, kind=kind, size="640x480", quality="", n=1) > 0
+            continue
         # every kind x size x quality of the profile is priced for the seeded models
         assert len(lines) == len(profile.kinds) * len(profile.sizes) * len(profile.qualities), item["id"]
         for (kind, size, quality), line in lines.items():

@@ -13,6 +13,7 @@ from billing.models import CreditAccount, Hold, LedgerEntry, Price, UsageRecord
 from billing.services import price_quote
 from images.models import ImageModel, Job
 from images.profiles import PROFILES
+from images.tool_models import MODEL_KIND_OF_JOB
 from tests.conftest import post_json
 
 REQUEST = {"kind": "generate", "size": "512x512", "quality": "hd"}
@@ -127,6 +128,11 @@ def test_unpriced_model_is_refused_over_http_and_nothing_is_queued(api, parked, 
 
 def test_seeded_models_price_every_size_and_quality_they_accept(registry):
     for model in ImageModel.objects.all():
+        if model.kind != ImageModel.Kind.GENERATOR:  # a tool model: one price per image, any size
+            (kind,) = (job for job, served_by in MODEL_KIND_OF_JOB.items() if served_by == model.kind)
+            credits = price_quote(model=model, kind=kind, size="640x480", quality="", n=1)
+            assert type(credits) is int and credits > 0, model.public_id
+            continue
         profile = PROFILES[model.profile]
         for kind in getattr(profile, "kinds", ("generate",)):
             for size, quality in itertools.product(profile.sizes, profile.qualities):

@@ -80,6 +80,7 @@ def _admin_repoint(client, model: ImageModel, source: str) -> None:
     data = {
         "public_id": model.public_id,
         "profile": model.profile,
+        "kind": model.kind,
         "source": source,
         "dtype": model.dtype,
         "queue": model.queue,

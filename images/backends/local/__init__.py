@@ -15,6 +15,9 @@ can be used and tested on its own. Modules, each one concern:
     previews  decoding intermediate latents into small previews
     native    models that draw at one size (the demo model): resizing to the size asked
     tokens    counting a prompt's tokens
+    safety    the output classifier (issue 25)
+    provenance  the invisible watermark and C2PA manifests of delivered images
+    tools     tool models (issue 26): upscalers, background removers, segmenters, captioners
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ class _TorchvisionFallbackFilter:
 
 logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackFilter())
 
-from images.backends.base import GenerationResult, GenerationTask, PipelineSource  # noqa: E402
-from images.backends.local import device, families, lanes, runner, tokens  # noqa: E402
+from images.backends.base import GenerationResult, GenerationTask, PipelineSource, ToolResult, ToolTask  # noqa: E402
+from images.backends.local import device, families, lanes, provenance, runner, safety, tokens, tools  # noqa: E402
 from images.backends.local.batcher import batcher  # noqa: E402
 from images.families_catalog import capabilities_of, folder_capabilities  # noqa: E402
 
@@ -67,6 +70,9 @@ class LocalBackend:
 
     def run(self, task: GenerationTask, *, max_batch: int | None = None, window_ms: float = 0.0) -> GenerationResult:
         return batcher.run(task, max_batch=max_batch, window_ms=window_ms)
+
+    def run_tool(self, task: ToolTask, *, max_batch: int | None = None, window_ms: float = 0.0) -> ToolResult:
+        return tools.batcher.run(task, max_batch=max_batch, window_ms=window_ms)
 
     def count_tokens(self, source: PipelineSource, text: str) -> int | None:
         return tokens.count_tokens(source, text)
@@ -84,6 +90,15 @@ class LocalBackend:
 
     def device_info(self) -> dict[str, Any]:
         return device.device_info()
+
+    def classify(self, images: list[Any]) -> list[dict[str, float]]:
+        return safety.classify(images)
+
+    def watermark(self, image: Any) -> Any:
+        return provenance.watermark_embed(image)
+
+    def sign(self, data: bytes, *, content_type: str, model: str, generated_at: Any) -> bytes:
+        return provenance.c2pa_sign(data, content_type=content_type, model=model, generated_at=generated_at)
 
 
 backend = LocalBackend()

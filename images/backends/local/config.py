@@ -37,6 +37,15 @@ worker_processes (PLATFORM_WORKER_PROCESSES; 1)
 omp_num_threads (OMP_NUM_THREADS; None)
     The operator's OpenMP thread count, as set. torch honours it itself; when it is set
     the backend leaves torch's thread count alone instead of sharing the cores out.
+moderation_model (OUTPUT_MODERATION_MODEL; "")
+    A transformers image-classification folder the output check runs (issue 25;
+    images.backends.local.safety), on the pipeline's device; "" = none.
+watermark, watermark_text (OUTPUT_WATERMARK, OUTPUT_WATERMARK_TEXT; on, "AIGC")
+    The invisible dwtDct watermark put on every delivered image of 256x256 or more
+    (images.backends.local.provenance).
+c2pa_cert, c2pa_key (OUTPUT_C2PA_CERT, OUTPUT_C2PA_KEY; "")
+    PEM files of a C2PA signing certificate chain and its key; both set = every
+    delivered image carries a signed C2PA manifest.
 
 Invalid values raise PipelineError naming the variable, at first use.
 """
@@ -69,6 +78,11 @@ VARIABLES: dict[str, str] = {
     "warmup_sizes": "PIPELINE_WARMUP_SIZES",
     "worker_processes": "PLATFORM_WORKER_PROCESSES",
     "omp_num_threads": "OMP_NUM_THREADS",
+    "moderation_model": "OUTPUT_MODERATION_MODEL",
+    "watermark": "OUTPUT_WATERMARK",
+    "watermark_text": "OUTPUT_WATERMARK_TEXT",
+    "c2pa_cert": "OUTPUT_C2PA_CERT",
+    "c2pa_key": "OUTPUT_C2PA_KEY",
 }
 
 
@@ -88,6 +102,11 @@ class LocalConfig:
     warmup_sizes: tuple[tuple[int, int], ...] = ((64, 64),)
     worker_processes: int = 1
     omp_num_threads: str | None = None
+    moderation_model: str = ""
+    watermark: bool = True
+    watermark_text: str = "AIGC"
+    c2pa_cert: str = ""
+    c2pa_key: str = ""
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> LocalConfig:
@@ -110,6 +129,11 @@ class LocalConfig:
             warmup_sizes=_sizes(raw("warmup_sizes") or "64x64"),
             worker_processes=_count(VARIABLES["worker_processes"], raw("worker_processes")) or 1,
             omp_num_threads=raw("omp_num_threads") or None,
+            moderation_model=raw("moderation_model"),
+            watermark=raw("watermark").lower() in _TRUE if raw("watermark") else True,
+            watermark_text=raw("watermark_text") or "AIGC",
+            c2pa_cert=raw("c2pa_cert"),
+            c2pa_key=raw("c2pa_key"),
         )
 
     @classmethod
