@@ -1,7 +1,7 @@
 """The dashboard playground's JSON endpoints (session + CSRF; same flow, same rules as
 the API): POST /dashboard/api/generations and GET /dashboard/api/tasks/{id}.
 
-Built on images.api's ChargedViewSet (the one charged-generation flow), so a playground
+Built on images.charged's ChargedViewSet (the one charged-generation flow), so a playground
 job is validated, rate-limited, held and charged exactly as an API call; this module
 only adds the form's fields and the session authentication."""
 
@@ -12,10 +12,12 @@ from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from images.api import ChargedViewSet, Renderer, base_url, openai_images_body, tenant_job, validated
+from images.charged import ChargedViewSet, Renderer, base_url, openai_images_body, tenant_job
+from images.fields import StrictCharField, StrictChoiceField, StrictIntegerField
+from images.mappers import validated
 from images.serializers import task_body
 from images.services.generation import GenerationRequest
-from images.validation import ExtensionFields, StrictCharField, StrictChoiceField, StrictIntegerField
+from images.validation import ExtensionFields
 
 
 class PlaygroundRequestSerializer(ExtensionFields):
@@ -38,7 +40,7 @@ PLAYGROUND_ENDPOINT = "/dashboard/playground"
 
 def playground_mapper(request: Request) -> GenerationRequest:
     """The validated form as a GenerationRequest for PLAYGROUND_ENDPOINT (n defaults to 1);
-    a bad field is a 400 in the OpenAI envelope (images.api.validated)."""
+    a bad field is a 400 in the OpenAI envelope (images.mappers.validated)."""
     fields = validated(PlaygroundRequestSerializer, request.data)
     return GenerationRequest(endpoint=PLAYGROUND_ENDPOINT, fields={**fields, "n": fields.get("n") or 1})
 

@@ -1,6 +1,6 @@
 """The Midjourney-proxy shape's HTTP adapters (issue 26 item 3; docs/api.md
 "Midjourney-proxy shape"): /mj/submit/* are mappers and a renderer around the one
-charged flow (images/api.py ChargedViewSet: Idempotency-Key, generation_create, money,
+charged flow (images/charged.py ChargedViewSet: Idempotency-Key, generation_create, money,
 limits); /mj/task/* read tasks; /mj/image/{token} serves a task's grid by a signed link.
 What the actions do is images/services/midjourney.py.
 
@@ -31,7 +31,7 @@ from accounts.authentication import APIKeyAuthentication, HeaderKeyAuthenticatio
 from accounts.principals import tenant_active_check
 from accounts.ratelimit import caller_from_request
 from core.errors import InvalidRequest, NotFound, PermissionDeniedError
-from images.api import ChargedViewSet, Renderer, base_url
+from images.charged import ChargedViewSet, Renderer, base_url
 from images.files import StorageUnavailable, image_presigned_url, storage_is_remote
 from images.models import Job, MidjourneyTask
 from images.services import midjourney as mj

@@ -1,7 +1,7 @@
 """Stability AI's v2beta image API on the operator's own models (issue 26 item 2; seed 004's
 "Stability" menu). Like every vendor shape (images/vendors.py), each endpoint is a
 *mapper* (a multipart request -> a `GenerationRequest`) and a *renderer* around the one
-charged flow, `images.api.ChargedViewSet.charged`: the same generation service, holds,
+charged flow, `images.charged.ChargedViewSet.charged`: the same generation service, holds,
 402s, refunds, Idempotency-Key, rate limits and usage as the OpenAI endpoints.
 
 Endpoints (docs/api.md, "Stability v2beta shape"):
@@ -54,14 +54,15 @@ from accounts.ratelimit import caller_from_request
 from billing.selectors import credits_available
 from core.errors import InvalidRequest, NotFound, PermissionDeniedError
 from images import selectors, uploads
-from images.api import ChargedViewSet, Renderer, form_fields, tenant_job, validated
+from images.charged import ChargedViewSet, Renderer, tenant_job
 from images.errors import job_error
+from images.fields import StrictCharField, StrictChoiceField, StrictIntegerField, StrictSerializer
 from images.files import image_read
+from images.mappers import form_fields, validated
 from images.models import ImageModel, Job, StabilityRoute
 from images.profiles import PROFILES
 from images.services.generation import GenerationRequest
 from images.services.inputs import InputImage
-from images.validation import StrictCharField, StrictChoiceField, StrictIntegerField, StrictSerializer
 
 # ---- The operator's mapping ------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The vendor request shapes of ../shared/seeds: each a request mapper and a renderer
 around the same charged flow and generation service as the OpenAI endpoints
-(images/api.py). Only the fields each seed documents are accepted (plus our documented
+(images/charged.py). Only the fields each seed documents are accepted (plus our documented
 extensions `seed` and `negative_prompt`); the rules are the service's.
 """
 
@@ -13,8 +13,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.errors import InvalidRequest
-from images.api import OPENAI_GENERATION, ChargedViewSet, Renderer, base_url, charged_schema, validated
+from images.charged import OPENAI_GENERATION, ChargedViewSet, Renderer, base_url
+from images.fields import StrictCharField, StrictIntegerField
+from images.mappers import validated
 from images.models import Job
+from images.openapi import charged_schema
 from images.serializers import (
     ImagesResponseSerializer,
     ResellerErrorSerializer,
@@ -26,7 +29,7 @@ from images.serializers import (
 )
 from images.services.generation import GenerationRequest
 from images.services.inputs import InputImage
-from images.validation import ExtensionFields, GenerationRequestSerializer, StrictCharField, StrictIntegerField
+from images.validation import ExtensionFields, GenerationRequestSerializer
 
 # ---- Seed 000: AlphaEdge, POST /v1/vision/generate -----------------------------------------
 

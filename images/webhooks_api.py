@@ -33,9 +33,9 @@ from accounts.models import APIKey, Tenant
 from accounts.principals import tenant_active_check
 from core.errors import NotFound, PermissionDeniedError
 from core.schema import AUTH_ERRORS, errors
+from images.fields import StrictBooleanField, StrictCharField, StrictSerializer, WebhookURLField
 from images.models import WEBHOOK_EVENTS, WebhookDelivery, WebhookEndpoint
 from images.services import webhooks as services
-from images.validation import StrictBooleanField, StrictCharField, StrictSerializer, WebhookURLField
 
 
 def _ts(value) -> int | None:

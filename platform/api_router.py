@@ -10,9 +10,10 @@ from rest_framework.routers import SimpleRouter
 
 from accounts.api import KeyViewSet
 from billing.api import BillingViewSet
-from images.api import ImageFileViewSet, ImageModelViewSet, ImagesViewSet, TaskViewSet
+from images.api import ImageFileViewSet, ImageModelViewSet, ImagesViewSet
 from images.loras_api import LoraViewSet
 from images.midjourney import MidjourneyImageViewSet, MidjourneySubmitViewSet, MidjourneyTaskViewSet
+from images.tasks_api import TaskViewSet
 from images.vendors import AigneViewSet, ResellerViewSet, VisionViewSet
 from images.webhooks_api import WebhookViewSet
 

@@ -43,12 +43,13 @@ from django.db import IntegrityError, transaction
 from accounts.models import Tenant
 from core.errors import InvalidRequest, NotFound
 from images import selectors, task_status
+from images.fields import webhook_url_check
 from images.files import image_read, image_url
 from images.models import ImageModel, Job, MidjourneyTask
 from images.profiles import PROFILES
 from images.services.generation import GenerationRequest
 from images.services.inputs import InputImage
-from images.validation import MAX_SEED, webhook_url_check
+from images.validation import MAX_SEED
 
 # ReturnCode of the proxy.
 CODE_SUCCESS = 1

@@ -149,7 +149,7 @@ def endpoint_create(
 ) -> tuple[WebhookEndpoint, str]:
     """A new endpoint and its secret (returned once; `whsec_...`). `events` empty or
     None: every event. 400 naming `url` or `events` when they are not acceptable."""
-    from images.validation import webhook_url_check
+    from images.fields import webhook_url_check
 
     endpoint = WebhookEndpoint.objects.create(
         tenant=tenant,
@@ -166,7 +166,7 @@ def endpoint_create(
 def endpoint_update(*, endpoint: WebhookEndpoint, changes: dict[str, Any]) -> WebhookEndpoint:
     """Change `url`, `events`, `description` or `enabled`. Enabling a disabled endpoint
     clears its failure record (it gets a fresh day before it is disabled again)."""
-    from images.validation import webhook_url_check
+    from images.fields import webhook_url_check
 
     fields = ["updated_at"]
     if "url" in changes:

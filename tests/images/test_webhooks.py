@@ -23,10 +23,10 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from accounts.services import api_key_create
 from billing.models import CreditAccount
 from core.http_fetch import FetchTargetRefused, http_post
+from images.fields import cancel_after_parse
 from images.models import ImageModel, Job, WebhookDelivery, WebhookEndpoint
 from images.services import webhooks as services
 from images.services.jobs import job_deadline_reached, job_start, jobs_sweep
-from images.validation import cancel_after_parse
 from tests.conftest import post_json
 
 URL = "/v1/images/generations"
