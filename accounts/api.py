@@ -19,9 +19,9 @@ from rest_framework.response import Response
 from accounts import selectors, services
 from accounts.authentication import APIKeyAuthentication
 from accounts.models import APIKey, Tenant
-from accounts.principals import tenant_active_check
+from accounts.principals import managed_tenant
 from accounts.serializers import APIKeyListSerializer, APIKeyObjectSerializer, KeyCreateSerializer
-from core.errors import NotFound, PermissionDeniedError
+from core.errors import NotFound
 from core.schema import AUTH_ERRORS, errors
 
 
@@ -60,20 +60,10 @@ class KeyViewSet(viewsets.ViewSet):
     lookup_value_regex = "[^/]+"
 
     def manager(self, request: Request) -> KeyManager:
-        key = request.auth if isinstance(request.auth, APIKey) else None
-        if key is not None:
-            if not key.is_admin:
-                raise PermissionDeniedError(
-                    "Managing keys needs an admin key or an owner's session.", code="insufficient_permissions"
-                )
-            return KeyManager(key.tenant, f"key:{key.prefix}", key)
-        tenant = selectors.tenant_managed_by(user=request.user, tenant_name=request.query_params.get("tenant"))
-        if tenant is None:
-            raise PermissionDeniedError(
-                "Only a tenant's owners and admins may manage its keys.", code="insufficient_permissions"
-            )
-        tenant_active_check(tenant=tenant)  # (a key's tenant was checked at authentication)
-        return KeyManager(tenant, request.user.get_username(), None)
+        tenant, key = managed_tenant(
+            auth=request.auth, user=request.user, tenant_name=request.query_params.get("tenant"), what="keys"
+        )
+        return KeyManager(tenant, f"key:{key.prefix}" if key else request.user.get_username(), key)
 
     def list(self, request: Request) -> Response:
         manager = self.manager(request)

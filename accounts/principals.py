@@ -78,3 +78,32 @@ def tenant_active_check(*, tenant: Tenant) -> None:
     `tenant_is_active` to the link's tenant instead.)"""
     if not tenant_is_active(tenant):
         raise TenantSuspended()
+
+
+def managed_tenant(*, auth, user, tenant_name: str | None, what: str) -> tuple[Tenant, APIKey | None]:
+    """The tenant a management request acts on (/v1/keys, /v1/webhooks, /v1/loras: one
+    rule for all three): an admin key's own tenant, or the one an owner's or admin
+    member's session manages (`tenant_name`: the `?tenant=` choice for a user of several;
+    accounts.selectors.tenant_managed_by). `auth` is the request's authentication (an
+    APIKey or None), `what` names the managed things in the messages ("keys").
+    Returns (tenant, the admin key or None for a session). Raises PermissionDeniedError
+    (403 `insufficient_permissions`) for a non-admin key or a session that manages no
+    tenant, TenantSuspended for a suspended tenant reached by session (a key's tenant
+    was checked at authentication)."""
+    from accounts.selectors import tenant_managed_by
+    from core.errors import PermissionDeniedError
+
+    key = auth if isinstance(auth, APIKey) else None
+    if key is not None:
+        if not key.is_admin:
+            raise PermissionDeniedError(
+                f"Managing {what} needs an admin key or an owner's session.", code="insufficient_permissions"
+            )
+        return key.tenant, key
+    tenant = tenant_managed_by(user=user, tenant_name=tenant_name)
+    if tenant is None:
+        raise PermissionDeniedError(
+            f"Only a tenant's owners and admins may manage its {what}.", code="insufficient_permissions"
+        )
+    tenant_active_check(tenant=tenant)
+    return tenant, None

@@ -77,9 +77,12 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "gpu_ms",
         "outcome",
         "error_code",
+        "output_action",
+        "images_withheld",
     )
     list_filter = (
         "outcome",
+        "output_action",
         "model",
         "tenant",
         ("api_key", admin.RelatedOnlyFieldListFilter),

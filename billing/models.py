@@ -134,6 +134,12 @@ class UsageRecord(models.Model):
         REFUSED = "refused"  # 402 and other refusals before a job existed
         BLOCKED = "blocked"  # moderation
 
+    class OutputAction(models.TextChoices):
+        NONE = "", "none"
+        BLOCKED = "blocked"
+        BLURRED = "blurred"
+        FLAGGED = "flagged"
+
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage")
     api_key = models.ForeignKey(APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage")
     job = models.OneToOneField("images.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="usage")
@@ -151,6 +157,13 @@ class UsageRecord(models.Model):
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING, db_index=True)
     error_code = models.CharField(max_length=64, blank=True, default="")
+    # What the output classifier did to the request's images (issue 25;
+    # images/services/output_moderation.py): '' when it found nothing or did not run.
+    # "blocked": images withheld (`images_withheld` of them, never charged; every one
+    # withheld makes the outcome `blocked`); "blurred" / "flagged": delivered so marked.
+    output_action = models.CharField(max_length=16, choices=OutputAction.choices, blank=True, default="")
+    output_categories = models.JSONField(default=list, blank=True)  # the unsafe labels found, sorted
+    images_withheld = models.PositiveIntegerField(default=0)  # images the output check withheld
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     def __str__(self) -> str:

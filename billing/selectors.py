@@ -152,6 +152,11 @@ USAGE_COLUMNS = (
     "pending",  # queued or running at the time of the read
     "credits_succeeded",
     "credits_cancelled",
+    # The output check (issue 25; UsageRecord.output_action): images it withheld (never
+    # charged), and requests whose delivered images it blurred or flagged.
+    "images_withheld",
+    "output_blurred",
+    "output_flagged",
 )
 
 
@@ -184,6 +189,9 @@ def usage_summary(*, tenant, start, end, group_by: str) -> list[dict]:
         pending=Count("id", filter=Q(outcome=Outcome.PENDING)),
         credits_succeeded=Sum("credits_charged", filter=Q(outcome=Outcome.SUCCEEDED)),
         credits_cancelled=Sum("credits_charged", filter=Q(outcome=Outcome.CANCELLED)),
+        images_withheld=Sum("images_withheld"),
+        output_blurred=Count("id", filter=Q(output_action=UsageRecord.OutputAction.BLURRED)),
+        output_flagged=Count("id", filter=Q(output_action=UsageRecord.OutputAction.FLAGGED)),
     ).order_by("group")
     result = []
     for row in rows:

@@ -29,6 +29,9 @@ class UsageColumnsSerializer(serializers.Serializer):
     pending = serializers.IntegerField(help_text="queued or running when read")
     credits_succeeded = serializers.IntegerField()
     credits_cancelled = serializers.IntegerField()
+    images_withheld = serializers.IntegerField(help_text="images the output safety check withheld (never charged)")
+    output_blurred = serializers.IntegerField(help_text="requests whose images the output check delivered blurred")
+    output_flagged = serializers.IntegerField(help_text="requests whose images the output check delivered flagged")
 
 
 class UsageRowSerializer(UsageColumnsSerializer):

@@ -23,10 +23,9 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts import selectors as account_selectors
 from accounts.authentication import APIKeyAuthentication
-from accounts.models import APIKey, Tenant
-from accounts.principals import tenant_active_check
+from accounts.models import Tenant
+from accounts.principals import managed_tenant
 from accounts.ratelimit import caller_from_request
 from core.errors import InvalidRequest, NotFound, PermissionDeniedError
 from core.schema import AUTH_ERRORS, errors
@@ -74,19 +73,12 @@ class LoraViewSet(viewsets.ViewSet):
     def manager(self, request: Request) -> Tenant:
         """The tenant whose own adapters this request manages: an admin key's, or the one
         an owner's or admin member's session manages (the rule of /v1/keys). 403 otherwise."""
-        key = request.auth if isinstance(request.auth, APIKey) else None
-        if key is not None:
-            if not key.is_admin:
-                raise PermissionDeniedError(
-                    "Managing LoRA adapters needs an admin key or an owner's session.", code="insufficient_permissions"
-                )
-            return key.tenant
-        tenant = account_selectors.tenant_managed_by(user=request.user, tenant_name=request.query_params.get("tenant"))
-        if tenant is None:
-            raise PermissionDeniedError(
-                "Only a tenant's owners and admins may manage its LoRA adapters.", code="insufficient_permissions"
-            )
-        tenant_active_check(tenant=tenant)  # (a key's tenant was checked at authentication)
+        tenant, _ = managed_tenant(
+            auth=request.auth,
+            user=request.user,
+            tenant_name=request.query_params.get("tenant"),
+            what="LoRA adapters",
+        )
         return tenant
 
     @extend_schema(

@@ -75,12 +75,12 @@ def registry_seed() -> int:
         divisor = PRICE_DIVISOR.get(public_id, 1)
         for (size, quality), credits in PRICES[profile].items():
             Price.objects.create(model=model, size=size, quality=quality, credits_per_image=max(1, credits // divisor))
-    from images.stability import stability_seed  # (Stability's v2beta shape: its models and routes)
-
-    created += stability_seed(source=DEMO_SOURCE, steps_by_quality=DEMO_STEPS)
     from images.tool_models import tool_models_seed  # (issue 26 item 1: the tool models)
 
     created += tool_models_seed()
+    from images.stability import stability_seed  # (Stability's v2beta shape: its models and routes, after the tools)
+
+    created += stability_seed(source=DEMO_SOURCE, steps_by_quality=DEMO_STEPS)
     moderation_terms_seed()
     return created
 

@@ -268,9 +268,15 @@ def images_response_body(*, job: Job, base_url: str) -> dict[str, Any]:
 
 
 def job_withheld(job: Job) -> list[dict[str, Any]]:
-    """The images of a job the output classifier withheld (issue 25): [{index, categories}]."""
+    """The images of a job the output classifier withheld (issue 25): [{index, categories}],
+    each with that image's own categories (a job settled before they were recorded per
+    image shows the job's)."""
     summary = job.output_moderation or {}
-    return [{"index": index, "categories": summary.get("categories") or []} for index in summary.get("withheld") or []]
+    indexes = summary.get("withheld") or []
+    own = summary.get("withheld_categories") or []
+    if len(own) != len(indexes):
+        own = [summary.get("categories") or []] * len(indexes)
+    return [{"index": index, "categories": list(categories)} for index, categories in zip(indexes, own, strict=True)]
 
 
 def _ts(value) -> int | None:

@@ -14,6 +14,15 @@ Endpoints (docs/api.md, "Stability v2beta shape"):
   path's masked edit. The input is letterboxed into a size the model allows and the
   worker crops and scales the result back (images/output_shape.py), so the answer has
   the input's size (outpaint: the input grown by exactly `left`/`right`/`up`/`down`).
+- `POST /v2beta/stable-image/edit/{search-and-replace,search-and-recolor}`: one masked
+  edit whose mask the worker makes from `search_prompt` / `select_prompt` with the
+  operator's text-prompted segmenter (CLIPSeg; images/search_mask.py), grown by
+  `grow_mask`, before the inpainting runs: one job, charged once at the generator's price.
+- `POST /v2beta/stable-image/edit/remove-background` and `upscale/{fast,conservative,
+  creative}`: tool jobs (images/tool_models.py) of the background remover and the
+  upscaler (4x; conservative and creative are that upscaler too, their prompt accepted
+  and unused), priced by the tool model's row of the endpoint's action (TOOL_SERVICES).
+  upscale/creative is asynchronous, as Stability's: 200 `{id}`, then the results poll.
 - `GET /v2beta/results/{id}`: a job submitted with `Prefer: respond-async` (202 `{id}`):
   202 `{id, status: "in-progress"}` while it runs, then the image.
 - `GET /v1/user/balance`: `{"credits": float}`, the tenant's available credits in the
@@ -27,8 +36,8 @@ with Stability's statuses: 400, 401, 402 (no credits), 403 (`content_moderation`
 
 Which own model serves each endpoint (and each sd3 `model` value) is the operator's
 `StabilityRoute` rows (the admin), else `DEFAULT_ROUTES`; the served model's price rows
-price it. Not served (404 in the envelope): search-and-replace, search-and-recolor,
-remove-background (they need a segmenter tool model), upscale, control.
+price it. Not served (404 in the envelope): control/* (no ControlNet or IP-Adapter tool
+models yet).
 """
 
 from __future__ import annotations
@@ -60,14 +69,16 @@ from images.fields import StrictCharField, StrictChoiceField, StrictIntegerField
 from images.files import image_read
 from images.mappers import form_fields, validated
 from images.models import ImageModel, Job, StabilityRoute
-from images.profiles import PROFILES
+from images.profiles import PROFILES, capabilities_check
 from images.services.generation import GenerationRequest
 from images.services.inputs import InputImage
+from images.services.tools import tool_generation_request
 
 # ---- The operator's mapping ------------------------------------------------------------------
 
 # (service, `model` value) -> the own model serving it when no StabilityRoute row says
 # otherwise. "" is the endpoint's default; sd3's older `model` values go to their 3.5 heirs.
+SEGMENTER_SERVICE = "edit/segmenter"
 DEFAULT_ROUTES: dict[tuple[str, str], str] = {
     ("generate/sd3", ""): "sd3.5-large",
     ("generate/sd3", "sd3.5-large"): "sd3.5-large",
@@ -82,6 +93,15 @@ DEFAULT_ROUTES: dict[tuple[str, str], str] = {
     ("edit/inpaint", ""): "stable-image-inpaint",
     ("edit/outpaint", ""): "stable-image-outpaint",
     ("edit/erase", ""): "stable-image-erase",
+    ("edit/search-and-replace", ""): "stable-image-search-replace",
+    ("edit/search-and-recolor", ""): "stable-image-search-recolor",
+    # The text-prompted segmenter that makes both search endpoints' masks (a tool model).
+    (SEGMENTER_SERVICE, ""): "clipseg-tiny",
+    # Tool models (issue 26 item 1; images/tool_models.py SEEDED_TOOLS).
+    ("edit/remove-background", ""): "segformer-tiny-rmbg",
+    ("upscale/fast", ""): "esrgan-tiny-x4",
+    ("upscale/conservative", ""): "esrgan-tiny-x4",
+    ("upscale/creative", ""): "esrgan-tiny-x4",
 }
 
 # The own models `make setup` seeds for them (demo weights, the gpt-image profile: its
@@ -98,6 +118,20 @@ STABILITY_MODELS: dict[str, int] = {
     "stable-image-inpaint": 30,
     "stable-image-outpaint": 40,
     "stable-image-erase": 30,
+    "stable-image-search-replace": 40,
+    "stable-image-search-recolor": 50,
+}
+
+# Endpoints served by a tool model: service -> (the job kind, the price row kind of its
+# own action on that model, seeded credits per image: ten times Stability's list price as
+# above: Fast Upscaler 1, Conservative 25, Creative 25, Remove Background 2). Without a
+# row of the action's kind the tool model's row of the job kind prices it
+# (billing.services.price_quote's `action`). Price.kind holds 16 characters.
+TOOL_SERVICES: dict[str, tuple[str, str, int]] = {
+    "upscale/fast": (Job.Kind.UPSCALE, "st_upscale_fast", 10),
+    "upscale/conservative": (Job.Kind.UPSCALE, "st_upscale_cons", 250),
+    "upscale/creative": (Job.Kind.UPSCALE, "st_upscale_crea", 250),
+    "edit/remove-background": (Job.Kind.REMOVE_BACKGROUND, "st_remove_bg", 20),
 }
 
 
@@ -105,8 +139,11 @@ STABILITY_MODELS: dict[str, int] = {
 def stability_seed(*, source: str, steps_by_quality: dict[str, int]) -> int:
     """Create the missing seeded models of STABILITY_MODELS (on `source`, the demo model's
     folder, with its steps; price rows included) and a StabilityRoute row for every
-    DEFAULT_ROUTES entry without one; never overwrites the operator's edits. Returns how
-    many models were created. Called by images.seed.registry_seed (`make setup`)."""
+    DEFAULT_ROUTES entry without one (the tool models must be seeded first:
+    images.tool_models.tool_models_seed); a route to a tool model made now gets its
+    action's price row (TOOL_SERVICES) when the model has none of that kind. Never
+    overwrites the operator's edits. Returns how many models were created. Called by
+    images.seed.registry_seed (`make setup`)."""
     from billing.models import Price
 
     created = 0
@@ -128,9 +165,14 @@ def stability_seed(*, source: str, steps_by_quality: dict[str, int]) -> int:
     models = {m.public_id: m for m in ImageModel.objects.filter(public_id__in=set(DEFAULT_ROUTES.values()))}
     for (service, value), public_id in DEFAULT_ROUTES.items():
         if public_id in models:
-            StabilityRoute.objects.get_or_create(
+            _, route_created = StabilityRoute.objects.get_or_create(
                 service=service, model_value=value, defaults={"image_model": models[public_id]}
             )
+            if route_created and service in TOOL_SERVICES:
+                _, action, credits = TOOL_SERVICES[service]
+                Price.objects.get_or_create(
+                    model=models[public_id], kind=action, size="", quality="", defaults={"credits_per_image": credits}
+                )
     return created
 
 
@@ -205,6 +247,21 @@ ERASE_PROMPT = "empty background, seamless continuation of the surrounding scene
 OUTPAINT_PROMPT = "seamless continuation of the scene"
 # A masked area is regenerated whole (diffusers' strength 1); what is outside it is kept.
 INPAINT_STRENGTH = 1.0
+# search-and-recolor keeps some of the found object's structure (the new colours are its
+# prompt): its mask is regenerated at this img2img strength.
+RECOLOR_STRENGTH = 0.85
+# What a search looks for: CLIPSeg reads at most 77 tokens, so a short phrase.
+SEARCH_PROMPT_MAX = 300
+SEARCH_GROW_DEFAULT = 3  # Stability's grow_mask default on the search endpoints
+# Input limits per upscale (Stability's: fast 32-1536 px a side and 1,024-1,048,576
+# pixels; creative 4,096-1,048,576 pixels; conservative 4,096-9,437,184, here at most
+# the upscaler's 1,048,576: images.tool_models.UPSCALE_MAX_PIXELS).
+# service -> (least side, most side, least pixels, most pixels)
+UPSCALE_LIMITS = {
+    "upscale/fast": (32, 1536, 1024, 1_048_576),
+    "upscale/conservative": (MIN_SIDE, 4096, 4096, 1_048_576),
+    "upscale/creative": (MIN_SIDE, 4096, 4096, 1_048_576),
+}
 
 
 def _choice(*values: str, required: bool = False) -> StrictChoiceField:
@@ -275,6 +332,51 @@ class EraseRequestSerializer(_Common):
     grow_mask = StrictIntegerField(required=False, min_value=0, max_value=20)
 
 
+class SearchReplaceRequestSerializer(_Prompted):
+    """edit/search-and-replace: `image`, prompt (what to put there), search_prompt (what
+    to find), negative_prompt, grow_mask (0-20, default 3), seed, style_preset, output_format."""
+
+    search_prompt = StrictCharField(max_length=SEARCH_PROMPT_MAX, trim_whitespace=False)
+    grow_mask = StrictIntegerField(required=False, min_value=0, max_value=20)
+
+
+class SearchRecolorRequestSerializer(_Prompted):
+    """edit/search-and-recolor: `image`, prompt (the new colours), select_prompt (what to
+    find), negative_prompt, grow_mask (0-20, default 3), seed, style_preset, output_format."""
+
+    select_prompt = StrictCharField(max_length=SEARCH_PROMPT_MAX, trim_whitespace=False)
+    grow_mask = StrictIntegerField(required=False, min_value=0, max_value=20)
+
+
+class RemoveBackgroundRequestSerializer(StrictSerializer):
+    """edit/remove-background: `image`, output_format (png or webp: both keep the alpha)."""
+
+    output_format = _choice("png", "webp")
+
+
+class FastUpscaleRequestSerializer(StrictSerializer):
+    """upscale/fast: `image`, output_format."""
+
+    output_format = _choice("png", "jpeg", "webp")
+
+
+class ConservativeUpscaleRequestSerializer(_Common):
+    """upscale/conservative: `image`, prompt (required; accepted, the upscaler takes no
+    text), negative_prompt, seed, output_format, creativity (0.2-0.5, accepted)."""
+
+    prompt = StrictCharField(max_length=PROMPT_MAX, trim_whitespace=False)
+    negative_prompt = StrictCharField(required=False, allow_blank=True, max_length=PROMPT_MAX, trim_whitespace=False)
+    creativity = serializers.FloatField(required=False, min_value=0.2, max_value=0.5)
+
+
+class CreativeUpscaleRequestSerializer(ConservativeUpscaleRequestSerializer):
+    """upscale/creative: conservative's fields with creativity 0.1-0.5 and style_preset
+    (both accepted; the upscaler takes no text)."""
+
+    creativity = serializers.FloatField(required=False, min_value=0.1, max_value=0.5)
+    style_preset = StrictChoiceField(choices=STYLE_PRESETS, required=False)
+
+
 # ---- Mapping helpers -------------------------------------------------------------------------
 
 
@@ -315,6 +417,30 @@ def _output_format(fields: dict[str, Any], model: ImageModel | None) -> str | No
 def _upload(request: Request, name: str, *, required: bool) -> Image.Image | None:
     """A file part decoded, after Stability's limits are checked from its header:
     10 MiB (413), PNG/JPEG/WebP, 64 px a side at least, 9,437,184 pixels at most (400)."""
+    checked = _upload_bytes(request, name, required=required)
+    if checked is None:
+        return None
+    data, header = checked
+    image = uploads.image_open(data, param=name, max_bytes=MAX_INPUT_BYTES, formats=INPUT_FORMATS)
+    image.info["format"] = header.info["format"]
+    return image
+
+
+INPUT_FORMATS = ("png", "jpeg", "webp")
+
+
+def _upload_bytes(
+    request: Request,
+    name: str,
+    *,
+    required: bool,
+    min_side: int = MIN_SIDE,
+    max_side: int | None = None,
+    min_pixels: int = 0,
+    max_pixels: int = MAX_INPUT_PIXELS,
+) -> tuple[bytes, Image.Image] | None:
+    """A file part's bytes and its lazily opened header, checked as `_upload` says (the
+    side and pixel limits per endpoint); nothing decoded."""
     files = request.FILES.getlist(name)
     if not files:
         if required:
@@ -323,18 +449,21 @@ def _upload(request: Request, name: str, *, required: bool) -> Image.Image | Non
     if len(files) > 1:
         raise InvalidRequest(f"{name}: only one file may be sent.", param=name, code="duplicate_parameter")
     data = files[0].read(MAX_INPUT_BYTES + 1)
-    formats = ("png", "jpeg", "webp")
-    header = uploads.image_header(data, param=name, max_bytes=MAX_INPUT_BYTES, formats=formats)
-    if min(header.size) < MIN_SIDE or header.width * header.height > MAX_INPUT_PIXELS:
+    header = uploads.image_header(data, param=name, max_bytes=MAX_INPUT_BYTES, formats=INPUT_FORMATS)
+    pixels = header.width * header.height
+    if (
+        min(header.size) < min_side
+        or (max_side is not None and max(header.size) > max_side)
+        or not min_pixels <= pixels <= max_pixels
+    ):
+        sides = f"between {min_side} and {max_side}" if max_side else f"at least {min_side}"
         raise InvalidRequest(
-            f"{name}: each side must be at least {MIN_SIDE} pixels and the image at most {MAX_INPUT_PIXELS} "
+            f"{name}: each side must be {sides} pixels and the image {min_pixels or 1} to {max_pixels} "
             f"pixels ({header.width}x{header.height} was sent).",
             param=name,
             code="invalid_image",
         )
-    image = uploads.image_open(data, param=name, max_bytes=MAX_INPUT_BYTES, formats=formats)
-    image.info["format"] = header.info["format"]
-    return image
+    return data, header
 
 
 def _repaint_map(image: Image.Image, mask: Image.Image | None, *, grow: int) -> Image.Image:
@@ -523,19 +652,121 @@ def outpaint_mapper(request: Request) -> GenerationRequest:
     return _edit_request(service="edit/outpaint", fields=fields, canvas=canvas, repaint=repaint, prompt=prompt)
 
 
+def _search_mapper(service: str, serializer, *, text_field: str, strength: float):
+    """search-and-replace (`search_prompt`) and search-and-recolor (`select_prompt`): one
+    inpainting job on the endpoint's generator whose mask the worker makes from the text
+    with the operator's segmenter (images/search_mask.py), grown by `grow_mask`; charged
+    once, at the generator's price rows."""
+    endpoint = f"/v2beta/stable-image/{service}"
+
+    def mapper(request: Request) -> GenerationRequest:
+        fields = _fields(request, serializer, files=("image",))
+        text = fields[text_field].strip()
+        if not text:
+            raise InvalidRequest(f"{text_field}: cannot be blank.", param=text_field, code="invalid_value")
+        image = _upload(request, "image", required=True)
+        segmenter_id = stability_route_resolve(service=SEGMENTER_SERVICE)
+        segmenter = _served(segmenter_id)
+        if segmenter is None or segmenter.kind != ImageModel.Kind.SEGMENTER:
+            raise InvalidRequest(
+                f"{text_field}: no text-prompted segmenter is installed; contact your platform operator.",
+                param=text_field,
+                code="model_not_found",
+            )
+        public_id = stability_route_resolve(service=service)
+        model = _served(public_id)
+        if model is not None:  # (the path itself refuses a missing model, naming it)
+            capabilities_check(model=model, kind=Job.Kind.EDIT, masked=True, fields={})
+        size, images, _, box = _letterboxed(image, None, model=model)
+        scale = (box[2] - box[0]) / image.width  # grow_mask is in the caller's pixels
+        grow = fields.get("grow_mask")
+        out = {
+            "model": public_id,
+            "prompt": _styled(fields["prompt"], fields.get("style_preset")),
+            "negative_prompt": fields.get("negative_prompt") or None,
+            "seed": _seed(fields),
+            "output_format": _output_format(fields, model),
+            "size": size,
+        }
+        return GenerationRequest(
+            endpoint=endpoint,
+            kind=Job.Kind.EDIT,
+            fields=out,
+            images=images,
+            strength=strength,
+            output={"keep_unmasked": True, "box": box, "size": list(image.size)},
+            mask_from={
+                "segmenter": segmenter_id,
+                "text": text,
+                "grow": round((SEARCH_GROW_DEFAULT if grow is None else grow) * scale),
+            },
+        )
+
+    return mapper
+
+
+def _tool_mapper(service: str, serializer):
+    """An endpoint served by a tool model (TOOL_SERVICES): its job of the tool's kind on
+    the caller's image as sent (checked against the endpoint's limits, not decoded
+    here), priced by the tool model's row of the endpoint's action."""
+    endpoint = f"/v2beta/stable-image/{service}"
+    kind, action, _ = TOOL_SERVICES[service]
+    min_side, max_side, min_pixels, max_pixels = UPSCALE_LIMITS.get(service, (MIN_SIDE, None, 0, MAX_INPUT_PIXELS))
+
+    def mapper(request: Request) -> GenerationRequest:
+        fields = _fields(request, serializer, files=("image",))
+        data, header = _upload_bytes(
+            request,
+            "image",
+            required=True,
+            min_side=min_side,
+            max_side=max_side,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+        )
+        upload = ContentFile(data, name=f"image.{header.info['format']}")
+        return tool_generation_request(
+            endpoint=endpoint,
+            kind=kind,
+            image=InputImage(param="image", upload=upload),
+            model=stability_route_resolve(service=service),
+            fields={"seed": _seed(fields), "output_format": fields.get("output_format")},
+            price_action=action,
+        )
+
+    return mapper
+
+
 # ---- Rendering -------------------------------------------------------------------------------
 
 
 def stability_image_body(request: Request, job: Job) -> dict[str, Any]:
     """A succeeded job as Stability's JSON answer: `{image (base64), finish_reason, seed}`.
-    (`Accept: image/*` turns it into the bytes in `StabilityShape.finalize_response`.)"""
+    (`Accept: image/*` turns it into the bytes in `StabilityShape.finalize_response`.)
+    finish_reason is Stability's `CONTENT_FILTERED` for an image the output check
+    delivered blurred (Stability's meaning: made, but blurred by its moderation; issue
+    25), else `SUCCESS` (a flagged image is delivered as made)."""
     image = job.images.all()[0]
     data = image_read(image)
     seed = image.seed if image.seed is not None else job.seed
-    return {"image": base64.b64encode(data).decode("ascii"), "finish_reason": "SUCCESS", "seed": seed}
+    filtered = (image.moderation or {}).get("action") == "blurred"
+    return {
+        "image": base64.b64encode(data).decode("ascii"),
+        "finish_reason": "CONTENT_FILTERED" if filtered else "SUCCESS",
+        "seed": seed,
+    }
 
 
 STABILITY = Renderer(body=stability_image_body)
+
+
+def stability_accepted(request: Request, job: Job) -> Response:
+    """Stability's answer to an asynchronous endpoint (upscale/creative): 200 `{id}`,
+    polled at GET /v2beta/results/{id}."""
+    return Response({"id": str(job.pk)}, status=200)
+
+
+STABILITY_ASYNC = Renderer(body=stability_image_body, always_async=True, accepted=stability_accepted)
 
 ERROR_NAMES = {
     400: "bad_request",
@@ -652,10 +883,38 @@ class StabilityViewSet(StabilityShape, ChargedViewSet):
     def edit_erase(self, request: Request) -> Response:
         return self.charged(request, erase_mapper, STABILITY)
 
+    def edit_search_and_replace(self, request: Request) -> Response:
+        return self.charged(request, SEARCH_REPLACE_MAPPER, STABILITY)
+
+    def edit_search_and_recolor(self, request: Request) -> Response:
+        return self.charged(request, SEARCH_RECOLOR_MAPPER, STABILITY)
+
+    def edit_remove_background(self, request: Request) -> Response:
+        return self.charged(request, REMOVE_BACKGROUND_MAPPER, STABILITY)
+
+    def upscale_fast(self, request: Request) -> Response:
+        return self.charged(request, FAST_UPSCALE_MAPPER, STABILITY)
+
+    def upscale_conservative(self, request: Request) -> Response:
+        return self.charged(request, CONSERVATIVE_UPSCALE_MAPPER, STABILITY)
+
+    def upscale_creative(self, request: Request) -> Response:
+        return self.charged(request, CREATIVE_UPSCALE_MAPPER, STABILITY_ASYNC)
+
 
 SD3_MAPPER = _generate_mapper("generate/sd3", SD3RequestSerializer, takes_image=True)
 CORE_MAPPER = _generate_mapper("generate/core", CoreRequestSerializer, takes_image=False)
 ULTRA_MAPPER = _generate_mapper("generate/ultra", UltraRequestSerializer, takes_image=True)
+SEARCH_REPLACE_MAPPER = _search_mapper(
+    "edit/search-and-replace", SearchReplaceRequestSerializer, text_field="search_prompt", strength=INPAINT_STRENGTH
+)
+SEARCH_RECOLOR_MAPPER = _search_mapper(
+    "edit/search-and-recolor", SearchRecolorRequestSerializer, text_field="select_prompt", strength=RECOLOR_STRENGTH
+)
+REMOVE_BACKGROUND_MAPPER = _tool_mapper("edit/remove-background", RemoveBackgroundRequestSerializer)
+FAST_UPSCALE_MAPPER = _tool_mapper("upscale/fast", FastUpscaleRequestSerializer)
+CONSERVATIVE_UPSCALE_MAPPER = _tool_mapper("upscale/conservative", ConservativeUpscaleRequestSerializer)
+CREATIVE_UPSCALE_MAPPER = _tool_mapper("upscale/creative", CreativeUpscaleRequestSerializer)
 
 
 @extend_schema(exclude=True)
@@ -688,8 +947,8 @@ class StabilityBalanceView(StabilityShape, APIView):
 
 @extend_schema(exclude=True)
 class StabilityUnknownRouteView(StabilityShape, APIView):
-    """Anything else under /v2beta: a 404 in Stability's envelope (remove-background,
-    search-and-replace, upscale and control are not served: docs/api.md)."""
+    """Anything else under /v2beta: a 404 in Stability's envelope (control/* is not
+    served: no ControlNet or IP-Adapter tool models yet, docs/api.md)."""
 
     authentication_classes: list = []
     permission_classes: list = []
@@ -721,5 +980,11 @@ def stability_urls() -> list:
         path("stable-image/edit/inpaint", _action("edit_inpaint")),
         path("stable-image/edit/outpaint", _action("edit_outpaint")),
         path("stable-image/edit/erase", _action("edit_erase")),
+        path("stable-image/edit/search-and-replace", _action("edit_search_and_replace")),
+        path("stable-image/edit/search-and-recolor", _action("edit_search_and_recolor")),
+        path("stable-image/edit/remove-background", _action("edit_remove_background")),
+        path("stable-image/upscale/fast", _action("upscale_fast")),
+        path("stable-image/upscale/conservative", _action("upscale_conservative")),
+        path("stable-image/upscale/creative", _action("upscale_creative")),
         path("results/<str:result_id>", StabilityResultViewSet.as_view({"get": "retrieve"})),
     ]

@@ -27,11 +27,10 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts import selectors as account_selectors
 from accounts.authentication import APIKeyAuthentication
-from accounts.models import APIKey, Tenant
-from accounts.principals import tenant_active_check
-from core.errors import NotFound, PermissionDeniedError
+from accounts.models import Tenant
+from accounts.principals import managed_tenant
+from core.errors import NotFound
 from core.schema import AUTH_ERRORS, errors
 from images.fields import StrictBooleanField, StrictCharField, StrictSerializer, WebhookURLField
 from images.models import WEBHOOK_EVENTS, WebhookDelivery, WebhookEndpoint
@@ -185,19 +184,9 @@ class WebhookViewSet(viewsets.ViewSet):
     def tenant(self, request: Request) -> Tenant:
         """The tenant managed in this request: an admin key's, or the one an owner's or
         admin member's session manages (the same rule as /v1/keys). 403 otherwise."""
-        key = request.auth if isinstance(request.auth, APIKey) else None
-        if key is not None:
-            if not key.is_admin:
-                raise PermissionDeniedError(
-                    "Managing webhooks needs an admin key or an owner's session.", code="insufficient_permissions"
-                )
-            return key.tenant
-        tenant = account_selectors.tenant_managed_by(user=request.user, tenant_name=request.query_params.get("tenant"))
-        if tenant is None:
-            raise PermissionDeniedError(
-                "Only a tenant's owners and admins may manage its webhooks.", code="insufficient_permissions"
-            )
-        tenant_active_check(tenant=tenant)  # (a key's tenant was checked at authentication)
+        tenant, _ = managed_tenant(
+            auth=request.auth, user=request.user, tenant_name=request.query_params.get("tenant"), what="webhooks"
+        )
         return tenant
 
     def _endpoint(self, request: Request, id: str) -> WebhookEndpoint:

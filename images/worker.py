@@ -55,6 +55,7 @@ from images.lora_files import LoraFetchError, lora_local_path
 from images.models import ImageModel, Job
 from images.output_shape import output_apply
 from images.profiles import capabilities_check
+from images.search_mask import search_mask_make
 from images.services.jobs import job_complete, job_deadline_reached, job_fail, job_progress, job_start
 from images.services.output_moderation import (
     blocked_output_record,
@@ -339,7 +340,8 @@ def job_run(*, job_id: str) -> None:
             return
         runner(job, extra)
         return
-    refusal = _capabilities_reconcile(job, backend, source, masked=bool(extra.get("mask_file")))
+    masked = bool(extra.get("mask_file") or extra.get("mask_from"))
+    refusal = _capabilities_reconcile(job, backend, source, masked=masked)
     if refusal is not None:  # a 400 for this job too (images.errors), never a retryable 502
         logger.warning("job %s refused by the model's family: %s", job.pk, refusal)
         job_fail(job_id=job.pk, code=UNSUPPORTED_BY_FAMILY, message=str(refusal))
@@ -350,6 +352,10 @@ def job_run(*, job_id: str) -> None:
         logger.exception("job %s: reading its input images failed", job.pk)
         job_fail(job_id=job.pk, code="input_missing", message="The job's input images could not be read.")
         return
+    if extra.get("mask_from") and mask_image is None:  # (a text-prompted edit: images/search_mask.py)
+        mask_image = search_mask_make(job, backend, init_image, extra["mask_from"])
+        if mask_image is None:  # (failed and settled there)
+            return
     try:
         loras = _loras(job.params.get("loras") or ())
     except LoraFetchError as exc:  # a tenant's upload deleted after the request, or the store away
@@ -483,7 +489,8 @@ def _output_moderate(
         job_fail(
             job_id=job.pk,
             code=OUTPUT_MODERATION_BLOCKED,
-            message="The output safety check withheld every image.",
+            # (the Midjourney proxy's failReason shows this message as it is)
+            message=f"The output safety check withheld every image ({', '.join(summary.get('categories') or [])}).",
             output_moderation=summary,
         )
         return None
@@ -508,19 +515,32 @@ def _deliver_input(job: Job, extra: dict[str, Any]) -> None:
     """A job that runs no model (GenerationRequest.pipeline False: Midjourney's U1-U4,
     images/services/midjourney.py): its stored input image, shaped by the job's `output`
     spec (images/output_shape.py: `size` resizes with Lanczos), is its one image. Failing
-    to read, shape or store it fails the job and releases its hold, like a pipeline error."""
+    to read, shape or store it fails the job and releases its hold, like a pipeline error.
+    The delivered image is a new one (a derived, resized image), so it goes through the
+    output check and gets the watermark and manifest like any generated image (issue 25;
+    a grid cell delivered blurred is blurred again, a cell withheld is never upscaled:
+    images.services.midjourney.mj_cell)."""
     try:
         init_image, _ = _inputs(extra)
         if init_image is None:
             raise ValueError("the job has no input image")
         image = output_apply(init_image, extra.get("output") or {}, init=None, mask=None)
-        stored = [_encode_and_store(job, 0, image, job.seed)]
     except Exception as exc:
         logger.exception("job %s: delivering its input failed", job.pk)
         job_fail(job_id=job.pk, code="generation_failed", message=f"Image processing failed: {exc.__class__.__name__}")
         return
+    checked = _output_moderate(job, get_backend(), [image])
+    if checked is None:  # settled: withheld, or the check failed
+        return
+    images, marks, output_moderation = checked
+    try:
+        stored = [_encode_and_store(job, 0, images[0], job.seed, marks[0])]
+    except Exception as exc:
+        logger.exception("job %s: storing its image failed", job.pk)
+        job_fail(job_id=job.pk, code="storage_failed", message=f"Storing the image failed: {exc.__class__.__name__}")
+        return
     task_status_progress(job_id=job.pk, steps_done=job.steps)
-    if not job_complete(job=job, stored=stored, gpu_ms=0, prompt_tokens=None):
+    if not job_complete(job=job, stored=stored, gpu_ms=0, prompt_tokens=None, output_moderation=output_moderation):
         image_delete_files([row["file"] for row in stored])
 
 

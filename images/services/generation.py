@@ -122,6 +122,10 @@ class GenerationRequest:
     # Rows a vendor shape keeps beside the job (the Midjourney proxy's task), written in
     # the hold's transaction right after the job: a refusal rolls them back with it.
     on_job_created: Callable[[Job], None] | None = None
+    # An edit whose mask the worker makes from text before inpainting (Stability's
+    # search-and-replace and search-and-recolor, images/stability.py; images/search_mask.py):
+    # {"segmenter": a segmenter model's public id, "text": what to find, "grow": pixels}.
+    mask_from: dict[str, Any] | None = None
 
 
 def model_resolve(*, fields: dict[str, Any], default: str, api_key: APIKey | None) -> ImageModel:
@@ -404,6 +408,8 @@ def _hold(draft: _Draft) -> Job:
         params.extra = {**params.extra, "output": request.output}
     if not request.pipeline:  # (Midjourney's U1-U4: images/worker.py `_deliver_input`)
         params.extra = {**params.extra, "pipeline": False}
+    if request.mask_from:  # (the worker makes the mask: images/search_mask.py)
+        params.extra = {**params.extra, "mask_from": request.mask_from}
     try:
         with transaction.atomic():
             # The job first (the hold refers to it), then the hold: it takes the credits

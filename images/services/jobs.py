@@ -139,6 +139,18 @@ def job_progress(*, job_id: Any, steps_done: int) -> bool:
 OUTPUT_MODERATION_USAGE_CODES = {"blocked": "output_withheld", "blurred": "output_blurred", "flagged": "output_flagged"}
 
 
+def _usage_output_fields(summary: dict[str, Any] | None) -> dict[str, Any]:
+    """The usage record's output-moderation columns (billing.models.UsageRecord:
+    output_action, output_categories, images_withheld) from a job's summary
+    (images/services/output_moderation.job_output_summary; {} = nothing found)."""
+    summary = summary or {}
+    return {
+        "output_action": summary.get("action") or "",
+        "output_categories": list(summary.get("categories") or []),
+        "images_withheld": len(summary.get("withheld") or []),
+    }
+
+
 def job_complete(
     *,
     job: Job,
@@ -153,7 +165,7 @@ def job_complete(
     `stored` are the images delivered: an image the output classifier withheld is not
     among them, so it is not charged (the charge is pro rata to `len(stored)`).
     `output_moderation` (images/services/output_moderation.job_output_summary) is kept
-    on the job and named by the usage record's error_code."""
+    on the job and on the usage record (its output_* columns; error_code names it too)."""
     now = timezone.now()
     with transaction.atomic():
         won = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
@@ -182,6 +194,7 @@ def job_complete(
             gpu_ms=gpu_ms,
             latency_ms=_ms(now - job.created_at),
             error_code=OUTPUT_MODERATION_USAGE_CODES.get((output_moderation or {}).get("action"), ""),
+            **_usage_output_fields(output_moderation),
         )
     _inputs_delete(job)
     task_status.task_status_final(job_id=job.pk)
@@ -234,6 +247,7 @@ def job_fail(
             error_code=code,
             latency_ms=_ms(now - job.created_at),
             queue_wait_ms=_ms(job.started_at - job.created_at) if job.started_at else None,
+            **_usage_output_fields(output_moderation),
         )
     _inputs_delete(job)
     task_status.task_status_final(job_id=job_id)

@@ -401,12 +401,16 @@ def mj_blend_image(references: list[str], *, width: int, height: int) -> bytes:
 
 
 def mj_cell(*, task: MidjourneyTask, index: int):
-    """Image `index` (1-4) of a grid task's job: 400 when it has no such image (its
-    images were deleted by retention, or it made fewer)."""
-    images = list(task.job.images.all())
-    if len(images) < index:
+    """Image `index` (1-4) of a grid task's job (the cell made as image index - 1): 400
+    when it has no such image (its images were deleted by retention, it made fewer, or
+    the output safety check withheld that cell: issue 25)."""
+    cell = next((image for image in task.job.images.all() if image.index == index - 1), None)
+    if cell is None:
+        if index - 1 in ((task.job.output_moderation or {}).get("withheld") or []):
+            withheld = "该图片已被安全检查拦截 (withheld by the output safety check)"
+            raise InvalidRequest(withheld, param="index", code="invalid_value")
         raise InvalidRequest("关联任务的图片已不存在", param="index", code="invalid_value")
-    return images[index - 1]
+    return cell
 
 
 # ---- custom ids and buttons ----------------------------------------------------------------
@@ -459,15 +463,18 @@ def mj_buttons(task: MidjourneyTask) -> list[dict[str, Any]]:
 # ---- grids and links -----------------------------------------------------------------------
 
 
-def mj_grid_compose(cells: list[bytes]) -> bytes:
+def mj_grid_compose(cells: list[bytes | None]) -> bytes:
     """Four images of one size as a 2x2 PNG grid, twice as wide and as high as a cell
-    (1 top left, 2 top right, 3 bottom left, 4 bottom right)."""
+    (1 top left, 2 top right, 3 bottom left, 4 bottom right); a None cell (withheld by
+    the output safety check, issue 25) is left a flat grey."""
     from PIL import Image
 
-    pictures = [Image.open(io.BytesIO(data)).convert("RGB") for data in cells]
-    width, height = pictures[0].size
-    grid = Image.new("RGB", (width * 2, height * 2))
+    pictures = [None if data is None else Image.open(io.BytesIO(data)).convert("RGB") for data in cells]
+    width, height = next(picture for picture in pictures if picture is not None).size
+    grid = Image.new("RGB", (width * 2, height * 2), (128, 128, 128))
     for i, picture in enumerate(pictures[:CELLS]):
+        if picture is None:
+            continue
         if picture.size != (width, height):
             picture = picture.resize((width, height), Image.Resampling.LANCZOS)
         grid.paste(picture, ((i % 2) * width, (i // 2) * height))
@@ -485,10 +492,11 @@ def mj_grid_ensure(task: MidjourneyTask) -> str | None:
         return task.grid_file
     if task.action not in GRID_ACTIONS or task.job.status != Job.Status.SUCCEEDED:
         return None
-    images = list(task.job.images.all())
-    if len(images) < CELLS:
+    images = {image.index: image for image in task.job.images.all()}
+    withheld = set((task.job.output_moderation or {}).get("withheld") or [])
+    if not images or any(index not in images and index not in withheld for index in range(CELLS)):
         return None
-    data = mj_grid_compose([image_read(image) for image in images[:CELLS]])
+    data = mj_grid_compose([image_read(images[i]) if i in images else None for i in range(CELLS)])
     job_id = str(task.job_id)
     name = default_storage.save(f"images/{job_id[:2]}/{job_id}-grid.png", ContentFile(data))
     won = MidjourneyTask.objects.filter(pk=task.pk, grid_file="").update(grid_file=name)

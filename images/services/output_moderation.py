@@ -107,13 +107,20 @@ def output_mark(*, action: str, categories: tuple[str, ...] | list[str]) -> dict
 
 def job_output_summary(*, action: str, verdicts: list[OutputVerdict]) -> dict[str, Any]:
     """Job.output_moderation: {} when nothing was found, else the action taken, every
-    category found and the indexes withheld (block)."""
+    category found (sorted), the indexes withheld (block) and, in the same order, each
+    withheld image's own categories (`withheld_categories`: the answer's `withheld`
+    lists them per image, images.serializers.job_withheld)."""
     unsafe = [verdict for verdict in verdicts if verdict.unsafe]
     if not unsafe:
         return {}
     categories = sorted({category for verdict in unsafe for category in verdict.categories})
-    withheld = [verdict.index for verdict in unsafe] if action == Tenant.OutputModeration.BLOCK else []
-    return {"action": BLOCKED if withheld else MARKS[action], "categories": categories, "withheld": withheld}
+    held = [verdict for verdict in unsafe if action == Tenant.OutputModeration.BLOCK]
+    return {
+        "action": BLOCKED if held else MARKS[action],
+        "categories": categories,
+        "withheld": [verdict.index for verdict in held],
+        "withheld_categories": [list(verdict.categories) for verdict in held],
+    }
 
 
 def blocked_output_record(*, job: Job, verdict: OutputVerdict, image: Any, level: str) -> BlockedOutput:

@@ -9,6 +9,10 @@ every worker's periodic sweep (images/middleware.py).
 - Tables that only grow: idempotency records past their 24 hours, expired sessions,
   login records (django-axes' access log) and blocked-prompt records older than the
   cutoff (they hold prompts), heartbeats of workers silent since the cutoff.
+- Blocked-output records (issue 25: images the output check withheld) older than the
+  cutoff, their staff-only thumbnails first: a picture of what was refused is kept no
+  longer than the images that were delivered (the usage record keeps the action and
+  categories).
 Usage records, ledger rows and jobs are the accounts' history and are kept.
 
 Objects are deleted before their rows: a sweep that dies half-way leaves rows whose
@@ -32,7 +36,7 @@ from core.heartbeats import heartbeats_prune
 from core.idempotency import TTL as IDEMPOTENCY_TTL
 from core.models import IdempotencyRecord
 from images.files import ImagesExpired, image_delete_files, image_thumbnail_name
-from images.models import BlockedPrompt, GeneratedImage, Job
+from images.models import BlockedOutput, BlockedPrompt, GeneratedImage, Job
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +136,22 @@ def _inputs_purge(*, cutoff: datetime, dry_run: bool) -> int:
     return deleted
 
 
+def blocked_outputs_purge(*, cutoff: datetime) -> int:
+    """Delete the blocked-output records made before `cutoff` and their thumbnails
+    (objects first; a row whose thumbnail the store would not delete stays for the next
+    sweep). Returns the rows deleted."""
+    deleted = 0
+    while True:
+        rows = list(
+            BlockedOutput.objects.filter(created_at__lt=cutoff).order_by("pk").values_list("pk", "thumbnail")[:BATCH]
+        )
+        done = [pk for pk, thumbnail in rows if not thumbnail or _delete(thumbnail)]
+        if done:
+            deleted += BlockedOutput.objects.filter(pk__in=done).delete()[0]
+        if len(done) < len(rows) or len(rows) < BATCH:
+            return deleted
+
+
 def tables_prune(*, cutoff: datetime, now: datetime | None = None) -> dict[str, int]:
     """Rows of the tables that only grow (module docstring); counts by table."""
     from django.contrib.sessions.models import Session
@@ -141,6 +161,7 @@ def tables_prune(*, cutoff: datetime, now: datetime | None = None) -> dict[str, 
         "idempotency_records": IdempotencyRecord.objects.filter(created_at__lt=now - IDEMPOTENCY_TTL).delete()[0],
         "sessions": Session.objects.filter(expire_date__lt=now).delete()[0],
         "blocked_prompts": BlockedPrompt.objects.filter(created_at__lt=cutoff).delete()[0],
+        "blocked_outputs": blocked_outputs_purge(cutoff=cutoff),
         "worker_heartbeats": heartbeats_prune(before=cutoff),
     }
     try:

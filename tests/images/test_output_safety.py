@@ -457,3 +457,295 @@ def test_blocked_outputs_list_and_thumbnail_are_staff_only(
     assert Image.open(io.BytesIO(picture.content)).size == (128, 128)
     anonymous = client.get(url)
     assert anonymous.status_code == 302 and "/admin/login/" in anonymous["Location"]
+
+
+# ---- Usage records and the usage API (gaps left by issue 25, item 1) -----------------------
+
+
+def test_usage_records_and_the_usage_api_carry_the_output_checks_result(api, worker, tenant, classifier, unsafe_model):
+    """Every outcome of the check lands in its own usage columns: withheld images (never
+    charged), blurred and flagged requests; the JSON, the CSV and the dashboard agree."""
+    classifier(unsafe_model)
+    mode(tenant, "block")
+    assert post_json(api, URL, dalle2(n=2), tenant).status_code == 400
+    mode(tenant, "blur")
+    assert post_json(api, URL, dalle2(), tenant).status_code == 200
+    mode(tenant, "flag")
+    assert post_json(api, URL, dalle2(), tenant).status_code == 200
+    mode(tenant, "off")
+    assert post_json(api, URL, dalle2(), tenant).status_code == 200
+    rows = {row.output_action: row for row in UsageRecord.objects.filter(tenant=tenant.tenant).order_by("created_at")}
+    assert set(rows) == {"blocked", "blurred", "flagged", ""}
+    blocked = rows["blocked"]
+    assert (blocked.outcome, blocked.images_withheld, blocked.output_categories) == ("blocked", 2, ["nsfw"])
+    assert (blocked.images, blocked.credits_charged) == (0, 0)
+    assert (rows["blurred"].output_categories, rows["blurred"].images_withheld) == (["nsfw"], 0)
+    assert rows["flagged"].outcome == "succeeded" and rows["flagged"].output_categories == ["nsfw"]
+    assert (rows[""].output_categories, rows[""].images_withheld) == ([], 0)
+
+    totals = api.get("/v1/usage", **tenant.auth).json()["totals"]
+    assert (totals["images_withheld"], totals["output_blurred"], totals["output_flagged"]) == (2, 1, 1)
+    assert (totals["requests"], totals["refused"], totals["succeeded"]) == (4, 1, 3)
+    csv_text = api.get("/v1/usage", {"format": "csv"}, **tenant.auth).content.decode()
+    import csv
+
+    (row,) = list(csv.DictReader(io.StringIO(csv_text)))
+    assert (row["images_withheld"], row["output_blurred"], row["output_flagged"]) == ("2", "1", "1")
+    assert list(row)[-3:] == ["images_withheld", "output_blurred", "output_flagged"]  # appended
+    assert "OK" in reconciled()
+
+
+@pytest.fixture
+def two_labels(settings):
+    settings.OUTPUT_MODERATION_UNSAFE_LABELS = ["nsfw", "gore"]
+
+
+def test_withheld_lists_each_images_own_categories(two_labels):
+    """Item 2: `withheld` names each withheld image's own labels, not the job's union."""
+    from images.serializers import job_withheld
+    from images.services.output_moderation import job_output_summary, output_verdicts
+
+    scores = [{"nsfw": 0.9, "gore": 0.1}, {"nsfw": 0.1, "gore": 0.1}, {"nsfw": 0.2, "gore": 0.95}]
+    verdicts = output_verdicts(scores=scores, level="standard")
+    summary = job_output_summary(action="block", verdicts=verdicts)
+    assert summary["categories"] == ["gore", "nsfw"] and summary["withheld"] == [0, 2]
+    assert job_withheld(Job(output_moderation=summary)) == [
+        {"index": 0, "categories": ["nsfw"]},
+        {"index": 2, "categories": ["gore"]},
+    ]
+    # A summary written before the per-image lists falls back to the job's categories.
+    old = {"action": "blocked", "categories": ["nsfw"], "withheld": [1]}
+    assert job_withheld(Job(output_moderation=old)) == [{"index": 1, "categories": ["nsfw"]}]
+
+
+# ---- Tool jobs and Midjourney upscales are delivered images too (item 3) --------------------
+
+
+@pytest.fixture
+def tool_models():
+    call_command("build_tool_models", stdout=io.StringIO())
+
+
+def run_upscale(tenant):
+    from accounts.principals import Caller
+    from images.services.generation import generation_create
+    from images.services.inputs import InputImage
+    from images.services.jobs import job_wait
+    from images.services.tools import tool_generation_request
+
+    picture = Image.new("RGB", (48, 40), (30, 90, 200))
+    picture.paste((250, 240, 30), (12, 10, 36, 30))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    request = tool_generation_request(
+        endpoint="/test/upscale", kind=Job.Kind.UPSCALE, image=InputImage(param="image", upload=buffer), fields={}
+    )
+    job = generation_create(caller=Caller(tenant=tenant.tenant, api_key=tenant.key), request=request)
+    return job_wait(job_id=job.pk, timeout=120)
+
+
+def test_upscale_tool_output_is_checked_marked_and_watermarked(
+    worker, tenant, classifier, unsafe_model, tool_models, settings
+):
+    from django.core.files.storage import default_storage
+
+    from images.backends.local.provenance import watermark_read
+
+    classifier(unsafe_model)
+    mode(tenant, "block")
+    blocked = run_upscale(tenant)
+    assert (blocked.status, blocked.error_code) == ("failed", "moderation_blocked")
+    assert BlockedOutput.objects.get(job=blocked).categories == ["nsfw"]
+    assert UsageRecord.objects.get(job=blocked).output_action == "blocked"
+    assert balance(tenant) == (10_000, 0)
+
+    mode(tenant, "flag")
+    flagged = run_upscale(tenant)
+    assert flagged.status == "succeeded", flagged.error_message
+    image = flagged.images.get()
+    assert image.moderation == {"action": "flagged", "categories": ["nsfw"]}
+    with default_storage.open(image.file, "rb") as handle:
+        delivered = Image.open(io.BytesIO(handle.read()))
+        delivered.load()
+    assert delivered.size == (192, 160)
+    text = settings.OUTPUT_WATERMARK_TEXT.encode()
+    assert watermark_read(delivered, len(text)) == text
+    assert UsageRecord.objects.get(job=flagged).output_action == "flagged"
+    assert "OK" in reconciled()
+
+
+@pytest.fixture
+def mj_settings(settings):
+    settings.MJ_MODEL = "dall-e-2"
+    settings.MJ_BASE_SIZE = "256x256"
+    settings.MJ_UPSCALE_FACTOR = 2
+
+
+def mj_wait(api, tenant, task_id: str) -> dict:
+    import time
+
+    for _ in range(600):
+        task = api.get(f"/mj/task/{task_id}/fetch", **tenant.auth).json()
+        if task["status"] in ("SUCCESS", "FAILURE"):
+            return task
+        time.sleep(0.2)
+    raise AssertionError(f"task {task_id} did not finish")
+
+
+def mj_submit(api, tenant, path: str, body: dict) -> str:
+    response = post_json(api, f"/mj/submit/{path}", body, tenant)
+    assert response.status_code == 200 and response.json()["code"] in (1, 22), response.content
+    return response.json()["result"]
+
+
+def test_midjourney_upscale_goes_through_the_check_and_a_blocked_task_fails_with_the_reason(
+    api, worker, tenant, classifier, unsafe_model, mj_settings
+):
+    classifier(unsafe_model)
+    mode(tenant, "off")
+    grid = mj_wait(api, tenant, mj_submit(api, tenant, "imagine", {"prompt": "a red fox in the snow"}))
+    assert grid["status"] == "SUCCESS", grid
+    before = balance(tenant)
+
+    mode(tenant, "block")  # U2 of a grid made under `off`: the upscale is a new image, checked
+    upscale = mj_wait(api, tenant, mj_submit(api, tenant, "simple-change", {"content": f"{grid['id']} U2"}))
+    assert upscale["status"] == "FAILURE" and upscale["imageUrl"] is None
+    assert "output safety check withheld" in upscale["failReason"] and "nsfw" in upscale["failReason"]
+    assert upscale["properties"]["creditsCharged"] == 0 and balance(tenant) == before
+    assert UsageRecord.objects.get(job__midjourney_task__pk=upscale["id"]).output_action == "blocked"
+
+    blocked_grid = mj_wait(api, tenant, mj_submit(api, tenant, "imagine", {"prompt": "a quiet harbour"}))
+    assert blocked_grid["status"] == "FAILURE" and "nsfw" in blocked_grid["failReason"]
+    assert blocked_grid["buttons"] == [] and balance(tenant) == before
+
+    mode(tenant, "blur")
+    blurred = mj_wait(api, tenant, mj_submit(api, tenant, "simple-change", {"content": f"{grid['id']} U1"}))
+    assert blurred["status"] == "SUCCESS", blurred
+    job = Job.objects.get(midjourney_task__pk=blurred["id"])
+    assert job.images.get().moderation == {"action": "blurred", "categories": ["nsfw"]}
+    assert job.output_moderation["action"] == "blurred"
+    assert "OK" in reconciled()
+
+
+def test_midjourney_grid_with_a_withheld_cell_is_grey_there_and_its_u_button_is_refused(
+    db, tenant, mj_settings, registry
+):
+    """A grid whose cell 2 was withheld (n = 4, one blocked): the grid shows grey there,
+    and U2 is a 400 (never the next cell: cells are found by their index)."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+    from django.utils import timezone
+
+    from core.errors import InvalidRequest
+    from images.models import GeneratedImage, ImageModel, MidjourneyTask
+    from images.services import midjourney as mj
+
+    model = ImageModel.objects.get(public_id="dall-e-2")
+    job = Job.objects.create(
+        guidance=1.0,
+        seed=1,
+        deadline=timezone.now(),
+        tenant=tenant.tenant,
+        api_key=tenant.key,
+        model=model,
+        kind="generate",
+        endpoint="/mj/submit/imagine",
+        prompt="x",
+        n=4,
+        width=64,
+        height=64,
+        steps=1,
+        status="succeeded",
+        output_moderation={"action": "blocked", "categories": ["nsfw"], "withheld": [1]},
+    )
+    for index, colour in ((0, (255, 0, 0)), (2, (0, 255, 0)), (3, (0, 0, 255))):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 64), colour).save(buffer, format="PNG")
+        name = default_storage.save(f"images/test/{job.pk}-{index}.png", ContentFile(buffer.getvalue()))
+        GeneratedImage.objects.create(
+            job=job, index=index, file=name, content_type="image/png", width=64, height=64, bytes=1
+        )
+    task = MidjourneyTask.objects.create(
+        id=mj.mj_task_id_new(), tenant=tenant.tenant, job=job, action="IMAGINE", prompt="x", prompt_en="x"
+    )
+    assert mj.mj_cell(task=task, index=3).index == 2
+    with pytest.raises(InvalidRequest, match="withheld"):
+        mj.mj_cell(task=task, index=2)
+    with default_storage.open(mj.mj_grid_ensure(task), "rb") as handle:
+        grid = Image.open(io.BytesIO(handle.read())).convert("RGB")
+    assert grid.size == (128, 128)
+    assert grid.getpixel((32, 32)) == (255, 0, 0) and grid.getpixel((96, 32)) == (128, 128, 128)
+    assert grid.getpixel((32, 96)) == (0, 255, 0) and grid.getpixel((96, 96)) == (0, 0, 255)
+
+
+# ---- Stability's shape (item 4) ------------------------------------------------------------
+
+STABILITY_CORE = "/v2beta/stable-image/generate/core"
+
+
+def stability_post(api, tenant, accept: str = "image/*"):
+    return api.post(
+        STABILITY_CORE,
+        {"prompt": PROMPT, "seed": "7", "output_format": "png"},
+        format="multipart",
+        HTTP_ACCEPT=accept,
+        **tenant.auth,
+    )
+
+
+def test_stability_shape_blocked_output_is_its_403_content_moderation(api, worker, tenant, classifier, unsafe_model):
+    classifier(unsafe_model)
+    mode(tenant, "block")
+    response = stability_post(api, tenant)
+    assert response.status_code == 403, response.content
+    body = response.json()
+    assert set(body) == {"id", "name", "errors"} and body["name"] == "content_moderation"
+    assert "withheld" in body["errors"][0] and "nsfw" in body["errors"][0]
+    assert balance(tenant) == (10_000, 0)
+    assert UsageRecord.objects.get().output_action == "blocked"
+
+
+def test_stability_shape_blurred_output_is_content_filtered_and_flagged_is_success(
+    api, worker, tenant, classifier, unsafe_model
+):
+    classifier(unsafe_model)
+    mode(tenant, "blur")
+    raw = stability_post(api, tenant)
+    assert raw.status_code == 200, raw.content
+    assert raw["Content-Type"] == "image/png" and raw["finish-reason"] == "CONTENT_FILTERED"
+    as_json = stability_post(api, tenant, accept="application/json")
+    assert as_json.status_code == 200 and as_json.json()["finish_reason"] == "CONTENT_FILTERED"
+    assert int(raw["x-credits-charged"]) > 0  # delivered (blurred), so charged
+    mode(tenant, "flag")
+    flagged = stability_post(api, tenant)
+    assert flagged.status_code == 200 and flagged["finish-reason"] == "SUCCESS"
+    mode(tenant, "off")
+    assert stability_post(api, tenant)["finish-reason"] == "SUCCESS"
+
+
+# ---- Retention (item 5) --------------------------------------------------------------------
+
+
+def test_retention_deletes_blocked_output_records_and_their_thumbnails(
+    api, worker, tenant, classifier, unsafe_model, settings
+):
+    from datetime import timedelta
+
+    from django.core.files.storage import default_storage
+    from django.utils import timezone
+
+    from images.services.retention import retention_sweep
+
+    classifier(unsafe_model)
+    mode(tenant, "block")
+    assert post_json(api, URL, dalle2(n=2), tenant).status_code == 400
+    old, recent = BlockedOutput.objects.order_by("index")
+    assert default_storage.exists(old.thumbnail) and default_storage.exists(recent.thumbnail)
+    settings.RETENTION_DAYS = 30
+    BlockedOutput.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=31))
+    result = retention_sweep()
+    assert result.rows["blocked_outputs"] == 1
+    assert not default_storage.exists(old.thumbnail) and default_storage.exists(recent.thumbnail)
+    assert list(BlockedOutput.objects.all()) == [recent]
+    usage = UsageRecord.objects.get()  # the usage record keeps what was found
+    assert (usage.output_action, usage.images_withheld, usage.output_categories) == ("blocked", 2, ["nsfw"])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from billing.models import CreditAccount, LedgerEntry, UsageRecord
 from images.models import ImageModel, Job, StabilityRoute
-from images.stability import STABILITY_MODELS, nearest_size
+from images.stability import STABILITY_MODELS, TOOL_SERVICES, nearest_size
 from tests.images.test_waiting_asgi import app  # noqa: F401  (the ASGI application fixture)
 
 CORE = "/v2beta/stable-image/generate/core"
@@ -22,6 +22,12 @@ SD3 = "/v2beta/stable-image/generate/sd3"
 INPAINT = "/v2beta/stable-image/edit/inpaint"
 OUTPAINT = "/v2beta/stable-image/edit/outpaint"
 ERASE = "/v2beta/stable-image/edit/erase"
+SEARCH_REPLACE = "/v2beta/stable-image/edit/search-and-replace"
+SEARCH_RECOLOR = "/v2beta/stable-image/edit/search-and-recolor"
+REMOVE_BACKGROUND = "/v2beta/stable-image/edit/remove-background"
+UPSCALE_FAST = "/v2beta/stable-image/upscale/fast"
+UPSCALE_CONSERVATIVE = "/v2beta/stable-image/upscale/conservative"
+UPSCALE_CREATIVE = "/v2beta/stable-image/upscale/creative"
 
 
 def upload(image: Image.Image, name: str = "image.png") -> SimpleUploadedFile:
@@ -152,7 +158,7 @@ def test_auth_moderation_and_unknown_routes_answer_in_the_envelope(api, registry
     assert unauthorized.status_code == 401 and unauthorized.json()["name"] == "unauthorized"
     blocked = post(api, CORE, tenant, {"prompt": "child sexual abuse material"})
     assert blocked.status_code == 403 and blocked.json()["name"] == "content_moderation", blocked.content
-    gone = post(api, "/v2beta/stable-image/edit/remove-background", tenant, {})
+    gone = post(api, "/v2beta/stable-image/control/sketch", tenant, {})
     assert gone.status_code == 404 and gone.json()["name"] == "not_found"
     assert not Job.objects.exists()
 
@@ -253,3 +259,158 @@ def test_under_asgi_the_waited_answer_is_the_bytes(app, worker, tenant, settings
     assert client.headers["content-type"] == "image/png" and client.headers["seed"] == "11"
     assert client.headers["finish-reason"] == "SUCCESS"
     assert Image.open(io.BytesIO(client.content)).size == (1024, 1024)
+
+
+# ---- Tool-model endpoints and the text-prompted edits ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tool_models():
+    """The embedded tiny tool models (upscaler, background remover, segmenter) on disk."""
+    call_command("build_tool_models", stdout=io.StringIO())
+
+
+def picture(width: int, height: int) -> Image.Image:
+    """A bright square on a dark, graded background."""
+    image = Image.new("RGB", (width, height))
+    image.putdata([(x * 255 // width, y * 255 // height, 60) for y in range(height) for x in range(width)])
+    image.paste((250, 240, 30), (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    return image
+
+
+def tool_price(service: str) -> int:
+    return TOOL_SERVICES[service][2]
+
+
+def test_upscale_fast_is_exactly_four_times_larger_as_bytes_and_json(api, worker, tenant, tool_models):
+    response = post(api, UPSCALE_FAST, tenant, {"image": upload(picture(100, 70)), "output_format": "png"})
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == "image/png" and response["finish-reason"] == "SUCCESS"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "PNG" and image.size == (400, 280)
+    job = Job.objects.get()
+    assert job.kind == "upscale" and job.model.public_id == "esrgan-tiny-x4" and job.endpoint == UPSCALE_FAST
+    price = tool_price("upscale/fast")  # the tool model's `st_upscale_fast` row, not its `upscale` one
+    assert response["x-credits-charged"] == str(price) and balance(tenant) == 10_000 - price
+
+    as_json = post(
+        api, UPSCALE_FAST, tenant, {"image": upload(picture(64, 96)), "output_format": "webp"}, accept="application/json"
+    )
+    assert as_json.status_code == 200, as_json.content
+    body = as_json.json()
+    assert set(body) == {"image", "finish_reason", "seed"}
+    image = Image.open(io.BytesIO(base64.b64decode(body["image"])))
+    assert image.format == "WEBP" and image.size == (256, 384)
+    # Stability's fast limits: 32-1536 pixels a side, at least 1,024 pixels.
+    tiny = post(api, UPSCALE_FAST, tenant, {"image": upload(picture(31, 64))})
+    assert tiny.status_code == 400 and tiny.json()["errors"][0].startswith("image:")
+    assert Job.objects.count() == 2
+    call_command("billing_reconcile")
+
+
+def test_upscale_conservative_answers_the_image_at_once(api, worker, tenant, tool_models):
+    data = {"image": upload(picture(80, 80)), "prompt": "a sharp photo", "creativity": "0.3"}
+    response = post(api, UPSCALE_CONSERVATIVE, tenant, data)
+    assert response.status_code == 200, response.content
+    assert Image.open(io.BytesIO(response.content)).size == (320, 320)
+    assert balance(tenant) == 10_000 - tool_price("upscale/conservative")
+    no_prompt = post(api, UPSCALE_CONSERVATIVE, tenant, {"image": upload(picture(80, 80))})
+    assert no_prompt.status_code == 400 and "prompt" in no_prompt.json()["errors"][0]
+
+
+def test_upscale_creative_is_async_through_results(api, worker, tenant, tool_models):
+    from images.services.jobs import job_wait
+
+    data = {"image": upload(picture(90, 60)), "prompt": "a castle", "output_format": "jpeg", "seed": "5"}
+    submitted = post(api, UPSCALE_CREATIVE, tenant, data)
+    assert submitted.status_code == 200, submitted.content
+    assert set(submitted.json()) == {"id"}  # Stability's: 200 {id}, whatever the Accept
+    result_id = submitted.json()["id"]
+    assert job_wait(job_id=result_id, timeout=120).status == "succeeded"
+    done = api.get(f"/v2beta/results/{result_id}", HTTP_ACCEPT="image/*", **tenant.auth)
+    assert done.status_code == 200 and done["Content-Type"] == "image/jpeg" and done["seed"] == "5"
+    assert Image.open(io.BytesIO(done.content)).size == (360, 240)
+    assert balance(tenant) == 10_000 - tool_price("upscale/creative")
+    assert LedgerEntry.objects.filter(tenant=tenant.tenant, kind="capture").count() == 1
+    call_command("billing_reconcile")
+
+
+def test_remove_background_answers_a_png_whose_alpha_keeps_some_pixels(api, worker, tenant, tool_models):
+    response = post(api, REMOVE_BACKGROUND, tenant, {"image": upload(picture(96, 64))})
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "PNG" and image.mode == "RGBA" and image.size == (96, 64)
+    alpha = image.getchannel("A").tobytes()
+    assert any(a >= 128 for a in alpha) and any(a < 128 for a in alpha)  # kept and dropped
+    job = Job.objects.get()
+    assert job.kind == "remove_bg" and job.model.public_id == "segformer-tiny-rmbg"
+    assert balance(tenant) == 10_000 - tool_price("edit/remove-background")
+    jpeg = post(api, REMOVE_BACKGROUND, tenant, {"image": upload(picture(96, 64)), "output_format": "jpeg"})
+    assert jpeg.status_code == 400 and jpeg.json()["errors"][0].startswith("output_format:")
+
+
+def test_search_and_replace_changes_the_found_area_in_one_charged_job(api, worker, tenant, tool_models):
+    source = Image.new("RGB", (256, 192), (30, 60, 200))
+    source.paste((250, 240, 30), (64, 48, 192, 144))
+    data = {"image": upload(source), "prompt": "a red apple", "search_prompt": "the yellow square", "seed": "9"}
+    response = post(api, SEARCH_REPLACE, tenant, {**data, "grow_mask": "0"}, accept="application/json")
+    assert response.status_code == 200, response.content
+    result = Image.open(io.BytesIO(base64.b64decode(response.json()["image"]))).convert("RGB")
+    assert result.size == source.size
+    job = Job.objects.get()
+    assert job.kind == "edit" and job.model.public_id == "stable-image-search-replace"
+    assert job.params["extra"]["mask_from"] == {"segmenter": "clipseg-tiny", "text": "the yellow square", "grow": 0}
+    assert not job.params["extra"]["mask_file"]  # the worker made the mask
+    # The mask the worker used is the segmenter's map of the letterboxed input: recompute
+    # it here through the same backend and compare the answer with the input on each side.
+    from images.backends import get_backend
+    from images.backends.base import ToolTask
+    from images.search_mask import mask_threshold
+    from images.worker import _inputs, pipeline_source
+
+    init, _ = _inputs(job.params["extra"])
+    segmenter = pipeline_source(ImageModel.objects.get(public_id="clipseg-tiny"))
+    task = ToolTask(source=segmenter, kind="segment", image=init, text="the yellow square")
+    mask = mask_threshold(get_backend().run_tool(task).image)
+    left, top, right, bottom = job.params["extra"]["output"]["box"]
+    mask = mask.crop((left, top, right, bottom)).resize(source.size, Image.Resampling.NEAREST)
+    changed = kept = masked = unmasked = 0
+    for (r0, g0, b0), (r1, g1, b1), m in zip(source.getdata(), result.getdata(), mask.getdata(), strict=True):
+        distance = abs(r0 - r1) + abs(g0 - g1) + abs(b0 - b1)
+        if m:
+            masked += 1
+            changed += distance > 60
+        else:
+            unmasked += 1
+            kept += distance < 40
+    assert masked and unmasked, "the tiny segmenter found part of the image"
+    assert changed / masked > 0.5  # the found area was regenerated
+    assert kept / unmasked > 0.9  # the rest is the input
+    # Charged once, at the endpoint's price (the segmenter's run is part of the edit).
+    price = STABILITY_MODELS["stable-image-search-replace"]
+    assert response["x-credits-charged"] == str(price) and balance(tenant) == 10_000 - price
+    assert LedgerEntry.objects.filter(tenant=tenant.tenant, kind="capture").count() == 1
+    assert UsageRecord.objects.filter(tenant=tenant.tenant).count() == 1
+    call_command("billing_reconcile")
+
+
+def test_search_and_recolor_and_the_search_fields_errors(api, worker, tenant, tool_models):
+    source = picture(160, 120)
+    data = {"image": upload(source), "prompt": "bright red", "select_prompt": "the square", "grow_mask": "2"}
+    response = post(api, SEARCH_RECOLOR, tenant, data)
+    assert response.status_code == 200, response.content
+    assert Image.open(io.BytesIO(response.content)).size == (160, 120)
+    job = Job.objects.get()
+    assert job.model.public_id == "stable-image-search-recolor" and job.params["extra"]["strength"] == 0.85
+    assert job.params["extra"]["mask_from"]["grow"] >= 2  # grown in the caller's pixels, scaled up
+    assert balance(tenant) == 10_000 - STABILITY_MODELS["stable-image-search-recolor"]
+    missing = post(api, SEARCH_REPLACE, tenant, {"image": upload(source), "prompt": "x"})
+    assert missing.status_code == 400 and missing.json()["errors"][0].startswith("search_prompt:")
+    # The operator's segmenter route points at a model that is not a segmenter: a 400.
+    StabilityRoute.objects.filter(service="edit/segmenter").update(
+        image_model=ImageModel.objects.get(public_id="esrgan-tiny-x4")
+    )
+    no_segmenter = post(api, SEARCH_REPLACE, tenant, {"image": upload(source), "prompt": "x", "search_prompt": "y"})
+    assert no_segmenter.status_code == 400 and "segmenter" in no_segmenter.json()["errors"][0]
+    assert Job.objects.count() == 1
