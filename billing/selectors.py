@@ -144,7 +144,7 @@ USAGE_COLUMNS = (
     "requests",
     "succeeded",
     "failed",
-    "refused",  # refused (402, 429) or blocked by moderation, before any job existed
+    "refused",  # refused (402, 429) or blocked by moderation (the prompt, or every output image)
     "images",
     "pixels",
     "credits",

@@ -21,7 +21,9 @@ class UsageColumnsSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
     succeeded = serializers.IntegerField()
     failed = serializers.IntegerField()
-    refused = serializers.IntegerField(help_text="refused (402, 429) or blocked by moderation, before any job")
+    refused = serializers.IntegerField(
+        help_text="refused (402, 429), or blocked by moderation (prompt, or every output image)"
+    )
     images = serializers.IntegerField()
     pixels = serializers.IntegerField()
     credits = serializers.IntegerField(help_text="credits_succeeded + credits_cancelled")

@@ -3,7 +3,7 @@ whether the client of a waiting request is still there (issue 20).
 
 Two servers run the same views (images/management/commands/serve.py):
 
-- ASGI (`WEB_SERVER=asgi`, opt-in for now: gunicorn + uvicorn's worker over platform/asgi.py).
+- ASGI (`WEB_SERVER=asgi`, the default: gunicorn + uvicorn's worker over platform/asgi.py).
   A waiting request costs no thread and no database connection while it waits. The
   middleware chain and the DRF view still run as sync code (auth, throttles,
   `generation_create`, Idempotency-Key, the envelope), in one call on a pool thread;
@@ -18,7 +18,7 @@ Two servers run the same views (images/management/commands/serve.py):
   A client that leaves: Django cancels the request's task on `http.disconnect`;
   `AsgiClientWatch` turns that into the same outcome as below (a job not yet started
   is abandoned, nothing charged). The cap defaults to ASGI_MAX_WAITING.
-- WSGI (gunicorn gthread, the default `WEB_SERVER=gthread`, and Django's test client): what
+- WSGI (gunicorn gthread, `WEB_SERVER=gthread`, and Django's test client): what
   follows; a waiting request holds a thread until its answer.
 
 A synchronous generation (an edit, a variation, a vendor shape) and a `stream: true`

@@ -141,7 +141,7 @@ class WorkerLifecycle(dramatiq.Middleware):
         try:
             from images.backends import get_backend
             from images.models import ImageModel
-            from images.worker import pipeline_source
+            from images.services.models import pipeline_source
 
             backend = get_backend()
             models = ImageModel.objects.filter(enabled=True, queue__in=settings.GPU_QUEUES)

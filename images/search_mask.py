@@ -50,7 +50,7 @@ def mask_threshold(segmentation: Image.Image, *, grow: int = 0) -> Image.Image |
 def search_mask_make(job: Job, backend: Any, init_image: Image.Image, spec: dict[str, Any]) -> Image.Image | None:
     """The mask for `job` (module docstring), or None after failing the job (segmenter
     missing, not a segmenter, its run failed, or nothing found: the hold is released)."""
-    from images.worker import pipeline_source  # (a worker-side module; imported late)
+    from images.services.models import pipeline_source
 
     segmenter = ImageModel.objects.filter(public_id=spec.get("segmenter") or "").first()
     if segmenter is None or segmenter.kind != ImageModel.Kind.SEGMENTER:

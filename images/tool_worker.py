@@ -28,6 +28,7 @@ from images.backends.base import PipelineError, ToolTask
 from images.files import CONTENT_TYPES, image_delete_files, image_encode, image_save
 from images.models import Job
 from images.services.jobs import job_complete, job_fail
+from images.services.models import pipeline_source
 from images.task_status import task_status_progress
 from images.tool_models import TOOL_JOB_KINDS
 from images.worker import (
@@ -40,7 +41,6 @@ from images.worker import (
     _output_moderate,
     _settled_watch,
     _stop_rule,
-    pipeline_source,
 )
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -57,6 +56,7 @@ from images.output_shape import output_apply
 from images.profiles import capabilities_check
 from images.search_mask import search_mask_make
 from images.services.jobs import job_complete, job_deadline_reached, job_fail, job_progress, job_start
+from images.services.models import pipeline_source
 from images.services.output_moderation import (
     blocked_output_record,
     image_blur,
@@ -173,15 +173,6 @@ class _SettledWatch:
 
 
 _settled_watch = _SettledWatch()
-
-
-def pipeline_source(model: ImageModel) -> PipelineSource:
-    """The model row's source as a path under MODEL_DIR, an absolute path, or a hub id."""
-    source = model.source
-    candidate = Path(source) if Path(source).is_absolute() else Path(settings.MODEL_DIR) / source
-    if candidate.exists():
-        source = str(candidate)
-    return PipelineSource(source=source, dtype=model.dtype, local_files_only=not settings.MODEL_ALLOW_DOWNLOADS)
 
 
 def _encode_and_store(

@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 
+from images.backends.base import PipelineSource
 from images.families_catalog import FamilyError, FamilySpec, recognise_folder
 from images.models import ImageModel
 
@@ -77,3 +78,14 @@ def model_source_set(*, model: ImageModel, source: str) -> dict[str, Any]:
     ImageModel.objects.filter(pk=model.pk).update(source=source)
     model.source = source
     return model_capabilities_refresh(model=model)
+
+
+def pipeline_source(model: ImageModel) -> PipelineSource:
+    """The model row's source as the backend loads it (images/backends/base.PipelineSource):
+    a folder under MODEL_DIR, an absolute path, or a hub id (downloads only with
+    MODEL_ALLOW_DOWNLOADS)."""
+    source = model.source
+    candidate = Path(source) if Path(source).is_absolute() else Path(settings.MODEL_DIR) / source
+    if candidate.exists():
+        source = str(candidate)
+    return PipelineSource(source=source, dtype=model.dtype, local_files_only=not settings.MODEL_ALLOW_DOWNLOADS)

@@ -533,12 +533,15 @@ def run_upscale(tenant):
     from images.services.jobs import job_wait
     from images.services.tools import tool_generation_request
 
-    picture = Image.new("RGB", (48, 40), (30, 90, 200))
-    picture.paste((250, 240, 30), (12, 10, 36, 30))
+    picture = Image.new("RGB", (80, 72), (30, 90, 200))
+    picture.paste((250, 240, 30), (20, 18, 60, 54))
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     request = tool_generation_request(
-        endpoint="/test/upscale", kind=Job.Kind.UPSCALE, image=InputImage(param="image", upload=buffer), fields={}
+        endpoint="/test/upscale",
+        kind=Job.Kind.UPSCALE,
+        image=InputImage(param="image", upload=io.BytesIO(buffer.getvalue())),
+        fields={},
     )
     job = generation_create(caller=Caller(tenant=tenant.tenant, api_key=tenant.key), request=request)
     return job_wait(job_id=job.pk, timeout=120)
@@ -567,7 +570,7 @@ def test_upscale_tool_output_is_checked_marked_and_watermarked(
     with default_storage.open(image.file, "rb") as handle:
         delivered = Image.open(io.BytesIO(handle.read()))
         delivered.load()
-    assert delivered.size == (192, 160)
+    assert delivered.size == (320, 288)  # (large enough to carry the watermark)
     text = settings.OUTPUT_WATERMARK_TEXT.encode()
     assert watermark_read(delivered, len(text)) == text
     assert UsageRecord.objects.get(job=flagged).output_action == "flagged"

@@ -293,9 +293,8 @@ def test_upscale_fast_is_exactly_four_times_larger_as_bytes_and_json(api, worker
     price = tool_price("upscale/fast")  # the tool model's `st_upscale_fast` row, not its `upscale` one
     assert response["x-credits-charged"] == str(price) and balance(tenant) == 10_000 - price
 
-    as_json = post(
-        api, UPSCALE_FAST, tenant, {"image": upload(picture(64, 96)), "output_format": "webp"}, accept="application/json"
-    )
+    data = {"image": upload(picture(64, 96)), "output_format": "webp"}
+    as_json = post(api, UPSCALE_FAST, tenant, data, accept="application/json")
     assert as_json.status_code == 200, as_json.content
     body = as_json.json()
     assert set(body) == {"image", "finish_reason", "seed"}
@@ -321,7 +320,7 @@ def test_upscale_conservative_answers_the_image_at_once(api, worker, tenant, too
 def test_upscale_creative_is_async_through_results(api, worker, tenant, tool_models):
     from images.services.jobs import job_wait
 
-    data = {"image": upload(picture(90, 60)), "prompt": "a castle", "output_format": "jpeg", "seed": "5"}
+    data = {"image": upload(picture(96, 64)), "prompt": "a castle", "output_format": "jpeg", "seed": "5"}
     submitted = post(api, UPSCALE_CREATIVE, tenant, data)
     assert submitted.status_code == 200, submitted.content
     assert set(submitted.json()) == {"id"}  # Stability's: 200 {id}, whatever the Accept
@@ -329,7 +328,7 @@ def test_upscale_creative_is_async_through_results(api, worker, tenant, tool_mod
     assert job_wait(job_id=result_id, timeout=120).status == "succeeded"
     done = api.get(f"/v2beta/results/{result_id}", HTTP_ACCEPT="image/*", **tenant.auth)
     assert done.status_code == 200 and done["Content-Type"] == "image/jpeg" and done["seed"] == "5"
-    assert Image.open(io.BytesIO(done.content)).size == (360, 240)
+    assert Image.open(io.BytesIO(done.content)).size == (384, 256)
     assert balance(tenant) == 10_000 - tool_price("upscale/creative")
     assert LedgerEntry.objects.filter(tenant=tenant.tenant, kind="capture").count() == 1
     call_command("billing_reconcile")
@@ -362,14 +361,17 @@ def test_search_and_replace_changes_the_found_area_in_one_charged_job(api, worke
     assert job.kind == "edit" and job.model.public_id == "stable-image-search-replace"
     assert job.params["extra"]["mask_from"] == {"segmenter": "clipseg-tiny", "text": "the yellow square", "grow": 0}
     assert not job.params["extra"]["mask_file"]  # the worker made the mask
-    # The mask the worker used is the segmenter's map of the letterboxed input: recompute
-    # it here through the same backend and compare the answer with the input on each side.
+    # The mask the worker used is the segmenter's map of the letterboxed input (its file
+    # is gone with the job's inputs): recompute it through the same backend and compare
+    # the answer with the input on each side of it.
     from images.backends import get_backend
     from images.backends.base import ToolTask
     from images.search_mask import mask_threshold
-    from images.worker import _inputs, pipeline_source
+    from images.stability import _letterboxed
+    from images.worker import pipeline_source
 
-    init, _ = _inputs(job.params["extra"])
+    _, inputs, _, _ = _letterboxed(source, None, model=job.model)
+    init = Image.open(inputs[0].upload).convert("RGB")
     segmenter = pipeline_source(ImageModel.objects.get(public_id="clipseg-tiny"))
     task = ToolTask(source=segmenter, kind="segment", image=init, text="the yellow square")
     mask = mask_threshold(get_backend().run_tool(task).image)

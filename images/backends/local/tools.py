@@ -284,7 +284,12 @@ def _run(loaded: _Loaded, tasks: list[ToolTask]) -> list[ToolResult]:
             return results
         if loaded.kind == TOOL_SEGMENT:
             inputs = loaded.processor(
-                text=[task.text for task in tasks], images=images, padding=True, return_tensors="pt"
+                # (CLIP's text encoder reads at most 77 tokens: a longer text is cut there)
+                text=[task.text for task in tasks],
+                images=images,
+                padding=True,
+                truncation=True,
+                return_tensors="pt",
             ).to(loaded.device)
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(loaded.dtype)

@@ -1,15 +1,15 @@
 """`make run`: serve the API with gunicorn, and in the embedded mode also run the
 Dramatiq worker inside the same process.
 
-The server (WEB_SERVER): `asgi` (opt-in until the live suites pass under it; see
-core/waiting.py) is gunicorn with uvicorn's worker
+The server (WEB_SERVER): `asgi` (the default; see core/waiting.py) is gunicorn with
+uvicorn's worker
 (uvicorn-worker) over platform/asgi.py: a request that waits for its job (a
 synchronous generation, a stream, a long poll) costs no thread and no database
 connection while it waits (core/waiting.py), so one process holds thousands of them,
 up to WEB_MAX_WAITING (default core.waiting.ASGI_MAX_WAITING). WEB_THREADS is then how
 many requests run their sync code (the DRF views, the ORM) at once per process.
-`gthread` (the default for now) is the WSGI server, WEB_THREADS threads per process, each waiting
-request holding one; WEB_MAX_WAITING below WEB_THREADS), kept as a fallback.
+`gthread` is the WSGI server, WEB_THREADS threads per process, each waiting
+request holding one (WEB_MAX_WAITING below WEB_THREADS), kept as a fallback.
 WEB_CONCURRENCY processes either way; the embedded worker starts in post_worker_init
 and the prometheus multiprocess hooks are the same."""
 
@@ -91,9 +91,9 @@ class Command(BaseCommand):
 
         from core.waiting import waiting_configure
 
-        server = os.environ.get("WEB_SERVER", "gthread")
+        server = os.environ.get("WEB_SERVER", "asgi")
         if server not in ("asgi", "gthread"):
-            raise CommandError(f"WEB_SERVER={server!r}: use 'gthread' (the default for now) or 'asgi'")
+            raise CommandError(f"WEB_SERVER={server!r}: use 'asgi' (the default) or 'gthread'")
         asgi = server == "asgi"
         try:  # (before gunicorn forks: every process inherits it)
             max_waiting = waiting_configure(threads=threads, asgi=asgi)
