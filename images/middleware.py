@@ -144,7 +144,11 @@ class WorkerLifecycle(dramatiq.Middleware):
             from images.services.models import pipeline_source
 
             backend = get_backend()
-            models = ImageModel.objects.filter(enabled=True, queue__in=settings.GPU_QUEUES)
+            # Generators only: a tool model (issue 26) loads through its own loader on its
+            # first job (images/backends/local/tools.py), not as a diffusers pipeline.
+            models = ImageModel.objects.filter(
+                enabled=True, queue__in=settings.GPU_QUEUES, kind=ImageModel.Kind.GENERATOR
+            )
             sources = {pipeline_source(m) for m in models}
             for source in list(sources)[: settings.PIPELINE_CACHE_SIZE]:
                 try:  # one model that fails to warm up must not keep the others cold

@@ -54,3 +54,20 @@ def test_no_torchvision_notice_but_other_import_records_pass(caplog):
     assert messages == ["Could not import module 'Foo': a real problem"]
     # and the processors diffusers' pipelines import still resolve (to the PIL ones here)
     assert transformers.CLIPImageProcessor.__name__.startswith("CLIPImageProcessor")
+
+
+def test_a_workers_warm_up_loads_generators_only_and_logs_no_error(transactional_db, settings, caplog):
+    """Tool models (issue 26) are not diffusers pipelines: warming them up as one logged
+    an ERROR with a traceback for each at every start (#21: no warnings at a normal start)."""
+    from images.middleware import WorkerLifecycle
+    from images.seed import registry_seed
+
+    registry_seed()
+    settings.WARM_UP_MODELS = True
+    settings.PIPELINE_CACHE_SIZE = 100
+    assert ImageModel.objects.exclude(kind=ImageModel.Kind.GENERATOR).filter(enabled=True).exists()
+    with caplog.at_level(logging.INFO, logger="images.middleware"):
+        WorkerLifecycle._warm_up(WorkerLifecycle.__new__(WorkerLifecycle))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    warmed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("warmed up")]
+    assert warmed and not any("/tools/" in message for message in warmed)
