@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +124,8 @@ def lora_bench_run(o: LoraBenchOptions, *, say: Callable[[str], None]) -> dict[s
     base = results["0"]["images_per_s"]
     for row in results.values():
         row["vs_no_adapter"] = row["images_per_s"] / base
-    machine, versions = report.machine_info()
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine,
-        "versions": versions,
-        "git_commit": report.git_commit(),
+        **report.run_header(),
         "parameters": {
             "n": o.n,
             "concurrency": o.concurrency,

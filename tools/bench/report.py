@@ -40,6 +40,20 @@ def git_commit() -> str | None:
         return None
 
 
+def run_header() -> dict[str, Any]:
+    """The fields every benchmark report starts with: `date` (UTC, ISO 8601),
+    `machine`, `versions` (machine_info) and `git_commit`."""
+    from datetime import UTC, datetime
+
+    machine, versions = machine_info()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "versions": versions,
+        "git_commit": git_commit(),
+    }
+
+
 def flops(
     *,
     architecture: str | None,

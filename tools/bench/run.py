@@ -9,7 +9,6 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,12 +168,8 @@ def bench_run(o: BenchOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
         deployment.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    machine, versions = report.machine_info()
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine,
-        "versions": versions,
-        "git_commit": report.git_commit(),
+        **report.run_header(),
         "parameters": {
             "n": o.n,
             "repeats": o.repeats,

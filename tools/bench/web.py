@@ -38,7 +38,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -560,12 +559,8 @@ def web_run(o: WebOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
     finally:
         deployment.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    machine, versions = report.machine_info()
     return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine,
-        "versions": versions,
-        "git_commit": report.git_commit(),
+        **report.run_header(),
         "parameters": {
             **{k: getattr(o, k) for k in o.__dataclass_fields__},
             "web_processes": 1,
