@@ -24,6 +24,11 @@ class ImageModel(models.Model):
         BACKGROUND_REMOVER = "background_remover"  # transformers image segmentation -> alpha
         SEGMENTER = "segmenter"  # text-prompted masks (CLIPSeg)
         CAPTIONER = "captioner"  # transformers image-to-text (describe)
+        # Control tool models (Stability's control/*, images/control.py): run inside a
+        # generator's job, never requested as a model of their own.
+        CONTROLNET = "controlnet"  # a diffusers ControlNetModel folder
+        DEPTH_ESTIMATOR = "depth_estimator"  # transformers AutoModelForDepthEstimation + processor
+        IP_ADAPTER = "ip_adapter"  # ip-adapter.safetensors + image_encoder/ (CLIPVisionModelWithProjection)
 
     public_id = models.CharField(max_length=100, unique=True)
     # A tool model's profile is not used for its tool jobs (images/tool_models.py has

@@ -23,6 +23,18 @@ Endpoints (docs/api.md, "Stability v2beta shape"):
   upscaler (4x; conservative and creative are that upscaler too, their prompt accepted
   and unused), priced by the tool model's row of the endpoint's action (TOOL_SERVICES).
   upscale/creative is asynchronous, as Stability's: 200 `{id}`, then the results poll.
+- `POST /v2beta/stable-image/control/{sketch,structure}`: `image`, `prompt`,
+  `control_strength` (0-1, default 0.7), `negative_prompt`, `seed`, `output_format`,
+  `style_preset`: one text-to-image job of the endpoint's generator at the allowed size
+  nearest the image's aspect ratio, steered by a ControlNet tool model on the image's
+  Canny edges (sketch) or on the depth estimator's map of it (structure); the worker
+  makes the control image (images/control.py). One job, one charge.
+- `POST /v2beta/stable-image/control/style`: `image` (the style reference), `prompt`,
+  `fidelity` (0-1, default 0.5: the IP-Adapter's scale), `aspect_ratio`,
+  `negative_prompt`, `seed`, `output_format`, `style_preset`: a text-to-image job with
+  the operator's IP-Adapter tool model, attached for that call only. The tool models
+  are the routes of the pseudo-services `control/sketch-controlnet`,
+  `control/structure-controlnet`, `control/depth-estimator` and `control/style-adapter`.
 - `GET /v2beta/results/{id}`: a job submitted with `Prefer: respond-async` (202 `{id}`):
   202 `{id, status: "in-progress"}` while it runs, then the image.
 - `GET /v1/user/balance`: `{"credits": float}`, the tenant's available credits in the
@@ -36,8 +48,8 @@ with Stability's statuses: 400, 401, 402 (no credits), 403 (`content_moderation`
 
 Which own model serves each endpoint (and each sd3 `model` value) is the operator's
 `StabilityRoute` rows (the admin), else `DEFAULT_ROUTES`; the served model's price rows
-price it. Not served (404 in the envelope): control/* (no ControlNet or IP-Adapter tool
-models yet).
+price it (control/*: the generator's row of the endpoint's action, CONTROL_SERVICES).
+Any other path under /v2beta is a 404 in the envelope.
 """
 
 from __future__ import annotations
@@ -79,6 +91,10 @@ from images.services.tools import tool_generation_request
 # (service, `model` value) -> the own model serving it when no StabilityRoute row says
 # otherwise. "" is the endpoint's default; sd3's older `model` values go to their 3.5 heirs.
 SEGMENTER_SERVICE = "edit/segmenter"
+SKETCH_CONTROLNET_SERVICE = "control/sketch-controlnet"  # (a canny ControlNet)
+STRUCTURE_CONTROLNET_SERVICE = "control/structure-controlnet"  # (a depth ControlNet)
+DEPTH_ESTIMATOR_SERVICE = "control/depth-estimator"  # (structure's preprocessor)
+STYLE_ADAPTER_SERVICE = "control/style-adapter"  # (an IP-Adapter)
 DEFAULT_ROUTES: dict[tuple[str, str], str] = {
     ("generate/sd3", ""): "sd3.5-large",
     ("generate/sd3", "sd3.5-large"): "sd3.5-large",
@@ -102,6 +118,15 @@ DEFAULT_ROUTES: dict[tuple[str, str], str] = {
     ("upscale/fast", ""): "esrgan-tiny-x4",
     ("upscale/conservative", ""): "esrgan-tiny-x4",
     ("upscale/creative", ""): "esrgan-tiny-x4",
+    # control/*: one generator, with control tool models (images/control.py) chosen by
+    # these pseudo-services (like SEGMENTER_SERVICE).
+    ("control/sketch", ""): "stable-image-control",
+    ("control/structure", ""): "stable-image-control",
+    ("control/style", ""): "stable-image-control",
+    (SKETCH_CONTROLNET_SERVICE, ""): "controlnet-tiny-canny",
+    (STRUCTURE_CONTROLNET_SERVICE, ""): "controlnet-tiny-depth",
+    (DEPTH_ESTIMATOR_SERVICE, ""): "dpt-tiny-depth",
+    (STYLE_ADAPTER_SERVICE, ""): "ip-adapter-tiny",
 }
 
 # The own models `make setup` seeds for them (demo weights, the gpt-image profile: its
@@ -120,6 +145,16 @@ STABILITY_MODELS: dict[str, int] = {
     "stable-image-erase": 30,
     "stable-image-search-replace": 40,
     "stable-image-search-recolor": 50,
+    "stable-image-control": 30,
+}
+
+# control/*: service -> (the price row kind of its action on the served generator, seeded
+# credits per image: ten times Stability's list price as above: Sketch 3, Structure 3,
+# Style 4). The generator's own row (30) prices any other use of it.
+CONTROL_SERVICES: dict[str, tuple[str, int]] = {
+    "control/sketch": ("st_ctrl_sketch", 30),
+    "control/structure": ("st_ctrl_struct", 30),
+    "control/style": ("st_ctrl_style", 40),
 }
 
 # Endpoints served by a tool model: service -> (the job kind, the price row kind of its
@@ -140,8 +175,9 @@ def stability_seed(*, source: str, steps_by_quality: dict[str, int]) -> int:
     """Create the missing seeded models of STABILITY_MODELS (on `source`, the demo model's
     folder, with its steps; price rows included) and a StabilityRoute row for every
     DEFAULT_ROUTES entry without one (the tool models must be seeded first:
-    images.tool_models.tool_models_seed); a route to a tool model made now gets its
-    action's price row (TOOL_SERVICES) when the model has none of that kind. Never
+    images.tool_models.tool_models_seed); a route made now to a tool model (TOOL_SERVICES)
+    or of a control endpoint (CONTROL_SERVICES) gets its action's price row when the
+    model has none of that kind. Never
     overwrites the operator's edits. Returns how many models were created. Called by
     images.seed.registry_seed (`make setup`)."""
     from billing.models import Price
@@ -168,8 +204,12 @@ def stability_seed(*, source: str, steps_by_quality: dict[str, int]) -> int:
             _, route_created = StabilityRoute.objects.get_or_create(
                 service=service, model_value=value, defaults={"image_model": models[public_id]}
             )
+            action = None
             if route_created and service in TOOL_SERVICES:
                 _, action, credits = TOOL_SERVICES[service]
+            elif route_created and service in CONTROL_SERVICES:
+                action, credits = CONTROL_SERVICES[service]
+            if action is not None:
                 Price.objects.get_or_create(
                     model=models[public_id], kind=action, size="", quality="", defaults={"credits_per_image": credits}
                 )
@@ -375,6 +415,27 @@ class CreativeUpscaleRequestSerializer(ConservativeUpscaleRequestSerializer):
 
     creativity = serializers.FloatField(required=False, min_value=0.1, max_value=0.5)
     style_preset = StrictChoiceField(choices=STYLE_PRESETS, required=False)
+
+
+CONTROL_STRENGTH_DEFAULT = 0.7  # Stability's control_strength default (sketch, structure)
+FIDELITY_DEFAULT = 0.5  # Stability's fidelity default (style)
+
+
+class ControlRequestSerializer(_Prompted):
+    """control/sketch and control/structure: `image` (required), prompt (required),
+    control_strength (0-1, default 0.7: how much the image's edges / depth steer the
+    result), negative_prompt, seed, style_preset, output_format."""
+
+    control_strength = _unit_float(required=False)
+
+
+class StyleRequestSerializer(_Prompted):
+    """control/style: `image` (the style reference, required), prompt (required),
+    fidelity (0-1, default 0.5: how much the output looks like the reference's style),
+    aspect_ratio, negative_prompt, seed, style_preset, output_format."""
+
+    fidelity = _unit_float(required=False)
+    aspect_ratio = StrictChoiceField(choices=tuple(ASPECT_RATIOS), required=False)
 
 
 # ---- Mapping helpers -------------------------------------------------------------------------
@@ -737,6 +798,107 @@ def _tool_mapper(service: str, serializer):
     return mapper
 
 
+def _control_tool(service: str, kind: str, param: str, label: str) -> str:
+    """The public id of the control tool model routed to `service` (a pseudo-service),
+    checked to be installed and of `kind`: 400 naming `param` otherwise."""
+    public_id = stability_route_resolve(service=service)
+    model = _served(public_id)
+    if model is None or model.kind != kind:
+        raise InvalidRequest(
+            f"{param}: no {label} is installed; contact your platform operator.",
+            param=param,
+            code="model_not_found",
+        )
+    return public_id
+
+
+def _control_mapper(service: str):
+    """control/sketch (a canny ControlNet on the image's edges) and control/structure (a
+    depth ControlNet on the depth estimator's map): one text-to-image job of the
+    endpoint's generator at the allowed size nearest the image's aspect ratio, the image
+    (resized to it) its control image, `control_strength` the ControlNet's scale; priced
+    by the generator's row of the endpoint's action (CONTROL_SERVICES)."""
+    endpoint = f"/v2beta/stable-image/{service}"
+    sketch = service == "control/sketch"
+
+    def mapper(request: Request) -> GenerationRequest:
+        fields = _fields(request, ControlRequestSerializer, files=("image",))
+        image = _upload(request, "image", required=True)
+        controlnet = _control_tool(
+            SKETCH_CONTROLNET_SERVICE if sketch else STRUCTURE_CONTROLNET_SERVICE,
+            ImageModel.Kind.CONTROLNET,
+            "image",
+            "ControlNet for this endpoint",
+        )
+        estimator = None
+        if not sketch:
+            estimator = _control_tool(
+                DEPTH_ESTIMATOR_SERVICE, ImageModel.Kind.DEPTH_ESTIMATOR, "image", "depth estimator"
+            )
+        public_id = stability_route_resolve(service=service)
+        model = _served(public_id)
+        out = {
+            "model": public_id,
+            "prompt": _styled(fields["prompt"], fields.get("style_preset")),
+            "negative_prompt": fields.get("negative_prompt") or None,
+            "seed": _seed(fields),
+            "output_format": _output_format(fields, model),
+        }
+        control = image.convert("RGB")
+        if model is not None:  # (the path itself refuses a missing model, naming it)
+            width, height = nearest_size(PROFILES[model.profile].sizes, image.width / image.height)
+            out["size"] = f"{width}x{height}"
+            control = control.resize((width, height), Image.Resampling.LANCZOS)
+        strength = fields.get("control_strength")
+        return GenerationRequest(
+            endpoint=endpoint,
+            kind=Job.Kind.EDIT,  # (an input image; the worker runs it as text-to-image)
+            fields=out,
+            images=[InputImage(param="image", upload=_png(control, "image.png"))],
+            price_action=CONTROL_SERVICES[service][0],
+            control={
+                "controlnet": controlnet,
+                "preprocessor": "canny" if sketch else "depth",
+                "depth_estimator": estimator,
+                "scale": CONTROL_STRENGTH_DEFAULT if strength is None else float(strength),
+            },
+        )
+
+    return mapper
+
+
+def style_mapper(request: Request) -> GenerationRequest:
+    """control/style: one text-to-image job of the endpoint's generator at
+    `aspect_ratio`'s allowed size with the operator's IP-Adapter, the image its style
+    reference and `fidelity` the adapter's scale; priced by the generator's row of
+    `st_ctrl_style` (CONTROL_SERVICES)."""
+    service = "control/style"
+    fields = _fields(request, StyleRequestSerializer, files=("image",))
+    image = _upload(request, "image", required=True)
+    adapter = _control_tool(STYLE_ADAPTER_SERVICE, ImageModel.Kind.IP_ADAPTER, "image", "IP-Adapter")
+    public_id = stability_route_resolve(service=service)
+    model = _served(public_id)
+    out = {
+        "model": public_id,
+        "prompt": _styled(fields["prompt"], fields.get("style_preset")),
+        "negative_prompt": fields.get("negative_prompt") or None,
+        "seed": _seed(fields),
+        "output_format": _output_format(fields, model),
+    }
+    if model is not None:
+        width, height = nearest_size(PROFILES[model.profile].sizes, ASPECT_RATIOS[fields.get("aspect_ratio") or "1:1"])
+        out["size"] = f"{width}x{height}"
+    fidelity = fields.get("fidelity")
+    return GenerationRequest(
+        endpoint=f"/v2beta/stable-image/{service}",
+        kind=Job.Kind.EDIT,  # (an input image; the worker runs it as text-to-image)
+        fields=out,
+        images=[InputImage(param="image", upload=_png(image.convert("RGB"), "image.png"))],
+        price_action=CONTROL_SERVICES[service][0],
+        style={"adapter": adapter, "scale": FIDELITY_DEFAULT if fidelity is None else float(fidelity)},
+    )
+
+
 # ---- Rendering -------------------------------------------------------------------------------
 
 
@@ -901,6 +1063,15 @@ class StabilityViewSet(StabilityShape, ChargedViewSet):
     def upscale_creative(self, request: Request) -> Response:
         return self.charged(request, CREATIVE_UPSCALE_MAPPER, STABILITY_ASYNC)
 
+    def control_sketch(self, request: Request) -> Response:
+        return self.charged(request, SKETCH_MAPPER, STABILITY)
+
+    def control_structure(self, request: Request) -> Response:
+        return self.charged(request, STRUCTURE_MAPPER, STABILITY)
+
+    def control_style(self, request: Request) -> Response:
+        return self.charged(request, style_mapper, STABILITY)
+
 
 SD3_MAPPER = _generate_mapper("generate/sd3", SD3RequestSerializer, takes_image=True)
 CORE_MAPPER = _generate_mapper("generate/core", CoreRequestSerializer, takes_image=False)
@@ -915,6 +1086,8 @@ REMOVE_BACKGROUND_MAPPER = _tool_mapper("edit/remove-background", RemoveBackgrou
 FAST_UPSCALE_MAPPER = _tool_mapper("upscale/fast", FastUpscaleRequestSerializer)
 CONSERVATIVE_UPSCALE_MAPPER = _tool_mapper("upscale/conservative", ConservativeUpscaleRequestSerializer)
 CREATIVE_UPSCALE_MAPPER = _tool_mapper("upscale/creative", CreativeUpscaleRequestSerializer)
+SKETCH_MAPPER = _control_mapper("control/sketch")
+STRUCTURE_MAPPER = _control_mapper("control/structure")
 
 
 @extend_schema(exclude=True)
@@ -947,8 +1120,8 @@ class StabilityBalanceView(StabilityShape, APIView):
 
 @extend_schema(exclude=True)
 class StabilityUnknownRouteView(StabilityShape, APIView):
-    """Anything else under /v2beta: a 404 in Stability's envelope (control/* is not
-    served: no ControlNet or IP-Adapter tool models yet, docs/api.md)."""
+    """Anything else under /v2beta: a 404 in Stability's envelope (docs/api.md lists
+    what is served)."""
 
     authentication_classes: list = []
     permission_classes: list = []
@@ -986,5 +1159,8 @@ def stability_urls() -> list:
         path("stable-image/upscale/fast", _action("upscale_fast")),
         path("stable-image/upscale/conservative", _action("upscale_conservative")),
         path("stable-image/upscale/creative", _action("upscale_creative")),
+        path("stable-image/control/sketch", _action("control_sketch")),
+        path("stable-image/control/structure", _action("control_structure")),
+        path("stable-image/control/style", _action("control_style")),
         path("results/<str:result_id>", StabilityResultViewSet.as_view({"get": "retrieve"})),
     ]

@@ -168,12 +168,27 @@ SEEDED_TOOLS = {
     ),
     "clipseg-tiny": (ImageModel.Kind.SEGMENTER, "tools/clipseg-tiny", Job.Kind.SEGMENT, 4),
     "vit-gpt2-tiny-captioner": (ImageModel.Kind.CAPTIONER, "tools/vit-gpt2-tiny-captioner", Job.Kind.DESCRIBE, 2),
+    # Control tool models (Stability's control/*, images/control.py): no job kind and no
+    # price row of their own: they run inside a generator's job, priced as part of it
+    # (like the segmenter of search-and-replace). The ControlNets and the IP-Adapter are
+    # derived from the demo generator's folder (CONTROL_BASE_BUILT).
+    "controlnet-tiny-canny": (ImageModel.Kind.CONTROLNET, "tools/controlnet-tiny-canny", None, 0),
+    "controlnet-tiny-depth": (ImageModel.Kind.CONTROLNET, "tools/controlnet-tiny-depth", None, 0),
+    "dpt-tiny-depth": (ImageModel.Kind.DEPTH_ESTIMATOR, "tools/dpt-tiny-depth", None, 0),
+    "ip-adapter-tiny": (ImageModel.Kind.IP_ADAPTER, "tools/ip-adapter-tiny", None, 0),
 }
+# Seeded tool kinds built from a generator folder (the demo model's, images.seed.DEMO_SOURCE).
+CONTROL_BASE_BUILT = (ImageModel.Kind.CONTROLNET, ImageModel.Kind.IP_ADAPTER)
+# The file of an IP-Adapter folder's weights (h94/IP-Adapter's are renamed or linked to it)
+# and its image encoder's subfolder.
+IP_ADAPTER_WEIGHTS = "ip-adapter.safetensors"
+IP_ADAPTER_ENCODER = "image_encoder"
 
 
 def tool_models_seed() -> int:
-    """Create the missing seeded tool models with their price row (never overwrites an
-    operator's edits); returns how many were created. Their profile is unused (`dall-e-2`)."""
+    """Create the missing seeded tool models with their price row (none for the control
+    tool models, priced inside their generator's job; never overwrites an operator's
+    edits); returns how many were created. Their profile is unused (`dall-e-2`)."""
     from billing.models import Price
 
     created = 0
@@ -191,14 +206,17 @@ def tool_models_seed() -> int:
         )
         if was_created:
             created += 1
-            Price.objects.create(model=model, kind=job_kind, credits_per_image=credits)
+            if job_kind is not None:
+                Price.objects.create(model=model, kind=job_kind, credits_per_image=credits)
     return created
 
 
 def tool_folder_check(*, kind: str, source: str) -> Path:
     """The file or folder of a tool model's `source` (absolute, under MODEL_DIR, or
     relative to here), checked for what its loader reads, without loading it: an
-    upscaler is a weight file (or a folder with exactly one); the others are
+    upscaler is a weight file (or a folder with exactly one); a ControlNet a diffusers
+    folder with config.json and its weights; an IP-Adapter a folder with
+    IP_ADAPTER_WEIGHTS and an IP_ADAPTER_ENCODER/ transformers folder; the others are
     transformers folders with a config.json. Raises ValueError saying what is missing."""
     from django.conf import settings
 
@@ -215,6 +233,16 @@ def tool_folder_check(*, kind: str, source: str) -> Path:
                 "loads, or a folder holding exactly one"
             )
         return found
+    if kind == ImageModel.Kind.IP_ADAPTER:
+        if not (found / IP_ADAPTER_WEIGHTS).is_file() or not (found / IP_ADAPTER_ENCODER / "config.json").is_file():
+            raise ValueError(
+                f"{source}: an IP-Adapter is a folder with {IP_ADAPTER_WEIGHTS} (e.g. h94/IP-Adapter's "
+                f"models/ip-adapter_sd15.safetensors) and {IP_ADAPTER_ENCODER}/ (a CLIPVisionModelWithProjection)"
+            )
+        return found
     if not (found / "config.json").is_file():
-        raise ValueError(f"{source}: a {kind} is a transformers folder with a config.json (save_pretrained)")
+        library = "diffusers" if kind == ImageModel.Kind.CONTROLNET else "transformers"
+        raise ValueError(f"{source}: a {kind} is a {library} folder with a config.json (save_pretrained)")
+    if kind == ImageModel.Kind.CONTROLNET and not any(found.glob("diffusion_pytorch_model*")):
+        raise ValueError(f"{source}: a controlnet folder needs its diffusion_pytorch_model weights")
     return found

@@ -48,6 +48,7 @@ from images.backends.base import (
     effective_steps,
     preview_steps_for,
 )
+from images.control import control_prepare
 from images.errors import OUTPUT_MODERATION_BLOCKED, UNSUPPORTED_BY_FAMILY
 from images.files import CONTENT_TYPES, image_delete_files, image_encode, image_save
 from images.lora_files import LoraFetchError, lora_local_path
@@ -347,6 +348,13 @@ def job_run(*, job_id: str) -> None:
         mask_image = search_mask_make(job, backend, init_image, extra["mask_from"])
         if mask_image is None:  # (failed and settled there)
             return
+    control = ip_adapter = None
+    if extra.get("control") or extra.get("style"):  # (the input is a control or style image: images/control.py)
+        prepared = control_prepare(job, backend, init_image, extra)
+        if prepared is None:  # (failed and settled there)
+            return
+        control, ip_adapter = prepared
+        init_image = None  # text-to-image, with the ControlNet / IP-Adapter
     try:
         loras = _loras(job.params.get("loras") or ())
     except LoraFetchError as exc:  # a tenant's upload deleted after the request, or the store away
@@ -372,6 +380,8 @@ def job_run(*, job_id: str) -> None:
         should_stop=_stop_rule(job, settled, expired),
         # LoRA adapters (issue 23), resolved by images.services.loras when the job was made.
         loras=loras,
+        control=control,
+        ip_adapter=ip_adapter,
     )
     if partials:  # streaming: previews at steps spread over the steps actually run
         task.preview_steps = preview_steps_for(effective_steps(task), partials)

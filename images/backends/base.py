@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
+    "ControlSpec",
     "GenerationResult",
     "GenerationTask",
+    "IPAdapterSpec",
     "LoraSpec",
     "PipelineError",
     "PipelineSource",
@@ -54,6 +56,30 @@ class LoraSpec:
     name: str
     path: str
     scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """A ControlNet a task runs with (Stability's control/sketch and control/structure,
+    images/control.py): the ControlNet model's source, its control image (RGB, exactly
+    the task's width x height: edges or depth as the ControlNet was trained on) and
+    `scale`, diffusers' controlnet_conditioning_scale (0 = the plain generation)."""
+
+    source: PipelineSource
+    image: Image.Image
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class IPAdapterSpec:
+    """An IP-Adapter a task runs with (Stability's control/style): the adapter folder's
+    source (ip-adapter.safetensors + image_encoder/), the reference image (RGB, any
+    size: its image processor resizes it) and `scale`, set_ip_adapter_scale's value
+    (0 = the reference is ignored)."""
+
+    source: PipelineSource
+    image: Image.Image
+    scale: float = 0.5
 
 
 @dataclass
@@ -96,6 +122,10 @@ class GenerationTask:
     # LoRA adapters to apply, in request order (issue 23); () = the base model. Tasks
     # batch only with tasks of the same effective adapter set (adapters.effective).
     loras: tuple[LoraSpec, ...] = ()
+    # A ControlNet and / or an IP-Adapter (Stability's control/*): text-to-image only,
+    # and such a task always runs in a call of its own (never batched with others).
+    control: ControlSpec | None = None
+    ip_adapter: IPAdapterSpec | None = None
 
     @property
     def kind(self) -> str:
@@ -122,6 +152,7 @@ TOOL_UPSCALE = "upscale"  # RGB in, RGB out, `scale` times wider and higher (an 
 TOOL_REMOVE_BACKGROUND = "remove_bg"  # RGB in, RGBA out: the subject kept, the background transparent
 TOOL_SEGMENT = "segment"  # RGB and a text in, an L mask out (255 = what the text names)
 TOOL_DESCRIBE = "describe"  # RGB in, a caption out
+TOOL_DEPTH = "depth"  # RGB in, an L depth map out (of the input's size, 0-255, near = light)
 
 
 @dataclass
@@ -141,8 +172,8 @@ class ToolTask:
 @dataclass
 class ToolResult:
     """What a tool model made of one task: `image` (upscale: RGB, `scale` x the input;
-    remove_bg: RGBA of the input's size; segment: L of the input's size; describe:
-    None) and `text` (describe: the caption; else ""). `stopped` as on GenerationResult."""
+    remove_bg: RGBA of the input's size; segment and depth: L of the input's size;
+    describe: None) and `text` (describe: the caption; else ""). `stopped` as on GenerationResult."""
 
     image: Image.Image | None
     text: str = ""

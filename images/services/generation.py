@@ -126,6 +126,12 @@ class GenerationRequest:
     # search-and-replace and search-and-recolor, images/stability.py; images/search_mask.py):
     # {"segmenter": a segmenter model's public id, "text": what to find, "grow": pixels}.
     mask_from: dict[str, Any] | None = None
+    # A text-to-image job whose input image is a control image (Stability's control/sketch
+    # and control/structure) or a style reference (control/style), images/control.py:
+    # control {"controlnet", "preprocessor", "depth_estimator", "scale"}; style
+    # {"adapter", "scale"}. Written to the job's extra for the worker.
+    control: dict[str, Any] | None = None
+    style: dict[str, Any] | None = None
 
 
 def model_resolve(*, fields: dict[str, Any], default: str, api_key: APIKey | None) -> ImageModel:
@@ -410,6 +416,10 @@ def _hold(draft: _Draft) -> Job:
         params.extra = {**params.extra, "pipeline": False}
     if request.mask_from:  # (the worker makes the mask: images/search_mask.py)
         params.extra = {**params.extra, "mask_from": request.mask_from}
+    if request.control:  # (the input is the control image: images/control.py)
+        params.extra = {**params.extra, "control": request.control}
+    if request.style:  # (the input is the IP-Adapter's reference: images/control.py)
+        params.extra = {**params.extra, "style": request.style}
     try:
         with transaction.atomic():
             # The job first (the hold refers to it), then the hold: it takes the credits

@@ -158,7 +158,7 @@ def test_auth_moderation_and_unknown_routes_answer_in_the_envelope(api, registry
     assert unauthorized.status_code == 401 and unauthorized.json()["name"] == "unauthorized"
     blocked = post(api, CORE, tenant, {"prompt": "child sexual abuse material"})
     assert blocked.status_code == 403 and blocked.json()["name"] == "content_moderation", blocked.content
-    gone = post(api, "/v2beta/stable-image/control/sketch", tenant, {})
+    gone = post(api, "/v2beta/stable-image/control/doodle", tenant, {})
     assert gone.status_code == 404 and gone.json()["name"] == "not_found"
     assert not Job.objects.exists()
 

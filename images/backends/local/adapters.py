@@ -56,6 +56,10 @@ class _ModelAdapters:
         # peft adapter name -> (name, path, bytes of its weights), least recently used first.
         self.loaded: OrderedDict[str, tuple[str, str, int]] = OrderedDict()
         self.ever_loaded = False
+        # A call holding the model alone (an IP-Adapter attached to the shared UNet), and
+        # how many wait for that: new shared calls wait behind them (no starving).
+        self.exclusive = False
+        self.exclusive_waiting = 0
 
 
 _MODELS: dict[tuple, _ModelAdapters] = {}
@@ -137,14 +141,29 @@ def _switch(pipe: Any, state: _ModelAdapters, wanted: AdapterSet) -> None:
 
 
 @contextmanager
-def activate(pipe: Any, key: tuple, loras: tuple[LoraSpec, ...] | list[LoraSpec]) -> Iterator[None]:
+def activate(
+    pipe: Any, key: tuple, loras: tuple[LoraSpec, ...] | list[LoraSpec], *, exclusive: bool = False
+) -> Iterator[None]:
     """Run the body with exactly `effective(loras)` active on the model `key` (cache key)
-    whose pipeline `pipe` is (module docstring). Raises PipelineError when an adapter
+    whose pipeline `pipe` is (module docstring). `exclusive`: no other call of the model
+    runs during the body (it changes the shared modules beyond the LoRA set: an
+    IP-Adapter, images.backends.local.control). Raises PipelineError when an adapter
     cannot be loaded or the pipeline takes none."""
     wanted = effective(loras)
     state = _state(key)
     with state.changed:
-        state.changed.wait_for(lambda: state.active == wanted or state.users == 0)
+        if exclusive:
+            state.exclusive_waiting += 1
+            try:
+                state.changed.wait_for(lambda: state.users == 0)
+            finally:
+                state.exclusive_waiting -= 1
+        else:
+            state.changed.wait_for(
+                lambda: (
+                    not state.exclusive and not state.exclusive_waiting and (state.active == wanted or state.users == 0)
+                )
+            )
         if state.active != wanted:
             try:
                 _switch(pipe, state, wanted)
@@ -154,11 +173,14 @@ def activate(pipe: Any, key: tuple, loras: tuple[LoraSpec, ...] | list[LoraSpec]
                 state.changed.notify_all()
                 raise
         state.users += 1
+        state.exclusive = exclusive
     try:
         yield
     finally:
         with state.changed:
             state.users -= 1
+            if exclusive:
+                state.exclusive = False
             state.changed.notify_all()
 
 

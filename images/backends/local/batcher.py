@@ -42,8 +42,8 @@ class _Entry:
 
 def batch_key(task: GenerationTask) -> tuple | None:
     """Tasks with equal keys may share a pipeline call; None: always alone."""
-    if task.init_image is not None:
-        return None
+    if task.init_image is not None or task.control is not None or task.ip_adapter is not None:
+        return None  # (an input image of its own; a ControlNet or IP-Adapter call: always alone)
     # The family adds what companions must share so that they cannot change each
     # other's images (a negative prompt's presence; for some families the prompt).
     return (

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from images.backends.base import PipelineError, PipelineSource, error_summary
 from images.backends.local import adapters, config, families, native
+from images.backends.local import control as control_module
 from images.backends.local.device import DTYPES, dtype_name, free_memory, resolve_dtype, select_device
 from images.backends.local.lanes import current_lane
 
@@ -98,7 +99,9 @@ def cache_key(source: PipelineSource) -> tuple:
     return (source.source, source.local_files_only, device, resolve_dtype(source.dtype, default_dtype))
 
 
-def get_pipeline(source: PipelineSource, kind: str = "text2img", *, lane: int | None = None) -> Any:
+def get_pipeline(
+    source: PipelineSource, kind: str = "text2img", *, lane: int | None = None, control: PipelineSource | None = None
+) -> Any:
     """Load (or fetch from the per-process LRU cache) the pipeline for source.
 
     kind "text2img" (default) is the pipeline loaded from the model folder; "img2img"
@@ -106,7 +109,9 @@ def get_pipeline(source: PipelineSource, kind: str = "text2img", *, lane: int | 
     sharing its unet, vae, text encoder, tokenizer and scheduler objects: no extra
     weights, no reload) and cached alongside it; evicting a model evicts its derived
     pipelines too. Each lane (None: the calling thread's) gets its own pipeline objects
-    over the same modules.
+    over the same modules. With `control` (a ControlNet folder; text2img only) the
+    lane's ControlNet pipeline over them (images.backends.local.control), cached the
+    same way.
 
     The cache holds at most the configured cache_size models (PIPELINE_CACHE_SIZE).
     Loading happens under the cache lock, so concurrent callers wait rather than load
@@ -143,6 +148,16 @@ def get_pipeline(source: PipelineSource, kind: str = "text2img", *, lane: int | 
             if clone is None:
                 clone = _VARIANTS[(key, "text2img", lane)] = families.family_of(pipe).lane_clone(pipe)
             pipe = clone
+        if control is not None:
+            if kind != "text2img":
+                raise PipelineError("a ControlNet runs with text-to-image only")
+            variant = (key, ("controlnet", control_module.controlnet_key(control, device, dtype)), lane)
+            derived = _VARIANTS.get(variant)
+            if derived is None:
+                controlnet = control_module.controlnet_get(control, device, dtype)
+                derived = _VARIANTS[variant] = control_module.derive_control(pipe, controlnet)
+                logger.info("derived ControlNet pipeline %s for %s", type(derived).__name__, source.source)
+            return derived
         if kind == "text2img":
             return pipe
         derived = _VARIANTS.get((key, kind, lane))

@@ -252,6 +252,7 @@ class Family:
         if size is not None:  # drawn at its native size, fitted to the request in finish()
             kwargs["width"] = kwargs["height"] = size
         kwargs.update(self._image_kwargs(mode, first, len(rows), strength, size))
+        kwargs.update(self._control_kwargs(params, first, len(rows), size))
         if "callback_on_step_end" in params:
             kwargs["callback_on_step_end"] = on_step_end
         elif "callback" in params:  # the legacy callback(step, timestep, latents) (PixArt)
@@ -313,6 +314,29 @@ class Family:
             if native_size is not None:
                 mask = native.to_native(mask, native_size)
             kwargs["mask_image"] = [mask] * size
+        return kwargs
+
+    @staticmethod
+    def _control_kwargs(
+        params: dict[str, inspect.Parameter], first: GenerationTask, size: int, native_size: int | None
+    ) -> dict[str, Any]:
+        """A ControlNet's control image (one copy per image; a native-size model gets its
+        centred square at that size, as an edit's input) and scale, and an IP-Adapter's
+        reference image. Raises PipelineError when the pipeline takes neither argument
+        (never a silent plain generation)."""
+        kwargs: dict[str, Any] = {}
+        if first.control is not None:
+            control = first.control.image if first.control.image.mode == "RGB" else first.control.image.convert("RGB")
+            if native_size is not None:
+                control = native.to_native(control, native_size)
+            kwargs["image"] = [control] * size
+            kwargs["controlnet_conditioning_scale"] = float(first.control.scale)
+        if first.ip_adapter is not None:
+            reference = first.ip_adapter.image
+            kwargs["ip_adapter_image"] = reference if reference.mode == "RGB" else reference.convert("RGB")
+        missing = [name for name in kwargs if name not in params]
+        if missing:
+            raise PipelineError(f"the pipeline takes no {', '.join(missing)}")
         return kwargs
 
     def finish(

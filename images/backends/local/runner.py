@@ -34,6 +34,7 @@ from images.backends.base import (
     error_summary,
 )
 from images.backends.local import adapters, config, families
+from images.backends.local import control as control_module
 from images.backends.local.cache import cache_key, get_pipeline
 from images.backends.local.device import free_memory, generator_device, select_device
 from images.backends.local.lanes import current_lane, lane_count, run_lock
@@ -121,6 +122,20 @@ def validate(task: GenerationTask, index: int) -> None:
 def _validate_images(task: GenerationTask, fail: Callable[[str], PipelineError]) -> None:
     if task.mask_image is not None and task.init_image is None:
         raise fail("mask_image requires init_image")
+    for name in ("control", "ip_adapter"):
+        spec = getattr(task, name)
+        if spec is None:
+            continue
+        if task.init_image is not None:
+            raise fail(f"{name} runs with text-to-image only (no init_image)")
+        if not isinstance(spec.source, PipelineSource) or not isinstance(spec.image, PILImage.Image):
+            raise fail(f"{name} needs a PipelineSource and a PIL image")
+        scale = spec.scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale <= 2:
+            raise fail(f"{name} scale must be a number in [0, 2] (got {scale!r})")
+    if task.control is not None and task.control.image.size != (task.width, task.height):
+        width, height = task.control.image.size
+        raise fail(f"the control image must be exactly {task.width}x{task.height} (got {width}x{height})")
     for name in ("init_image", "mask_image"):
         image = getattr(task, name)
         if image is None:
@@ -337,7 +352,7 @@ def run_batch(
 
     groups: dict[tuple, list[int]] = {}
     for index, task in enumerate(tasks):
-        if task.kind == "text2img":
+        if task.kind == "text2img" and task.control is None and task.ip_adapter is None:
             # Plus what the family needs shared so that companions cannot change each
             # other's images (families.Family.batch_key: negative prompt presence, prompt).
             key: tuple = (
@@ -351,7 +366,9 @@ def run_batch(
                 adapters.effective(task.loras),  # never another request's adapter (issue 23)
             )
         else:
-            key = ("own call", index)  # each img2img/inpaint task has its own input image(s)
+            # Each img2img/inpaint task has its own input image(s); a ControlNet or
+            # IP-Adapter task its own control or reference image.
+            key = ("own call", index)
         groups.setdefault(key, []).append(index)
 
     failed: set[tuple[int, str]] = set()
@@ -360,9 +377,15 @@ def run_batch(
     with run_lock(lane):
         for indices in groups.values():
             first = tasks[indices[0]]
-            pipe = get_pipeline(first.source, first.kind, lane=lane)
-            # The group's adapter set, active on the model's shared modules for its calls.
-            with adapters.activate(pipe, cache_key(first.source), first.loras):
+            control = first.control.source if first.control is not None else None
+            pipe = get_pipeline(first.source, first.kind, lane=lane, control=control)
+            # The group's adapter set, active on the model's shared modules for its calls;
+            # an IP-Adapter is attached for the call alone, with the model to itself.
+            exclusive = first.ip_adapter is not None
+            with (
+                adapters.activate(pipe, cache_key(first.source), first.loras, exclusive=exclusive),
+                control_module.ip_adapter_attached(pipe, first.ip_adapter),
+            ):
                 items: list[_Item] = [(t, j) for t in indices for j in range(len(tasks[t].seeds))]
                 chunks = [items[k : k + limit] for k in range(0, len(items), limit)]
                 # A task split over several calls reports progress over all of them.

@@ -13,7 +13,10 @@ its standard layout, loaded by exactly the same code as a real checkpoint
 - segmenter: CLIPSeg (CLIPSegForImageSegmentation) with a CLIPSegProcessor (a byte-level
   CLIP tokenizer written here, and a ViT image processor);
 - captioner: a VisionEncoderDecoder (ViT encoder, GPT-2 decoder) with a word-level
-  tokenizer over a small English vocabulary, so its (random) captions are words.
+  tokenizer over a small English vocabulary, so its (random) captions are words;
+- depth_estimator: a DPT (DPTForDepthEstimation) with its image processor;
+- controlnet and ip_adapter (BASE_BUILDERS): derived from a generator folder (the demo
+  model's), see "control tool models" below.
 
 Outputs of random weights mean nothing (the upscaler's image is dark, the captions are
 word salad) but have the exact shapes of real ones. Imported only by the management
@@ -189,31 +192,196 @@ def _captioner(folder: pathlib.Path, seed: int) -> None:
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(str(folder))
 
 
+# ---- control tool models (Stability's control/*: images/control.py) ------------------------
+#
+# The ControlNets and the IP-Adapter must fit the generator they run with: they are
+# derived from the installed demo model's folder (its UNet's blocks, channels and
+# cross-attention width; its VAE's downsampling), never from numbers written here, so a
+# retrained demo model with another configuration gets matching ones on the next build
+# (the marker records a fingerprint of those configs: a change rebuilds them).
+
+# Standard deviations of the seeded values a tiny ControlNet gets (measured on the demo
+# model: two edge maps give pictures about 9/255 apart on average, a black control image
+# about 1/255 from the plain generation). A trained ControlNet starts its zero
+# convolutions at zero and learns them; left at zero, a random one would add nothing.
+CONTROLNET_ZERO_CONV_STD = 0.02  # controlnet_down_blocks, controlnet_mid_block
+CONTROLNET_COND_OUT_STD = 0.1  # controlnet_cond_embedding.conv_out
+# The conditioning embedding's other convolutions: PyTorch's default init shrinks an
+# edge map to almost nothing over four layers, so they are drawn wider.
+CONTROLNET_COND_STD = 0.2
+
+
+def base_fingerprint(base: pathlib.Path) -> str:
+    """A short hash of the generator folder's UNet and VAE configs (what the control
+    models are derived from); "" when they cannot be read."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        for part in ("unet", "vae"):
+            digest.update((base / part / "config.json").read_bytes())
+    except OSError:
+        return ""
+    return digest.hexdigest()[:16]
+
+
+def _controlnet(folder: pathlib.Path, seed: int, base: pathlib.Path) -> None:
+    """A ControlNetModel made with `ControlNetModel.from_unet` from the generator's UNet
+    (its encoder weights copied, as ControlNet training starts), whose zero-initialised
+    convolutions (controlnet_cond_embedding.conv_out, controlnet_down_blocks,
+    controlnet_mid_block) get small seeded random values, and its conditioning
+    embedding wider ones (the CONTROLNET_* constants), so that the control image really
+    changes the output (random weights: *how* it changes it means nothing). The conditioning embedding
+    downsamples by the VAE's factor (one stride-2 convolution per VAE down block after
+    the first), so a control image of the generator's pixel size lands on its latents."""
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet")
+    vae_config = AutoencoderKL.load_config(str(base), subfolder="vae")
+    downsamplings = len(vae_config["block_out_channels"]) - 1
+    channels = tuple(16 * 2**i for i in range(downsamplings + 1))
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+    embedding = controlnet.controlnet_cond_embedding
+    with torch.no_grad():
+        for conv in (embedding.conv_in, *embedding.blocks):
+            conv.weight.normal_(0.0, CONTROLNET_COND_STD)
+            conv.bias.zero_()
+        embedding.conv_out.weight.normal_(0.0, CONTROLNET_COND_OUT_STD)
+        embedding.conv_out.bias.normal_(0.0, 0.01)
+        for conv in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block):
+            conv.weight.normal_(0.0, CONTROLNET_ZERO_CONV_STD)
+            conv.bias.normal_(0.0, CONTROLNET_ZERO_CONV_STD)
+    controlnet.save_pretrained(str(folder), safe_serialization=True)
+
+
+def _depth_estimator(folder: pathlib.Path, seed: int) -> None:
+    """A tiny DPT (DPTForDepthEstimation, the architecture of Intel/dpt-hybrid-midas)
+    with its DPTImageProcessor at 32x32: random weights, real shapes."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(seed)
+    config = DPTConfig(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=8,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[8, 8, 16, 16],
+        fusion_hidden_size=16,
+        head_in_index=-1,
+    )
+    DPTForDepthEstimation(config).save_pretrained(str(folder), safe_serialization=True)
+    DPTImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=False, ensure_multiple_of=8).save_pretrained(
+        str(folder)
+    )
+
+
+IP_ADAPTER_WEIGHTS = "ip-adapter.safetensors"
+IP_ADAPTER_TOKENS = 4  # image tokens of the projection (h94/IP-Adapter's ip-adapter_sd15: 4)
+
+
+def _ip_adapter(folder: pathlib.Path, seed: int, base: pathlib.Path) -> None:
+    """An IP-Adapter for the generator, in h94/IP-Adapter's layout: `image_encoder/` (a
+    tiny CLIPVisionModelWithProjection) and `ip-adapter.safetensors` with `image_proj.*`
+    (an ImageProjection: proj + norm, IP_ADAPTER_TOKENS tokens of the UNet's
+    cross-attention width, random) and `ip_adapter.<n>.to_{k,v}_ip.weight` for each
+    cross-attention layer of the UNet, numbered 1, 3, 5... in `attn_processors` order, as
+    diffusers' own tests build one (`create_ip_adapter_state_dict`: the layer's to_k /
+    to_v weights copied, so image tokens are read like text tokens)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.embeddings import ImageProjection
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet")
+    cross = unet.config.cross_attention_dim
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
+    encoder = CLIPVisionModelWithProjection(vision)
+    encoder.save_pretrained(str(folder / "image_encoder"), safe_serialization=True)
+    CLIPImageProcessor(size=32, crop_size=32).save_pretrained(str(folder / "image_encoder"))
+    projection = ImageProjection(
+        cross_attention_dim=cross, image_embed_dim=vision.projection_dim, num_image_text_embeds=IP_ADAPTER_TOKENS
+    )
+    weights: dict[str, torch.Tensor] = {
+        "image_proj.proj.weight": projection.image_embeds.weight,
+        "image_proj.proj.bias": projection.image_embeds.bias,
+        "image_proj.norm.weight": projection.norm.weight,
+        "image_proj.norm.bias": projection.norm.bias,
+    }
+    unet_weights = unet.state_dict()
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue  # self-attention: no image tokens
+        layer = name.removesuffix(".processor")
+        weights[f"ip_adapter.{key_id}.to_k_ip.weight"] = unet_weights[f"{layer}.to_k.weight"]
+        weights[f"ip_adapter.{key_id}.to_v_ip.weight"] = unet_weights[f"{layer}.to_v.weight"]
+        key_id += 2
+    save_file({k: v.detach().contiguous().clone() for k, v in weights.items()}, str(folder / IP_ADAPTER_WEIGHTS))
+
+
 BUILDERS: dict[str, Callable[[pathlib.Path, int], None]] = {
     "upscaler": _upscaler,
     "background_remover": _background_remover,
     "segmenter": _segmenter,
     "captioner": _captioner,
+    "depth_estimator": _depth_estimator,
+}
+# Builders derived from a generator folder (`base` of build_tool_model).
+BASE_BUILDERS: dict[str, Callable[[pathlib.Path, int, pathlib.Path], None]] = {
+    "controlnet": _controlnet,
+    "ip_adapter": _ip_adapter,
 }
 
 
-def _is_complete(path: pathlib.Path, kind: str, seed: int) -> bool:
+def _marker(kind: str, seed: int, base: pathlib.Path | None) -> dict:
+    marker = {"kind": kind, "seed": seed, "version": VERSION}
+    if base is not None:
+        marker["base"] = base_fingerprint(base)
+    return marker
+
+
+def _is_complete(path: pathlib.Path, kind: str, seed: int, base: pathlib.Path | None = None) -> bool:
     try:
         marker = json.loads((path / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return marker == {"kind": kind, "seed": seed, "version": VERSION}
+    return marker == _marker(kind, seed, base)
 
 
-def build_tool_model(path: pathlib.Path, *, kind: str, seed: int = 0) -> bool:
-    """Build the tiny `kind` model (a key of BUILDERS) at `path`; True when built, False
-    when a complete one built with the same seed is already there. Built in a temporary
-    sibling folder renamed into place, so `path` holds nothing or a whole model. Raises
-    FileExistsError when `path` holds anything else (an operator's folder is never
-    replaced), KeyError for an unknown kind. The global torch RNG is left untouched."""
-    builder = BUILDERS[kind]
+def build_tool_model(path: pathlib.Path, *, kind: str, seed: int = 0, base: pathlib.Path | None = None) -> bool:
+    """Build the tiny `kind` model (a key of BUILDERS, or of BASE_BUILDERS with `base`,
+    the generator folder it is derived from) at `path`; True when built, False when a
+    complete one built with the same seed (and the same base configs) is already there.
+    Built in a temporary sibling folder renamed into place, so `path` holds nothing or a
+    whole model. Raises FileExistsError when `path` holds anything else (an operator's
+    folder is never replaced), KeyError for an unknown kind, ValueError for a
+    BASE_BUILDERS kind without a `base` folder. The global torch RNG is left untouched."""
+    if kind in BASE_BUILDERS:
+        if base is None or not (pathlib.Path(base) / "unet" / "config.json").is_file():
+            raise ValueError(f"a {kind} is derived from a generator folder with a unet/ (got {base})")
+        base = pathlib.Path(base)
+        derived = BASE_BUILDERS[kind]
+
+        def builder(folder: pathlib.Path, seed: int) -> None:
+            derived(folder, seed, base)
+    else:
+        builder = BUILDERS[kind]
+        base = None
     path = pathlib.Path(path)
-    if _is_complete(path, kind, seed):
+    if _is_complete(path, kind, seed, base):
         return False
     if path.exists():
         if path.is_dir() and (path / MARKER_FILE).is_file():
@@ -229,12 +397,12 @@ def build_tool_model(path: pathlib.Path, *, kind: str, seed: int = 0) -> bool:
     try:
         with torch.random.fork_rng(devices=[]):
             builder(tmp, seed)
-        (tmp / MARKER_FILE).write_text(json.dumps({"kind": kind, "seed": seed, "version": VERSION}) + "\n")
+        (tmp / MARKER_FILE).write_text(json.dumps(_marker(kind, seed, base)) + "\n")
         tmp.chmod(0o755)
         try:
             os.rename(tmp, path)
         except OSError:
-            if _is_complete(path, kind, seed):  # a concurrent build won the race
+            if _is_complete(path, kind, seed, base):  # a concurrent build won the race
                 return False
             raise
         return True

@@ -16,12 +16,16 @@ Loaders, by the model row's kind (docs/models.md names real checkpoints for each
   for the text, at the input's size.
 - captioner: transformers image-to-text: a VisionEncoderDecoder (ViT-GPT2 style) or
   BLIP (BlipForConditionalGeneration) by the folder's config.json `model_type`.
+- depth_estimator: transformers AutoModelForDepthEstimation (DPT, Depth Anything) and
+  its image processor: `predicted_depth` at the input's size, min-max normalised per
+  image to 0-255 (light = near, as the MiDaS maps ControlNet's depth models read).
 
 Batching: tasks of the same kind and model wait together up to the worker's window
 (BATCH_WINDOW_MS) and run as one call when the batch is full or the window ends (the
 window is an upper bound, never a sleep); an upscaler batches only inputs of one size
-(no padding, so each output is exactly what it would be alone). Image processors resize
-every input, so the other kinds batch any sizes.
+(no padding, so each output is exactly what it would be alone), and so does a depth
+estimator (a processor that keeps the aspect ratio makes tensors of different shapes).
+The other kinds' image processors resize every input to one size, so they batch any sizes.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import torch
 from PIL import Image
 from transformers import (
     AutoImageProcessor,
+    AutoModelForDepthEstimation,
     AutoModelForSemanticSegmentation,
     AutoTokenizer,
     BlipForConditionalGeneration,
@@ -52,6 +57,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from images.backends.base import (
+    TOOL_DEPTH,
     TOOL_DESCRIBE,
     TOOL_REMOVE_BACKGROUND,
     TOOL_SEGMENT,
@@ -193,6 +199,10 @@ def _load(kind: str, source: PipelineSource) -> _Loaded:
         model = CLIPSegForImageSegmentation.from_pretrained(location, local_files_only=local_only)
         processor = CLIPSegProcessor.from_pretrained(location, local_files_only=local_only)
         return _Loaded(kind, model.to(where, dtype).eval(), processor, device=where, dtype=dtype)
+    if kind == TOOL_DEPTH:
+        model = AutoModelForDepthEstimation.from_pretrained(location, local_files_only=local_only)
+        processor = AutoImageProcessor.from_pretrained(location, local_files_only=local_only)
+        return _Loaded(kind, model.to(where, dtype).eval(), processor, device=where, dtype=dtype)
     if kind == TOOL_DESCRIBE:
         try:
             config = json.loads((Path(location) / "config.json").read_text(encoding="utf-8"))
@@ -298,6 +308,15 @@ def _run(loaded: _Loaded, tasks: list[ToolTask]) -> list[ToolResult]:
                 logits = logits[None]
             maps = _resize_maps(logits[:, None].sigmoid(), images)
             return [ToolResult(image=_to_images(m, "L")[0]) for m in maps]
+        if loaded.kind == TOOL_DEPTH:
+            inputs = loaded.processor(images=images, return_tensors="pt").to(loaded.device)
+            depth = loaded.model(pixel_values=inputs["pixel_values"].to(loaded.dtype)).predicted_depth
+            results = []
+            for one in _resize_maps(depth[:, None], images):
+                low, high = one.min(), one.max()  # per image, as ControlNet's depth annotators
+                normalised = (one - low) / (high - low) if high > low else torch.zeros_like(one)
+                results.append(ToolResult(image=_to_images(normalised, "L")[0]))
+            return results
         if loaded.kind == TOOL_DESCRIBE:
             processor = loaded.processor
             pixel_values = processor(images=images, return_tensors="pt")["pixel_values"].to(loaded.device, loaded.dtype)
@@ -374,11 +393,13 @@ class ToolBatcher:
 
     @staticmethod
     def _key(task: ToolTask) -> tuple:
-        size = task.image.size if task.kind == TOOL_UPSCALE else None
+        # An upscaler's output, and a depth processor that keeps the aspect ratio (Depth
+        # Anything's), follow the input's size: only inputs of one size share a call.
+        size = task.image.size if task.kind in (TOOL_UPSCALE, TOOL_DEPTH) else None
         return (task.kind, task.source, size)
 
     def run(self, task: ToolTask, *, max_batch: int | None = None, window_ms: float = 0.0) -> ToolResult:
-        if task.kind not in (TOOL_UPSCALE, TOOL_REMOVE_BACKGROUND, TOOL_SEGMENT, TOOL_DESCRIBE):
+        if task.kind not in (TOOL_UPSCALE, TOOL_REMOVE_BACKGROUND, TOOL_SEGMENT, TOOL_DESCRIBE, TOOL_DEPTH):
             raise PipelineError(f"unknown tool kind {task.kind!r}")
         if max_batch is None:
             max_batch = DEFAULT_MAX_BATCH.get(device.select_device()[0].split(":")[0], 1)

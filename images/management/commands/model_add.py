@@ -169,12 +169,14 @@ class Command(BaseCommand):
         relative = Path(source).expanduser()
         if not relative.is_absolute() and relative.exists() and not (Path(settings.MODEL_DIR) / source).exists():
             source = str(relative.resolve())
-        if not free and (price is None or price < 0):
+        # A control tool model (ControlNet, depth estimator, IP-Adapter) has no job of its
+        # own: it runs inside a generator's job and is priced as part of it, so no row.
+        job_kind = next((job for job, model_kind in MODEL_KIND_OF_JOB.items() if model_kind == kind), None)
+        if job_kind is not None and not free and (price is None or price < 0):
             raise CommandError("pass --price CREDITS (per image, an integer) or --free")
         existing = ImageModel.objects.filter(public_id=public_id).first()
         if existing is not None and not update:
             raise CommandError(f"model {public_id!r} already exists (pass --update to refresh it)")
-        job_kind = next(job for job, model_kind in MODEL_KIND_OF_JOB.items() if model_kind == kind)
         with transaction.atomic():
             model, _ = ImageModel.objects.update_or_create(
                 public_id=public_id,
@@ -192,11 +194,14 @@ class Command(BaseCommand):
                 },
             )
             model.prices.all().delete()
-            if not free:
+            if not free and job_kind is not None:
                 Price.objects.create(model=model, kind=job_kind, credits_per_image=price)
+        if job_kind is None:
+            charge = "priced inside its generator's job"
+        else:
+            charge = "free" if free else f"{price} credits per {job_kind}"
         self.stdout.write(
-            f"{'updated' if existing else 'added'} {public_id}: {kind} from {source}, queue {queue}, "
-            + ("free" if free else f"{price} credits per {job_kind}")
+            f"{'updated' if existing else 'added'} {public_id}: {kind} from {source}, queue {queue}, {charge}"
         )
 
     @staticmethod
