@@ -20,8 +20,16 @@ Endpoints (docs/api.md, "Stability v2beta shape"):
   `grow_mask`, before the inpainting runs: one job, charged once at the generator's price.
 - `POST /v2beta/stable-image/edit/remove-background` and `upscale/{fast,conservative,
   creative}`: tool jobs (images/tool_models.py) of the background remover and the
-  upscaler (4x; conservative and creative are that upscaler too, their prompt accepted
-  and unused), priced by the tool model's row of the endpoint's action (TOOL_SERVICES).
+  upscalers, priced by the tool model's row of the endpoint's action (TOOL_SERVICES).
+  upscale/fast is the ESRGAN upscaler (4x, no text). conservative and creative are a
+  diffusion upscaler (diffusers' StableDiffusionUpscalePipeline, the architecture of
+  stabilityai/stable-diffusion-x4-upscaler; `sd-x4-upscaler-tiny` seeded), exactly 4x:
+  `prompt` (required) and `negative_prompt` steer it, `seed` seeds it, and `creativity`
+  (conservative 0.2-0.5, default 0.35; creative 0.1-0.5, default 0.3) is the noise
+  added to the input before it is re-imagined: noise_level = round(creativity x 350),
+  the pipeline's max_noise_level (images.tool_models.UPSCALE_MAX_NOISE_LEVEL); creative's
+  `style_preset` is appended to the prompt. Their input is 64 px a side at least and
+  at most 1,048,576 pixels (UPSCALE_LIMITS; Stability's creative takes up to 1 MP too).
   upscale/creative is asynchronous, as Stability's: 200 `{id}`, then the results poll.
 - `POST /v2beta/stable-image/control/{sketch,structure}`: `image`, `prompt`,
   `control_strength` (0-1, default 0.7), `negative_prompt`, `seed`, `output_format`,
@@ -116,8 +124,8 @@ DEFAULT_ROUTES: dict[tuple[str, str], str] = {
     # Tool models (issue 26 item 1; images/tool_models.py SEEDED_TOOLS).
     ("edit/remove-background", ""): "segformer-tiny-rmbg",
     ("upscale/fast", ""): "esrgan-tiny-x4",
-    ("upscale/conservative", ""): "esrgan-tiny-x4",
-    ("upscale/creative", ""): "esrgan-tiny-x4",
+    ("upscale/conservative", ""): "sd-x4-upscaler-tiny",  # (a diffusion upscaler, prompted)
+    ("upscale/creative", ""): "sd-x4-upscaler-tiny",
     # control/*: one generator, with control tool models (images/control.py) chosen by
     # these pseudo-services (like SEGMENTER_SERVICE).
     ("control/sketch", ""): "stable-image-control",
@@ -297,6 +305,8 @@ SEARCH_GROW_DEFAULT = 3  # Stability's grow_mask default on the search endpoints
 # pixels; creative 4,096-1,048,576 pixels; conservative 4,096-9,437,184, here at most
 # the upscaler's 1,048,576: images.tool_models.UPSCALE_MAX_PIXELS).
 # service -> (least side, most side, least pixels, most pixels)
+# Stability's creativity default per prompted upscale (conservative, creative).
+CREATIVITY_DEFAULTS = {"upscale/conservative": 0.35, "upscale/creative": 0.3}
 UPSCALE_LIMITS = {
     "upscale/fast": (32, 1536, 1024, 1_048_576),
     "upscale/conservative": (MIN_SIDE, 4096, 4096, 1_048_576),
@@ -401,8 +411,9 @@ class FastUpscaleRequestSerializer(StrictSerializer):
 
 
 class ConservativeUpscaleRequestSerializer(_Common):
-    """upscale/conservative: `image`, prompt (required; accepted, the upscaler takes no
-    text), negative_prompt, seed, output_format, creativity (0.2-0.5, accepted)."""
+    """upscale/conservative: `image`, prompt (required), negative_prompt, seed,
+    output_format, creativity (0.2-0.5, default CREATIVITY_DEFAULTS'; the diffusion
+    upscaler's noise level, module docstring)."""
 
     prompt = StrictCharField(max_length=PROMPT_MAX, trim_whitespace=False)
     negative_prompt = StrictCharField(required=False, allow_blank=True, max_length=PROMPT_MAX, trim_whitespace=False)
@@ -411,7 +422,7 @@ class ConservativeUpscaleRequestSerializer(_Common):
 
 class CreativeUpscaleRequestSerializer(ConservativeUpscaleRequestSerializer):
     """upscale/creative: conservative's fields with creativity 0.1-0.5 and style_preset
-    (both accepted; the upscaler takes no text)."""
+    (appended to the prompt, as on the generate endpoints)."""
 
     creativity = serializers.FloatField(required=False, min_value=0.1, max_value=0.5)
     style_preset = StrictChoiceField(choices=STYLE_PRESETS, required=False)
@@ -786,12 +797,20 @@ def _tool_mapper(service: str, serializer):
             max_pixels=max_pixels,
         )
         upload = ContentFile(data, name=f"image.{header.info['format']}")
+        extra: dict[str, Any] = {}
+        if service in CREATIVITY_DEFAULTS:  # (a prompted upscale: images/tool_models.py)
+            creativity = fields.get("creativity")
+            extra = {
+                "prompt": _styled(fields["prompt"], fields.get("style_preset")),
+                "negative_prompt": fields.get("negative_prompt") or "",
+                "creativity": CREATIVITY_DEFAULTS[service] if creativity is None else creativity,
+            }
         return tool_generation_request(
             endpoint=endpoint,
             kind=kind,
             image=InputImage(param="image", upload=upload),
             model=stability_route_resolve(service=service),
-            fields={"seed": _seed(fields), "output_format": fields.get("output_format")},
+            fields={"seed": _seed(fields), "output_format": fields.get("output_format"), **extra},
             price_action=action,
         )
 

@@ -10,9 +10,19 @@ and progress are the same; only what the request may carry and the job's size di
 - one input image (PNG, JPEG or WEBP, at most TOOL_MAX_BYTES), never resized: the job's
   size is the input's (an upscale's output is the model's scale, 4x for the embedded
   one, times that; its input is at most UPSCALE_MAX_PIXELS);
-- `prompt`: what a segmenter looks for (required there, moderated); ignored elsewhere;
+- `prompt`: what a segmenter looks for (required there, moderated); for an upscale, the
+  prompt of a diffusion upscaler (moderated; `negative_prompt` too), see below; ignored
+  elsewhere;
 - n = 1, no quality, steps or guidance; `output_format` png (default) or webp, which
   keep a removed background's alpha; jpeg only for upscales.
+
+A prompted upscale (Stability's upscale/creative and conservative) also sends
+`creativity` (0-1): the job then records a diffusion upscaler's settings, which an
+ESRGAN-class upscaler ignores: `noise_level` = round(creativity x UPSCALE_MAX_NOISE_LEVEL)
+(in extra["upscale"]), the steps (the model row's steps_by_quality["standard"], else
+UPSCALE_DIFFUSION_STEPS) and the guidance (the row's, else UPSCALE_DIFFUSION_GUIDANCE).
+An upscaler is an ESRGAN-class weight file or a diffusers StableDiffusionUpscalePipeline
+folder (stabilityai/stable-diffusion-x4-upscaler; tool_folder_check).
 
 Prices are the tool model's price rows of the job's kind (a row `upscale`, `remove_bg`,
 `segment` or `describe`, any size), failing closed like any model. Vendor shapes build
@@ -25,6 +35,7 @@ GenerationRequest, which imports this module.)
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -58,6 +69,16 @@ TOOL_INPUTS = Inputs(
 # What an upscaler's weight file may be (the suffixes the local backend's loader takes).
 UPSCALER_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 PROMPT_MAX = 1000  # a segmenter's text, in characters
+UPSCALE_PROMPT_MAX = 10_000  # an upscale's prompt and negative prompt (Stability's prompt limit)
+# A diffusion upscaler (StableDiffusionUpscalePipeline): the max_noise_level creativity
+# is scaled to (both stabilityai/stable-diffusion-x4-upscaler's and the tiny one's is
+# 350; a model with a lower one fails the job), and the steps and guidance when its row
+# sets none (the pipeline's own defaults are 75 and 9.0).
+UPSCALE_MAX_NOISE_LEVEL = 350
+UPSCALE_DIFFUSION_STEPS = 30
+UPSCALE_DIFFUSION_GUIDANCE = 9.0
+# model_index.json `_class_name` of a diffusion upscaler folder.
+SD_UPSCALE_CLASS = "StableDiffusionUpscalePipeline"
 ACTIONS = {
     Job.Kind.UPSCALE: "upscaling",
     Job.Kind.REMOVE_BACKGROUND: "background removal",
@@ -90,20 +111,33 @@ def tool_inputs_rules(*, model: ImageModel, request: Any) -> Inputs:
 
 def tool_params_resolve(*, request: Any, model: ImageModel) -> GenerationParams:
     """The job's parameters (module docstring): its size is the input's once known (a URL
-    input is re-resolved after its fetch; 1x1 until then). 400 for a missing segmenter
-    text, a format that drops what the tool makes, n other than 1, or an upscale input
-    over UPSCALE_MAX_PIXELS."""
+    input is re-resolved after its fetch; 1x1 until then); a prompted upscale's diffusion
+    settings. 400 for a missing segmenter text, a text over its limit, a creativity
+    outside 0-1, a format that drops what the tool makes, n other than 1, or an upscale
+    input over UPSCALE_MAX_PIXELS."""
     data = request.fields
     kind = request.kind
-    prompt = (data.get("prompt") or "").strip() if kind == Job.Kind.SEGMENT else ""
+    prompted = kind in (Job.Kind.SEGMENT, Job.Kind.UPSCALE)
+    prompt = (data.get("prompt") or "").strip() if prompted else ""
+    negative = (data.get("negative_prompt") or "").strip() if kind == Job.Kind.UPSCALE else ""
     if kind == Job.Kind.SEGMENT and not prompt:
         raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
-    if len(prompt) > PROMPT_MAX or "\x00" in prompt:
-        raise InvalidRequest(
-            f"The prompt must be at most {PROMPT_MAX} characters, without NUL characters.",
-            param="prompt",
-            code="invalid_value",
-        )
+    limit = UPSCALE_PROMPT_MAX if kind == Job.Kind.UPSCALE else PROMPT_MAX
+    for param, text in (("prompt", prompt), ("negative_prompt", negative)):
+        if len(text) > limit or "\x00" in text:
+            raise InvalidRequest(
+                f"The {param} must be at most {limit} characters, without NUL characters.",
+                param=param,
+                code="invalid_value",
+            )
+    steps, guidance, extra = 1, 0.0, {}
+    creativity = data.get("creativity") if kind == Job.Kind.UPSCALE else None
+    if creativity is not None:
+        if isinstance(creativity, bool) or not isinstance(creativity, (int, float)) or not 0 <= creativity <= 1:
+            raise InvalidRequest("creativity must be a number from 0 to 1.", param="creativity", code="invalid_value")
+        steps = int((model.steps_by_quality or {}).get("standard") or UPSCALE_DIFFUSION_STEPS)
+        guidance = float(model.guidance or UPSCALE_DIFFUSION_GUIDANCE)
+        extra = {"upscale": {"noise_level": round(creativity * UPSCALE_MAX_NOISE_LEVEL)}}
     n = data.get("n")
     if n not in (None, 1):
         raise InvalidRequest("You must provide n=1 for this model.", param="n", code="invalid_value")
@@ -131,14 +165,14 @@ def tool_params_resolve(*, request: Any, model: ImageModel) -> GenerationParams:
         profile=model.profile,
         prompt=prompt,
         model_prompt=prompt,
-        negative_prompt="",
+        negative_prompt=negative,
         n=1,
         size=f"{width}x{height}",
         width=width,
         height=height,
         quality="",
-        steps=1,
-        guidance=0.0,
+        steps=steps,
+        guidance=guidance,
         seed=secrets.randbelow(MAX_SEED - 10) if seed is None else seed,
         response_format=data.get("response_format") or "url",
         output_format=output_format,
@@ -149,6 +183,7 @@ def tool_params_resolve(*, request: Any, model: ImageModel) -> GenerationParams:
         stream=False,
         partial_images=0,
         user=data.get("user"),
+        extra=extra,
     )
 
 
@@ -176,6 +211,16 @@ SEEDED_TOOLS = {
     "controlnet-tiny-depth": (ImageModel.Kind.CONTROLNET, "tools/controlnet-tiny-depth", None, 0),
     "dpt-tiny-depth": (ImageModel.Kind.DEPTH_ESTIMATOR, "tools/dpt-tiny-depth", None, 0),
     "ip-adapter-tiny": (ImageModel.Kind.IP_ADAPTER, "tools/ip-adapter-tiny", None, 0),
+    # A diffusion upscaler (StableDiffusionUpscalePipeline; Stability's upscale/creative
+    # and conservative): prompted, seeded, x4. (Last: the build seeds go by position.)
+    "sd-x4-upscaler-tiny": (ImageModel.Kind.UPSCALER, "tools/sd-x4-upscaler-tiny", Job.Kind.UPSCALE, 8),
+}
+# Seeded tools built by another builder than their kind's (tool_builders.BUILDERS keys).
+SEEDED_BUILDERS = {"sd-x4-upscaler-tiny": "sd_upscaler"}
+# Row fields of a seeded tool other than the defaults (steps and guidance of a diffusion
+# upscaler: few steps, so a CPU runs the tiny one in seconds).
+SEEDED_TOOL_FIELDS: dict[str, dict[str, Any]] = {
+    "sd-x4-upscaler-tiny": {"steps_by_quality": {"standard": 6}, "guidance": 7.5},
 }
 # Seeded tool kinds built from a generator folder (the demo model's, images.seed.DEMO_SOURCE).
 CONTROL_BASE_BUILT = (ImageModel.Kind.CONTROLNET, ImageModel.Kind.IP_ADAPTER)
@@ -202,6 +247,7 @@ def tool_models_seed() -> int:
                 "steps_by_quality": {},
                 "guidance": 0.0,
                 "queue": "gpu",
+                **SEEDED_TOOL_FIELDS.get(public_id, {}),
             },
         )
         if was_created:
@@ -214,7 +260,8 @@ def tool_models_seed() -> int:
 def tool_folder_check(*, kind: str, source: str) -> Path:
     """The file or folder of a tool model's `source` (absolute, under MODEL_DIR, or
     relative to here), checked for what its loader reads, without loading it: an
-    upscaler is a weight file (or a folder with exactly one); a ControlNet a diffusers
+    upscaler is a weight file (or a folder with exactly one), or a diffusers folder whose
+    model_index.json names SD_UPSCALE_CLASS, with its unet/ and vae/; a ControlNet a diffusers
     folder with config.json and its weights; an IP-Adapter a folder with
     IP_ADAPTER_WEIGHTS and an IP_ADAPTER_ENCODER/ transformers folder; the others are
     transformers folders with a config.json. Raises ValueError saying what is missing."""
@@ -225,12 +272,27 @@ def tool_folder_check(*, kind: str, source: str) -> Path:
     found = next((c for c in candidates if c.exists()), None)
     if found is None:
         raise ValueError(f"{source}: no such file or folder (relative paths are looked up under MODEL_DIR)")
+    if kind == ImageModel.Kind.UPSCALER and found.is_dir() and (found / "model_index.json").is_file():
+        try:
+            index = json.loads((found / "model_index.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{source}: model_index.json is not readable JSON ({exc})") from None
+        name = index.get("_class_name") if isinstance(index, dict) else None
+        if name != SD_UPSCALE_CLASS:
+            raise ValueError(
+                f"{source}: a diffusers upscaler folder's model_index.json names {SD_UPSCALE_CLASS} "
+                f"(stabilityai/stable-diffusion-x4-upscaler), not {name!r}"
+            )
+        missing = [part for part in ("unet", "vae", "text_encoder", "tokenizer") if not (found / part).is_dir()]
+        if missing:
+            raise ValueError(f"{source}: a {SD_UPSCALE_CLASS} folder needs {', '.join(p + '/' for p in missing)}")
+        return found
     if kind == ImageModel.Kind.UPSCALER:
         files = [found] if found.is_file() else [p for p in found.iterdir() if p.suffix in UPSCALER_SUFFIXES]
         if len(files) != 1 or files[0].suffix not in UPSCALER_SUFFIXES:
             raise ValueError(
                 f"{source}: an upscaler is one weight file ({', '.join(UPSCALER_SUFFIXES)}) that spandrel "
-                "loads, or a folder holding exactly one"
+                f"loads, a folder holding exactly one, or a {SD_UPSCALE_CLASS} folder (model_index.json)"
             )
         return found
     if kind == ImageModel.Kind.IP_ADAPTER:

@@ -76,12 +76,18 @@ def tool_job_run(job: Job, extra: dict[str, Any]) -> None:
         return
     backend = get_backend()
     settled, expired = _settled_watch.watch(job.pk), threading.Event()
+    # A prompted upscale (Stability's upscale/creative and conservative: extra["upscale"],
+    # images/tool_models.py) carries its diffusion settings; the others carry none.
+    upscale = extra.get("upscale") if job.kind == Job.Kind.UPSCALE else None
     task = ToolTask(
         source=pipeline_source(job.model),
         kind=job.kind,
         image=init_image,
         text=job.prompt,
         should_stop=_stop_rule(job, settled, expired),
+        negative_text=job.params.get("negative_prompt") or "",
+        seed=job.seed,
+        params={"num_inference_steps": job.steps, "guidance_scale": job.guidance, **upscale} if upscale else {},
     )
     try:
         result = backend.run_tool(task, max_batch=job.model.max_batch or None, window_ms=settings.BATCH_WINDOW_MS)

@@ -16,7 +16,7 @@ the stopping task's share of it is dropped (see images.backends.local.runner).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class GenerationResult:
 
 
 # Tool kinds (issue 26 item 1): ImageModel.Kind of the model -> what a ToolTask does.
-TOOL_UPSCALE = "upscale"  # RGB in, RGB out, `scale` times wider and higher (an ESRGAN-class model)
+TOOL_UPSCALE = "upscale"  # RGB in, RGB out, `scale` times wider and higher (ESRGAN-class, or SD x4)
 TOOL_REMOVE_BACKGROUND = "remove_bg"  # RGB in, RGBA out: the subject kept, the background transparent
 TOOL_SEGMENT = "segment"  # RGB and a text in, an L mask out (255 = what the text names)
 TOOL_DESCRIBE = "describe"  # RGB in, a caption out
@@ -159,14 +159,24 @@ TOOL_DEPTH = "depth"  # RGB in, an L depth map out (of the input's size, 0-255, 
 class ToolTask:
     """One input image for a tool model (images/tool_models.py; docs/models.md).
 
-    `kind` is one of the TOOL_* values above; `text` what a segmenter looks for;
-    `should_stop` as on GenerationTask (asked before the model's call)."""
+    `kind` is one of the TOOL_* values above; `text` what a segmenter looks for, or a
+    diffusion upscaler's prompt (a StableDiffusionUpscalePipeline folder: Stability's
+    upscale/creative and conservative), with `negative_text`, `seed` (its
+    torch.Generator's) and `params`: {"num_inference_steps": int, "guidance_scale":
+    float, "noise_level": int in [0, the pipeline's max_noise_level]} (missing keys: the
+    pipeline's defaults). An ESRGAN-class upscaler and the other kinds ignore those
+    three. A task with `params` runs alone (one pipeline call per task). `should_stop`
+    as on GenerationTask (asked before the model's call, and after each denoising step
+    of a diffusion upscaler)."""
 
     source: PipelineSource
     kind: str
     image: Image.Image  # RGB
     text: str = ""
     should_stop: Callable[[], str | None] | None = None
+    negative_text: str = ""
+    seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -199,7 +209,8 @@ class Backend(Protocol):
     def run_tool(self, task: ToolTask, *, max_batch: int | None = None, window_ms: float = 0.0) -> ToolResult:
         """Run one tool task (issue 26 item 1), batched with other threads' tasks for the
         same model where that is safe (same kind and source; an upscaler also needs the
-        same input size), waiting up to `window_ms` for company. Raises PipelineError
+        same input size; a task with `params`, a diffusion upscaler's, runs alone),
+        waiting up to `window_ms` for company. Raises PipelineError
         when the model cannot be loaded or run."""
         ...
 

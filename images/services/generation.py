@@ -387,6 +387,7 @@ def _inputs_prepare(draft: _Draft) -> None:
         capabilities_check(model=model, kind=request.kind, masked=True, fields={})
     init_name, mask_name = inputs_service.input_names(draft.job_id)
     params.extra = {
+        **params.extra,  # (what the resolver set: a prompted upscale's settings, images/tool_models.py)
         "init_file": init_name,
         "mask_file": mask_name if prepared.mask is not None else None,
         "strength": VARIATION_STRENGTH

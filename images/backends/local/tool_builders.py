@@ -7,7 +7,9 @@ its standard layout, loaded by exactly the same code as a real checkpoint
 (images/backends/local/tools.py):
 
 - upscaler: an ESRGAN (RRDB) network, x4, as a `.safetensors` state dict that spandrel
-  recognises like RealESRGAN_x4plus.pth;
+  recognises like RealESRGAN_x4plus.pth; and (`sd_upscaler`) a diffusers
+  StableDiffusionUpscalePipeline folder like stabilityai/stable-diffusion-x4-upscaler,
+  whose prompt steers the result (Stability's upscale/creative and conservative);
 - background_remover: a SegFormer semantic-segmentation model with two labels
   (background, foreground) and its image processor;
 - segmenter: CLIPSeg (CLIPSegForImageSegmentation) with a CLIPSegProcessor (a byte-level
@@ -57,6 +59,90 @@ def _upscaler(folder: pathlib.Path, seed: int) -> None:
     torch.manual_seed(seed)
     model = esrgan(num_filters=8, num_blocks=1, scale=4)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+
+
+def _sd_upscaler(folder: pathlib.Path, seed: int) -> None:
+    """A tiny StableDiffusionUpscalePipeline (the layout of
+    stabilityai/stable-diffusion-x4-upscaler: model_index.json, unet/, vae/, text_encoder/,
+    tokenizer/, scheduler/, low_res_scheduler/), from the configs diffusers' own tests use
+    for this pipeline (tests/pipelines/stable_diffusion_2/test_stable_diffusion_upscale.py,
+    `dummy_cond_unet_upscale`, `dummy_vae`, `dummy_text_encoder`): a UNet2DConditionModel
+    of 7 input channels (4 latent + the 3 of the noised low-resolution image) with 1000
+    class embeddings for the noise level (the real checkpoint's count; the tests' 100
+    would not reach max_noise_level), an AutoencoderKL of three blocks (so the
+    output is 2**2 = 4 times the input) with the checkpoint's scaling_factor 0.08333, a
+    CLIP text model over the byte-level tokenizer the demo model uses (its vocabulary is
+    written here: nothing is fetched), DDPMScheduler as low_res_scheduler, DDIMScheduler
+    (v_prediction) as scheduler, max_noise_level 350. No safety checker, no watermarker."""
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from images.backends.local.demo import _write_tokenizer_files
+
+    vocab_dir = folder / "_vocab"
+    _write_tokenizer_files(vocab_dir)
+    tokenizer = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77)
+    shutil.rmtree(vocab_dir)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=7,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        use_linear_projection=True,
+        only_cross_attention=(True, True, False),
+        # (the tests' 100 class embeddings cover noise levels below 100 only: 1000, as the
+        # real checkpoint's UNet, so that every level up to max_noise_level has one)
+        num_class_embeds=1000,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 3,
+        up_block_types=["UpDecoderBlock2D"] * 3,
+        latent_channels=4,
+        scaling_factor=0.08333,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=512,
+        )
+    )
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(),
+        scheduler=DDIMScheduler(prediction_type="v_prediction"),
+        max_noise_level=350,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
 
 
 def _background_remover(folder: pathlib.Path, seed: int) -> None:
@@ -334,6 +420,7 @@ def _ip_adapter(folder: pathlib.Path, seed: int, base: pathlib.Path) -> None:
 
 BUILDERS: dict[str, Callable[[pathlib.Path, int], None]] = {
     "upscaler": _upscaler,
+    "sd_upscaler": _sd_upscaler,  # (an upscaler too: images/tool_models.py SEEDED_BUILDERS)
     "background_remover": _background_remover,
     "segmenter": _segmenter,
     "captioner": _captioner,

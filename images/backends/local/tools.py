@@ -8,6 +8,13 @@ Loaders, by the model row's kind (docs/models.md names real checkpoints for each
 - upscaler: an ESRGAN-class weight file (`.pth`, `.safetensors`...) loaded with spandrel
   (`ModelLoader().load_from_file`), which recognises the architecture from its keys
   (ESRGAN/RealESRGAN RRDB, SwinIR, HAT, ...). The output is `scale` times the input.
+  Or a diffusers folder whose model_index.json `_class_name` is
+  StableDiffusionUpscalePipeline (stabilityai/stable-diffusion-x4-upscaler), loaded with
+  `from_pretrained` (no safety checker or watermarker) and run with the task's prompt,
+  negative prompt, seed and params (ToolTask). Its latents have the input's size and its
+  VAE decodes them `vae_scale_factor` (4) times larger; the input is padded (edges
+  repeated) to a multiple of what the VAE's image processor and the UNet need, and the
+  output cropped back, so the output is exactly 4x the input at any size.
 - background_remover: a transformers semantic-segmentation model
   (AutoModelForSemanticSegmentation, e.g. SegFormer) and its image processor. The alpha
   is 1 - P(background label) at the input's size, min-max normalised per image as BRIA's
@@ -22,9 +29,11 @@ Loaders, by the model row's kind (docs/models.md names real checkpoints for each
 
 Batching: tasks of the same kind and model wait together up to the worker's window
 (BATCH_WINDOW_MS) and run as one call when the batch is full or the window ends (the
-window is an upper bound, never a sleep); an upscaler batches only inputs of one size
-(no padding, so each output is exactly what it would be alone), and so does a depth
-estimator (a processor that keeps the aspect ratio makes tensors of different shapes).
+window is an upper bound, never a sleep); an ESRGAN upscaler batches only inputs of
+one size (no padding, so each output is exactly what it would be alone); a diffusion
+upscaler runs each task alone (its prompt, seed and settings are per task); a depth
+estimator batches only inputs of one size (a processor that keeps the aspect ratio
+makes tensors of different shapes).
 The other kinds' image processors resize every input to one size, so they batch any sizes.
 """
 
@@ -143,7 +152,7 @@ class _Loaded:
     dtype: torch.dtype = torch.float32
     scale: int = 1  # an upscaler's factor
     background_label: int = 0  # a background remover's label for "background"
-    family: str = ""  # a captioner's model_type
+    family: str = ""  # a captioner's model_type; SD_UPSCALE_CLASS for a diffusion upscaler
 
 
 _cache: dict[tuple, _Loaded] = {}
@@ -170,6 +179,19 @@ def _weight_file(location: str) -> str:
     raise PipelineError(f"{location}: no such file or folder")
 
 
+# model_index.json `_class_name` of a diffusion upscaler folder (images.tool_models has the same).
+SD_UPSCALE_CLASS = "StableDiffusionUpscalePipeline"
+
+
+def _pipeline_class(location: str) -> str:
+    """The `_class_name` of a diffusers folder's model_index.json; "" for anything else."""
+    try:
+        index = json.loads((Path(location) / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(index.get("_class_name", "")) if isinstance(index, dict) else ""
+
+
 def _load(kind: str, source: PipelineSource) -> _Loaded:
     transformers_logging.disable_progress_bar()  # (no "Loading weights" bars on stderr, as cache.py)
     where, default_dtype = device.select_device()
@@ -178,6 +200,17 @@ def _load(kind: str, source: PipelineSource) -> _Loaded:
     dtype = device.resolve_dtype(source.dtype, torch.float32 if source.dtype == "auto" else default_dtype)
     location = _location(source)
     local_only = source.local_files_only
+    if kind == TOOL_UPSCALE and _pipeline_class(location) == SD_UPSCALE_CLASS:
+        from diffusers import StableDiffusionUpscalePipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+        pipe = StableDiffusionUpscalePipeline.from_pretrained(
+            location, local_files_only=local_only, torch_dtype=dtype, safety_checker=None, watermarker=None
+        )
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(where)
+        return _Loaded(kind, pipe, device=where, dtype=dtype, scale=int(pipe.vae_scale_factor), family=SD_UPSCALE_CLASS)
     if kind == TOOL_UPSCALE:
         descriptor = spandrel_import().ModelLoader(device=where).load_from_file(_weight_file(location))
         if not hasattr(descriptor, "scale") or descriptor.input_channels != 3:
@@ -274,7 +307,68 @@ def _resize_maps(maps: torch.Tensor, images: list[Image.Image]) -> list[torch.Te
     ]
 
 
+class _Stopped(Exception):
+    """A diffusion upscaler's task asked to stop between two denoising steps."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _sd_upscale(loaded: _Loaded, task: ToolTask) -> ToolResult:
+    """One task through a StableDiffusionUpscalePipeline (module docstring): the prompt,
+    negative prompt, a CPU torch.Generator seeded with `task.seed`, and `task.params`;
+    the output exactly `loaded.scale` times the input (padded, run, cropped). Raises
+    PipelineError for a noise_level outside [0, max_noise_level] or steps < 1; a
+    should_stop that answers between two steps ends it with `stopped` set."""
+    import numpy as np
+
+    pipe = loaded.model
+    params = task.params
+    steps = int(params.get("num_inference_steps", 75))  # (the pipeline's defaults)
+    guidance = float(params.get("guidance_scale", 9.0))
+    noise_level = int(params.get("noise_level", 20))
+    if not 0 <= noise_level <= pipe.config.max_noise_level:
+        raise PipelineError(f"noise_level {noise_level} is outside 0-{pipe.config.max_noise_level}")
+    if steps < 1:
+        raise PipelineError(f"num_inference_steps must be at least 1, not {steps}")
+    image = task.image.convert("RGB")
+    width, height = image.size
+    # The image processor rounds sizes down to a multiple of the VAE's factor; the UNet
+    # halves the latents once per down block after the first: pad to both (powers of 2).
+    multiple = max(int(pipe.vae_scale_factor), 2 ** (len(pipe.unet.config.block_out_channels) - 1))
+    pad_w, pad_h = -width % multiple, -height % multiple
+    if pad_w or pad_h:
+        image = Image.fromarray(np.pad(np.asarray(image), ((0, pad_h), (0, pad_w), (0, 0)), mode="edge"))
+
+    def on_step(step: int, timestep: Any, latents: Any) -> None:
+        reason = _stop_reason(task)
+        if reason:
+            raise _Stopped(reason)
+
+    try:
+        output = pipe(
+            prompt=task.text or "",
+            image=image,
+            negative_prompt=task.negative_text or None,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            noise_level=noise_level,
+            generator=torch.Generator(device="cpu").manual_seed(int(task.seed)),
+            callback=on_step if task.should_stop is not None else None,
+            callback_steps=1,
+        ).images[0]
+    except _Stopped as stop:
+        return ToolResult(image=None, stopped=stop.reason)
+    scale = loaded.scale
+    if output.size != (image.width * scale, image.height * scale):
+        raise PipelineError(f"the upscaler made {output.size[0]}x{output.size[1]} of {image.width}x{image.height}")
+    return ToolResult(image=output.crop((0, 0, width * scale, height * scale)).convert("RGB"))
+
+
 def _run(loaded: _Loaded, tasks: list[ToolTask]) -> list[ToolResult]:
+    if loaded.family == SD_UPSCALE_CLASS:  # (each task alone: its own prompt, seed and settings)
+        return [_sd_upscale(loaded, task) for task in tasks]
     images = [task.image.convert("RGB") for task in tasks]
     with torch.inference_mode():
         if loaded.kind == TOOL_UPSCALE:
@@ -396,6 +490,8 @@ class ToolBatcher:
         # An upscaler's output, and a depth processor that keeps the aspect ratio (Depth
         # Anything's), follow the input's size: only inputs of one size share a call.
         size = task.image.size if task.kind in (TOOL_UPSCALE, TOOL_DEPTH) else None
+        if task.params:  # (a diffusion upscaler's task: alone, ToolTask)
+            return (task.kind, task.source, size, id(task))
         return (task.kind, task.source, size)
 
     def run(self, task: ToolTask, *, max_batch: int | None = None, window_ms: float = 0.0) -> ToolResult:

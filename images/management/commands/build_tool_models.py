@@ -1,6 +1,7 @@
 """`manage.py build_tool_models`: the embedded tool models (issue 26 item 1), tiny and
-random-weight, built from code under MODEL_DIR where the seeded rows point
-(images/tool_models.py SEEDED_TOOLS; images/backends/local/tool_builders.py). The
+random-weight (the upscalers: an ESRGAN and a StableDiffusionUpscalePipeline), built
+from code under MODEL_DIR where the seeded rows point (images/tool_models.py
+SEEDED_TOOLS, SEEDED_BUILDERS; images/backends/local/tool_builders.py). The
 ControlNets and the IP-Adapter are derived from the installed demo model's folder (run
 build_demo_model first, as platform_setup does; they are rebuilt when its UNet or VAE
 configuration changes, and skipped with a notice while it is missing). Seconds on
@@ -17,15 +18,15 @@ from django.core.management.base import BaseCommand
 
 from images.models import ImageModel
 from images.seed import DEMO_SOURCE
-from images.tool_models import CONTROL_BASE_BUILT, SEEDED_TOOLS
+from images.tool_models import CONTROL_BASE_BUILT, SEEDED_BUILDERS, SEEDED_TOOLS
 
 CONTROL_KINDS = (*CONTROL_BASE_BUILT, ImageModel.Kind.DEPTH_ESTIMATOR)
 
 
 class Command(BaseCommand):
     help = (
-        "Build the embedded tiny tool models (upscaler, background remover, segmenter, captioner, ControlNets, "
-        "depth estimator, IP-Adapter) if missing."
+        "Build the embedded tiny tool models (ESRGAN and diffusion upscalers, background remover, segmenter, "
+        "captioner, ControlNets, depth estimator, IP-Adapter) if missing."
     )
 
     def handle(self, *args, **options) -> None:
@@ -45,7 +46,10 @@ class Command(BaseCommand):
             try:
                 # (the first four keep seed 0, as before; each control model its own seed)
                 built = build_tool_model(
-                    path, kind=kind, seed=seed if kind in CONTROL_KINDS else 0, base=base if derived else None
+                    path,
+                    kind=SEEDED_BUILDERS.get(public_id, kind),  # (sd-x4-upscaler-tiny: a diffusion upscaler)
+                    seed=seed if kind in CONTROL_KINDS else 0,
+                    base=base if derived else None,
                 )
                 if built:
                     self.stdout.write(f"Built the tool model {public_id} ({kind}) in {path}")
