@@ -5,12 +5,14 @@ from __future__ import annotations
 from django.db import transaction
 
 from billing.models import Price
+from images.demo_model import DEMO_GUIDANCE
 from images.models import ImageModel
 
 DEMO_SOURCE = "demo-sd-tiny"  # folder under MODEL_DIR installed by `manage.py build_demo_model`
 
 # Demo model: steps per quality value (more steps = slower = pricier in a real model).
 DEMO_STEPS = {"standard": 4, "hd": 6, "low": 2, "medium": 3, "high": 4, "default": 4}
+
 
 # public id -> (profile, owner)
 SEEDED_MODELS = {
@@ -64,7 +66,7 @@ def registry_seed() -> int:
                 "profile": profile,
                 "source": DEMO_SOURCE,
                 "steps_by_quality": DEMO_STEPS,
-                "guidance": 5.0,
+                "guidance": DEMO_GUIDANCE,
                 "owned_by": owner,
                 "queue": "gpu",
             },
@@ -80,7 +82,7 @@ def registry_seed() -> int:
     created += tool_models_seed()
     from images.stability import stability_seed  # (Stability's v2beta shape: its models and routes, after the tools)
 
-    created += stability_seed(source=DEMO_SOURCE, steps_by_quality=DEMO_STEPS)
+    created += stability_seed(source=DEMO_SOURCE, steps_by_quality=DEMO_STEPS, guidance=DEMO_GUIDANCE)
     moderation_terms_seed()
     return created
 

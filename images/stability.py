@@ -179,9 +179,9 @@ TOOL_SERVICES: dict[str, tuple[str, str, int]] = {
 
 
 @transaction.atomic
-def stability_seed(*, source: str, steps_by_quality: dict[str, int]) -> int:
+def stability_seed(*, source: str, steps_by_quality: dict[str, int], guidance: float) -> int:
     """Create the missing seeded models of STABILITY_MODELS (on `source`, the demo model's
-    folder, with its steps; price rows included) and a StabilityRoute row for every
+    folder, with its steps and guidance; price rows included) and a StabilityRoute row for every
     DEFAULT_ROUTES entry without one (the tool models must be seeded first:
     images.tool_models.tool_models_seed); a route made now to a tool model (TOOL_SERVICES)
     or of a control endpoint (CONTROL_SERVICES) gets its action's price row when the
@@ -198,7 +198,7 @@ def stability_seed(*, source: str, steps_by_quality: dict[str, int]) -> int:
                 "profile": ImageModel.Profile.GPT_IMAGE,
                 "source": source,
                 "steps_by_quality": steps_by_quality,
-                "guidance": 5.0,
+                "guidance": guidance,
                 "owned_by": "platform",
                 "queue": "gpu",
             },

@@ -187,3 +187,33 @@ def test_sdk_idempotency_key_charges_once(live):
         urllib.request.Request(live.url + "/v1/balance", headers={"Authorization": f"Bearer {key}"})
     ) as response:
         assert _json.load(response)["balance"] == 1000 - 16
+
+
+def test_the_demo_model_draws_what_the_sdk_asks(client):
+    """Issue 22's check: prompts from the demo model's vocabulary through the SDK at
+    256x256 (dall-e-2's default steps), judged by pixels (tools/demo_model/judge.py); the
+    same prompt and seed give the same pixels twice."""
+    from tools.demo_model.judge import judge
+
+    def draw(prompt: str, seed: int) -> Image.Image:
+        result = client.images.generate(
+            model="dall-e-2", prompt=prompt, size="256x256", response_format="b64_json", extra_body={"seed": seed}
+        )
+        return Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).convert("RGB")
+
+    cases = [
+        ("a green circle on a blue background", ("green", "circle", "blue")),
+        ("a black square on a yellow background", ("black", "square", "yellow")),
+        ("a purple triangle", ("purple", "triangle", "white")),
+        ("a white square on a red background", ("white", "square", "red")),
+        ("an orange circle on a black background", ("orange", "circle", "black")),
+        ("a blue triangle on a green background", ("blue", "triangle", "green")),
+    ]
+    seen = []
+    for i, (prompt, _) in enumerate(cases):
+        verdict = judge(draw(prompt, 9000 + i))
+        seen.append((verdict.colour, verdict.shape, verdict.background))
+    right = sum(got == want for got, (_, want) in zip(seen, cases, strict=True))
+    assert right >= 5, list(zip([c[0] for c in cases], seen, strict=True))
+    first, again = draw(cases[0][0], 31), draw(cases[0][0], 31)
+    assert first.tobytes() == again.tobytes()

@@ -122,7 +122,7 @@ def test_older_installs_routes_move_once_to_the_diffusion_upscaler(registry):
     StabilityRoute.objects.filter(service="upscale/conservative").update(image_model=esrgan, enabled=False)
     migration.forwards(apps, None)
     assert not StabilityRoute.objects.filter(service="upscale/creative").exists()
-    stability_seed(source="unused", steps_by_quality={})
+    stability_seed(source="unused", steps_by_quality={}, guidance=1.5)
     creative = StabilityRoute.objects.get(service="upscale/creative")
     assert creative.image_model.public_id == SD_UPSCALER and creative.enabled
     assert creative.image_model.prices.filter(kind=TOOL_SERVICES["upscale/creative"][1]).exists()

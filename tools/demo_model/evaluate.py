@@ -15,6 +15,7 @@ import pathlib
 import random
 import time
 
+from images.demo_model import DEMO_GUIDANCE
 from tools.demo_model.dataset import COLOURS, DEFAULT_BACKGROUND, SHAPES
 from tools.demo_model.judge import judge
 
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=24)
     parser.add_argument("--seed", type=int, default=None, help="prompt/seed draw (default: random)")
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--guidance", type=float, default=DEMO_GUIDANCE)
     parser.add_argument("--save", type=pathlib.Path, default=None, help="folder to save the images in")
     args = parser.parse_args()
 

@@ -10,6 +10,7 @@ import pathlib
 
 from PIL import Image, ImageDraw
 
+from images.demo_model import DEMO_GUIDANCE
 from tools.demo_model.evaluate import DEFAULT_MODEL
 
 PROMPTS = [
@@ -41,7 +42,7 @@ def main() -> None:
     with config.override(device="cpu", lanes=None):
         source = PipelineSource(str(args.model))
         for i, prompt in enumerate(PROMPTS):
-            task = GenerationTask(source, prompt, None, 256, 256, 4, 5.0, [args.seed + i])
+            task = GenerationTask(source, prompt, None, 256, 256, 4, DEMO_GUIDANCE, [args.seed + i])
             image = run_batch([task])[0].images[0]
             x, y = (i % 4) * tile, (i // 4) * (tile + caption)
             grid.paste(image, (x, y))

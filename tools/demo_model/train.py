@@ -2,19 +2,24 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python -m tools.demo_model.train --out images/backends/local/demo_weights
 
+(the defaults are the committed weights' recipe; docs/demo-model.md has its time on
+this 2-core CPU).
 Everything is seeded (dataset, initial weights, noise, batches): the same command on the
 same torch build gives the same weights. Stages, with the time of each printed:
 
 1. a small AutoencoderKL (32x32 RGB <-> 8x8x4 latents) trained as an autoencoder
    (L1 + MSE reconstruction, a tiny KL term), then its latent scaling factor measured;
    (or, with --vae-from FOLDER, that folder's trained VAE, fine-tuned --vae-steps more);
-   the whole dataset is then encoded once (latents cached, prompts tokenized once);
+   the whole dataset is then encoded once (latents cached, prompts tokenized once), and
+   the judge's accuracy on the VAE's reconstructions printed (the UNet's ceiling);
 2. a small UNet2DConditionModel and a small CLIPTextModel trained together on the cached
-   latents (epsilon prediction on Stable Diffusion's noise schedule; half of each batch
-   near the 4 served timesteps), the prompt dropped (replaced by "") 10 % of the time
-   for classifier-free guidance; AdamW, warmup + cosine LR, EMA of the weights saved.
+   latents (v-prediction with --prediction v_prediction, as SD 2.x, else epsilon, on
+   Stable Diffusion's noise schedule; half of each batch near the 4 served timesteps),
+   the prompt dropped (replaced by "") 10 % of the time for classifier-free guidance;
+   AdamW, warmup + cosine LR, EMA of the weights saved.
 
-The committed weights predate this recipe (see docs/demo-model.md).
+Latents keep 4 channels: diffusers' StableDiffusionInpaintPipeline takes a UNet of 4 (or
+9) input channels only, and the edits run through it.
 
 The tokenizer is CLIP's byte-level BPE with merges learnt here on the vocabulary, so each
 vocabulary word is one token and any other text still tokenizes (byte by byte). The
@@ -94,8 +99,17 @@ def write_tokenizer_files(folder: pathlib.Path) -> None:
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def build(tokenizer_dir: pathlib.Path, seed: int) -> StableDiffusionPipeline:
-    """The untrained pipeline (seeded initial weights)."""
+def build(
+    tokenizer_dir: pathlib.Path,
+    seed: int,
+    latent_channels: int = 4,
+    prediction_type: str = "epsilon",
+    vae_channels: tuple[int, ...] = (16, 32, 32),
+) -> StableDiffusionPipeline:
+    """The untrained pipeline (seeded initial weights); `latent_channels` per 8x8 latent
+    pixel (4: diffusers' inpainting pipeline takes only 4 or 9 UNet input channels);
+    `prediction_type` the UNet's target ("epsilon" or "v_prediction"); `vae_channels`
+    the VAE's three block widths."""
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=MAX_TOKENS, local_files_only=True)
     torch.manual_seed(seed)
     vae = AutoencoderKL(
@@ -103,18 +117,18 @@ def build(tokenizer_dir: pathlib.Path, seed: int) -> StableDiffusionPipeline:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,  # 4x: 32x32 px <-> 8x8 latents
         up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32),
+        block_out_channels=vae_channels,
         layers_per_block=1,
         norm_num_groups=8,
-        latent_channels=4,
+        latent_channels=latent_channels,
         sample_size=NATIVE,
         mid_block_add_attention=False,
     )
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel(
         sample_size=NATIVE // 4,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=(32, 64, 64),
@@ -138,7 +152,9 @@ def build(tokenizer_dir: pathlib.Path, seed: int) -> StableDiffusionPipeline:
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    return sd_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
+    return sd_pipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, prediction_type=prediction_type
+    )
 
 
 def _to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -247,7 +263,11 @@ def train_unet(
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         cond = text_encoder(tokens)[0]
         pred = unet(xt, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
+        if pipe.scheduler.config.prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1 - a) x0
+            target = a.sqrt() * noise - (1 - a).sqrt() * x0
+        else:
+            target = noise
+        loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -301,12 +321,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=pathlib.Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images", type=int, default=8000)
-    parser.add_argument("--vae-steps", type=int, default=400)
-    parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--images", type=int, default=24000)
+    parser.add_argument("--vae-steps", type=int, default=3000)
+    parser.add_argument("--vae-batch", type=int, default=32)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
-    parser.add_argument("--unet-steps", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--unet-steps", type=int, default=4000)
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the UNet stage")
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the UNet stage's saved weights")
     parser.add_argument(
@@ -316,7 +336,10 @@ def main() -> None:
         help="start from this pipeline folder's trained VAE (then --vae-steps more; 0: reuse as is)",
     )
     parser.add_argument("--mid", type=pathlib.Path, default=None, help="also save the half-way EMA weights here")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--latent-channels", type=int, default=4)
+    parser.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="v_prediction")
+    parser.add_argument("--vae-channels", default="32,64,64", help="the VAE's three block widths")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     began = time.time()
@@ -328,7 +351,8 @@ def main() -> None:
     work = pathlib.Path(tempfile.mkdtemp(prefix="demo-train-"))
     try:
         write_tokenizer_files(work / "tok")
-        pipe = build(work / "tok", args.seed)
+        vae_channels = tuple(int(v) for v in args.vae_channels.split(","))
+        pipe = build(work / "tok", args.seed, args.latent_channels, args.prediction, vae_channels)
         for w in WORDS:
             assert len(pipe.tokenizer(w, add_special_tokens=False).input_ids) == 1, w
 
@@ -384,6 +408,9 @@ def main() -> None:
                 "ema": args.ema,
                 "train_seconds": round(total),
                 "threads": args.threads,
+                "latent_channels": args.latent_channels,
+                "prediction": args.prediction,
+                "vae_channels": args.vae_channels,
             },
         )
         print(f"saved to {args.out}; total {total:.0f}s ({math.ceil(total / 60)} min)", flush=True)

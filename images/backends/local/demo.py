@@ -71,11 +71,13 @@ def _write_tokenizer_files(folder: pathlib.Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
 
-def sd_pipeline(*, vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline:
+def sd_pipeline(*, vae, text_encoder, tokenizer, unet, prediction_type: str = "epsilon") -> StableDiffusionPipeline:
     """A StableDiffusionPipeline of the demo's parts with its scheduler: Euler with
     "trailing" spacing (it starts at the highest noise level even with very few steps)
-    and SD 1.x's scaled-linear betas; no safety checker. Shared by the random-weight
-    builder here and the trainer (tools/demo_model/train.py)."""
+    and SD 1.x's scaled-linear betas; no safety checker. `prediction_type` is what the
+    UNet predicts ("epsilon", or "v_prediction" as SD 2.x: Salimans & Ho 2022, better
+    with few steps). Shared by the random-weight builder here and the trainer
+    (tools/demo_model/train.py)."""
     scheduler = EulerDiscreteScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -83,6 +85,7 @@ def sd_pipeline(*, vae, text_encoder, tokenizer, unet) -> StableDiffusionPipelin
         beta_schedule="scaled_linear",
         timestep_spacing="trailing",
         steps_offset=1,
+        prediction_type=prediction_type,
     )
     return StableDiffusionPipeline(
         vae=vae,
