@@ -95,5 +95,7 @@ class VariationFormSchema(serializers.Serializer):
 
 
 EXAMPLE = OpenApiExample(
-    "dall-e-2", value={"model": "dall-e-2", "prompt": "a lighthouse", "size": "256x256"}, request_only=True
+    "dall-e-2",
+    value={"model": "dall-e-2", "prompt": "a red circle on a white background", "size": "256x256"},
+    request_only=True,
 )

@@ -178,7 +178,7 @@ def test_playground_runs_a_charged_job_to_the_finished_image(page, live):
     before = balance(live, live.key_a)
     dashboard_login(page, live, "olive")
     page.goto(live.url + "/dashboard/playground/")
-    page.fill("#prompt", "a lighthouse at dusk, oil painting")
+    page.fill("#prompt", "a yellow triangle on a blue background")
     page.select_option("#model", "dall-e-2")
     page.select_option("#size", "256x256")
     page.click("#generate")

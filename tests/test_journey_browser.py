@@ -235,7 +235,7 @@ def test_a_stranger_signs_up_and_visits_every_page(browser, live):
     models = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
     assert {"dall-e-2", "dall-e-3", "gpt-image-1"} <= set(models)
     journey.check("dashboard-playground")
-    page.fill("#prompt", "a lighthouse at dusk, oil painting")
+    page.fill("#prompt", "a yellow triangle on a blue background")
     for model in models:
         page.select_option("#model", model)
         sizes = page.eval_on_selector_all("#size option", "options => options.map(o => o.value)")

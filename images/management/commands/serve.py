@@ -121,7 +121,7 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"\nDemo API key: {key}\nTry:\n  curl {base}/v1/images/generations "
                     f"-H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' "
-                    f'-d \'{{"model": "dall-e-2", "prompt": "a lighthouse", "size": "256x256", '
+                    f'-d \'{{"model": "dall-e-2", "prompt": "a red circle on a white background", "size": "256x256", '
                     f'"response_format": "url"}}\'\n'
                 )
         if workers > 1 and settings.METRICS_TOKEN and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
