@@ -12,9 +12,11 @@ file beside the database's.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
 
@@ -71,3 +73,35 @@ def _file_lock(database: object, name: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# How long a new SQLite connection retries switching the file to WAL while another
+# process holds a lock on it (seconds), as the sqlite3 `timeout` in settings waits for
+# ordinary statements.
+WAL_SWITCH_SECONDS = 30.0
+
+
+def sqlite_wal_enable(sender: object, connection: Any, **kwargs: Any) -> None:
+    """`connection_created` receiver: put a SQLite file database in write-ahead-log mode
+    (readers run while the in-process worker writes; settings.py). The mode is stored in
+    the file, so only the first connection to a fresh database changes anything; but
+    that change needs the file to itself, and SQLite answers "database is locked" at
+    once, without waiting out its busy timeout, when another process is using it (two
+    starts on one fresh file: `make run` and `make worker`, or a `migrate` beside
+    another's system checks). So it is retried here, every 50 ms for up to
+    WAL_SWITCH_SECONDS, then raised. Nothing for other engines or in-memory databases.
+    It runs on the raw sqlite3 connection (not through Django's cursor: no statement
+    is logged or counted)."""
+    if connection.vendor != "sqlite" or connection.is_in_memory_db():
+        return
+    from sqlite3 import OperationalError
+
+    deadline = time.monotonic() + WAL_SWITCH_SECONDS
+    while True:
+        try:
+            connection.connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)

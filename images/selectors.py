@@ -25,7 +25,9 @@ def model_pricing(model: ImageModel):
     without a price row are left out (refused as `price_not_configured`). A tool model
     (issue 26: an upscaler, background remover, segmenter or captioner) has one line, its
     job kind at any size (`size` and `quality` "any"): its price rows are per image,
-    whatever the input's size (images/tool_models.py)."""
+    whatever the input's size (images/tool_models.py). A control tool model (ControlNet,
+    depth estimator, IP-Adapter) has none: it runs inside a generator's job, priced by
+    the generator's rows."""
     from billing.selectors import model_price_list
     from images.profiles import PROFILES
     from images.tool_models import MODEL_KIND_OF_JOB

@@ -22,6 +22,7 @@ from tests.conftest import post_json
 
 URL = "/v1/images/generations"
 PROMPT = "a red square on a blue background"
+CONTRAST = "a white square on a black background"
 
 
 def _vit(folder: Path, *, always_unsafe: bool) -> str:
@@ -102,11 +103,12 @@ def decode(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 
 
-def edge_energy(image: Image.Image, mode: str = "L") -> float:
-    """Mean squared difference between neighbouring pixels (of the grey levels, or of
-    every RGB channel)."""
+def sharpest_step(image: Image.Image, mode: str = "L") -> float:
+    """The largest difference between neighbouring pixels (of the grey levels, or of any
+    RGB channel): an edge anywhere (the demo model's figures are flat, so their outline
+    is where it is) makes it large; a strong blur leaves only gentle gradients."""
     pixels = np.asarray(image.convert(mode), dtype=np.float64)
-    return float((np.diff(pixels, axis=0) ** 2).mean() + (np.diff(pixels, axis=1) ** 2).mean())
+    return float(max(np.abs(np.diff(pixels, axis=0)).max(), np.abs(np.diff(pixels, axis=1)).max()))
 
 
 def balance(tenant) -> tuple[int, int]:
@@ -160,23 +162,29 @@ def test_block_answers_400_moderation_blocked_at_the_output_stage_and_charges_no
     assert "OK" in reconciled()
 
 
-def test_blur_delivers_far_less_edge_energy_than_off_marked_and_charged(api, worker, tenant, classifier, unsafe_model):
+def test_blur_leaves_no_sharp_edge_marked_and_charged(
+    api, worker, tenant, classifier, unsafe_model, backend_config
+):
     classifier(unsafe_model)
+    # The watermark's pattern is added after the blur: off, so that only the picture's own
+    # edges are measured, on a figure of high contrast (the demo model draws it resized
+    # from 32x32, so even its outline is a few grey levels per pixel).
+    backend_config(watermark=False)
     mode(tenant, "off")
-    plain = post_json(api, URL, dalle2(seed=21), tenant)
+    plain = post_json(api, URL, dalle2(seed=21, prompt=CONTRAST), tenant)
     assert plain.status_code == 200, plain.content
     assert "moderation" not in plain.json()["data"][0]
     mode(tenant, "blur")
-    blurred = post_json(api, URL, dalle2(seed=21), tenant)
+    blurred = post_json(api, URL, dalle2(seed=21, prompt=CONTRAST), tenant)
     assert blurred.status_code == 200, blurred.content
     item = blurred.json()["data"][0]
     assert item["moderation"] == {"action": "blurred", "categories": ["nsfw"]}
     sharp, soft = decode(plain.json()["data"][0]["b64_json"]), decode(item["b64_json"])
     for channels in ("L", "RGB"):
-        assert edge_energy(soft, channels) < 0.25 * edge_energy(sharp, channels), (
+        assert sharpest_step(soft, channels) < 0.25 * sharpest_step(sharp, channels), (
             channels,
-            edge_energy(soft, channels),
-            edge_energy(sharp, channels),
+            sharpest_step(soft, channels),
+            sharpest_step(sharp, channels),
         )
     price = int(plain["x-credits-charged"])
     assert price > 0 and blurred["x-credits-charged"] == str(price)

@@ -32,8 +32,8 @@ def _sqlite_close(using: str) -> None:
     """Close a SQLite file database's connection while the migrate lock is still held.
     The last connection to a WAL database checkpoints it as it closes; left to process
     exit, that can meet the next migrate's first statement (`PRAGMA journal_mode=WAL`,
-    settings' init_command), which then fails at once with "database is locked" instead
-    of waiting. Nothing for PostgreSQL, in-memory databases, or inside a transaction."""
+    core.db_locks.sqlite_wal_enable, which retries rather than waits: SQLite answers it
+    "database is locked" at once). Nothing for PostgreSQL, in-memory databases, or inside a transaction."""
     connection = connections[using]
     if connection.vendor == "sqlite" and not connection.is_in_memory_db() and not connection.in_atomic_block:
         connection.close()
