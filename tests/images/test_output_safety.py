@@ -162,9 +162,7 @@ def test_block_answers_400_moderation_blocked_at_the_output_stage_and_charges_no
     assert "OK" in reconciled()
 
 
-def test_blur_leaves_no_sharp_edge_marked_and_charged(
-    api, worker, tenant, classifier, unsafe_model, backend_config
-):
+def test_blur_leaves_no_sharp_edge_marked_and_charged(api, worker, tenant, classifier, unsafe_model, backend_config):
     classifier(unsafe_model)
     # The watermark's pattern is added after the blur: off, so that only the picture's own
     # edges are measured, on a figure of high contrast (the demo model draws it resized
