@@ -22,6 +22,19 @@ def plain_pipeline(model_path: str, dtype: Any) -> Any:
     return AutoPipelineForText2Image.from_pretrained(model_path, **kwargs)
 
 
+def drawn_size(model_path: str, width: int, height: int) -> tuple[int, int, Any]:
+    """(width, height) a plain loop asks the pipeline for, and a function fitting its
+    image to the size asked: a model that draws at one native size (platform_model.json,
+    images/backends/local/native.py: the demo model draws 32x32) is called at that size
+    and its image fitted as the serving code does; any other model at the size asked."""
+    from images.backends.local import native
+
+    size = native.read_native_size(model_path)
+    if size is None:
+        return width, height, lambda image: image
+    return size, size, lambda image: native.fit(image, width, height)
+
+
 def run_direct(
     *, model_path: str, n: int, repeats: int, width: int, height: int, steps: int, guidance: float
 ) -> dict[str, Any]:
@@ -45,16 +58,19 @@ def run_direct(
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - started
 
+    draw_width, draw_height, fit = drawn_size(model_path, width, height)
+
     def one(seed: int, prompt: str) -> tuple[float, float]:
         t0 = time.perf_counter()
         image = pipe(
             prompt=prompt,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            width=width,
-            height=height,
+            width=draw_width,
+            height=draw_height,
             generator=torch.Generator(gen_device).manual_seed(seed),
         ).images[0]
+        image = fit(image)
         t1 = time.perf_counter()
         image_encode(image, output_format="png")
         return t1 - t0, time.perf_counter() - t1
@@ -114,16 +130,18 @@ def _direct_process(
     pipe = plain_pipeline(model_path, torch.float32)
     pipe.set_progress_bar_config(disable=True)
 
+    draw_width, draw_height, fit = drawn_size(model_path, width, height)
+
     def one(seed: int) -> None:
         image = pipe(
             prompt=f"bench {seed} {PROMPT}",
             num_inference_steps=steps,
             guidance_scale=guidance,
-            width=width,
-            height=height,
+            width=draw_width,
+            height=draw_height,
             generator=torch.Generator("cpu").manual_seed(seed),
         ).images[0]
-        image_encode(image, output_format="png")
+        image_encode(fit(image), output_format="png")
 
     one(10_000)  # warm-up
     spans = []
