@@ -486,6 +486,18 @@ def _output_format(fields: dict[str, Any], model: ImageModel | None) -> str | No
     return None
 
 
+def _prompted_fields(fields: dict[str, Any], public_id: str, model: ImageModel | None) -> dict[str, Any]:
+    """The path's fields every prompted Stability endpoint sends: the served model, the
+    prompt with its `style_preset`, the negative prompt, the seed and the output format."""
+    return {
+        "model": public_id,
+        "prompt": _styled(fields["prompt"], fields.get("style_preset")),
+        "negative_prompt": fields.get("negative_prompt") or None,
+        "seed": _seed(fields),
+        "output_format": _output_format(fields, model),
+    }
+
+
 def _upload(request: Request, name: str, *, required: bool) -> Image.Image | None:
     """A file part decoded, after Stability's limits are checked from its header:
     10 MiB (413), PNG/JPEG/WebP, 64 px a side at least, 9,437,184 pixels at most (400)."""
@@ -609,13 +621,7 @@ def _generate_mapper(service: str, serializer, *, takes_image: bool):
         fields = _fields(request, serializer, files=("image",) if takes_image else ())
         public_id = stability_route_resolve(service=service, model_value=fields.get("model") or "")
         model = _served(public_id)
-        out: dict[str, Any] = {
-            "model": public_id,
-            "prompt": _styled(fields["prompt"], fields.get("style_preset")),
-            "negative_prompt": fields.get("negative_prompt") or None,
-            "seed": _seed(fields),
-            "output_format": _output_format(fields, model),
-        }
+        out = _prompted_fields(fields, public_id, model)
         image = _upload(request, "image", required=False) if takes_image else None
         mode = fields.get("mode")
         if mode == "image-to-image" and image is None:
@@ -752,14 +758,7 @@ def _search_mapper(service: str, serializer, *, text_field: str, strength: float
         size, images, _, box = _letterboxed(image, None, model=model)
         scale = (box[2] - box[0]) / image.width  # grow_mask is in the caller's pixels
         grow = fields.get("grow_mask")
-        out = {
-            "model": public_id,
-            "prompt": _styled(fields["prompt"], fields.get("style_preset")),
-            "negative_prompt": fields.get("negative_prompt") or None,
-            "seed": _seed(fields),
-            "output_format": _output_format(fields, model),
-            "size": size,
-        }
+        out = {**_prompted_fields(fields, public_id, model), "size": size}
         return GenerationRequest(
             endpoint=endpoint,
             kind=Job.Kind.EDIT,
@@ -856,13 +855,7 @@ def _control_mapper(service: str):
             )
         public_id = stability_route_resolve(service=service)
         model = _served(public_id)
-        out = {
-            "model": public_id,
-            "prompt": _styled(fields["prompt"], fields.get("style_preset")),
-            "negative_prompt": fields.get("negative_prompt") or None,
-            "seed": _seed(fields),
-            "output_format": _output_format(fields, model),
-        }
+        out = _prompted_fields(fields, public_id, model)
         control = image.convert("RGB")
         if model is not None:  # (the path itself refuses a missing model, naming it)
             width, height = nearest_size(PROFILES[model.profile].sizes, image.width / image.height)
@@ -897,13 +890,7 @@ def style_mapper(request: Request) -> GenerationRequest:
     adapter = _control_tool(STYLE_ADAPTER_SERVICE, ImageModel.Kind.IP_ADAPTER, "image", "IP-Adapter")
     public_id = stability_route_resolve(service=service)
     model = _served(public_id)
-    out = {
-        "model": public_id,
-        "prompt": _styled(fields["prompt"], fields.get("style_preset")),
-        "negative_prompt": fields.get("negative_prompt") or None,
-        "seed": _seed(fields),
-        "output_format": _output_format(fields, model),
-    }
+    out = _prompted_fields(fields, public_id, model)
     if model is not None:
         width, height = nearest_size(PROFILES[model.profile].sizes, ASPECT_RATIOS[fields.get("aspect_ratio") or "1:1"])
         out["size"] = f"{width}x{height}"

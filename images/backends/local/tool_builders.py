@@ -34,6 +34,7 @@ import pathlib
 import shutil
 import tempfile
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from transformers.utils import logging as transformers_logging
@@ -48,6 +49,20 @@ _WORDS = (
     "room table chair woman man child people red blue green yellow white black golden bright dark soft "
     "small large old young sunny cloudy night morning evening snow rain light shadow colorful detailed"
 ).split()
+
+
+def _clip_tokenizer(folder: pathlib.Path) -> Any:
+    """A CLIP byte-level BPE tokenizer (77 tokens) over the demo model's vocabulary files,
+    written in a scratch folder under `folder` and removed again: nothing is fetched."""
+    from transformers import CLIPTokenizer
+
+    from images.backends.local.demo import _write_tokenizer_files
+
+    vocab_dir = folder / "_vocab"
+    _write_tokenizer_files(vocab_dir)
+    tokenizer = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77)
+    shutil.rmtree(vocab_dir)
+    return tokenizer
 
 
 def _upscaler(folder: pathlib.Path, seed: int) -> None:
@@ -81,14 +96,9 @@ def _sd_upscaler(folder: pathlib.Path, seed: int) -> None:
         StableDiffusionUpscalePipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from images.backends.local.demo import _write_tokenizer_files
-
-    vocab_dir = folder / "_vocab"
-    _write_tokenizer_files(vocab_dir)
-    tokenizer = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77)
-    shutil.rmtree(vocab_dir)
+    tokenizer = _clip_tokenizer(folder)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 32, 64),
@@ -173,16 +183,10 @@ def _segmenter(folder: pathlib.Path, seed: int) -> None:
         CLIPSegConfig,
         CLIPSegForImageSegmentation,
         CLIPSegProcessor,
-        CLIPTokenizer,
         ViTImageProcessor,
     )
 
-    from images.backends.local.demo import _write_tokenizer_files
-
-    vocab_dir = folder / "_vocab"
-    _write_tokenizer_files(vocab_dir)
-    tokenizer = CLIPTokenizer(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=77)
-    shutil.rmtree(vocab_dir)
+    tokenizer = _clip_tokenizer(folder)
     torch.manual_seed(seed)
     config = CLIPSegConfig(
         text_config={
