@@ -26,6 +26,11 @@ class CreditAccount(models.Model):
     # Credits by which `held` may exceed `balance` (a debt): raised only by a reversal that
     # took more than was available, cleared by the next hold (which needs no debt).
     debt_allowed = models.BigIntegerField(default=0)
+    # Holds still open = the tenant's jobs queued or running (every job gets its hold in
+    # its own transaction, and every end of a job settles it in the same transaction as
+    # the status change): kept by the hold's and the settle's own account UPDATE, so the
+    # in-flight cap needs no COUNT of jobs (issue 20). = count(Hold, status=open).
+    holds_open = models.PositiveIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import F, Sum
+from django.db.models import Count, F, Sum
 
 from billing.models import CreditAccount, Hold, LedgerEntry
 
@@ -18,16 +18,17 @@ class Mismatch:
 
 
 def ledger_reconcile() -> list[Mismatch]:
-    """Recompute every balance and held amount from the ledger and the open holds."""
+    """Recompute every balance and held amount from the ledger and the open holds (and the
+    count of open holds, which the in-flight cap reads)."""
     problems: list[Mismatch] = []
     sums = {
         row["tenant_id"]: row
         for row in LedgerEntry.objects.values("tenant_id").annotate(amount=Sum("amount"), held=Sum("held_delta"))
     }
-    open_holds = {
-        row["tenant_id"]: row["s"]
-        for row in Hold.objects.filter(status=Hold.Status.OPEN).values("tenant_id").annotate(s=Sum("amount"))
-    }
+    open_holds, open_counts = {}, {}
+    holds = Hold.objects.filter(status=Hold.Status.OPEN).values("tenant_id")
+    for row in holds.annotate(s=Sum("amount"), n=Count("id")):
+        open_holds[row["tenant_id"]], open_counts[row["tenant_id"]] = row["s"], row["n"]
     reversed_taken = {
         row["tenant_id"]: -row["s"]
         for row in LedgerEntry.objects.filter(kind=LedgerEntry.Kind.REVERSAL, amount__lt=0)
@@ -52,6 +53,14 @@ def ledger_reconcile() -> list[Mismatch]:
                     account.tenant_id,
                     account.tenant.name,
                     f"held {account.held} != open holds {open_holds.get(account.tenant_id, 0)}",
+                )
+            )
+        if account.holds_open != open_counts.get(account.tenant_id, 0):
+            problems.append(
+                Mismatch(
+                    account.tenant_id,
+                    account.tenant.name,
+                    f"holds_open {account.holds_open} != open holds {open_counts.get(account.tenant_id, 0)}",
                 )
             )
         # Only a reversal can leave a balance below what is held (a debt, listed by

@@ -361,17 +361,18 @@ def key_budget_check(*, api_key: APIKey | None, amount: int | None, lock: bool =
         )
 
 
-def _account_take(*, tenant: Tenant, amount: int) -> tuple[int, int] | None:
-    """One conditional `UPDATE ... RETURNING`: held += amount where balance >= held +
-    amount, so the check and the write cannot be separated by another request. When it
-    matches, the account row stays locked until the transaction ends, and (balance,
-    held) after it come back; None when the account cannot pay or has no row yet (then
-    nothing is locked). A hold that fits leaves no debt, so it also clears a reversal's
-    debt allowance."""
+def _account_take(*, tenant: Tenant, amount: int) -> tuple[int, int, int] | None:
+    """One conditional `UPDATE ... RETURNING`: held += amount and holds_open += 1 where
+    balance >= held + amount, so the check and the write cannot be separated by another
+    request. When it matches, the account row stays locked until the transaction ends,
+    and (balance, held, holds_open) after it come back; None when the account cannot pay
+    or has no row yet (then nothing is locked). A hold that fits leaves no debt, so it
+    also clears a reversal's debt allowance."""
     rows = update_returning(
         CreditAccount.objects.filter(tenant=tenant, balance__gte=F("held") + amount),
-        ("balance", "held"),
+        ("balance", "held", "holds_open"),
         held=F("held") + amount,
+        holds_open=F("holds_open") + 1,
         debt_allowed=0,
     )
     return rows[0] if rows else None
@@ -383,7 +384,7 @@ def credits_hold(
     api_key: APIKey | None,
     job,
     amount: int,
-    locked_check: Callable[[], None] | None = None,
+    locked_check: Callable[[int], None] | None = None,
 ) -> Hold:
     """Reserve `amount` credits for `job`. Must run inside the transaction that creates
     the job, so a refusal (402) leaves neither a hold nor a job.
@@ -391,7 +392,8 @@ def credits_hold(
     Lock, check, write, in this order on every path (so no two requests deadlock): the
     account row (locked by the conditional UPDATE that takes the credits or, when that
     matches nothing, by SELECT ... FOR UPDATE to tell why), then `locked_check` under
-    that lock (the caller's in-flight cap), then the key's monthly budgets (its own and
+    that lock (the caller's in-flight cap: it gets the tenant's jobs in flight, this one
+    included, from the account's `holds_open`), then the key's monthly budgets (its own and
     those above it, each under its row lock, root first: `key_budget_check`). A refusal
     raises, and the caller's transaction rolls the taken credits back. Refusals come in
     the order locked_check's (429), 402 `key_budget_exceeded`, 402 `insufficient_quota`.
@@ -407,7 +409,7 @@ def credits_hold(
             account_for(tenant=tenant)
             account = locked.get(tenant=tenant)
         if locked_check is not None:
-            locked_check()
+            locked_check(account.holds_open + 1)
         key_budget_check(api_key=api_key, amount=amount, lock=True)
         taken = _account_take(tenant=tenant, amount=amount)  # (a new row, or credits freed meanwhile)
         if taken is None:
@@ -415,10 +417,10 @@ def credits_hold(
             raise insufficient_credits(account=account, cost=amount)
     else:
         if locked_check is not None:
-            locked_check()
+            locked_check(taken[2])
         key_budget_check(api_key=api_key, amount=amount, lock=True)
     hold = Hold.objects.create(job=job, tenant=tenant, api_key=api_key, amount=amount)
-    balance, held = taken
+    balance, held, _ = taken
     _ledger_insert(
         tenant_id=tenant.pk,
         kind=LedgerEntry.Kind.HOLD,
@@ -470,6 +472,7 @@ def _settle(*, job, charge: int | None) -> Hold | None:
             extra=[balance_alert_due_sql(connections[CreditAccount.objects.db])],
             balance=F("balance") + amount,
             held=F("held") - hold.amount,
+            holds_open=F("holds_open") - 1,
         )
         try:
             with transaction.atomic(savepoint=False):

@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -187,7 +188,9 @@ def _in_flight_error(cap: int) -> RateLimited:
 
 
 def _in_flight_count(tenant: Tenant) -> int:
-    return Job.objects.filter(tenant=tenant, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).count()
+    """The tenant's jobs queued or running: its account's open holds (one per job in
+    flight, billing.models.CreditAccount.holds_open)."""
+    return account_get(tenant=tenant).holds_open
 
 
 def _money_precheck(*, caller: Caller, quote: int) -> None:
@@ -451,7 +454,7 @@ def _hold(draft: _Draft) -> Job:
                 api_key=key,
                 job=job,
                 amount=draft.quote,
-                locked_check=(lambda: _in_flight_locked_check(tenant=tenant, cap=cap)) if cap else None,
+                locked_check=partial(_in_flight_locked_check, cap=cap) if cap else None,
             )
             UsageRecord.objects.create(
                 tenant=tenant,
@@ -496,10 +499,10 @@ def _enqueue(*, job: Job, prepared: PreparedInputs | None) -> None:
     job_enqueue(job=job)
 
 
-def _in_flight_locked_check(*, tenant: Tenant, cap: int) -> None:
+def _in_flight_locked_check(in_flight: int, *, cap: int) -> None:
     """The authoritative in-flight cap, run by credits_hold under the account row lock
     (which serialises the tenant's submissions, so two requests cannot both take the
-    last slot) after this request's own job was inserted: it counts itself, so more than
-    `cap` refuses (429)."""
-    if _in_flight_count(tenant) > cap:
+    last slot) with the tenant's jobs in flight counted by the account's open holds,
+    this request's own included: more than `cap` refuses (429)."""
+    if in_flight > cap:
         raise _in_flight_error(cap)

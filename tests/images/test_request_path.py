@@ -160,23 +160,27 @@ def _rule_rate_limit(who: Who, entry: Entry):
 def _rule_in_flight(who: Who, entry: Entry):
     from datetime import timedelta
 
+    from django.db import transaction
     from django.utils import timezone
 
+    from billing.services import credits_hold
     from images.models import ImageModel
 
     Tenant.objects.filter(pk=who.tenant.pk).update(max_concurrent_jobs=1)
-    Job.objects.create(
-        tenant=who.tenant,
-        model=ImageModel.objects.get(public_id="dall-e-2"),
-        params={},
-        prompt="x",
-        width=256,
-        height=256,
-        steps=1,
-        guidance=1.0,
-        seed=1,
-        deadline=timezone.now() + timedelta(minutes=5),
-    )
+    with transaction.atomic():  # a job in flight: its row and its hold, as the platform makes them
+        in_flight = Job.objects.create(
+            tenant=who.tenant,
+            model=ImageModel.objects.get(public_id="dall-e-2"),
+            params={},
+            prompt="x",
+            width=256,
+            height=256,
+            steps=1,
+            guidance=1.0,
+            seed=1,
+            deadline=timezone.now() + timedelta(minutes=5),
+        )
+        credits_hold(tenant=who.tenant, api_key=None, job=in_flight, amount=1)
     return {}, {}, (429, "rate_limit_exceeded")
 
 
@@ -222,11 +226,17 @@ def _error(response) -> dict[str, Any]:
     return body["error"]  # the OpenAI envelope, also inside seed 003's envelope
 
 
-def _nothing_charged_or_stored(who: Who, *, jobs_before: int, media: Path, balance: int) -> None:
+def _nothing_charged_or_stored(who: Who, *, jobs_before: int, media: Path, account_before: CreditAccount) -> None:
+    """No job, hold or credit more than before the refused request (the in-flight rule
+    starts with one job in flight, holding 1 credit)."""
     assert Job.objects.filter(tenant=who.tenant).count() == jobs_before
-    assert not Hold.objects.filter(tenant=who.tenant).exists()
+    assert Hold.objects.filter(tenant=who.tenant).count() == account_before.holds_open
     account = CreditAccount.objects.get(tenant=who.tenant)
-    assert (account.balance, account.held) == (balance, 0)
+    assert (account.balance, account.held, account.holds_open) == (
+        account_before.balance,
+        account_before.held,
+        account_before.holds_open,
+    )
     inputs = media / "inputs"
     assert not inputs.exists() or not any(p.is_file() for p in inputs.rglob("*"))
 
@@ -235,7 +245,7 @@ def _nothing_charged_or_stored(who: Who, *, jobs_before: int, media: Path, balan
 def test_every_entry_point_refuses_alike_and_charges_nothing(who, entry, rule, settings):
     overrides, headers, (status, code) = RULES[rule](who, entry)
     jobs_before = Job.objects.filter(tenant=who.tenant).count()
-    balance = CreditAccount.objects.get(tenant=who.tenant).balance
+    account_before = CreditAccount.objects.get(tenant=who.tenant)
     response = entry.send(
         APIClient(), who, prompt=overrides.get("prompt", PROMPT), extra=overrides.get("extra", {}), headers=headers
     )
@@ -243,7 +253,9 @@ def test_every_entry_point_refuses_alike_and_charges_nothing(who, entry, rule, s
     error = _error(response)
     assert {"message", "type", "param", "code"} <= set(error)  # (a 402 may add top_up_url)
     assert error["code"] == code, error
-    _nothing_charged_or_stored(who, jobs_before=jobs_before, media=Path(settings.MEDIA_ROOT), balance=balance)
+    _nothing_charged_or_stored(
+        who, jobs_before=jobs_before, media=Path(settings.MEDIA_ROOT), account_before=account_before
+    )
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])

@@ -192,13 +192,27 @@ def test_hold_capture_and_release_write_the_ledger_from_the_update(registry, mak
 
     captured, released = hold(40), hold(30)
     assert LedgerEntry.objects.get(job=released, kind="hold").held_after == 70
+    assert CreditAccount.objects.get(tenant=tenant).holds_open == 2  # (the in-flight cap's count)
     assert hold_capture(job=captured, charge=90).captured == 40  # never more than the hold
     assert hold_capture(job=captured, charge=90).status == "captured"  # (again: a no-op)
     assert hold_release(job=released).status == "released"
     account = CreditAccount.objects.get(tenant=tenant)
-    assert (account.balance, account.held) == (60, 0)
+    assert (account.balance, account.held, account.holds_open) == (60, 0, 0)
     last = LedgerEntry.objects.filter(tenant=tenant).order_by("-id").first()
     assert (last.kind, last.balance_after, last.held_after) == ("release", 60, 0)
     capture = LedgerEntry.objects.get(job=captured, kind="capture")
     assert (capture.amount, capture.held_delta, capture.balance_after, capture.held_after) == (-40, -40, 60, 30)
     assert LedgerEntry.objects.filter(job=captured, kind="capture").count() == 1
+
+
+def test_reconcile_reports_an_open_hold_count_that_disagrees(registry, make_tenant):
+    """The in-flight cap reads CreditAccount.holds_open instead of counting jobs; the
+    reconciliation recounts the open holds and names an account whose count drifted."""
+    from billing.models import CreditAccount
+    from billing.selectors import ledger_reconcile
+
+    tenant = make_tenant(credits=100).tenant
+    assert not [m for m in ledger_reconcile() if m.tenant_id == tenant.pk]
+    CreditAccount.objects.filter(tenant=tenant).update(holds_open=3)
+    problems = [m for m in ledger_reconcile() if m.tenant_id == tenant.pk]
+    assert len(problems) == 1 and "holds_open 3 != open holds 0" in str(problems[0])
