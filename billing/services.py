@@ -325,6 +325,14 @@ def key_budget_check(*, api_key: APIKey | None, amount: int | None, lock: bool =
         return
     lineage = key_lineage(key=api_key)
     budgeted = [key for key in lineage if key.monthly_credit_limit is not None]
+    if lock and not budgeted and api_key.parent_id is None:
+        # A root key without a budget, as this request read it: nothing to lock (issue 20:
+        # one statement less per generation). A budget set on it meanwhile binds from the
+        # next request on, which reads the key afresh (a key's save drops its cached row:
+        # accounts.key_cache), as if it had been set just after this one. A key with keys
+        # above it still reads them under lock below: their budgets may have changed
+        # without its own row changing.
+        return
     if lock:
         assert transaction.get_connection().in_atomic_block, "a locked budget check runs inside the hold's transaction"
         # Budgets as they are now (one set on an ancestor meanwhile binds too), read and

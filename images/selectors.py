@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import threading
+import time
 import uuid
+
+from django.db.models.signals import post_delete, post_save
 
 from accounts.models import Tenant
 from accounts.principals import tenant_is_active
@@ -41,8 +46,51 @@ def model_pricing(model: ImageModel):
     )
 
 
+# An enabled model's row is reused by this process for at most this many seconds (issue 20:
+# one statement less per request). Saving or deleting a model through the ORM (the admin,
+# manage.py model_add, images/services/models.py) forgets them all in this process at once;
+# another process, or a bulk `update()` elsewhere, is seen within MODEL_CACHE_SECONDS, as
+# prices are (billing.services.PRICE_CACHE_SECONDS; docs/configuration.md).
+MODEL_CACHE_SECONDS = 5.0
+_model_cache: dict[str, tuple[float, ImageModel]] = {}
+_model_cache_lock = threading.Lock()
+
+
 def image_model_get(*, public_id: str) -> ImageModel | None:
-    return ImageModel.objects.filter(public_id=public_id, enabled=True).first()
+    """The enabled model `public_id`, or None (unknown or disabled: never cached, so a
+    name a caller makes up costs a read and no memory). The caller gets its own copy of
+    the cached row (a shallow copy: do not mutate its JSON fields), at most
+    MODEL_CACHE_SECONDS old."""
+    now = time.monotonic()
+    cached = _model_cache.get(public_id)
+    if cached is None or cached[0] <= now:
+        model = ImageModel.objects.filter(public_id=public_id, enabled=True).first()
+        if model is None:
+            return None
+        with _model_cache_lock:
+            _model_cache[public_id] = cached = (now + MODEL_CACHE_SECONDS, model)
+    return copy.copy(cached[1])
+
+
+def image_model_cache_clear(**ignored) -> None:
+    """Forget every cached model row (a signal receiver: ImageModel saves and deletes;
+    call it after a bulk `update()` of models), now and again once the current
+    transaction commits."""
+    from django.db import transaction
+
+    with _model_cache_lock:
+        _model_cache.clear()
+
+    def clear_again() -> None:
+        with _model_cache_lock:
+            _model_cache.clear()
+
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(clear_again)
+
+
+for _signal in (post_save, post_delete):
+    _signal.connect(image_model_cache_clear, sender=ImageModel, dispatch_uid=f"image-model-cache-{_signal}")
 
 
 def model_ids_known(ids: list[str]) -> set[str]:

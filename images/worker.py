@@ -56,6 +56,7 @@ from images.models import ImageModel, Job
 from images.output_shape import output_apply
 from images.profiles import capabilities_check
 from images.search_mask import search_mask_make
+from images.selectors import image_model_cache_clear
 from images.services.jobs import job_complete, job_deadline_reached, job_fail, job_progress, job_start
 from images.services.models import pipeline_source
 from images.services.output_moderation import (
@@ -565,6 +566,7 @@ def _capabilities_reconcile(job: Job, backend: Any, source: PipelineSource, *, m
         corrected = ImageModel.objects.filter(pk=model.pk, source=model.source).update(
             capabilities=found, capabilities_source=model.source
         )
+        image_model_cache_clear()  # (this process's web side, embedded; others within seconds)
         if corrected and not model.capabilities:  # (a row never recognised: a seeded one's first use)
             logger.info("model %s: recorded the capabilities of its source %s", model.public_id, model.source)
         elif corrected:

@@ -670,7 +670,11 @@ MIDDLEWARE = [
 # passes through every middleware above. Every entry must be async-capable
 # (tests/test_middleware_async.py).
 MIDDLEWARE.append("core.middleware.WaitingMiddleware")
-if METRICS_TOKEN and DATABASES["default"]["ENGINE"] in ("django.db.backends.postgresql", "django.db.backends.sqlite3"):
-    DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
-        "django.db.backends.", "django_prometheus.db.backends."
-    )
+if METRICS_TOKEN and DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.sqlite3"
+# PostgreSQL: Django's backend (django-prometheus's with METRICS_TOKEN) with the health
+# check's grace: no `SELECT 1` on a connection that worked less than
+# DB_HEALTH_CHECK_GRACE_SECONDS ago (core/db/__init__.py, issue 20).
+DB_HEALTH_CHECK_GRACE_SECONDS = env.float("DB_HEALTH_CHECK_GRACE_SECONDS", default=1.0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = "core.db.prometheus_postgresql" if METRICS_TOKEN else "core.db.postgresql"

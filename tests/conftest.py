@@ -91,16 +91,22 @@ def parked(registry, settings):
     """Jobs go to a queue no worker consumes and requests stop waiting at once: they
     stay queued (priced and held) for the test to drive by hand."""
     from images.models import ImageModel
+    from images.selectors import image_model_cache_clear
 
     ImageModel.objects.update(queue="parked")
+    image_model_cache_clear()  # (a bulk update sends no signal)
     settings.GPU_QUEUES = [*settings.GPU_QUEUES, "parked"]  # served (so accepted), but by no running worker
     settings.JOB_WAIT_SECONDS = 0.05
 
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    """Rate-limit counters live in the cache; ids are reused between tests."""
+    """Rate-limit counters live in the cache; ids are reused between tests. So do model
+    rows, which this process caches (images.selectors.image_model_get)."""
     from django.core.cache import cache
 
+    from images.selectors import image_model_cache_clear
+
     cache.clear()
+    image_model_cache_clear()
     yield

@@ -9,6 +9,7 @@ import logging
 
 import pytest
 
+from images.selectors import image_model_cache_clear
 from tests.conftest import post_json
 
 URL = "/v1/images/generations"
@@ -59,6 +60,7 @@ def test_worker_lines_carry_the_job_id(api, worker, tenant, json_lines):
     from images.models import ImageModel, Job
 
     ImageModel.objects.filter(public_id="dall-e-2").update(source="/nonexistent")
+    image_model_cache_clear()  # (a bulk update sends no signal)
     response = post_json(api, URL, {"model": "dall-e-2", "prompt": PROMPT, "size": "256x256"}, tenant)
     assert response.status_code == 502
     job = Job.objects.get()

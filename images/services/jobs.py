@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from billing import services as billing
 from billing.models import UsageRecord
+from core.db.returning import update_returning_joined
 from images import notify, task_status
 from images.errors import CANCEL_AFTER_EXCEEDED
 from images.files import image_delete_files
@@ -112,12 +113,19 @@ async def job_wait_async(*, job_id: Any, timeout: float) -> bool:
 def job_start(*, job_id: Any) -> Job | None:
     """Claim a job for running; None if it is already finished (a duplicate delivery)."""
     now = timezone.now()
-    claimed = Job.objects.filter(pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
-        status=Job.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, steps_done=0
-    )
-    if not claimed:
+    claimable = Job.objects.filter(pk=job_id, status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+    change = {"status": Job.Status.RUNNING, "attempts": F("attempts") + 1, "started_at": now, "steps_done": 0}
+    # One statement on PostgreSQL: the conditional UPDATE returns the job with its model
+    # (core.db.returning); elsewhere the UPDATE, then the read.
+    claimed = update_returning_joined(claimable, "model", **change)
+    if claimed is None:
+        if not claimable.update(**change):
+            return None
+        job = Job.objects.select_related("model").get(pk=job_id)
+    elif not claimed:
         return None
-    job = Job.objects.select_related("model").get(pk=job_id)
+    else:
+        job = claimed[0]
     task_status.task_status_set(job=job)  # polls see it running, without the database
     webhooks_job_started(job=job)  # (a Midjourney-proxy task's notifyHook hears IN_PROGRESS)
     return job

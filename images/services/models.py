@@ -21,6 +21,7 @@ from django.conf import settings
 from images.backends.base import PipelineSource
 from images.families_catalog import FamilyError, FamilySpec, recognise_folder
 from images.models import ImageModel
+from images.selectors import image_model_cache_clear
 
 
 def model_folder_resolve(*, source: str) -> Path:
@@ -68,6 +69,7 @@ def model_capabilities_refresh(*, model: ImageModel) -> dict[str, Any]:
     ImageModel.objects.filter(pk=model.pk, source=model.source).update(
         capabilities=capabilities, capabilities_source=model.source
     )
+    image_model_cache_clear()
     model.capabilities, model.capabilities_source = capabilities, model.source
     return capabilities
 
@@ -76,6 +78,7 @@ def model_source_set(*, model: ImageModel, source: str) -> dict[str, Any]:
     """Point a model row at another source (a folder or a cached hub id) and recompute
     its capabilities from it (`model_capabilities_refresh`). Returns the capabilities."""
     ImageModel.objects.filter(pk=model.pk).update(source=source)
+    image_model_cache_clear()
     model.source = source
     return model_capabilities_refresh(model=model)
 

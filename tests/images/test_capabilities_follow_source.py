@@ -27,6 +27,7 @@ from PIL import Image
 from billing.models import CreditAccount
 from images.families_catalog import FAMILIES
 from images.models import ImageModel, Job
+from images.selectors import image_model_cache_clear
 from images.services.models import model_source_set
 
 INPAINTING = next(spec for spec in FAMILIES if "inpaint" in spec.edit_modes and spec.name == "sdxl")
@@ -158,6 +159,7 @@ def test_worker_corrects_a_row_that_disagrees_with_its_source(drift, tmp_path, w
     model = _add("drifted", _folder(tmp_path, INPAINTING))
     if drift == "bulk_update":  # behind the services' back
         ImageModel.objects.filter(pk=model.pk).update(source=str(_folder(tmp_path, target)))
+        image_model_cache_clear()  # (a bulk update sends no signal)
     else:  # the same path now holds another family's checkpoint
         (Path(model.source) / "model_index.json").write_text(json.dumps({"_class_name": target.pipelines[0]}))
 

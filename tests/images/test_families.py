@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from images.selectors import image_model_cache_clear
+
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 torch = pytest.importorskip("torch")
@@ -339,6 +341,7 @@ def test_family_through_the_api(name, family_dirs, api, worker, tenant):
     family, modes, negative, guidance = EXPECTED[name]
     assert model.capabilities["family"] == family and model.prices.count() == 3
     ImageModel.objects.filter(pk=model.pk).update(steps_by_quality={"standard": 2, "default": 2})
+    image_model_cache_clear()  # (a bulk update sends no signal)
     auth = tenant.auth
 
     def generate(**fields):
@@ -419,6 +422,7 @@ def test_streaming_delivers_previews_then_the_image(name, family_dirs, api, work
         stdout=io.StringIO(),
     )
     ImageModel.objects.filter(public_id=f"tiny-{name}-gpt").update(steps_by_quality={"low": 3, "default": 3})
+    image_model_cache_clear()  # (a bulk update sends no signal)
     response = api.post(
         URL,
         {

@@ -10,6 +10,7 @@ from PIL import Image
 
 from billing.models import CreditAccount, UsageRecord
 from images.models import Job
+from images.selectors import image_model_cache_clear
 from tests.conftest import post_json
 
 URL = "/v1/images/generations"
@@ -132,6 +133,7 @@ def test_failed_generation_is_502_not_retried_and_releases_the_hold(api, worker,
     from images.models import ImageModel
 
     ImageModel.objects.filter(public_id="dall-e-2").update(source="/nonexistent/model")
+    image_model_cache_clear()  # (a bulk update sends no signal)
     response = post_json(api, URL, {"model": "dall-e-2", "prompt": "x", "size": "256x256"}, tenant)
     assert response.status_code == 502
     assert response["x-should-retry"] == "false"

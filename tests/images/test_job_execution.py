@@ -12,6 +12,7 @@ from django.db import OperationalError
 from billing.models import CreditAccount, LedgerEntry, UsageRecord
 from images.backends.base import PipelineError
 from images.models import ImageModel, Job
+from images.selectors import image_model_cache_clear
 from tests.conftest import post_json
 
 URL = "/v1/images/generations"
@@ -56,6 +57,7 @@ def slow(worker, monkeypatch) -> SlowBackend:
     from images.backends import get_backend
 
     ImageModel.objects.filter(public_id="dall-e-2").update(steps_by_quality={"standard": STEPS, "default": STEPS})
+    image_model_cache_clear()  # (a bulk update sends no signal)
     backend = SlowBackend(get_backend())
     model = ImageModel.objects.get(public_id="dall-e-2")
     backend.count_tokens(worker_module.pipeline_source(model), "load the model now, not on the job's time")
@@ -163,6 +165,7 @@ def test_one_step_of_many_is_charged_at_least_one_credit(api, parked, tenant):
     from images.services.jobs import job_cancel, job_progress, job_start
 
     ImageModel.objects.filter(public_id="dall-e-2").update(steps_by_quality={"standard": 40, "default": 40})
+    image_model_cache_clear()  # (a bulk update sends no signal)
     task = post_json(api, URL, SMALL, tenant, HTTP_PREFER="respond-async").json()
     job = job_start(job_id=task["id"])
     job_progress(job_id=job.pk, steps_done=1)

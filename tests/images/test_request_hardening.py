@@ -17,6 +17,7 @@ from PIL import Image, ImageFile
 from billing.models import CreditAccount, LedgerEntry
 from images.models import Job
 from images.profiles import input_image_tokens
+from images.selectors import image_model_cache_clear
 from tests.conftest import post_json
 from tests.images.test_tasks_and_streaming import parse_sse
 
@@ -396,6 +397,7 @@ def test_a_model_on_a_queue_no_worker_serves_is_refused_at_once(api, registry, t
     from images.models import ImageModel
 
     ImageModel.objects.filter(public_id="dall-e-2").update(queue="gpu-nowhere")
+    image_model_cache_clear()  # (a bulk update sends no signal)
     response = post_json(api, "/v1/images/generations", {"model": "dall-e-2", "prompt": "x", "size": "256x256"}, tenant)
     assert response.status_code == 503 and response["x-should-retry"] == "false"
     assert response.json()["error"]["code"] == "model_unavailable"

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from billing.models import UsageRecord
 from images.models import ImageModel, Job, StabilityRoute
+from images.selectors import image_model_cache_clear
 from images.stability import CONTROL_SERVICES
 from tests.images.test_stability import balance, post, upload
 
@@ -101,6 +102,7 @@ def test_structure_runs_the_depth_estimator(api, worker, tenant, tool_models):
     assert balance(tenant) == 10_000 - price("control/structure")
     # Without its depth estimator the job fails (hold released), saying which.
     ImageModel.objects.filter(public_id="dpt-tiny-depth").update(kind=ImageModel.Kind.SEGMENTER)
+    image_model_cache_clear()  # (a bulk update sends no signal)
     refused = post(api, STRUCTURE, tenant, {"image": upload(drawing(256, 256)), "prompt": "a tower"})
     assert refused.status_code == 400 and "depth estimator" in refused.json()["errors"][0]
 
@@ -115,6 +117,7 @@ def test_a_wrong_tool_route_is_a_400_and_a_failing_preprocessor_fails_the_job(ap
     # Accepted, then the depth estimator cannot be loaded on the worker: the job fails
     # with the reason, in the envelope, and its hold is released.
     ImageModel.objects.filter(public_id="dpt-tiny-depth").update(source="tools/no-such-depth-model")
+    image_model_cache_clear()  # (a bulk update sends no signal)
     failed = post(api, STRUCTURE, tenant, {"image": upload(drawing(128, 128)), "prompt": "x"})
     assert failed.status_code == 502 and failed.json()["name"] == "bad_gateway", failed.content
     assert "depth estimator failed" in failed.json()["errors"][0]

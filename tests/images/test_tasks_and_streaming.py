@@ -8,6 +8,7 @@ import time
 from billing.models import CreditAccount
 from images.actors import run_generation
 from images.models import Job
+from images.selectors import image_model_cache_clear
 from tests.conftest import post_json
 
 URL = "/v1/images/generations"
@@ -89,6 +90,7 @@ def test_stream_failure_after_start_is_an_error_event(api, worker, tenant):
     from images.models import ImageModel
 
     ImageModel.objects.filter(public_id="gpt-image-1").update(source="/nonexistent")
+    image_model_cache_clear()  # (a bulk update sends no signal)
     response = post_json(api, URL, {"model": "gpt-image-1", "prompt": "x", "stream": True}, tenant)
     events = parse_sse(b"".join(response.streaming_content))
     assert events[-1][0] == "error" and events[-1][1]["error"]["code"] == "generation_failed"

@@ -19,6 +19,7 @@ from accounts.principals import Caller
 from billing.models import CreditAccount, Price
 from core.errors import InvalidRequest
 from images.models import ImageModel, Job
+from images.selectors import image_model_cache_clear
 from images.services.generation import generation_create
 from images.services.inputs import InputImage
 from images.services.jobs import job_wait
@@ -148,6 +149,7 @@ def test_upscale_input_over_the_pixel_limit_is_refused(worker, tenant, monkeypat
 
 def test_a_tool_model_that_cannot_load_fails_the_job_and_refunds(worker, tenant):
     ImageModel.objects.filter(public_id="esrgan-tiny-x4").update(source="tools/missing-upscaler")
+    image_model_cache_clear()  # (a bulk update sends no signal)
     before = balance(tenant)
     job = run_tool(tenant, Job.Kind.UPSCALE, picture())
     assert job.status == Job.Status.FAILED and job.error_code == "generation_failed"
@@ -238,6 +240,7 @@ def test_mj_describe_refusals_come_in_the_proxy_envelope(worker, api, tenant, ma
     refused = post_json(api, "/mj/submit/describe", {"base64": data_url(picture())}, poor)
     assert refused.status_code == 402 and refused.json()["code"] == 4
     ImageModel.objects.filter(kind=ImageModel.Kind.CAPTIONER).update(enabled=False)
+    image_model_cache_clear()  # (a bulk update sends no signal)
     none = post_json(api, "/mj/submit/describe", {"base64": data_url(picture())}, tenant)
     assert none.status_code == 200 and none.json()["code"] == 4
     assert not Job.objects.filter(tenant=poor.tenant).exists()
