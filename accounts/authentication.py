@@ -17,6 +17,18 @@ from core.errors import InvalidAPIKey
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
+def api_key_accepts(key: APIKey, raw: str) -> bool:
+    """Whether the key row `key` (cached or read) lets the raw key `raw` in: not
+    revoked, not expired, and `raw` matches its hash."""
+    return not (key.revoked or key.has_expired) and key.is_valid(raw)
+
+
+def last_used_stale(key: APIKey, now) -> bool:
+    """Whether a request at `now` must write the key's last_used_at (at most once per
+    LAST_USED_RESOLUTION)."""
+    return key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION
+
+
 def mask_key(raw: str) -> str:
     """'abcd1234.secret...' -> 'abcd***xyz' for messages; never log a full key."""
     if len(raw) <= 8:
@@ -63,7 +75,7 @@ class APIKeyAuthentication(BaseAuthentication):
         tenant = key.tenant
         tenant_active_check(tenant=tenant)
         now = timezone.now()
-        if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        if last_used_stale(key, now):
             APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
             key.last_used_at = now
             api_key_cache_put(key=key)  # (else the cached row would write it on every request)
@@ -85,7 +97,7 @@ class APIKeyAuthentication(BaseAuthentication):
             except APIKey.DoesNotExist:
                 return None
             api_key_cache_put(key=key)
-        if key.revoked or key.has_expired or not key.is_valid(raw):
+        if not api_key_accepts(key, raw):
             return None
         return key
 

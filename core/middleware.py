@@ -55,11 +55,17 @@ class DualMiddleware:
         return self.after(request, await self.get_response(request))
 
 
+def request_id_new() -> str:
+    """A request's id (x-request-id, and `request_id` on its log lines): always made
+    here, never taken from the client."""
+    return "req_" + uuid.uuid4().hex
+
+
 class RequestIdMiddleware(DualMiddleware):
     def before(self, request: HttpRequest) -> None:
         from core.logging import log_context_bind, log_context_clear
 
-        request.request_id = "req_" + uuid.uuid4().hex
+        request.request_id = request_id_new()
         log_context_clear()  # a gunicorn thread serves many requests: nothing carries over
         log_context_bind(request_id=request.request_id)
         return None

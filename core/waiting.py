@@ -358,6 +358,83 @@ class DeferredResponse(HttpResponse):
         raise NotImplementedError
 
 
+# ---- Answers made on the event loop, before Django ------------------------------------------
+
+
+@dataclass(frozen=True)
+class FastAnswer:
+    """A complete HTTP answer made without Django: the status, the headers as (name,
+    value) strings in the order they are sent (latin-1, as Django encodes them), and the
+    whole body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+# A fast route: the ASGI scope of a GET request (path, query_string, headers) -> the
+# answer, or None to let Django answer (the normal path, unchanged).
+FastRoute = Callable[[dict[str, Any]], FastAnswer | None]
+
+_fast_routes: list[tuple[str, FastRoute]] = []
+
+
+def fast_route_register(path_prefix: str, route: FastRoute) -> None:
+    """Offer the GET requests whose path starts with `path_prefix` to `route` before
+    Django sees them (PooledASGIHandler only; the WSGI server and Django's test client
+    never consult it). Registering the same route again changes nothing.
+
+    The contract (core imports no app, so an app registers itself from its ready()):
+    `route(scope)` runs on the event loop, so it must be quick (no database; a Redis
+    round trip or two) and must answer only when its answer is certain to equal
+    Django's, headers included; for anything else it returns None, and Django answers.
+    An exception is logged at debug level and Django answers; so a route must not raise
+    after doing anything that Django would do again (count a rate limit...)."""
+    if not any(prefix == path_prefix and existing is route for prefix, existing in _fast_routes):
+        _fast_routes.append((path_prefix, route))
+
+
+def fast_route_unregister(route: FastRoute) -> None:
+    """Stop offering requests to `route` (tests, an app switched off)."""
+    _fast_routes[:] = [(prefix, existing) for prefix, existing in _fast_routes if existing is not route]
+
+
+def fast_answer(scope: dict[str, Any]) -> FastAnswer | None:
+    """The answer of the first registered route that makes one for this GET request, or
+    None (Django answers). A request with a body (a Content-Length other than 0, or a
+    Transfer-Encoding) always goes to Django, which reads it."""
+    if scope.get("method") != "GET":
+        return None
+    path = scope.get("path", "")
+    routes = [route for prefix, route in _fast_routes if path.startswith(prefix)]
+    if not routes:
+        return None
+    for name, value in scope.get("headers", ()):
+        if (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding":
+            return None
+    for route in routes:
+        try:
+            answer = route(scope)
+        except Exception:
+            logger.debug("fast route %r failed on %s; Django answers", route, path, exc_info=True)
+            return None
+        if answer is not None:
+            return answer
+    return None
+
+
+async def fast_answer_send(answer: FastAnswer, send: Callable[[dict[str, Any]], Any]) -> None:
+    """Send a FastAnswer as Django's ASGIHandler.send_response sends a response."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": answer.status,
+            "headers": [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": answer.body})
+
+
 # ---- The ASGI handler: one bounded pool of sync threads per process ----------------------
 
 
@@ -452,7 +529,12 @@ class PooledASGIHandler(ASGIHandler):
     self-contained (a transaction and its `on_commit` callbacks begin and end inside
     one), so successive calls of one request may run on different pool threads.
     Nested AsyncToSync calls from a pool thread still return to that thread (asgiref's
-    CurrentThreadExecutor)."""
+    CurrentThreadExecutor).
+
+    Fast routes: a GET without a body is first offered to the routes registered with
+    `fast_route_register` (on the event loop, before any request object, thread or
+    middleware); one that answers is sent as is, and every other request goes to Django
+    as above."""
 
     def __init__(self) -> None:
         BaseHandler.__init__(self)
@@ -461,6 +543,11 @@ class PooledASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        if _fast_routes and scope["method"] == "GET":
+            answer = fast_answer(scope)
+            if answer is not None:
+                await fast_answer_send(answer, send)
+                return
         async with ThreadSensitiveContext(executor=sync_pool()):
             await self.handle(scope, receive, send)
 

@@ -20,3 +20,10 @@ class ImagesConfig(AppConfig):
         broker = dramatiq.get_broker()
         for queue in settings.GPU_QUEUES:
             broker.declare_queue(queue)
+
+        # A short poll of a queued or running task is answered before Django when it
+        # can be (images/task_poll.py; the ASGI server only; TASK_POLL_FAST).
+        from core.waiting import fast_route_register
+        from images.task_poll import TASK_PATH, task_poll_answer
+
+        fast_route_register(TASK_PATH, task_poll_answer)

@@ -40,6 +40,13 @@ def _key(queue: str) -> str:
     return f"platform:queue-order:{queue}"
 
 
+def queue_order_key(queue: str) -> str:
+    """The Redis sorted set of `queue`'s order, for a reader that sends its ZRANK in a
+    pipeline with other reads (images.task_status.task_status_read_placed); a rank r
+    there is position r + 1."""
+    return _key(queue)
+
+
 def queue_position_add(*, queue: str, job_id: Any) -> None:
     """The job joined `queue` now (idempotent: a second add keeps its first place)."""
     now = time.time()

@@ -332,6 +332,20 @@ def task_body(*, job: Job, base_url: str) -> dict[str, Any]:
 def task_body_from_status(*, job_id: str, status: dict[str, str]) -> dict[str, Any]:
     """A queued or running task from its status snapshot (images.task_status), the same
     object task_body renders from the row: nothing is charged, no result, no error yet."""
+    return TaskSerializer(task_fields_from_status(job_id=job_id, status=status)).data
+
+
+def task_fields_from_status(
+    *, job_id: str, status: dict[str, str], positions: dict[str, int | None] | None = None
+) -> dict[str, Any]:
+    """task_body_from_status's fields before TaskSerializer renders them;
+    images.task_poll renders them with one serializer kept. A queued task's position is
+    taken from `positions` (queue -> place, read with the snapshot:
+    task_status.task_status_read_placed) when its queue is there, else read now."""
+    queue = status.get("queue")
+    position = None
+    if status["status"] == Job.Status.QUEUED and queue:
+        position = positions[queue] if positions and queue in positions else queue_position(queue=queue, job_id=job_id)
     total = max(1, int(status["steps"]))
     done = min(int(status.get("steps_done") or 0), total)
     started = status.get("started_at")
@@ -349,11 +363,9 @@ def task_body_from_status(*, job_id: str, status: dict[str, str]) -> dict[str, A
         "seeds": json.loads(status["seeds"]),
         "result": None,
         "error": None,
-        "queue_position": queue_position(queue=status["queue"], job_id=job_id)
-        if status["status"] == Job.Status.QUEUED and status.get("queue")
-        else None,
+        "queue_position": position,
     }
-    return TaskSerializer(body).data
+    return body
 
 
 def model_body(model: ImageModel) -> dict[str, Any]:

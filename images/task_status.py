@@ -31,7 +31,7 @@ from typing import Any
 
 from django.conf import settings
 
-from images.queue_position import queue_position_add, queue_position_remove
+from images.queue_position import queue_order_key, queue_position_add, queue_position_remove
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,29 @@ def task_status_read(*, job_id: Any) -> dict[str, str]:
     with _cond:
         expires, snapshot = _local.get(job_id, (0.0, {}))
         return dict(snapshot) if expires >= time.monotonic() else {}
+
+
+def task_status_read_placed(*, job_id: Any) -> tuple[dict[str, str], dict[str, int | None]]:
+    """task_status_read and, in the same Redis round trip, the job's position in each
+    served queue (GPU_QUEUES; images.queue_position: 1 = next, None = not in it), for a
+    poll that shows a queued task's place without a second round trip:
+    (snapshot, {queue: position}). Redis away: ({}, {}). Embedded: no positions (the
+    caller reads its queue's)."""
+    job_id = str(job_id)
+    client = _redis()
+    if client is None:
+        return task_status_read(job_id=job_id), {}
+    queues = list(settings.GPU_QUEUES)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.hgetall(_key(job_id))
+        for queue in queues:
+            pipe.zrank(queue_order_key(queue), job_id)
+        raw, *ranks = pipe.execute()
+    except Exception:
+        return {}, {}
+    snapshot = {k.decode(): v.decode() for k, v in raw.items()}
+    return snapshot, {queue: None if rank is None else int(rank) + 1 for queue, rank in zip(queues, ranks, strict=True)}
 
 
 def task_status_live(snapshot: dict[str, str]) -> dict[str, str] | None:

@@ -53,6 +53,11 @@ def task_wait_seconds(raw: str | None) -> int:
     return int(raw)
 
 
+def task_headers(body: dict[str, Any]) -> dict[str, str]:
+    """The headers of a task's answer: Retry-After while it is queued or running."""
+    return {} if body["status"] in Job.TERMINAL else {"Retry-After": str(TASK_RETRY_AFTER)}
+
+
 class TaskViewSet(viewsets.ViewSet):
     """GET /v1/images/tasks/{id} reads a job; DELETE cancels it. Another tenant's job is
     a 404, exactly like one that does not exist."""
@@ -110,8 +115,7 @@ class TaskViewSet(viewsets.ViewSet):
         return self._task_response(body)
 
     def _task_response(self, body: dict[str, Any]) -> Response:
-        headers = {} if body["status"] in Job.TERMINAL else {"Retry-After": str(TASK_RETRY_AFTER)}
-        return Response(body, headers=headers)
+        return Response(body, headers=task_headers(body))
 
     @extend_schema(
         summary="Cancel a task",

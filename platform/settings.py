@@ -164,6 +164,9 @@ CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 # Seconds an API key row (with its tenant) is served from the cache instead of the database;
 # a change to a key or tenant drops it at once (accounts/key_cache.py). 0: read every time.
 API_KEY_CACHE_SECONDS = env.int("API_KEY_CACHE_SECONDS", default=10)
+# A short poll of a queued or running task answered on the event loop, before Django, when
+# the answer is certain to be Django's (images/task_poll.py; ASGI server only).
+TASK_POLL_FAST = env.bool("TASK_POLL_FAST", default=True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
