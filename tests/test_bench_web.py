@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from tools.bench.web import HeldRequest, one_request, request_bytes, session_usage
+from tools.bench.web import HeldRequest, held_tally, one_request, request_bytes, session_usage
 
 BUSY = b'{"error": {"message": "busy", "type": "server_error", "param": null, "code": "server_busy"}}'
 
@@ -49,15 +49,18 @@ def test_answers_are_read_and_a_closed_stream_is_seen_by_the_server():
                 break
             await asyncio.sleep(0.01)
         still_open = not held.reader_task.done() and not left.is_set()
+        open_tally = held_tally([held])
         held.close()
         await asyncio.wait_for(left.wait(), timeout=5)
         server.close()
-        return busy, chunked, held, still_open
+        return busy, chunked, held, still_open, open_tally
 
-    busy, chunked, held, still_open = asyncio.run(scenario())
+    busy, chunked, held, still_open, open_tally = asyncio.run(scenario())
     assert (busy.status, busy.code) == (503, "server_busy")
     assert chunked.status == 200 and chunked.body == b'{"a":1}'
     assert held.answer.status == 200 and held.stream_head == b": open\n\n" and still_open
+    assert open_tally == {"200, streaming (waiting)": 1}  # (tallied while held, as the bench does)
+    assert held_tally([held]) == {"200, stream ended (closed by the server)": 1}  # (after close)
 
 
 def test_session_usage_counts_this_process():

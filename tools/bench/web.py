@@ -179,6 +179,26 @@ class HeldRequest:
             self.writer.close()
 
 
+def held_tally(requests: list[HeldRequest]) -> dict[str, int]:
+    """How the held requests stand, by outcome: still waiting (no answer), refused, a
+    stream still open (its reader running), a stream that ended, another answer. Call it
+    before closing them: a closed request's reader is cancelled, i.e. its stream ended."""
+    counts: Counter[str] = Counter()
+    for held in requests:
+        a = held.answer
+        if a.status is None:
+            counts["no answer (waiting)" if a.error is None else f"error {a.error}"] += 1
+        elif a.status == 503 and a.code == "server_busy":
+            counts["refused 503 server_busy"] += 1
+        elif a.status == 200 and held.reader_task is not None and not held.reader_task.done():
+            counts["200, streaming (waiting)"] += 1
+        elif a.status == 200 and a.headers.get("content-type", "").startswith("text/event-stream"):
+            counts[f"200, stream ended ({a.error or 'closed by the server'})"] += 1
+        else:
+            counts[f"{a.status} {a.code or ''}".strip()] += 1
+    return dict(sorted(counts.items()))
+
+
 async def open_all(requests: list[HeldRequest]) -> None:
     """Open every request, CONNECT_AT_ONCE at a time."""
     gate = asyncio.Semaphore(CONNECT_AT_ONCE)
@@ -325,22 +345,6 @@ class WebBench:
         money = await asyncio.to_thread(self.money)  # still holding: the jobs the waiting requests made
         rss_holding = max(rss_holding, self.usage()[0])
 
-        def tally(requests: list[HeldRequest]) -> dict[str, int]:
-            counts: Counter[str] = Counter()
-            for held in requests:
-                a = held.answer
-                if a.status is None:
-                    counts["no answer (waiting)" if a.error is None else f"error {a.error}"] += 1
-                elif a.status == 503 and a.code == "server_busy":
-                    counts["refused 503 server_busy"] += 1
-                elif a.status == 200 and held.reader_task is not None and not held.reader_task.done():
-                    counts["200, streaming (waiting)"] += 1
-                elif a.status == 200 and a.headers.get("content-type", "").startswith("text/event-stream"):
-                    counts[f"200, stream ended ({a.error or 'closed by the server'})"] += 1
-                else:
-                    counts[f"{a.status} {a.code or ''}".strip()] += 1
-            return dict(sorted(counts.items()))
-
         sync_jobs = sum(money.get(f"{TENANT_PREFIX}sync", {}).get("jobs", {}).values())
         stream_jobs = sum(money.get(f"{TENANT_PREFIX}stream", {}).get("jobs", {}).values())
         waiting = sync_jobs + stream_jobs
@@ -348,6 +352,9 @@ class WebBench:
         refusals = [h.answer.seconds for h in refused]
         ok_probes = [p.seconds for p in probes if p.status == 200]
         failed = Counter(p.error or str(p.status) for p in probes if p.status != 200)
+        # Tallied while still holding: closing cancels each stream's reader, which would
+        # then count as a stream the server ended.
+        sync_tally, stream_tally = held_tally(held_sync), held_tally(held_streams)
         for held in held_sync + held_streams:
             held.close()
         await asyncio.sleep(0)
@@ -359,8 +366,8 @@ class WebBench:
             "waiting_requested": o.waiting,
             "streams_requested": o.streams,
             "seconds_to_open_all": rounded(open_s, 2),
-            "synchronous": tally(held_sync),
-            "streams": tally(held_streams),
+            "synchronous": sync_tally,
+            "streams": stream_tally,
             "admitted_synchronous_jobs": sync_jobs,
             "admitted_stream_jobs": stream_jobs,
             "refused_503_latency_ms": latency_ms(refusals),
