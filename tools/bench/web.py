@@ -289,6 +289,21 @@ class WebBench:
     def usage(self) -> tuple[int, float]:
         return session_usage(self.deployment.web.pid)
 
+    def settle_down(self, *, busy_below: float = 0.1, longest: float = 60.0) -> float:
+        """Wait until the web process uses less than `busy_below` of a core over a second
+        (the held clients have left and the server has cancelled their jobs), at most
+        `longest` seconds; returns the seconds waited. So that the next phase measures
+        itself, not the end of the previous one."""
+        started = time.monotonic()
+        _, cpu = self.usage()
+        while time.monotonic() - started < longest:
+            time.sleep(1.0)
+            _, now = self.usage()
+            if now - cpu < busy_below:
+                break
+            cpu = now
+        return round(time.monotonic() - started, 1)
+
     def money(self) -> dict[str, dict[str, Any]]:
         done = self.deployment.run([sys.executable, "-m", "tools.bench.probe", "tenants", TENANT_PREFIX])
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -542,7 +557,8 @@ def web_run(o: WebOptions, *, say: Callable[[str], None]) -> dict[str, Any]:
         bench = WebBench(deployment, o, keys, say)
         task_id = asyncio.run(bench.submit_poll_task())
         result["hold"] = asyncio.run(bench.hold())
-        time.sleep(3)  # the held clients have left: let the server notice
+        # The held clients have left: the server cancels their jobs before the polls start.
+        result["settled_after_hold_s"] = bench.settle_down()
         result["poll"] = asyncio.run(bench.poll(task_id))
         result["abandon"] = asyncio.run(bench.abandon())
         before = {name: {"balance": CREDITS} for name in keys}
