@@ -74,7 +74,8 @@ from images.validation import image_seed
 
 logger = logging.getLogger(__name__)
 
-# Encoding and storing run here, off the thread that drives the pipeline.
+# A job's images are encoded and stored here side by side, off the thread that drives
+# the pipeline (a job with one image does it on its own thread: no hand-off, issue 20).
 _encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
 # Progress writes and token counts: database and tokenizer work that must not hold up
 # a pipeline lane (on_step runs on the lane) nor wait for it.
@@ -427,13 +428,16 @@ def job_run(*, job_id: str) -> None:
     if checked is None:  # settled: every image withheld, or the check failed
         return
     images, marks, output_moderation = checked
-    futures = [
-        _encoder.submit(_encode_and_store, job, i, image, task.seeds[i], marks[i])
-        for i, image in enumerate(images)
-        if image is not None
-    ]
+    delivered = [(i, image) for i, image in enumerate(images) if image is not None]
+    futures = []
     try:
-        stored = [future.result() for future in futures]
+        if len(delivered) == 1:  # (one image: nothing to overlap, so no hand-off to an encoder thread and back)
+            stored = [_encode_and_store(job, i, image, task.seeds[i], marks[i]) for i, image in delivered]
+        else:
+            futures = [
+                _encoder.submit(_encode_and_store, job, i, image, task.seeds[i], marks[i]) for i, image in delivered
+            ]
+            stored = [future.result() for future in futures]
     except Exception as exc:
         logger.exception("job %s: storing images failed", job.pk)
         image_delete_files([f.result()["file"] for f in futures if f.done() and not f.exception()])

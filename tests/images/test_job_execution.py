@@ -225,3 +225,25 @@ def test_a_bug_outside_the_pipeline_is_not_retried_and_releases_the_hold(api, wo
     job = Job.objects.get(tenant=tenant.tenant)
     assert (job.status, job.error_code, job.attempts, len(calls)) == ("failed", "generation_failed", 1, 1)
     assert balance(tenant) == (10_000, 0) and job.hold.status == "released"
+
+
+def test_images_that_cannot_be_stored_fail_their_job_and_release_the_hold(api, worker, tenant, settings, tmp_path):
+    """One image (stored on the job's own thread) or several (on the encoder threads):
+    a store that refuses the file fails the job with storage_failed, charges nothing
+    and leaves no file behind."""
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "images").write_text("a file where the store wants its images folder")
+    settings.MEDIA_ROOT = str(media)
+    for n in (1, 2):
+        response = post_json(api, URL, {**SMALL, "n": n}, tenant)
+        assert response.status_code == 502, response.content
+        assert response.json()["error"]["code"] == "storage_failed"
+    jobs = Job.objects.filter(tenant=tenant.tenant)
+    assert sorted((job.n, job.status, job.error_code) for job in jobs) == [
+        (1, "failed", "storage_failed"),
+        (2, "failed", "storage_failed"),
+    ]
+    assert all(job.hold.status == "released" and not job.images.exists() for job in jobs)
+    assert balance(tenant) == (10_000, 0)
+    assert [path.name for path in media.iterdir()] == ["images"]

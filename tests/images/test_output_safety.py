@@ -388,6 +388,38 @@ def test_operator_payload_round_trips_on_hard_images():
     assert watermark_embed(Image.new("RGB", (128, 128)), "op-42").size == (128, 128)  # too small: unmarked
 
 
+def test_watermark_pixels_are_the_ones_pywts_transform_gave():
+    """The watermark's own Haar transform (provenance._haar_*, issue 20: ~2x cheaper
+    per image) gives pywt's coefficients bit for bit, so marked images are exactly
+    the pixels they were: SHA-256 prefixes of two images marked with pywt.dwt2/idwt2."""
+    import hashlib
+
+    import pywt
+
+    from images.backends.local.provenance import (
+        _haar_approx,
+        _haar_details,
+        _haar_inverse,
+        watermark_embed,
+    )
+
+    rng = np.random.default_rng(11)
+    for height, width in ((256, 256), (128, 384), (2, 2)):
+        channel = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        approx, details = pywt.dwt2(channel, "haar")
+        ours, products = _haar_approx(channel)
+        assert np.array_equal(ours, approx)
+        assert all(np.array_equal(a, b) for a, b in zip(_haar_details(products), details, strict=True))
+        moved = approx + rng.normal(0, 40, approx.shape)
+        assert np.array_equal(_haar_inverse(moved, details), pywt.idwt2((moved, details), "haar"))
+    smooth = Image.fromarray((np.random.default_rng(3).random((16, 16, 3)) * 255).astype("uint8")).resize(
+        (320, 256), Image.BICUBIC
+    )
+    noisy = Image.fromarray(np.random.default_rng(5).integers(0, 256, (264, 256, 3), dtype=np.uint8))
+    digests = [hashlib.sha256(watermark_embed(image, "op-42").tobytes()).hexdigest()[:16] for image in (smooth, noisy)]
+    assert digests == ["4b6a3e843c6ecdac", "9ae60916ed8fe779"]
+
+
 def test_with_a_development_certificate_c2pa_reads_a_valid_manifest(api, worker, tenant, tmp_path, backend_config):
     import c2pa
 

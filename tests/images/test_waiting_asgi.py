@@ -315,3 +315,28 @@ def test_a_burst_of_concurrent_polls_is_answered_in_two_pool_calls_each(app, par
     assert {c.json()["status"] for c in polls} == {"queued"}
     assert all(c.headers["retry-after"] == "1" and c.headers["x-request-id"] for c in polls)
     assert len(calls) == 2 * 150, len(calls) / 150
+
+
+def test_a_done_event_ends_the_wait_without_reading_the_job_again(app, parked, tenant, settings):
+    """ "done" is sent only after the settle's commit (images.services.jobs), so the wait
+    ends on it without another check of the job (issue 20: a thread hop and a Redis
+    read less per generation). Here the row is still running when "done" comes: only
+    the event can end this wait with True (a re-check would read "running" and wait
+    on until the timeout, then answer False)."""
+    from rest_framework.test import APIClient
+
+    from images import notify
+    from tests.conftest import post_json
+
+    task = post_json(APIClient(), URL, SMALL, tenant, HTTP_PREFER="respond-async").json()
+    job_services.job_start(job_id=task["id"])  # running, and its status snapshot says so
+
+    async def scenario():
+        waiter = asyncio.create_task(job_services.job_wait_async(job_id=task["id"], timeout=3))
+        await asyncio.sleep(0.3)  # subscribed, and its first check found the job running
+        assert not waiter.done()
+        await in_thread(notify.job_notify, task["id"])
+        return await asyncio.wait_for(waiter, 10)
+
+    assert asyncio.run(scenario()) is True
+    assert Job.objects.get(pk=task["id"]).status == Job.Status.RUNNING
