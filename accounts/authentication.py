@@ -8,7 +8,7 @@ from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
-from accounts.key_cache import api_key_cache_put, api_key_cached
+from accounts.key_cache import api_key_cache_put, api_key_cache_refresh_due, api_key_cached
 from accounts.models import APIKey, Tenant
 from accounts.principals import tenant_active_check
 from core.errors import InvalidAPIKey
@@ -86,12 +86,13 @@ class APIKeyAuthentication(BaseAuthentication):
         """The key row for `raw` (its tenant loaded), or None when no key matches or it
         is revoked or expired. The row comes from the cache when it is there
         (accounts.key_cache: changes take effect at once, at worst within
-        API_KEY_CACHE_SECONDS); the secret is checked against its hash either way."""
+        API_KEY_CACHE_SECONDS; a row past half that is read from the database again and
+        cached anew); the secret is checked against its hash either way."""
         prefix, _, secret = raw.partition(".")
         if not prefix or not secret or len(raw) > 200:
             return None
         key = api_key_cached(prefix=prefix)
-        if key is None:
+        if key is None or api_key_cache_refresh_due(key):  # (due: read again before it expires)
             try:
                 key = APIKey.objects.select_related("tenant").get(prefix=prefix)
             except APIKey.DoesNotExist:

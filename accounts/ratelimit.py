@@ -36,6 +36,29 @@ def _redis():
     return redis_client()
 
 
+# Counts one request in every bucket given (KEYS) and gives a new window's key its expiry
+# (ARGV[1] seconds; the key names its window, so it only has to outlive it): one EVALSHA,
+# about 20 us less client CPU than a pipeline of INCR and EXPIRE per bucket (issue 20: a
+# task poll's rate-limit count).
+_COUNT_SCRIPT = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('EXPIRE', key, ARGV[1]) end
+  counts[i] = n
+end
+return counts
+"""
+_count_script = None  # redis-py's Script (its SHA, loaded on the first NOSCRIPT), made once
+
+
+def _count(client, names: list[str]) -> list[int]:
+    global _count_script
+    if _count_script is None:
+        _count_script = client.register_script(_COUNT_SCRIPT)
+    return [int(n) for n in _count_script(keys=names, args=[WINDOW + 5], client=client)]
+
+
 def _count_all(buckets: list[str], now: float) -> tuple[list[int], int]:
     """Count one request in each bucket's current window: (counts, seconds to reset)."""
     window_start = int(now // WINDOW) * WINDOW
@@ -43,12 +66,8 @@ def _count_all(buckets: list[str], now: float) -> tuple[list[int], int]:
     reset = window_start + WINDOW - int(now)
     client = _redis()
     if client is not None:
-        pipe = client.pipeline(transaction=False)
-        for key in map(cache.make_key, keys):  # the names the cache API would use
-            pipe.incr(key)
-            pipe.expire(key, WINDOW + 5)  # the key names its window: it only has to outlive it
-        replies = pipe.execute()
-        return [int(replies[2 * i]) for i in range(len(keys))], reset
+        names = [cache.make_key(key) for key in keys]  # the names the cache API would use
+        return _count(client, names), reset
     counts = []
     for key in keys:
         cache.add(key, 0, timeout=WINDOW + 5)

@@ -14,7 +14,9 @@ whose query is empty or `wait=0`; one `Authorization: Bearer <prefix>.<secret>` 
 key row is in the cache, accepted (not revoked or expired, the secret matches a
 preferred-hasher hash), of an active tenant, created by no other key (a parent's rpm
 needs the parent's row) and whose last_used_at is fresh (a stale one is written by
-Django's authentication); a live snapshot (queued or running) of the key's tenant; no
+Django's authentication), and unless the row is due for its refresh and this request
+claims it (accounts.key_cache: one request in a few seconds reads the row anew through
+Django; the others answer from it); a live snapshot (queued or running) of the key's tenant; no
 cookie; the middleware chain and TaskViewSet's DRF classes this module mirrors (the JSON
 renderer alone: no negotiation) and an Accept it takes without parameters (none, `*/*`,
 `application/json`); a Host in ALLOWED_HOSTS; no SSL redirect, no user-agent ban and no
@@ -59,7 +61,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 
 from accounts.authentication import APIKeyAuthentication, api_key_accepts, last_used_stale
-from accounts.key_cache import api_key_cached
+from accounts.key_cache import api_key_cache_refresh_claim, api_key_cache_refresh_due, api_key_cached
 from accounts.principals import Caller, tenant_is_active
 from accounts.ratelimit import RequestRateThrottle, rate_limit_check
 from core.errors import RateLimited, exception_handler
@@ -246,6 +248,8 @@ def task_poll_answer(scope: dict[str, Any]) -> FastAnswer | None:
     key = api_key_cached(prefix=prefix)
     if key is None or key.parent_id is not None:
         return None
+    if api_key_cache_refresh_due(key) and api_key_cache_refresh_claim(prefix=prefix):
+        return None  # (this one request refreshes the row through Django; the others answer from it)
     if not type(key).objects.key_generator.using_preferred_hasher(key.hashed_key):
         return None  # (an old hash is upgraded, i.e. written, by Django's path)
     if not api_key_accepts(key, raw) or not tenant_is_active(key.tenant) or last_used_stale(key, timezone.now()):

@@ -4,9 +4,12 @@ takes effect on the next request (the cached row is dropped), bulk revocations i
 
 from __future__ import annotations
 
+import time
+
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from accounts.key_cache import api_key_cache_put, api_key_cache_refresh_claim, api_key_cached
 from accounts.models import APIKey, Tenant
 from accounts.services import api_key_create, api_key_revoke
 
@@ -55,3 +58,22 @@ def test_zero_seconds_turns_the_cache_off(api, tenant, settings):
     settings.API_KEY_CACHE_SECONDS = 0
     assert key_reads(api, tenant.raw) == (200, 1)
     assert key_reads(api, tenant.raw) == (200, 1)
+
+
+def test_a_row_past_half_its_life_is_read_again_once_before_it_expires(api, tenant, settings):
+    settings.API_KEY_CACHE_SECONDS = 10
+    assert key_reads(api, tenant.raw) == (200, 1)
+    key = api_key_cached(prefix=tenant.key.prefix)
+    api_key_cache_put(key=key, cached_at=time.time() - 4)  # under half its life: served as is
+    assert key_reads(api, tenant.raw) == (200, 0)
+    api_key_cache_put(key=key, cached_at=time.time() - 6)  # past half: read again and cached anew
+    assert key_reads(api, tenant.raw) == (200, 1)
+    assert time.time() - api_key_cached(prefix=tenant.key.prefix).cached_at < 2
+    assert key_reads(api, tenant.raw) == (200, 0)
+
+
+def test_a_refresh_is_claimed_once(tenant, settings):
+    settings.API_KEY_CACHE_SECONDS = 10
+    assert api_key_cache_refresh_claim(prefix=tenant.key.prefix) is True
+    assert api_key_cache_refresh_claim(prefix=tenant.key.prefix) is False  # (another caller, within 5 s)
+    assert api_key_cache_refresh_claim(prefix=tenant.key.prefix + "x") is True

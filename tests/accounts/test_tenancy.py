@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -150,3 +152,25 @@ def test_tenant_cannot_read_another_tenants_image(api, worker, make_tenant):
     forged = signing.TimestampSigner(salt="images.link").sign_object({"i": image.id.hex, "t": b.tenant.pk})
     assert api.get(f"/v1/files/{forged}").status_code == 404
     assert api.get(f"/v1/files/{image_token(image)}").status_code == 200
+
+
+def test_a_windows_counts_expire_after_the_window(api, registry, tenant, capsys):
+    """Each bucket's count lives under a key naming its window, which expires a few
+    seconds after it (accounts.ratelimit: one script counts every bucket and sets a new
+    key's expiry): nothing is left behind in the cache's Redis."""
+    from core.redis import redis_client
+
+    call_command("key_create", tenant.tenant.name, "--rpm", "5")
+    raw = last_line(capsys)
+    assert [api.get("/v1/balance", HTTP_AUTHORIZATION=f"Bearer {raw}").status_code for _ in range(2)] == [200, 200]
+    prefix = raw.split(".")[0]
+    client = redis_client()
+    if client is None:  # the embedded cache: its own timeouts (cache.add with WINDOW + 5)
+        from django.core.cache import cache
+
+        now = int(time.time()) // 60 * 60
+        assert sum(cache.get(f"rl:k:{prefix}:{start}", 0) for start in (now, now - 60)) == 2
+        return
+    names = [name for name in client.scan_iter(match="*rl:k:*") if prefix.encode() in name]
+    assert len(names) == 1 and int(client.get(names[0])) == 2
+    assert 0 < client.ttl(names[0]) <= 65

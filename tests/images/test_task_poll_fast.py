@@ -229,6 +229,29 @@ def test_a_stale_last_used_at_is_written_by_django(app, api, parked, tenant, set
     assert fast_count() == before + 1  # fresh again: the next poll is a fast one
 
 
+def test_a_row_due_for_refresh_sends_one_poll_to_django_and_the_rest_answer_from_it(
+    app,
+    api,
+    parked,
+    tenant,
+    settings,  # noqa: F811
+):
+    from accounts.key_cache import api_key_cache_put, api_key_cache_refresh_due, api_key_cached
+
+    settings.API_KEY_CACHE_SECONDS = 10
+    path = f"/v1/images/tasks/{submit(api, tenant)}"
+    poll(app, settings, tenant, path, fast=False)
+    key = api_key_cached(prefix=tenant.key.prefix)
+    api_key_cache_put(key=key, cached_at=time.time() - 6)  # past half of its 10 s
+    before = fast_count()
+    answer = poll(app, settings, tenant, path, fast=True)  # claims the refresh: Django reads the row
+    assert answer.status == 200 and fast_count() == before
+    assert not api_key_cache_refresh_due(api_key_cached(prefix=tenant.key.prefix))  # cached anew
+    api_key_cache_put(key=key, cached_at=time.time() - 6)  # due again, but the claim is held (5 s)
+    answer = poll(app, settings, tenant, path, fast=True)
+    assert answer.status == 200 and fast_count() == before + 1  # answered from the cached row
+
+
 @pytest.mark.parametrize(
     "query, headers",
     [
