@@ -16,8 +16,8 @@ preferred-hasher hash), of an active tenant, created by no other key (a parent's
 needs the parent's row) and whose last_used_at is fresh (a stale one is written by
 Django's authentication), and unless the row is due for its refresh and this request
 claims it (accounts.key_cache: one request in a few seconds reads the row anew through
-Django; the others answer from it); a live snapshot (queued or running) of the key's tenant; no
-cookie; the middleware chain and TaskViewSet's DRF classes this module mirrors (the JSON
+Django; the others answer from it); a live snapshot (queued or running) of the key's
+tenant; no cookie; the middleware chain and TaskViewSet's DRF classes this module mirrors (the JSON
 renderer alone: no negotiation) and an Accept it takes without parameters (none, `*/*`,
 `application/json`); a Host in ALLOWED_HOSTS; no SSL redirect, no user-agent ban and no
 script prefix. Everything else (a bad or unknown key: 401; a suspended tenant: 403;

@@ -229,7 +229,7 @@ def test_a_stale_last_used_at_is_written_by_django(app, api, parked, tenant, set
     assert fast_count() == before + 1  # fresh again: the next poll is a fast one
 
 
-def test_a_row_due_for_refresh_sends_one_poll_to_django_and_the_rest_answer_from_it(app, api, parked, tenant, settings):  # noqa: F811
+def test_a_due_key_row_sends_one_poll_to_django_the_rest_answer_from_it(app, api, parked, tenant, settings):  # noqa: F811
     from accounts.key_cache import api_key_cache_put, api_key_cache_refresh_due, api_key_cached
 
     settings.API_KEY_CACHE_SECONDS = 10
